@@ -1,0 +1,46 @@
+# Two set-up commands: `make demo` and `make test`; both build .venv first when needed.
+# Why the install takes three pip steps: see BUILD_NOTES.md.
+
+VENV     := .venv
+VPY      := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+REQS     := requirements/tff-pins.txt requirements/tff.txt requirements/dev.txt setup.py
+# TFF 0.87 needs Python >=3.9,<3.12: prefer an explicit 3.11, fall back to python3.
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+DEMO_DIR ?= runs/demo
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export CUDA_VISIBLE_DEVICES ?=
+
+.PHONY: venv demo test bench clean-venv
+
+venv: $(STAMP)
+
+# Rebuilt only when .venv is missing or a requirement file changed.
+$(STAMP): $(REQS)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 9) <= v < (3, 12) else "error: TFF 0.87 needs Python 3.9-3.11, found %d.%d (set PYTHON=...)" % v)'
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade 'pip>=23,<25'
+	$(VPY) -m pip install -q -r requirements/tff-pins.txt -r requirements/dev.txt
+	$(VPY) -m pip install -q --no-deps -r requirements/tff.txt
+	$(VPY) -m pip install -q --no-deps -e .
+	$(VPY) -c 'import tensorflow_federated as tff, tensorflow_privacy; print("TFF", tff.__version__, "ready")'
+	@touch $(STAMP)
+
+# Real data, offline: Fashion-MNIST (Debian package, else Keras' download), then a short
+# backdoor run (targeted task, one boosting attacker every other round, norm clipping).
+demo: venv
+	@dir=$$($(VPY) -m tff_backdoor.data.fetch fashion_mnist) && \
+	$(VPY) -m experiments.emnist_backdoor --dataset=fashion_mnist --data_dir="$$dir" \
+	  --partition=dirichlet --alpha=0.5 --num_clients=100 --clients_per_round=10 \
+	  --rounds=20 --local_epochs=1 --batch_size=20 --client_lr=0.1 --seed=0 \
+	  --task=targeted --num_tasks=1 --schedule=fixed_frequency --attack_every=2 \
+	  --attack=boost --defense=clip --clip_norm=3 --eval_every=1 --output_dir=$(DEMO_DIR)
+
+test: venv
+	$(VPY) -m pytest -q tests
+
+bench: venv
+	$(VPY) -m bench.fedavg_throughput
+
+clean-venv:
+	rm -rf $(VENV)

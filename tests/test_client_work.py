@@ -1,0 +1,111 @@
+"""Attacker client work: the boost algebra, the norm bound, and equality with TFF's FedAvg."""
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tests import tiny
+from tff_backdoor import process
+from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+
+LR = 0.1
+
+
+def _client_work(attack):
+  return build_attacker_client_work(tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
+                                    attack, batch_size=4)
+
+
+def _initial_weights():
+  p = tff.learning.algorithms.build_weighted_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR))
+  return p.get_model_weights(p.initialize())
+
+
+def _updates(work, clients):
+  out = work.next(work.initialize(), [_initial_weights()] * len(clients), clients)
+  return [r.update for r in out.result], [r.update_weight for r in out.result], out.measurements
+
+
+@pytest.fixture(scope='module')
+def data():
+  return {'benign': tiny.dataset(12, seed=1), 'malicious': tiny.dataset(5, seed=2, batch_size=5),
+          'empty': tiny.dataset(0, seed=3)}
+
+
+def test_boost_update_is_benign_delta_plus_boosted_malicious_delta(data):
+  boost = 3.0
+  work = _client_work(AttackConfig('boost', boost=boost))
+  updates, weights, measurements = _updates(work, [
+      make_client_data(data['benign'], data['empty'], False, 0),      # delta_b
+      make_client_data(data['malicious'], data['empty'], False, 0),   # delta_m
+      make_client_data(data['benign'], data['malicious'], True, 0),   # the attacker
+  ])
+  delta_b, delta_m, attacker = updates
+  for b, m, a in zip(delta_b, delta_m, attacker):
+    np.testing.assert_allclose(a, b + boost * m, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.concatenate([m.ravel() for m in delta_m])).max() > 0
+  assert weights[2] == 12.0  # weighted by its benign examples, like the authors' code
+  assert measurements['num_attackers'] == 1
+  assert measurements['mean_malicious_update_norm'] > measurements['mean_honest_update_norm']
+
+
+@pytest.mark.parametrize('boost,bound', [(1.0, 0.05), (4.0, 0.02)])
+def test_norm_bounded_update_norm_is_at_most_boost_times_bound(data, boost, bound):
+  work = _client_work(AttackConfig('norm_bounded', boost=boost, norm_bound=bound,
+                                   projection_rounds=3))
+  updates, _, measurements = _updates(
+      work, [make_client_data(data['benign'], data['malicious'], True, 0)])
+  norm = np.sqrt(sum(np.sum(np.square(u)) for u in updates[0]))
+  assert norm <= boost * bound + 1e-5
+  assert norm > 0.5 * boost * bound  # the projection is active, not a zero update
+  assert abs(measurements['mean_malicious_update_norm'] - norm) < 1e-4
+
+
+def test_data_poison_trains_on_the_mixture_with_its_weight(data):
+  work = _client_work(AttackConfig('data_poison'))
+  updates, weights, _ = _updates(work, [
+      make_client_data(data['benign'], data['malicious'], True, 7),
+      make_client_data(data['benign'], data['malicious'], True, 7),
+      make_client_data(data['benign'], data['empty'], False, 7)])
+  assert weights == [17.0, 17.0, 12.0]
+  for a, b in zip(updates[0], updates[1]):  # same seed -> same shuffle -> same update
+    np.testing.assert_array_equal(a, b)
+  assert any(np.abs(a - h).max() > 1e-6 for a, h in zip(updates[0], updates[2]))
+
+
+def test_round_without_attacker_equals_build_weighted_fed_avg(data):
+  clients = [tiny.dataset(12, seed=1), tiny.dataset(7, seed=4)]
+  vanilla = tff.learning.algorithms.build_weighted_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
+      tff.learning.optimizers.build_sgdm(1.0))
+  ours = process.build_backdoor_process(
+      tiny.model_fn(), client_learning_rate=LR, server_learning_rate=1.0, batch_size=4,
+      attack=AttackConfig('boost', boost=10.0))
+  v_out = vanilla.next(vanilla.initialize(), clients)
+  o_out = ours.next(ours.initialize(),
+                    [make_client_data(c, data['empty'], False, 0) for c in clients])
+  v_w = vanilla.get_model_weights(v_out.state).trainable
+  o_w = ours.get_model_weights(o_out.state).trainable
+  for a, b in zip(v_w, o_w):
+    np.testing.assert_array_equal(a, b)
+  assert (o_out.metrics['client_work']['train']['loss']
+          == v_out.metrics['client_work']['train']['loss'])
+
+
+def test_non_finite_client_update_is_zeroed_with_zero_weight(data):
+  import collections
+  import tensorflow as tf
+  x, y = tiny.arrays(4, seed=9)
+  x[0, 0, 0, 0] = np.nan
+  bad = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(4)
+  work = _client_work(AttackConfig('boost'))
+  updates, weights, _ = _updates(work, [make_client_data(bad, data['empty'], False, 0)])
+  assert weights[0] == 0.0
+  assert all(np.all(u == 0) for u in updates[0])
+
+
+def test_invalid_attack_config_is_rejected():
+  with pytest.raises(ValueError, match='unknown attack mode'):
+    AttackConfig('nope').validate()
+  with pytest.raises(ValueError, match='norm_bound'):
+    AttackConfig('norm_bounded', norm_bound=-1.0).validate()

@@ -1,0 +1,265 @@
+"""Attacker client work: a `tff.learning.templates.ClientWorkProcess` with malicious clients.
+
+Each client receives `OrderedDict(benign=<batches>, malicious=<batches>, control=<one element
+OrderedDict(is_malicious=bool, seed=int64)>)` (a `ClientWorkProcess` only accepts sequences, so
+the per-client flag and shuffle seed travel as a one-element dataset; see `make_client_data`). Honest clients (and attackers' benign passes) run exactly the local SGD of
+`tff.learning.templates.build_model_delta_client_work`, so with no attacker a round equals
+`tff.learning.algorithms.build_weighted_fed_avg`. Attackers follow Sun et al. 2019
+(google-research/federated targeted_attack) in one of three modes:
+
+- `data_poison`: train on benign and malicious examples shuffled together; no scaling.
+- `boost` (explicit boosting / model replacement): delta_b + boost * delta_m, where delta_b is
+  trained on the benign data and delta_m, from the same starting weights, on the malicious data.
+- `norm_bounded`: from w0, `projection_rounds` times {a pass over the benign data; a pass over
+  the malicious data; project w onto the L2 ball of radius `norm_bound` around w0}; then
+  send boost * (w - w0), so its norm is at most boost * norm_bound.
+
+Updates follow TFF's sign convention (`initial - trained`, applied by the server optimizer as a
+gradient). The client weight is the number of benign examples (the authors' choice), or of all
+trained examples for `data_poison`. Non-finite updates are zeroed with weight 0, as in TFF.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.learning import tensor_utils
+
+ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')
+_POISON_SHUFFLE_BUFFER = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """How malicious clients build their update (see the module docstring)."""
+  mode: str = 'boost'
+  boost: float = 1.0
+  norm_bound: float = 0.33
+  projection_rounds: int = 5
+
+  def validate(self) -> 'AttackConfig':
+    if self.mode not in ATTACK_MODES:
+      raise ValueError(f'unknown attack mode {self.mode!r}; choose one of {", ".join(ATTACK_MODES)}')
+    if not np.isfinite(self.boost) or self.boost <= 0:
+      raise ValueError(f'attack boost must be a positive number, got {self.boost}')
+    if not np.isfinite(self.norm_bound) or self.norm_bound <= 0:
+      raise ValueError(f'attack norm_bound must be positive, got {self.norm_bound}')
+    if self.projection_rounds < 1:
+      raise ValueError(f'projection_rounds must be >= 1, got {self.projection_rounds}')
+    return self
+
+
+def client_data_type(element_type: tff.Type) -> tff.StructWithPythonType:
+  """The per-client TFF type the attacker client work consumes."""
+  return tff.StructWithPythonType(
+      [('benign', tff.SequenceType(element_type)),
+       ('malicious', tff.SequenceType(element_type)),
+       ('control', tff.SequenceType(_CONTROL_TYPE))],
+      collections.OrderedDict)
+
+
+_CONTROL_TYPE = tff.StructWithPythonType(
+    [('is_malicious', np.bool_), ('seed', np.int64)], collections.OrderedDict)
+
+
+def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
+                     is_malicious: bool, seed: int) -> collections.OrderedDict:
+  """Packs one client's input for the attacker client work."""
+  control = tf.data.Dataset.from_tensors(collections.OrderedDict(
+      is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64)))
+  return collections.OrderedDict(benign=benign, malicious=malicious, control=control)
+
+
+def _global_norm(structure) -> tf.Tensor:
+  return tf.linalg.global_norm(tf.nest.flatten(structure))
+
+
+def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
+                        optimizer: tff.learning.optimizers.Optimizer,
+                        attack: AttackConfig,
+                        batch_size: int) -> Callable:
+  """Returns a `tf.function` computing one client's update, honest or malicious.
+
+  `batch_size` re-batches the shuffled mixture of benign and malicious examples in
+  `data_poison` mode (the other modes use the client's batches as given).
+  """
+  attack.validate()
+  model = model_fn()
+  model_weights = tff.learning.models.ModelWeights.from_model(model)
+
+  def train(data, optimizer_hparams):
+    """Local SGD over `data` from the current weights (TFF's reduce loop); returns #examples."""
+    def reduce_fn(state, batch):
+      num_examples, optimizer_state = state
+      with tf.GradientTape() as tape:
+        output = model.forward_pass(batch, training=True)
+      gradients = tape.gradient(output.loss, model_weights.trainable)
+      optimizer_state, updated = optimizer.next(
+          optimizer_state, tuple(tf.nest.flatten(model_weights.trainable)),
+          tuple(tf.nest.flatten(gradients)))
+      updated = tf.nest.pack_sequence_as(model_weights.trainable, updated)
+      tf.nest.map_structure(lambda v, t: v.assign(t), model_weights.trainable, updated)
+      if output.num_examples is None:
+        num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
+      else:
+        num_examples += tf.cast(output.num_examples, tf.int64)
+      return num_examples, optimizer_state
+
+    specs = tuple(tf.TensorSpec(v.shape, v.dtype)
+                  for v in tf.nest.flatten(model_weights.trainable))
+    optimizer_state = optimizer.set_hparams(optimizer.initialize(specs), optimizer_hparams)
+    num_examples, _ = data.reduce((tf.zeros([], tf.int64), optimizer_state), reduce_fn)
+    return num_examples
+
+  def reset(initial_weights):
+    tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, initial_weights)
+
+  def delta(initial_weights):
+    return tf.nest.map_structure(tf.subtract, initial_weights.trainable, model_weights.trainable)
+
+  @tf.function
+  def client_update(initial_weights, client_data, optimizer_hparams):
+    benign, malicious = client_data['benign'], client_data['malicious']
+    control = client_data['control'].get_single_element()
+
+    def honest():
+      reset(initial_weights)
+      num_examples = train(benign, optimizer_hparams)
+      return delta(initial_weights), num_examples
+
+    def data_poison():
+      reset(initial_weights)
+      mixed = benign.unbatch().concatenate(malicious.unbatch())
+      mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=control['seed'],
+                            reshuffle_each_iteration=False)
+      num_examples = train(mixed.batch(batch_size), optimizer_hparams)
+      return delta(initial_weights), num_examples
+
+    def boost():
+      delta_b, num_examples = honest()
+      reset(initial_weights)
+      train(malicious, optimizer_hparams)
+      delta_m = delta(initial_weights)
+      update = tf.nest.map_structure(lambda b, m: b + attack.boost * m, delta_b, delta_m)
+      return update, num_examples
+
+    def norm_bounded():
+      reset(initial_weights)
+      num_examples = train(benign, optimizer_hparams)
+      reset(initial_weights)
+      for _ in range(attack.projection_rounds):
+        train(benign, optimizer_hparams)
+        train(malicious, optimizer_hparams)
+        d = delta(initial_weights)
+        scale = tf.minimum(1.0, tf.math.divide_no_nan(
+            tf.constant(attack.norm_bound, tf.float32), _global_norm(d)))
+        tf.nest.map_structure(lambda v, w0, dd: v.assign(w0 - scale * dd),
+                              model_weights.trainable, initial_weights.trainable, d)
+      update = tf.nest.map_structure(lambda d: attack.boost * d, delta(initial_weights))
+      return update, num_examples
+
+    attacker = {'data_poison': data_poison, 'boost': boost, 'norm_bounded': norm_bounded}
+    update, num_examples = tf.cond(control['is_malicious'], attacker[attack.mode], honest)
+    update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
+    weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
+                     lambda: tf.cast(num_examples, tf.float32))
+    if has_non_finite > 0:
+      model.reset_metrics()
+    stats = collections.OrderedDict(
+        is_malicious=tf.cast(control['is_malicious'], tf.float32),
+        update_norm=_global_norm(update))
+    return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
+            model.report_local_unfinalized_metrics(), stats)
+
+  return client_update
+
+
+def build_attacker_client_work(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    optimizer: tff.learning.optimizers.Optimizer,
+    attack: AttackConfig,
+    batch_size: int,
+    metrics_aggregator=None,
+) -> tff.learning.templates.ClientWorkProcess:
+  """A `ClientWorkProcess` whose clients may attack (state: the client optimizer hparams).
+
+  Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
+  `mean_honest_update_norm`, `mean_malicious_update_norm`, `max_update_norm`.
+  """
+  attack.validate()
+  if metrics_aggregator is None:
+    metrics_aggregator = tff.learning.metrics.sum_then_finalize
+  with tf.Graph().as_default():
+    model = model_fn()
+    metrics_aggregation_fn = metrics_aggregator(model.metric_finalizers())
+  element_type = tff.types.tensorflow_to_type(model.input_spec)
+  data_type = client_data_type(element_type)
+  weights_type = tff.learning.models.weights_type_from_model(model)
+  initial_hparams = optimizer.get_hparams(
+      optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32)))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value(initial_hparams, tff.SERVER)
+
+  state_type = init_fn.type_signature.result.member
+
+  @tff.tensorflow.computation(state_type)
+  def get_hparams_fn(state):
+    return state
+
+  @tff.tensorflow.computation(state_type, state_type)
+  def set_hparams_fn(state, hparams):
+    del state
+    return hparams
+
+  @tff.tensorflow.computation(state_type, weights_type, data_type)
+  def client_update_computation(hparams, initial_weights, client_data):
+    client_update = build_client_update(model_fn, optimizer, attack, batch_size)
+    return client_update(initial_weights, client_data, hparams)
+
+  @tff.tensorflow.computation(tff.StructWithPythonType(
+      [('is_malicious', np.float32), ('update_norm', np.float32)], collections.OrderedDict))
+  def norm_stats(stats):
+    malicious = stats['is_malicious']
+    return collections.OrderedDict(
+        attackers=malicious,
+        honest=1.0 - malicious,
+        honest_norm=(1.0 - malicious) * stats['update_norm'],
+        malicious_norm=malicious * stats['update_norm'])
+
+  stats_type = norm_stats.type_signature.result
+
+  @tff.tensorflow.computation(stats_type)
+  def summarize(sums):
+    return collections.OrderedDict(
+        num_attackers=tf.cast(tf.round(sums['attackers']), tf.int32),
+        mean_honest_update_norm=tf.math.divide_no_nan(sums['honest_norm'], sums['honest']),
+        mean_malicious_update_norm=tf.math.divide_no_nan(sums['malicious_norm'],
+                                                         sums['attackers']))
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.FederatedType(weights_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, client_data):
+    hparams_at_clients = tff.federated_broadcast(state)
+    client_result, model_outputs, stats = tff.federated_map(
+        client_update_computation, (hparams_at_clients, weights, client_data))
+    sums = tff.federated_sum(tff.federated_map(norm_stats, stats))
+    summary = tff.federated_map(summarize, sums)
+    max_norm = tff.federated_max(stats.update_norm)
+    measurements = tff.federated_zip(collections.OrderedDict(
+        train=metrics_aggregation_fn(model_outputs),
+        num_attackers=summary.num_attackers,
+        mean_honest_update_norm=summary.mean_honest_update_norm,
+        mean_malicious_update_norm=summary.mean_malicious_update_norm,
+        max_update_norm=max_norm))
+    return tff.templates.MeasuredProcessOutput(state, client_result, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(
+      init_fn, next_fn, get_hparams_fn=get_hparams_fn, set_hparams_fn=set_hparams_fn)

@@ -1,0 +1,73 @@
+"""The federated learning process: FedAvg composed from attacker client work and any aggregator.
+
+`build_backdoor_process` is `tff.learning.algorithms.build_weighted_fed_avg` with its client
+work swapped for `attacks.build_attacker_client_work`, assembled with
+`tff.learning.templates.compose_learning_process`; everything else is TFF's own
+(broadcast distributor, `MeanFactory` default aggregator, SGD apply-optimizer finalizer).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+
+ModelFn = Callable[[], tff.learning.models.VariableModel]
+
+
+def keras_model_fn(keras_builder: Callable[[], tf.keras.Model],
+                   input_shape: Sequence[int]) -> ModelFn:
+  """Wraps a Keras builder (logits output) as a TFF model_fn with batches of OrderedDict(x, y)."""
+  input_spec = collections.OrderedDict(
+      x=tf.TensorSpec([None, *input_shape], tf.float32),
+      y=tf.TensorSpec([None], tf.int32))
+
+  def model_fn() -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        keras_builder(),
+        input_spec=input_spec,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+
+  return model_fn
+
+
+def build_backdoor_process(
+    model_fn: ModelFn,
+    *,
+    client_learning_rate: float,
+    server_learning_rate: float,
+    batch_size: int,
+    attack: AttackConfig = AttackConfig(),
+    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+) -> tff.learning.templates.LearningProcess:
+  """FedAvg (client SGD, server SGD) whose clients may attack and whose aggregator is pluggable.
+
+  Client data per client: `attacks.client_data_type` (benign batches, malicious batches,
+  is_malicious, seed). With no malicious client it computes exactly what
+  `build_weighted_fed_avg(model_fn, build_sgdm(client_lr), build_sgdm(server_lr))` does.
+  """
+  if client_learning_rate <= 0 or server_learning_rate <= 0:
+    raise ValueError('learning rates must be positive')
+
+  @tff.tensorflow.computation
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  distributor = tff.learning.templates.build_broadcast_process(weights_type)
+  client_work = build_attacker_client_work(
+      model_fn, tff.learning.optimizers.build_sgdm(client_learning_rate), attack, batch_size)
+  factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
+  if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
+    raise TypeError('model_aggregator must be a tff.aggregators.WeightedAggregationFactory '
+                    '(wrap unweighted ones with tff.aggregators.as_weighted_aggregator)')
+  aggregator = factory.create(weights_type.trainable, tff.TensorType(np.float32))
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      tff.learning.optimizers.build_sgdm(server_learning_rate), weights_type)
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
