@@ -1,0 +1,49 @@
+"""Shared types of the data layer: the array-pair convention, FederatedData, DataError.
+
+Kept free of TensorFlow imports so that the fetch CLI and the idx reader load fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+  import tensorflow_federated as tff
+
+DATASETS = ('emnist', 'mnist', 'fashion_mnist', 'idx')
+# Partitioners of centralised data; EMNIST keeps its natural per-writer split.
+PARTITIONS = ('iid', 'dirichlet', 'shards')
+
+# (x float32 [n, H, W, C] in [0, 1], y int32 [n]).
+ArrayPair = Tuple[np.ndarray, np.ndarray]
+
+
+class DataError(ValueError):
+  """Any bad input to the data layer; the message is one line that says what to do."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split()))
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedData:
+  """A federated dataset: clients' training data plus disjoint test and server splits.
+
+  Elements of `train` are OrderedDict(x=float32[H,W,C] in [0,1], y=int32 scalar).
+  `test` is for evaluation only; `server` is the server's clean held-out data (FLAIN's
+  auxiliary set), disjoint from `test` and from every client.
+  """
+  name: str
+  train: 'tff.simulation.datasets.ClientData'
+  test: ArrayPair
+  server: ArrayPair
+  num_classes: int
+  input_shape: Tuple[int, int, int]
+  partition_report: Dict[str, Any]
+
+
+def empty_pair(input_shape: Tuple[int, ...]) -> ArrayPair:
+  """An ArrayPair with no examples (used when server_holdout=0)."""
+  return (np.zeros((0,) + tuple(input_shape), np.float32), np.zeros((0,), np.int32))
