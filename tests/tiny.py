@@ -28,3 +28,26 @@ def batches(x, y, batch_size: int = 4) -> tf.data.Dataset:
 
 def dataset(n: int, seed: int, batch_size: int = 4) -> tf.data.Dataset:
   return batches(*arrays(n, seed), batch_size=batch_size)
+
+
+def write_idx_dataset(directory: str, n_train: int = 600, n_test: int = 200, side: int = 8,
+                      num_classes: int = NUM_CLASSES, seed: int = 0) -> str:
+  """Writes a tiny learnable MNIST-format dataset (class k = bright block k) as idx files."""
+  import os
+  from tff_backdoor.data import idx as idx_lib
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    y = rng.integers(0, num_classes, n).astype(np.uint8)
+    x = rng.integers(0, 60, (n, side, side)).astype(np.uint8)
+    for k in range(num_classes):
+      x[y == k, k * side // num_classes:(k + 1) * side // num_classes, :side // 2] += 150
+    return x, y
+
+  (tx, ty), (vx, vy) = make(n_train), make(n_test)
+  os.makedirs(directory, exist_ok=True)
+  idx_lib.write_idx(os.path.join(directory, 'train-images-idx3-ubyte.gz'), tx)
+  idx_lib.write_idx(os.path.join(directory, 'train-labels-idx1-ubyte.gz'), ty)
+  idx_lib.write_idx(os.path.join(directory, 't10k-images-idx3-ubyte.gz'), vx)
+  idx_lib.write_idx(os.path.join(directory, 't10k-labels-idx1-ubyte.gz'), vy)
+  return directory

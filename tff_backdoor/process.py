@@ -44,12 +44,14 @@ def build_backdoor_process(
     batch_size: int,
     attack: AttackConfig = AttackConfig(),
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    client_work: Optional[tff.learning.templates.ClientWorkProcess] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg (client SGD, server SGD) whose clients may attack and whose aggregator is pluggable.
 
   Client data per client: `attacks.client_data_type` (benign batches, malicious batches,
   is_malicious, seed). With no malicious client it computes exactly what
   `build_weighted_fed_avg(model_fn, build_sgdm(client_lr), build_sgdm(server_lr))` does.
+  Pass `client_work` (from `build_client_work`) to keep a handle on it, e.g. for capture.
   """
   if client_learning_rate <= 0 or server_learning_rate <= 0:
     raise ValueError('learning rates must be positive')
@@ -60,8 +62,9 @@ def build_backdoor_process(
 
   weights_type = initial_model_weights_fn.type_signature.result
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
-  client_work = build_attacker_client_work(
-      model_fn, tff.learning.optimizers.build_sgdm(client_learning_rate), attack, batch_size)
+  if client_work is None:
+    client_work = build_client_work(model_fn, client_learning_rate=client_learning_rate,
+                                    batch_size=batch_size, attack=attack)
   factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
   if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
     raise TypeError('model_aggregator must be a tff.aggregators.WeightedAggregationFactory '
@@ -71,3 +74,25 @@ def build_backdoor_process(
       tff.learning.optimizers.build_sgdm(server_learning_rate), weights_type)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
+
+
+def build_client_work(model_fn: ModelFn, *, client_learning_rate: float, batch_size: int,
+                      attack: AttackConfig = AttackConfig()
+                      ) -> tff.learning.templates.ClientWorkProcess:
+  """The attacker client work with client SGD, as `build_backdoor_process` uses it."""
+  return build_attacker_client_work(
+      model_fn, tff.learning.optimizers.build_sgdm(client_learning_rate), attack, batch_size)
+
+
+def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess,
+                           state: tff.learning.templates.LearningAlgorithmState,
+                           model_weights: tff.learning.models.ModelWeights,
+                           client_data: Sequence) -> list:
+  """Each client's update (a list of arrays, in `client_data` order) for this round's inputs.
+
+  Runs the process's own client work again on the same inputs, so training is untouched;
+  the client computation is deterministic for fixed inputs, hence the captured updates are
+  the ones the aggregator received (tests check their weighted mean against the round).
+  """
+  output = client_work.next(state.client_work, [model_weights] * len(client_data), client_data)
+  return [[np.asarray(t) for t in result.update] for result in output.result]

@@ -15,6 +15,9 @@ from typing import List
 
 _WORKER_NAME = 'worker_binary'
 
+# The worker inherits this at launch; without it, every client computation logs INFO lines.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
 
 def _child_worker_pids() -> List[int]:
   """PIDs of this process's direct children whose command is TFF's worker binary."""
@@ -40,8 +43,25 @@ def _child_worker_pids() -> List[int]:
   return pids
 
 
+def _disarm_service_managers() -> None:
+  """Stops TFF's ServiceManager.__del__ from running at shutdown (we stop the worker instead).
+
+  Run at interpreter exit it fails with "Exception ignored ... 'NoneType' object has no
+  attribute 'Popen'" because module globals are already torn down.
+  """
+  import gc  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if 'tensorflow_federated' not in sys.modules:
+    return
+  for obj in gc.get_objects():
+    cls = type(obj)
+    if cls.__name__ == 'ServiceManager' and cls.__module__.endswith('executor_factory'):
+      cls.__del__ = lambda self: None
+
+
 def stop_local_workers(timeout_s: float = 5.0) -> int:
   """Stops the TFF worker binaries this process started; returns how many were signalled."""
+  _disarm_service_managers()
   pids = _child_worker_pids()
   for pid in pids:
     try:

@@ -1,0 +1,93 @@
+"""Glue shared by the absl programs: flags -> config, and one-line errors instead of tracebacks."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Callable, List, NoReturn
+
+from absl import flags
+from absl import logging
+
+from tff_backdoor import simulation
+from tff_backdoor.aggregators import registry as defense_registry
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  """Prints `error: message` on one line to stderr and exits with `code`."""
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def one_line_flags_parser(argv: List[str]) -> List[str]:
+  """absl `flags_parser` that reports a bad flag in one line (absl's default prints usage).
+
+  Also lowers absl logging to WARNING (TFF logs INFO lines for every model it wraps);
+  `--verbosity=0` brings them back.
+  """
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
+def defense_flag_fields() -> List[dataclasses.Field]:
+  """DefenseConfig fields exposed as flags (all but `name`, which is --defense)."""
+  return [f for f in dataclasses.fields(defense_registry.DefenseConfig) if f.name != 'name']
+
+
+def define_defense_flags() -> None:
+  """Declares --defense and one flag per DefenseConfig parameter, typed like its default."""
+  defaults = defense_registry.DefenseConfig()
+  flags.DEFINE_enum('defense', defaults.name, defense_registry.DEFENSES,
+                    'Defense applied while aggregating client updates.')
+  for field in defense_flag_fields():
+    default = getattr(defaults, field.name)
+    help_text = f'Defense parameter (see tff_backdoor.aggregators.DefenseConfig.{field.name}).'
+    if isinstance(default, bool):
+      flags.DEFINE_bool(field.name, default, help_text)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(field.name, default, help_text)
+    else:
+      flags.DEFINE_float(field.name, default, help_text)
+
+
+def config_from_flags(flag_values: flags.FlagValues) -> simulation.ExperimentConfig:
+  """Builds an ExperimentConfig from parsed flags of the same names."""
+  return _config_from_values(flag_values.flag_values_dict())
+
+
+def _config_from_values(values: dict) -> simulation.ExperimentConfig:
+  defense = defense_registry.DefenseConfig(
+      name=values['defense'],
+      **{f.name: values[f.name] for f in defense_flag_fields() if f.name in values})
+  kwargs = {f.name: values[f.name] for f in dataclasses.fields(simulation.ExperimentConfig)
+            if f.name in values and f.name != 'defense'}
+  return simulation.ExperimentConfig(defense=defense, **kwargs)
+
+
+def run_or_fail(fn: Callable[[], Any]) -> Any:
+  """Runs fn; a ValueError/OSError (bad input, missing files) becomes one line and exit 1."""
+  try:
+    return fn()
+  except (ValueError, OSError) as e:
+    fail(str(e), code=1)
+
+
+def register_config_validator(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers one absl validator that checks the whole config with ExperimentConfig.validate.
+
+  Library users get the same checks from `validate()`; flag users get them at parse time.
+  """
+  names = [f.name for f in dataclasses.fields(simulation.ExperimentConfig)
+           if f.name in flag_values and f.name != 'defense']
+  names += ['defense'] + [f.name for f in defense_flag_fields() if f.name in flag_values]
+
+  def check(values):
+    try:
+      _config_from_values(values).validate()
+    except ValueError as e:
+      raise flags.ValidationError(str(e))
+    return True
+
+  flags.register_multi_flags_validator(names, check, flag_values=flag_values)

@@ -1,0 +1,398 @@
+"""The experiment loop: data -> backdoor task -> schedule -> TFF process -> rounds -> metrics.
+
+`ExperimentConfig` holds every knob of `experiments/emnist_backdoor.py` (one field per flag);
+`run_experiment(config)` is what the script's `main` calls, so tests reach every step.
+Every random choice flows from `config.seed` through independent NumPy streams (partition,
+backdoor task, schedule, per-round data), the seeded model initializers and the seeded DP noise.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor import anomaly
+from tff_backdoor import data as data_lib
+from tff_backdoor import metrics_io
+from tff_backdoor import models
+from tff_backdoor import process as process_lib
+from tff_backdoor.aggregators import registry as defense_registry
+from tff_backdoor.attacks import schedules as schedules_lib
+from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.attacks.client_work import ATTACK_MODES, AttackConfig, make_client_data
+
+TASKS = ('none', 'targeted', 'pixel')
+ArrayPair = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """Everything one run needs; field names equal the experiment's flag names."""
+  # Data.
+  dataset: str = 'fashion_mnist'
+  data_dir: Optional[str] = None
+  cache_dir: Optional[str] = None
+  only_digits: bool = True
+  partition: str = 'dirichlet'
+  num_clients: int = 100
+  alpha: float = 0.5
+  shards_per_client: int = 2
+  server_holdout: int = 1000
+  # Model and FedAvg.
+  model: str = 'sun_cnn'
+  rounds: int = 20
+  clients_per_round: int = 10
+  local_epochs: int = 1
+  batch_size: int = 20
+  client_lr: float = 0.1
+  server_lr: float = 1.0
+  # Backdoor task.
+  task: str = 'none'
+  num_tasks: int = 1
+  source_class: int = 7
+  target_class: int = 1
+  keep_honest_copies: bool = True
+  poison_fraction: float = 0.5
+  trigger_size: int = 5
+  trigger_value: float = -1.0  # < 0: opposite of the background (white on MNIST, ink on EMNIST)
+  trigger_pattern: str = 'square'
+  distributed_parts: int = 1
+  # Attacker.
+  attack: str = 'boost'
+  boost: float = 0.0  # 0 = clients_per_round (model replacement)
+  norm_bound: float = 0.33
+  projection_rounds: int = 5
+  malicious_epochs: int = 0  # 0 = local_epochs
+  malicious_batch_size: int = 0  # 0 = batch_size
+  schedule: str = 'none'
+  attack_every: int = 1
+  malicious_fraction: float = 0.1
+  attackers_per_round: int = 1
+  attack_start: int = 0
+  attack_stop: int = 0  # 0 = never stop
+  # Defense.
+  defense: defense_registry.DefenseConfig = dataclasses.field(
+      default_factory=defense_registry.DefenseConfig)
+  # Run.
+  seed: int = 0
+  output_dir: str = '/tmp/tff_backdoor_run'
+  eval_every: int = 1
+  eval_batch_size: int = 500
+  capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)
+  tensorboard: bool = True
+  verbose: bool = True
+
+  def attack_config(self) -> AttackConfig:
+    return AttackConfig(mode=self.attack,
+                        boost=float(self.boost or self.clients_per_round),
+                        norm_bound=self.norm_bound,
+                        projection_rounds=self.projection_rounds)
+
+  def validate(self) -> 'ExperimentConfig':
+    """Raises ValueError with a one-line message for impossible settings."""
+    positive_ints = ('rounds', 'clients_per_round', 'local_epochs', 'batch_size', 'eval_every',
+                     'num_clients', 'num_tasks', 'trigger_size', 'distributed_parts',
+                     'attack_every', 'projection_rounds', 'eval_batch_size')
+    for name in positive_ints:
+      if getattr(self, name) < 1 and not (name == 'num_clients' and self.dataset == 'emnist'):
+        raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
+    for name in ('client_lr', 'server_lr'):
+      value = getattr(self, name)
+      if not np.isfinite(value) or value <= 0:
+        raise ValueError(f'--{name} must be a positive number, got {value}')
+    for name in ('malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
+                 'server_holdout', 'seed'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
+    if self.dataset not in data_lib.DATASETS:
+      raise ValueError(f'unknown --dataset={self.dataset!r}; choose one of '
+                       f'{", ".join(data_lib.DATASETS)}')
+    if self.dataset != 'emnist' and self.partition not in data_lib.PARTITIONS:
+      raise ValueError(f'unknown --partition={self.partition!r}; choose one of '
+                       f'{", ".join(data_lib.PARTITIONS)}')
+    if self.model not in models.MODEL_BUILDERS:
+      raise ValueError(f'unknown --model={self.model!r}; choose one of '
+                       f'{", ".join(sorted(models.MODEL_BUILDERS))}')
+    if self.task not in TASKS:
+      raise ValueError(f'unknown --task={self.task!r}; choose one of {", ".join(TASKS)}')
+    if self.attack not in ATTACK_MODES:
+      raise ValueError(f'unknown --attack={self.attack!r}; choose one of '
+                       f'{", ".join(ATTACK_MODES)}')
+    if self.schedule not in schedules_lib.SCHEDULES:
+      raise ValueError(f'unknown --schedule={self.schedule!r}; choose one of '
+                       f'{", ".join(schedules_lib.SCHEDULES)}')
+    if self.num_clients > 0 and self.clients_per_round > self.num_clients:
+      raise ValueError(f'--clients_per_round={self.clients_per_round} is larger than '
+                       f'--num_clients={self.num_clients}')
+    if self.schedule != 'none' and self.task == 'none':
+      raise ValueError(f'--schedule={self.schedule} needs a backdoor --task (targeted or pixel)')
+    if self.boost < 0:
+      raise ValueError(f'--boost must be >= 0 (0 = clients_per_round), got {self.boost}')
+    if not 0 < self.poison_fraction <= 1:
+      raise ValueError(f'--poison_fraction must be in (0, 1], got {self.poison_fraction}')
+    if self.attack_stop and self.attack_stop <= self.attack_start:
+      raise ValueError(f'--attack_stop={self.attack_stop} must be after '
+                       f'--attack_start={self.attack_start}')
+    self.attack_config().validate()
+    parse_rounds(self.capture_rounds, self.rounds)
+    defense_registry.validate_defense(self.defense, self.clients_per_round)
+    return self
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ExperimentSetup:
+  """What `prepare` builds before the first round; tests and tools can inspect or reuse it."""
+  config: ExperimentConfig
+  data: data_lib.FederatedData
+  clients: Dict[str, ArrayPair]
+  client_ids: List[str]
+  task: Optional[tasks_lib.BackdoorTask]
+  schedule: Any
+  keras_builder: Callable[[], tf.keras.Model]
+  process: tff.learning.templates.LearningProcess
+  client_work: tff.learning.templates.ClientWorkProcess
+  eval_sets: Dict[str, ArrayPair]
+
+
+def parse_rounds(spec: str, total_rounds: int) -> set:
+  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' -> none. Rounds are 0-based."""
+  spec = (spec or '').strip()
+  if not spec:
+    return set()
+  if spec == 'all':
+    return set(range(total_rounds))
+  rounds = set()
+  for part in spec.split(','):
+    try:
+      lo, _, hi = part.strip().partition('-')
+      lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+      raise ValueError(f"bad round list {spec!r}: use e.g. '0-4,10' or 'all'") from None
+    if lo_i < 0 or hi_i < lo_i or hi_i >= total_rounds:
+      raise ValueError(f'bad round range {part.strip()!r} for {total_rounds} rounds (0-based)')
+    rounds.update(range(lo_i, hi_i + 1))
+  return rounds
+
+
+def _streams(seed: int) -> Dict[str, np.random.Generator]:
+  """Independent RNG streams, so adding draws to one never shifts another."""
+  names = ('task', 'schedule', 'sampling', 'round_data')
+  children = np.random.SeedSequence(seed).spawn(len(names))
+  return {n: np.random.default_rng(s) for n, s in zip(names, children)}
+
+
+def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
+               clients: Dict[str, ArrayPair], seed: int) -> Optional[tasks_lib.BackdoorTask]:
+  """The backdoor task named by the config (None for --task=none)."""
+  if config.task == 'none':
+    return None
+  if config.task == 'targeted':
+    return tasks_lib.TargetedTask.build(
+        clients, num_tasks=config.num_tasks, source_class=config.source_class,
+        target_class=config.target_class, seed=seed,
+        keep_honest_copies=config.keep_honest_copies, num_classes=data.num_classes)
+  source = None if config.source_class < 0 else config.source_class
+  value = config.trigger_value
+  if value < 0:  # EMNIST images are ink 0 on background 1: a "white" square would be invisible.
+    value = 1.0 - float(data.partition_report.get('background_value', 0.0))
+  return tasks_lib.PixelTriggerTask(
+      data.test[0], data.test[1], source_class=source, target_class=config.target_class,
+      poison_fraction=config.poison_fraction, trigger_size=config.trigger_size,
+      trigger_value=value, pattern=config.trigger_pattern,
+      distributed_parts=config.distributed_parts, num_classes=data.num_classes)
+
+
+def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: int):
+  """The attacker schedule named by the config."""
+  params: Dict[str, Any] = dict(start_round=config.attack_start,
+                                stop_round=config.attack_stop or None)
+  if config.schedule == 'fixed_frequency':
+    params.update(attack_every=config.attack_every)
+  elif config.schedule == 'random_fraction':
+    params.update(malicious_fraction=config.malicious_fraction, client_ids=client_ids, seed=seed)
+  elif config.schedule == 'fixed_per_round':
+    params.update(malicious_fraction=config.malicious_fraction, client_ids=client_ids,
+                  attackers_per_round=config.attackers_per_round, seed=seed)
+  elif config.schedule == 'none':
+    params = {}
+  return schedules_lib.build_schedule(config.schedule, **params)
+
+
+def prepare(config: ExperimentConfig) -> ExperimentSetup:
+  """Loads data, builds the task, the schedule and the TFF learning process."""
+  config.validate()
+  streams = _streams(config.seed)
+  data = data_lib.load_federated_data(
+      config.dataset, data_dir=config.data_dir, partition=config.partition,
+      num_clients=config.num_clients, alpha=config.alpha,
+      shards_per_client=config.shards_per_client, server_holdout=config.server_holdout,
+      seed=config.seed, only_digits=config.only_digits, cache_dir=config.cache_dir)
+  client_ids = sorted(data.train.client_ids)
+  if config.clients_per_round > len(client_ids):
+    raise ValueError(f'--clients_per_round={config.clients_per_round} is larger than the '
+                     f'{len(client_ids)} clients of {config.dataset}')
+  clients = data_lib.client_arrays(data.train, client_ids)
+  task = build_task(config, data, clients, seed=int(streams['task'].integers(2**31)))
+  schedule = build_schedule(config, client_ids, seed=int(streams['schedule'].integers(2**31)))
+  keras_builder = lambda: models.build_model(config.model, data.input_shape, data.num_classes,
+                                             seed=config.seed)
+  model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
+  aggregator = defense_registry.build_defense(config.defense, config.clients_per_round,
+                                              seed=config.seed)
+  client_work = process_lib.build_client_work(
+      model_fn, client_learning_rate=config.client_lr, batch_size=config.batch_size,
+      attack=config.attack_config())
+  learning_process = process_lib.build_backdoor_process(
+      model_fn, client_learning_rate=config.client_lr, server_learning_rate=config.server_lr,
+      batch_size=config.batch_size, attack=config.attack_config(), model_aggregator=aggregator,
+      client_work=client_work)
+  eval_sets = {'test': data.test}
+  if task is not None:
+    eval_sets.update(task.eval_sets())
+  return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
+                         learning_process, client_work, eval_sets)
+
+
+def _epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
+                   rng: np.random.Generator) -> tf.data.Dataset:
+  """`epochs` shuffled passes over (x, y), batched; the shuffle comes from `rng`."""
+  n = len(y)
+  order = (np.concatenate([rng.permutation(n) for _ in range(epochs)])
+           if n else np.zeros([0], np.int64))
+  return tf.data.Dataset.from_tensor_slices(
+      collections.OrderedDict(x=x[order], y=y[order])).batch(max(batch_size, 1))
+
+
+def round_client_data(setup: ExperimentSetup, participants, rng: np.random.Generator):
+  """Per-client TFF inputs for one round, plus which participants attack."""
+  config = setup.config
+  mal_epochs = config.malicious_epochs or config.local_epochs
+  empty_x = np.zeros([0, *setup.data.input_shape], np.float32)
+  empty = (empty_x, np.zeros([0], np.int32))
+  inputs, flags = [], []
+  for p in participants:
+    x, y = setup.clients[p.client_id]
+    if p.is_attacker:
+      (bx, by), (mx, my) = setup.task.attacker_data(p.client_id, x, y, p.attacker_index, rng)
+    else:
+      (bx, by) = setup.task.honest_data(p.client_id, x, y) if setup.task else (x, y)
+      mx, my = empty
+    mal_batch = config.malicious_batch_size or config.batch_size
+    inputs.append(make_client_data(
+        _epoch_batches(bx, by, config.local_epochs, config.batch_size, rng),
+        _epoch_batches(mx, my, mal_epochs if len(my) else 0, mal_batch, rng),
+        is_malicious=p.is_attacker, seed=int(rng.integers(2**31))))
+    flags.append(bool(p.is_attacker))
+  return inputs, flags
+
+
+class Evaluator:
+  """Keras-side evaluation of the global model on the named evaluation sets."""
+
+  def __init__(self, keras_builder: Callable[[], tf.keras.Model], batch_size: int):
+    self.model = keras_builder()
+    self.model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+    self.batch_size = batch_size
+
+  def load(self, weights: tff.learning.models.ModelWeights) -> tf.keras.Model:
+    weights.assign_weights_to(self.model)
+    return self.model
+
+  def evaluate(self, eval_sets: Dict[str, ArrayPair]) -> Dict[str, float]:
+    out = {}
+    for name, (x, y) in eval_sets.items():
+      if len(y) == 0:
+        continue
+      loss, acc = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0)
+      out[f'{name}_accuracy'] = float(acc)
+      out[f'{name}_loss'] = float(loss)
+    return out
+
+
+def capture_round(setup: ExperimentSetup, state, client_data, participants, round_num: int,
+                  directory: str, variable_names: Sequence[str]) -> str:
+  """Saves every participant's update of this round (before aggregation) for anomaly.py."""
+  updates = process_lib.capture_client_updates(
+      setup.client_work, state, setup.process.get_model_weights(state), client_data)
+  stacked = [np.stack([u[v] for u in updates]) for v in range(len(variable_names))]
+  return anomaly.save_round_capture(
+      directory, round_num, stacked, list(variable_names), [p.client_id for p in participants],
+      np.array([p.is_attacker for p in participants], dtype=bool))
+
+
+def _round_line(row: Dict[str, Any], rounds: int) -> str:
+  parts = [f"round {row['round'] + 1:4d}/{rounds}"]
+  for key, label in (('train_accuracy', 'train_acc'), ('test_accuracy', 'test_acc'),
+                     ('test_loss', 'test_loss'), ('backdoor_accuracy', 'backdoor_acc'),
+                     ('backdoor_heldout_accuracy', 'backdoor_heldout')):
+    if row.get(key) is not None:
+      parts.append(f'{label} {row[key]:.4f}')
+  parts.append(f"attackers {row.get('num_attackers', 0)}")
+  parts.append(f"{row['round_seconds']:.1f}s")
+  return ' | '.join(parts)
+
+
+def run_experiment(config: ExperimentConfig,
+                   setup: Optional[ExperimentSetup] = None) -> Dict[str, Any]:
+  """Runs all rounds, writing metrics/config/final files to config.output_dir; returns final."""
+  setup = setup or prepare(config)
+  config = setup.config
+  os.makedirs(config.output_dir, exist_ok=True)
+  metrics_io.write_json(os.path.join(config.output_dir, 'config.json'), config.to_dict())
+  writer = metrics_io.MetricsWriter(config.output_dir, tensorboard=config.tensorboard)
+  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
+  streams = _streams(config.seed)
+  rng, schedule_rng = streams['round_data'], streams['sampling']
+  state = setup.process.initialize()
+  initial_weights = setup.process.get_model_weights(state)
+  np.savez(os.path.join(config.output_dir, 'initial_weights.npz'),
+           *[np.asarray(w) for w in evaluator.load(initial_weights).get_weights()])
+  capture = parse_rounds(config.capture_rounds, config.rounds)
+  variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
+  start = time.time()
+  last_eval: Dict[str, float] = {}
+  for round_num in range(config.rounds):
+    t0 = time.time()
+    participants = setup.schedule.sample_round(round_num, setup.client_ids,
+                                               config.clients_per_round, schedule_rng)
+    client_data, flags = round_client_data(setup, participants, rng)
+    if round_num in capture:
+      capture_round(setup, state, client_data, participants, round_num,
+                    os.path.join(config.output_dir, 'captures'), variable_names)
+    output = setup.process.next(state, client_data)
+    state = output.state
+    flat = metrics_io.flatten_metrics(output.metrics)
+    row: Dict[str, Any] = {'round': round_num}
+    row['train_accuracy'] = flat.get('client_work/train/sparse_categorical_accuracy')
+    row['train_loss'] = flat.get('client_work/train/loss')
+    row['num_attackers'] = int(sum(flags))
+    for key in ('mean_honest_update_norm', 'mean_malicious_update_norm', 'max_update_norm'):
+      row[key] = flat.get(f'client_work/{key}')
+    row.update({k: v for k, v in flat.items()
+                if k.startswith('aggregator/') and not isinstance(v, list)})
+    if (round_num + 1) % config.eval_every == 0 or round_num + 1 == config.rounds:
+      evaluator.load(setup.process.get_model_weights(state))
+      last_eval = evaluator.evaluate(setup.eval_sets)
+      row.update(last_eval)
+    row['round_seconds'] = time.time() - t0
+    writer.write(row)
+    if config.verbose:
+      print(_round_line(row, config.rounds), flush=True)
+  writer.close()
+  final_model = evaluator.load(setup.process.get_model_weights(state))
+  final_model.save(os.path.join(config.output_dir, 'final_model.keras'))
+  final = {'rounds': config.rounds, 'seconds': time.time() - start, **last_eval,
+           'partition': setup.data.partition_report}
+  metrics_io.write_json(os.path.join(config.output_dir, 'final.json'), final)
+  return final
