@@ -5,13 +5,15 @@
 
 Flags map one-to-one onto `tff_backdoor.simulation.ExperimentConfig`; `main` only wires them.
 Outputs in --output_dir: config.json, metrics.jsonl, metrics.csv, tensorboard/, final.json,
-initial_weights.npz (round-0 global model) and final_model.keras.
+initial_weights.npz (round-0 global model), final_model.keras, captures/ (--capture_rounds),
+flain.json and flain_model.keras (--flain).
 """
 from absl import app
 from absl import flags
 
 from tff_backdoor import cli
 from tff_backdoor import data as data_lib
+from tff_backdoor import flain as flain_lib
 from tff_backdoor import models
 from tff_backdoor import simulation
 from tff_backdoor.attacks import schedules as schedules_lib
@@ -86,6 +88,19 @@ flags.DEFINE_integer('eval_every', _D.eval_every, 'Evaluate every k rounds (and 
 flags.DEFINE_string('capture_rounds', _D.capture_rounds,
                     "Rounds whose per-client updates are saved to output_dir/captures "
                     "(e.g. '0-9,20' or 'all'; 0-based).")
+# FLAIN (post-training).
+flags.DEFINE_bool('flain', _D.flain, 'Apply FLAIN to the final global model and report '
+                  'main/backdoor accuracy before and after.')
+flags.DEFINE_integer('flain_aux_per_class', _D.flain_aux_per_class,
+                     'Clean auxiliary images per class, from the server-side held-out split.')
+flags.DEFINE_string('flain_layer', _D.flain_layer,
+                    "Dense layer to defend ('' = first Dense layer, 'all_dense' = every one).")
+flags.DEFINE_enum('flain_mode', _D.flain_mode, list(flain_lib.THRESHOLD_MODES),
+                  'quantile (scale-free) or absolute (the authors\' activation threshold).')
+flags.DEFINE_float('flain_k0', _D.flain_k0, 'First threshold (<0: the mode default).')
+flags.DEFINE_float('flain_step', _D.flain_step, 'Threshold step (<0: the mode default).')
+flags.DEFINE_float('flain_tolerance', _D.flain_tolerance,
+                   'Auxiliary accuracy drop that stops raising the threshold.')
 
 cli.register_config_validator()
 FLAGS = flags.FLAGS

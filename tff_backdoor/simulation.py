@@ -20,6 +20,7 @@ import tensorflow_federated as tff
 
 from tff_backdoor import anomaly
 from tff_backdoor import data as data_lib
+from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor import process as process_lib
@@ -86,6 +87,21 @@ class ExperimentConfig:
   eval_every: int = 1
   eval_batch_size: int = 500
   capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)
+  # FLAIN, applied once to the final global model (flain.py).
+  flain: bool = False
+  flain_aux_per_class: int = 80
+  flain_layer: str = ''  # '' = first Dense layer; 'all_dense' = every Dense layer
+  flain_mode: str = 'quantile'
+  flain_k0: float = -1.0  # < 0: the mode's default
+  flain_step: float = -1.0  # < 0: the mode's default
+  flain_tolerance: float = 0.01
+
+  def flain_config(self) -> flain_lib.FlainConfig:
+    return flain_lib.FlainConfig(
+        layer=self.flain_layer or None, threshold_mode=self.flain_mode,
+        k0=None if self.flain_k0 < 0 else self.flain_k0,
+        step=None if self.flain_step < 0 else self.flain_step,
+        tolerance=self.flain_tolerance)
   tensorboard: bool = True
   verbose: bool = True
 
@@ -142,6 +158,12 @@ class ExperimentConfig:
                        f'--attack_start={self.attack_start}')
     self.attack_config().validate()
     parse_rounds(self.capture_rounds, self.rounds)
+    if self.flain:
+      self.flain_config()  # raises ValueError on bad FLAIN settings
+      if self.flain_aux_per_class < 1:
+        raise ValueError(f'--flain_aux_per_class must be >= 1, got {self.flain_aux_per_class}')
+      if self.server_holdout < 1:
+        raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
     defense_registry.validate_defense(self.defense, self.clients_per_round)
     return self
 
@@ -331,6 +353,31 @@ def capture_round(setup: ExperimentSetup, state, client_data, participants, roun
       np.array([p.is_attacker for p in participants], dtype=bool))
 
 
+def run_flain(setup: ExperimentSetup, final_model: tf.keras.Model,
+              initial_weights: Sequence[np.ndarray], evaluator: 'Evaluator',
+              before: Dict[str, float]) -> Dict[str, Any]:
+  """Applies FLAIN to the final model with server-side auxiliary data; saves and reports it."""
+  config = setup.config
+  aux_x, aux_y = flain_lib.select_auxiliary(
+      *setup.data.server, per_class=config.flain_aux_per_class, seed=config.seed,
+      num_classes=setup.data.num_classes)
+  defended, report = flain_lib.apply_flain(final_model, initial_weights, aux_x, aux_y,
+                                           config.flain_config())
+  evaluator.model.set_weights(defended.get_weights())
+  after = evaluator.evaluate(setup.eval_sets)
+  evaluator.model.save(os.path.join(config.output_dir, 'flain_model.keras'))
+  result = {'before': before, 'after': after, 'report': report.to_dict()}
+  metrics_io.write_json(os.path.join(config.output_dir, 'flain.json'), result)
+  if config.verbose:
+    line = [f'FLAIN ({report.threshold_mode} k={report.threshold:.4g}, '
+            f'{report.num_flipped} neurons flipped, {report.seconds:.1f}s)']
+    for key in ('test_accuracy', 'backdoor_accuracy'):
+      if key in after:
+        line.append(f'{key} {before.get(key, float("nan")):.4f} -> {after[key]:.4f}')
+    print(' | '.join(line), flush=True)
+  return result
+
+
 def _round_line(row: Dict[str, Any], rounds: int) -> str:
   parts = [f"round {row['round'] + 1:4d}/{rounds}"]
   for key, label in (('train_accuracy', 'train_acc'), ('test_accuracy', 'test_acc'),
@@ -356,8 +403,8 @@ def run_experiment(config: ExperimentConfig,
   rng, schedule_rng = streams['round_data'], streams['sampling']
   state = setup.process.initialize()
   initial_weights = setup.process.get_model_weights(state)
-  np.savez(os.path.join(config.output_dir, 'initial_weights.npz'),
-           *[np.asarray(w) for w in evaluator.load(initial_weights).get_weights()])
+  initial_keras_weights = [np.array(w) for w in evaluator.load(initial_weights).get_weights()]
+  np.savez(os.path.join(config.output_dir, 'initial_weights.npz'), *initial_keras_weights)
   capture = parse_rounds(config.capture_rounds, config.rounds)
   variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
   start = time.time()
@@ -394,5 +441,7 @@ def run_experiment(config: ExperimentConfig,
   final_model.save(os.path.join(config.output_dir, 'final_model.keras'))
   final = {'rounds': config.rounds, 'seconds': time.time() - start, **last_eval,
            'partition': setup.data.partition_report}
+  if config.flain:
+    final['flain'] = run_flain(setup, final_model, initial_keras_weights, evaluator, last_eval)
   metrics_io.write_json(os.path.join(config.output_dir, 'final.json'), final)
   return final
