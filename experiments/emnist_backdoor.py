@@ -85,6 +85,10 @@ cli.define_defense_flags()
 flags.DEFINE_integer('seed', _D.seed, 'Seed of every random choice.')
 flags.DEFINE_string('output_dir', _D.output_dir, 'Where metrics and models are written.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Evaluate every k rounds (and the last).')
+flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
+                     'Save the full loop state every k rounds (0 = never).')
+flags.DEFINE_bool('resume', _D.resume,
+                  "Continue from output_dir's newest checkpoint (same flags required).")
 flags.DEFINE_string('capture_rounds', _D.capture_rounds,
                     "Rounds whose per-client updates are saved to output_dir/captures "
                     "(e.g. '0-9,20' or 'all'; 0-based).")

@@ -42,22 +42,19 @@ def to_python(value: Any) -> Any:
 class MetricsWriter:
   """Appends one row per round to metrics.jsonl, rewrites metrics.csv, logs TensorBoard scalars."""
 
-  def __init__(self, output_dir: str, tensorboard: bool = True):
+  def __init__(self, output_dir: str, tensorboard: bool = True, keep_rounds_before: int = 0):
+    """Starts fresh files, keeping the rows of rounds < keep_rounds_before (for resuming)."""
     os.makedirs(output_dir, exist_ok=True)
     self.jsonl_path = os.path.join(output_dir, 'metrics.jsonl')
     self.csv_path = os.path.join(output_dir, 'metrics.csv')
     self.rows: List[Dict[str, Any]] = []
+    if keep_rounds_before > 0 and os.path.exists(self.jsonl_path):
+      with open(self.jsonl_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+      self.rows = [r for r in rows if r.get('round', 0) < keep_rounds_before]
+    self._rewrite()
     self._summary = (tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
                      if tensorboard else None)
-
-  def load_existing(self, up_to_round: int) -> None:
-    """Keeps the rows of rounds < up_to_round from an earlier run (used when resuming)."""
-    if not os.path.exists(self.jsonl_path):
-      return
-    with open(self.jsonl_path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-    self.rows = [r for r in rows if r.get('round', 0) < up_to_round]
-    self._rewrite()
 
   def write(self, row: Dict[str, Any]) -> None:
     row = {k: to_python(v) for k, v in row.items()}

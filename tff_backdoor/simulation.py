@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor import anomaly
+from tff_backdoor import checkpoint
 from tff_backdoor import data as data_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
@@ -86,6 +88,8 @@ class ExperimentConfig:
   output_dir: str = '/tmp/tff_backdoor_run'
   eval_every: int = 1
   eval_batch_size: int = 500
+  checkpoint_every: int = 0  # rounds between checkpoints (0 = none)
+  resume: bool = False  # continue from output_dir's newest checkpoint
   capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)
   # FLAIN, applied once to the final global model (flain.py).
   flain: bool = False
@@ -124,7 +128,7 @@ class ExperimentConfig:
       if not np.isfinite(value) or value <= 0:
         raise ValueError(f'--{name} must be a positive number, got {value}')
     for name in ('malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
-                 'server_holdout', 'seed'):
+                 'server_holdout', 'seed', 'checkpoint_every'):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if self.dataset not in data_lib.DATASETS:
@@ -355,7 +359,8 @@ def capture_round(setup: ExperimentSetup, state, client_data, participants, roun
 
 def run_flain(setup: ExperimentSetup, final_model: tf.keras.Model,
               initial_weights: Sequence[np.ndarray], evaluator: 'Evaluator',
-              before: Dict[str, float]) -> Dict[str, Any]:
+              before: Dict[str, float], progress: Optional['Progress'] = None
+              ) -> Dict[str, Any]:
   """Applies FLAIN to the final model with server-side auxiliary data; saves and reports it."""
   config = setup.config
   aux_x, aux_y = flain_lib.select_auxiliary(
@@ -374,7 +379,7 @@ def run_flain(setup: ExperimentSetup, final_model: tf.keras.Model,
     for key in ('test_accuracy', 'backdoor_accuracy'):
       if key in after:
         line.append(f'{key} {before.get(key, float("nan")):.4f} -> {after[key]:.4f}')
-    print(' | '.join(line), flush=True)
+    (progress.write if progress else print)(' | '.join(line))
   return result
 
 
@@ -390,26 +395,106 @@ def _round_line(row: Dict[str, Any], rounds: int) -> str:
   return ' | '.join(parts)
 
 
+class Progress:
+  """A tqdm bar (round, accuracies, ETA) on a terminal; one plain line per round otherwise."""
+
+  def __init__(self, total: int, done: int, enabled: bool, tty: Optional[bool] = None):
+    self.total, self.enabled = total, enabled
+    self.tty = sys.stdout.isatty() if tty is None else tty
+    self._bar = None
+    self._start, self._done0 = time.time(), done
+    if enabled and self.tty:
+      import tqdm  # pylint: disable=g-import-not-at-top  (a TFF dependency)
+      self._bar = tqdm.tqdm(total=total, initial=done, unit='round', dynamic_ncols=True)
+
+  def eta_seconds(self, done: int) -> float:
+    rate = (time.time() - self._start) / max(done - self._done0, 1)
+    return rate * (self.total - done)
+
+  def update(self, row: Dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      postfix = {'test_acc': row.get('test_accuracy'), 'backdoor': row.get('backdoor_accuracy')}
+      self._bar.set_postfix({k: f'{v:.3f}' for k, v in postfix.items() if v is not None})
+      self._bar.update(1)
+    else:
+      eta = self.eta_seconds(row['round'] + 1)
+      print(f'{_round_line(row, self.total)} | eta {int(eta // 60)}m{int(eta % 60):02d}s',
+            flush=True)
+
+  def write(self, line: str) -> None:
+    if self.enabled:
+      (self._bar.write if self._bar is not None else print)(line)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _resume(config: ExperimentConfig, setup: ExperimentSetup, state, streams):
+  """Loads the newest checkpoint of an interrupted run; returns (state, next round, meta)."""
+  path = checkpoint.latest_checkpoint(os.path.join(config.output_dir, 'checkpoints'))
+  if path is None:
+    return state, 0, {}
+  with open(os.path.join(config.output_dir, 'config.json')) as f:
+    saved = json.load(f)
+  current = json.loads(json.dumps(config.to_dict()))
+  ignored = ('resume', 'verbose', 'checkpoint_every')
+  diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
+  if diff:
+    raise ValueError(f'cannot --resume: {config.output_dir} was run with different '
+                     f'{", ".join(diff)}; use a new --output_dir')
+  state, meta = checkpoint.load_checkpoint(path, state)
+  for name in ('round_data', 'sampling'):
+    streams[name].bit_generator.state = meta['rng'][name]
+  return state, int(meta['next_round']), meta
+
+
+def _round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Dict[str, Any]:
+  row: Dict[str, Any] = {'round': round_num}
+  row['train_accuracy'] = flat.get('client_work/train/sparse_categorical_accuracy')
+  row['train_loss'] = flat.get('client_work/train/loss')
+  row['num_attackers'] = int(sum(flags))
+  for key in ('mean_honest_update_norm', 'mean_malicious_update_norm', 'max_update_norm'):
+    row[key] = flat.get(f'client_work/{key}')
+  row.update({k: v for k, v in flat.items()
+              if k.startswith('aggregator/') and not isinstance(v, list)})
+  return row
+
+
 def run_experiment(config: ExperimentConfig,
                    setup: Optional[ExperimentSetup] = None) -> Dict[str, Any]:
-  """Runs all rounds, writing metrics/config/final files to config.output_dir; returns final."""
+  """Runs all rounds, writing metrics/config/final files to config.output_dir; returns final.
+
+  With `checkpoint_every` > 0 the full loop state is saved every that many rounds; with
+  `resume`, a run continues from its newest checkpoint and ends with the same numbers as an
+  uninterrupted run with the same seed.
+  """
   setup = setup or prepare(config)
   config = setup.config
   os.makedirs(config.output_dir, exist_ok=True)
-  metrics_io.write_json(os.path.join(config.output_dir, 'config.json'), config.to_dict())
-  writer = metrics_io.MetricsWriter(config.output_dir, tensorboard=config.tensorboard)
-  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
   streams = _streams(config.seed)
-  rng, schedule_rng = streams['round_data'], streams['sampling']
   state = setup.process.initialize()
-  initial_weights = setup.process.get_model_weights(state)
-  initial_keras_weights = [np.array(w) for w in evaluator.load(initial_weights).get_weights()]
+  first_round, meta = 0, {}
+  if config.resume:
+    state, first_round, meta = _resume(config, setup, state, streams)
+  rng, schedule_rng = streams['round_data'], streams['sampling']
+  metrics_io.write_json(os.path.join(config.output_dir, 'config.json'), config.to_dict())
+  writer = metrics_io.MetricsWriter(config.output_dir, tensorboard=config.tensorboard,
+                                    keep_rounds_before=first_round)
+  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
+  initial_keras_weights = [np.array(w) for w in evaluator.load(
+      setup.process.get_model_weights(setup.process.initialize())).get_weights()]
   np.savez(os.path.join(config.output_dir, 'initial_weights.npz'), *initial_keras_weights)
   capture = parse_rounds(config.capture_rounds, config.rounds)
   variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
-  start = time.time()
-  last_eval: Dict[str, float] = {}
-  for round_num in range(config.rounds):
+  start = time.time() - float(meta.get('seconds', 0.0))
+  last_eval: Dict[str, float] = dict(meta.get('last_eval', {}))
+  progress = Progress(config.rounds, first_round, enabled=config.verbose)
+  if first_round:
+    progress.write(f'resumed from round {first_round} of {config.rounds}')
+  for round_num in range(first_round, config.rounds):
     t0 = time.time()
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                config.clients_per_round, schedule_rng)
@@ -419,29 +504,29 @@ def run_experiment(config: ExperimentConfig,
                     os.path.join(config.output_dir, 'captures'), variable_names)
     output = setup.process.next(state, client_data)
     state = output.state
-    flat = metrics_io.flatten_metrics(output.metrics)
-    row: Dict[str, Any] = {'round': round_num}
-    row['train_accuracy'] = flat.get('client_work/train/sparse_categorical_accuracy')
-    row['train_loss'] = flat.get('client_work/train/loss')
-    row['num_attackers'] = int(sum(flags))
-    for key in ('mean_honest_update_norm', 'mean_malicious_update_norm', 'max_update_norm'):
-      row[key] = flat.get(f'client_work/{key}')
-    row.update({k: v for k, v in flat.items()
-                if k.startswith('aggregator/') and not isinstance(v, list)})
+    row = _round_row(round_num, metrics_io.flatten_metrics(output.metrics), flags)
     if (round_num + 1) % config.eval_every == 0 or round_num + 1 == config.rounds:
       evaluator.load(setup.process.get_model_weights(state))
       last_eval = evaluator.evaluate(setup.eval_sets)
       row.update(last_eval)
     row['round_seconds'] = time.time() - t0
     writer.write(row)
-    if config.verbose:
-      print(_round_line(row, config.rounds), flush=True)
+    progress.update(row)
+    if config.checkpoint_every and (round_num + 1) % config.checkpoint_every == 0:
+      checkpoint.save_checkpoint(
+          os.path.join(config.output_dir, 'checkpoints'), round_num + 1, state,
+          {'next_round': round_num + 1, 'last_eval': last_eval,
+           'seconds': time.time() - start,
+           'rng': {'round_data': rng.bit_generator.state,
+                   'sampling': schedule_rng.bit_generator.state}})
+  progress.close()
   writer.close()
   final_model = evaluator.load(setup.process.get_model_weights(state))
   final_model.save(os.path.join(config.output_dir, 'final_model.keras'))
   final = {'rounds': config.rounds, 'seconds': time.time() - start, **last_eval,
            'partition': setup.data.partition_report}
   if config.flain:
-    final['flain'] = run_flain(setup, final_model, initial_keras_weights, evaluator, last_eval)
+    final['flain'] = run_flain(setup, final_model, initial_keras_weights, evaluator, last_eval,
+                               progress)
   metrics_io.write_json(os.path.join(config.output_dir, 'final.json'), final)
   return final
