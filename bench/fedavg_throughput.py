@@ -2,7 +2,8 @@
 
   python -m bench.fedavg_throughput [--variants=keras,vanilla,ours,clip,weak_dp] [--repeats=3]
 
-Setting (ENVIRONMENT.md's reference): Sun et al. CNN, 10 clients x 600 examples, batch 20, one
+`peak_rss_mb` is this process's peak (Python + TFF worker): run one variant per process to get
+a per-configuration figure (bench/run_all.py does). Setting (ENVIRONMENT.md's reference): Sun et al. CNN, 10 clients x 600 examples, batch 20, one
 local epoch, client SGD lr 0.1. Each variant is warmed up once (tracing and compilation), then
 timed `--repeats` times; the median is reported. A round's time includes building its client
 datasets from NumPy, as in the experiments. Prints one JSON object; ratios are to `keras`
@@ -31,8 +32,11 @@ from tff_backdoor import process as process_lib
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import AttackConfig, make_client_data
 
-VARIANTS = ('keras', 'vanilla', 'ours', 'ours_boost_attacker', 'clip', 'weak_dp', 'adaptive_clip',
-            'zeroing', 'clip_mean', 'median', 'trimmed_mean', 'multi_krum', 'bias_filter')
+ATTACK_VARIANTS = {'ours_boost_attacker': 'boost', 'ours_norm_bounded_attacker': 'norm_bounded',
+                   'ours_data_poison_attacker': 'data_poison'}
+VARIANTS = ('keras', 'vanilla', 'ours', 'capture', *ATTACK_VARIANTS,
+            'clip', 'weak_dp', 'adaptive_clip', 'zeroing', 'clip_mean', 'median', 'trimmed_mean',
+            'krum', 'multi_krum', 'bias_filter')
 
 flags.DEFINE_list('variants', ['keras', 'vanilla', 'ours'], f'Any of {", ".join(VARIANTS)}.')
 flags.DEFINE_integer('repeats', 3, 'Timed repetitions per variant (after one warm-up).')
@@ -90,13 +94,16 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
         model_fn, tff.learning.optimizers.build_sgdm(LR), tff.learning.optimizers.build_sgdm(1.0))
     return _round_fn(vanilla, lambda: _client_datasets(xs, ys, batch_size))
   n = len(xs)
-  attackers = 1 if name == 'ours_boost_attacker' else 0
-  defense = 'none' if name.startswith('ours') else name
+  attackers = 1 if name in ATTACK_VARIANTS else 0
+  defense = 'none' if name.startswith('ours') or name == 'capture' else name
   config = defense_registry.DefenseConfig(name=defense)
+  attack = AttackConfig(ATTACK_VARIANTS.get(name, 'boost'), boost=float(n))
+  client_work = process_lib.build_client_work(model_fn, client_learning_rate=LR,
+                                              batch_size=batch_size, attack=attack)
   ours = process_lib.build_backdoor_process(
       model_fn, client_learning_rate=LR, server_learning_rate=1.0, batch_size=batch_size,
-      attack=AttackConfig('boost', boost=float(n)),
-      model_aggregator=defense_registry.build_defense(config, n, seed=seed))
+      attack=attack, model_aggregator=defense_registry.build_defense(config, n, seed=seed),
+      client_work=client_work)
   empty = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
       x=np.zeros([0, *INPUT_SHAPE], np.float32), y=np.zeros([0], np.int32))).batch(batch_size)
 
@@ -105,7 +112,33 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
     malicious = _client_datasets(xs[:1], [(ys[0] + 1) % 10], batch_size)[0]
     return [make_client_data(d, malicious if i < attackers else empty, i < attackers, i)
             for i, d in enumerate(datasets)]
-  return _round_fn(ours, inputs)
+  if name != 'capture':
+    return _round_fn(ours, inputs)
+  state = [ours.initialize()]
+
+  def capture_round():  # what --capture_rounds adds to a round: every client's update saved
+    data = inputs()
+    process_lib.capture_client_updates(client_work, state[0], ours.get_model_weights(state[0]),
+                                       data)
+    state[0] = ours.next(state[0], data).state
+  return capture_round
+
+
+def peak_rss_mb() -> Dict[str, float]:
+  """Peak resident memory of this process and of its TFF worker children (Linux)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
+  out = {'python': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 'workers': 0.0}
+  for pid in runtime._child_worker_pids():  # pylint: disable=protected-access
+    try:
+      with open(f'/proc/{pid}/status') as f:
+        for line in f:
+          if line.startswith('VmHWM:'):
+            out['workers'] += int(line.split()[1]) / 1024.0
+    except OSError:
+      pass
+  out['total'] = out['python'] + out['workers']
+  return {k: round(v, 1) for k, v in out.items()}
 
 
 def run(variants, num_clients, examples_per_client, batch_size, repeats, data_dir, seed) -> Dict:
@@ -132,7 +165,7 @@ def run(variants, num_clients, examples_per_client, batch_size, repeats, data_di
   return {'setting': {'dataset': 'fashion_mnist', 'model': 'sun_cnn', 'clients': num_clients,
                       'examples_per_client': examples_per_client, 'batch_size': batch_size,
                       'local_epochs': 1, 'repeats': repeats, 'examples': examples},
-          'results': results}
+          'results': results, 'peak_rss_mb': peak_rss_mb()}
 
 
 def main(argv):

@@ -16,6 +16,8 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> Dict[str, A
   flat: Dict[str, Any] = {}
   for key, value in metrics.items():
     name = f'{prefix}{key}'
+    if isinstance(value, (list, tuple)) and not value:
+      continue  # empty nested measurements (e.g. a stateless inner aggregator)
     if isinstance(value, Mapping):
       flat.update(flatten_metrics(value, prefix=name + '/'))
     else:

@@ -1,0 +1,52 @@
+"""Small helpers shared by the defense factories (not part of the public API)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+NORM_TF_TYPE = np.float32  # Same dtypes as tff.aggregators.clipping_factory's measurements.
+COUNT_TF_TYPE = np.int32
+
+
+def default_mean_factory() -> tff.aggregators.MeanFactory:
+  """The weighted mean our defenses aggregate with unless told otherwise.
+
+  `no_nan_division=True` so that a round in which every weight is 0 (e.g. every client was
+  rejected or sent a non-finite update) yields a zero update instead of 0/0 = NaN.
+  """
+  return tff.aggregators.MeanFactory(no_nan_division=True)
+
+
+def check_weighted_factory(value: Any, name: str) -> None:
+  if not isinstance(value, tff.aggregators.WeightedAggregationFactory):
+    raise TypeError(f'{name} must be a tff.aggregators.WeightedAggregationFactory, '
+                    f'found {type(value).__name__}')
+
+
+def check_float_value_type(value_type: tff.Type) -> None:
+  if not tff.types.is_structure_of_floats(value_type):
+    raise TypeError(f'All values in value_type must be of floating dtype, found {value_type}')
+
+
+def global_l2_norm(value: Any) -> tf.Tensor:
+  """L2 norm of a structure of tensors taken as one vector, as a float32 scalar."""
+  squares = [tf.reduce_sum(tf.square(tf.cast(x, tf.float32))) for x in tf.nest.flatten(value)]
+  return tf.math.sqrt(tf.add_n(squares))
+
+
+@tff.tensorflow.computation
+def merge_measurements(inner_measurements, new_measurements):
+  """Adds `new_measurements` to the inner factory's measurements dict, at the same level.
+
+  Like `tff.aggregators.add_measurements`, but refuses to silently overwrite a key.
+  """
+  if not inner_measurements:
+    return new_measurements
+  clashes = sorted(set(inner_measurements) & set(new_measurements))
+  if clashes:
+    raise ValueError(f'measurement names {clashes} are already reported by the inner factory')
+  inner_measurements.update(new_measurements)
+  return inner_measurements

@@ -1,0 +1,252 @@
+"""Byzantine-robust aggregation rules that need every client's update at the server.
+
+Coordinate-wise median, coordinate-wise trimmed mean and (Multi-)Krum are not sums, so they
+cannot be decomposed into TFF's `federated_sum`/`federated_mean`. `federated_stack` brings
+every client's value to the server, stacked along a new leading axis (one row per client),
+with `tff.federated_aggregate` whose accumulator grows by concatenation: the pattern of TFF's
+own `tff.aggregators.federated_sample`, without its random reordering and subsampling. The
+merge step also concatenates, so the aggregation stays mergeable across TFF workers. Each rule
+then runs as one TensorFlow computation at the server, on the per-variable stacks, so the
+structure of the update (one tensor per model variable) is kept in the result.
+
+As in the papers, the rules of this module are unweighted: a client's weight only says
+whether it takes part (weight > 0). A weight of 0 marks a client as absent, e.g. an update
+with no examples or one zeroed by `NonFiniteGuardFactory`; the rule is applied to the other
+clients. If no client takes part, the result is zeros.
+"""
+from __future__ import annotations
+
+import abc
+import collections
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor.aggregators import _common
+
+
+def federated_stack(value: tff.Value) -> tff.Value:
+  """Collects every client's value at the server, stacked along a new leading axis.
+
+  A member of type `<float32[2,3], float32[4]>` at `CLIENTS` becomes
+  `<float32[?,2,3], float32[?,4]>` at `SERVER`, with one row per client. The server needs
+  memory for all the rows: clients_per_round times the model size.
+
+  Args:
+    value: A `tff.Value` placed at `CLIENTS`, a tensor or a structure of tensors.
+
+  Returns:
+    A `tff.Value` placed at `SERVER`.
+  """
+  member_type = value.type_signature.member
+
+  def with_leading_axis(tensor_type):
+    return tff.TensorType(tensor_type.dtype, (None,) + tuple(tensor_type.shape))
+
+  stacked_type = tff.types.to_type(
+      tff.types.structure_from_tensor_type_tree(with_leading_axis, member_type))
+
+  @tff.tensorflow.computation
+  def empty_stack():
+    return tff.types.structure_from_tensor_type_tree(
+        lambda t: tf.zeros((0,) + tuple(t.shape), t.dtype), member_type)
+
+  @tff.tensorflow.computation(stacked_type, member_type)
+  def accumulate(stacked, value):
+    return tf.nest.map_structure(lambda s, v: tf.concat([s, v[tf.newaxis]], axis=0),
+                                 stacked, value)
+
+  @tff.tensorflow.computation(stacked_type, stacked_type)
+  def merge(a, b):
+    return tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0), a, b)
+
+  @tff.tensorflow.computation(stacked_type)
+  def report(stacked):
+    return stacked
+
+  return tff.federated_aggregate(value, empty_stack(), accumulate, merge, report)
+
+
+def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
+  """Median along axis 0 (the clients), averaging the two middle values when n is even.
+
+  Same convention as `np.median(stacked, axis=0)`. `stacked` must have at least one row.
+  """
+  n = tf.shape(stacked)[0]
+  ordered = tf.sort(stacked, axis=0)
+  return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+
+
+class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=abc.ABCMeta):
+  """Base of the rules applied at the server to the stacked updates of all clients.
+
+  The created process gathers every client's (value, weight) with `federated_stack` (one
+  `federated_aggregate`, so the computation stays mergeable), keeps the clients with weight
+  > 0, and runs the subclass's `_rule` on them in one TensorFlow computation at the server;
+  zeros if no client takes part. The process has no state. A subclass implements `_rule` and
+  `_empty_measurements`, and may validate `value_type` by overriding `create`.
+  """
+
+  @abc.abstractmethod
+  def _rule(self, stacked: Any, weights: tf.Tensor,
+            value_spec: Any) -> tuple[Any, collections.OrderedDict]:
+    """The rule, in TensorFlow, on at least one client.
+
+    Args:
+      stacked: Structure of `value_spec`, each tensor with a leading axis of n >= 1 clients.
+      weights: float32 [n], the clients' weights, all > 0.
+      value_spec: Structure of `tf.TensorSpec` of one client value.
+
+    Returns:
+      (aggregate structured as `value_spec`, OrderedDict of scalar measurements).
+    """
+
+  @abc.abstractmethod
+  def _empty_measurements(self) -> collections.OrderedDict:
+    """The measurements of `_rule` for a round in which no client takes part."""
+
+  def create(self, value_type: tff.Type,
+             weight_type: tff.Type) -> tff.templates.AggregationProcess:
+    _common.check_float_value_type(value_type)
+    value_spec = tff.types.type_to_tf_tensor_specs(value_type)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.tensorflow.computation
+    def apply_rule(stacked_values, weights):
+      participates = tf.cast(weights, tf.float32) > 0.0
+      stacked = tf.nest.map_structure(lambda x: tf.boolean_mask(x, participates),
+                                      stacked_values)
+      weights = tf.boolean_mask(tf.cast(weights, tf.float32), participates)
+      n = tf.reduce_sum(tf.cast(participates, tf.int32))
+
+      def empty():
+        return (tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), value_spec),
+                self._empty_measurements())
+
+      return tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec), empty)
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(value_type, tff.CLIENTS),
+        tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      stacked_values, weights = federated_stack(tff.federated_zip((value, weight)))
+      result, measurements = tff.federated_map(apply_rule, (stacked_values, weights))
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=result, measurements=measurements)
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class CoordinateMedianFactory(ServerRuleFactory):
+  """`WeightedAggregationFactory` for the coordinate-wise median (Yin et al. 2018).
+
+  Each coordinate of the result is the median of that coordinate over the participating
+  clients (mean of the two middle values for an even number). Tolerates fewer than half of
+  the clients being arbitrary, at the price of a noisier estimate than the mean on benign,
+  non-IID updates.
+
+  Measurements: none of its own (`OrderedDict()`); see the module docstring for weights.
+  """
+
+  def _rule(self, stacked, weights, value_spec):
+    del weights, value_spec  # Unweighted, like the paper.
+    return tf.nest.map_structure(coordinate_median, stacked), collections.OrderedDict()
+
+  def _empty_measurements(self):
+    return collections.OrderedDict()
+
+
+class TrimmedMeanFactory(ServerRuleFactory):
+  """`WeightedAggregationFactory` for the coordinate-wise trimmed mean (Yin et al. 2018).
+
+  For each coordinate, the floor(`trim_fraction` * n) largest and as many smallest values
+  over the n participating clients are dropped and the rest averaged (the convention of
+  `scipy.stats.trim_mean`). `trim_fraction` = 0 is the plain unweighted mean; the result
+  tolerates up to floor(`trim_fraction` * n) arbitrary clients per coordinate.
+
+  Measurements: `trimmed_count`, number of values dropped per coordinate (2 floor(beta n)).
+  """
+
+  def __init__(self, trim_fraction: float = 0.1):
+    """Initializes the factory.
+
+    Args:
+      trim_fraction: Fraction beta of clients dropped at each end, in [0, 0.5).
+    """
+    trim_fraction = float(trim_fraction)
+    if not 0.0 <= trim_fraction < 0.5:
+      raise ValueError(f'trim_fraction must be in [0, 0.5), found {trim_fraction}')
+    self._trim_fraction = trim_fraction
+
+  def _rule(self, stacked, weights, value_spec):
+    del weights, value_spec  # Unweighted, like the paper.
+    n = tf.shape(tf.nest.flatten(stacked)[0])[0]
+    # In float64, floor(beta * n) is the value Python/NumPy compute for the same beta and n.
+    k = tf.cast(tf.floor(self._trim_fraction * tf.cast(n, tf.float64)), tf.int32)
+
+    def trimmed_mean(x):
+      return tf.reduce_mean(tf.sort(x, axis=0)[k:n - k], axis=0)
+
+    return (tf.nest.map_structure(trimmed_mean, stacked),
+            collections.OrderedDict(trimmed_count=2 * k))
+
+  def _empty_measurements(self):
+    return collections.OrderedDict(trimmed_count=tf.constant(0, _common.COUNT_TF_TYPE))
+
+
+class KrumFactory(ServerRuleFactory):
+  """`WeightedAggregationFactory` for Krum and Multi-Krum (Blanchard et al. 2017).
+
+  With n participating clients of which at most f = `num_byzantine` are Byzantine, the score
+  of client i is the sum of its squared L2 distances (over all variables together) to its
+  n - f - 2 closest other clients. Multi-Krum returns the unweighted mean of the m =
+  `num_selected` updates with the lowest scores (ties go to the earlier client); Krum is m = 1
+  and returns the single best update. Blanchard et al. require n > 2f + 2; if fewer clients
+  arrive than planned, the rule degrades gracefully: it uses max(1, n - f - 2) neighbours
+  (0 when n = 1) and selects min(m, n) clients.
+
+  Measurements: `rejected_count` (n - number selected) and `krum_score_min` (score of the
+  best client).
+  """
+
+  def __init__(self, num_byzantine: int = 1, num_selected: int = 1):
+    """Initializes the factory.
+
+    Args:
+      num_byzantine: f, the number of Byzantine clients to tolerate (>= 0).
+      num_selected: m, the number of updates to average (>= 1); 1 is Krum.
+    """
+    if num_byzantine < 0:
+      raise ValueError(f'num_byzantine must be nonnegative, found {num_byzantine}')
+    if num_selected < 1:
+      raise ValueError(f'num_selected must be at least 1, found {num_selected}')
+    self._num_byzantine = int(num_byzantine)
+    self._num_selected = int(num_selected)
+
+  def _rule(self, stacked, weights, value_spec):
+    del weights, value_spec  # Unweighted, like the paper.
+    flat = tf.concat([tf.reshape(x, [tf.shape(x)[0], -1]) for x in tf.nest.flatten(stacked)],
+                     axis=1)
+    n = tf.shape(flat)[0]
+    # Row i: squared distances from client i to every client. Computed from differences, not
+    # from a Gram matrix, which would lose precision on updates that are close to each other.
+    distances = tf.map_fn(lambda row: tf.reduce_sum(tf.square(flat - row), axis=1), flat)
+    distances = tf.linalg.set_diag(distances, tf.fill([n], np.float32(np.inf)))
+    num_neighbours = tf.clip_by_value(n - self._num_byzantine - 2, 1, n - 1)
+    scores = tf.reduce_sum(tf.sort(distances, axis=1)[:, :num_neighbours], axis=1)
+    num_selected = tf.minimum(self._num_selected, n)
+    selected = tf.math.top_k(-scores, k=num_selected, sorted=True).indices
+    result = tf.nest.map_structure(lambda x: tf.reduce_mean(tf.gather(x, selected), axis=0),
+                                   stacked)
+    return result, collections.OrderedDict(
+        rejected_count=n - num_selected, krum_score_min=tf.reduce_min(scores))
+
+  def _empty_measurements(self):
+    return collections.OrderedDict(rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
+                                   krum_score_min=tf.constant(0.0, _common.NORM_TF_TYPE))
