@@ -49,6 +49,9 @@ flags.DEFINE_float('server_lr', _D.server_lr, 'Server SGD learning rate.')
 flags.DEFINE_enum('task', _D.task, simulation.TASKS,
                   'Backdoor: targeted (Sun et al.) or pixel (BadNets trigger).')
 flags.DEFINE_integer('num_tasks', _D.num_tasks, 'targeted: number of target clients.')
+flags.DEFINE_integer('task_samples_per_client', _D.task_samples_per_client,
+                     'targeted: at most this many relabelled images per target client '
+                     '(0 = all; ~10 matches an EMNIST writer).')
 flags.DEFINE_integer('source_class', _D.source_class,
                      'Class whose images are backdoored (pixel: -1 = all but target).')
 flags.DEFINE_integer('target_class', _D.target_class, 'Label the attacker wants.')
@@ -68,9 +71,11 @@ flags.DEFINE_float('boost', _D.boost, 'Boost factor (0 = clients_per_round).')
 flags.DEFINE_float('norm_bound', _D.norm_bound, 'norm_bounded: L2 radius before boosting.')
 flags.DEFINE_integer('projection_rounds', _D.projection_rounds, 'norm_bounded: R.')
 flags.DEFINE_integer('malicious_epochs', _D.malicious_epochs,
-                     'Passes over the malicious data (0 = local_epochs).')
+                     'Passes over the malicious data (0 = 1 for boost/norm_bounded as in '
+                     'Sun et al.\'s code, local_epochs for data_poison).')
 flags.DEFINE_integer('malicious_batch_size', _D.malicious_batch_size,
-                     'Malicious batch size (0 = batch_size).')
+                     'Malicious batch size (0 = the whole malicious set in one batch, as in '
+                     'Sun et al.\'s code).')
 flags.DEFINE_enum('schedule', _D.schedule, list(schedules_lib.SCHEDULES),
                   'When attackers take part.')
 flags.DEFINE_integer('attack_every', _D.attack_every, 'fixed_frequency: one attacker every k.')

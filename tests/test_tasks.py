@@ -304,3 +304,26 @@ def test_pixel_needs_source_images_in_test_set():
   tx, ty = _test_set()
   with pytest.raises(ValueError, match='no image'):
     tasks.PixelTriggerTask(tx[ty != 0], ty[ty != 0])
+
+
+def test_targeted_samples_per_client_caps_and_removes_exactly_those():
+  rng = np.random.default_rng(0)
+  clients = {f'c{i}': (rng.random((40, 4, 4, 1)).astype(np.float32),
+                       rng.integers(0, 3, 40).astype(np.int32)) for i in range(3)}
+  task = tasks.TargetedTask.build(clients, num_tasks=2, source_class=1, target_class=0,
+                                  seed=3, num_classes=3, samples_per_client=4,
+                                  keep_honest_copies=False)
+  assert task.num_malicious == 8 and set(task.malicious_counts.values()) == {4}
+  for cid in task.target_clients:
+    x, y = clients[cid]
+    hx, hy = task.honest_data(cid, x, y)
+    assert len(hy) == len(y) - 4  # only the 4 taken images are gone
+    assert (hy == 1).sum() == (y == 1).sum() - 4
+    taken = x[task.malicious_indices[cid]]
+    assert not any(np.array_equal(t, h) for t in taken for h in hx)
+  again = tasks.TargetedTask.build(clients, num_tasks=2, source_class=1, target_class=0,
+                                   seed=3, num_classes=3, samples_per_client=4)
+  np.testing.assert_array_equal(again.eval_sets()['backdoor'][0], task.eval_sets()['backdoor'][0])
+  with pytest.raises(ValueError, match='samples_per_client'):
+    tasks.TargetedTask.build(clients, num_tasks=1, source_class=1, target_class=0,
+                             num_classes=3, samples_per_client=-1)

@@ -3,13 +3,26 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Callable, List, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, List, NoReturn
 
 from absl import flags
 from absl import logging
 
-from tff_backdoor import simulation
-from tff_backdoor.aggregators import registry as defense_registry
+if TYPE_CHECKING:
+  from tff_backdoor import simulation  # pylint: disable=g-bad-import-order
+
+# simulation/registry import TensorFlow; they load lazily so that TF-free programs
+# (experiments.sweep, experiments.plot) start fast and print clean one-line errors.
+
+
+def _simulation():
+  from tff_backdoor import simulation  # pylint: disable=g-import-not-at-top
+  return simulation
+
+
+def _registry():
+  from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
+  return registry
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -33,13 +46,13 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
 
 def defense_flag_fields() -> List[dataclasses.Field]:
   """DefenseConfig fields exposed as flags (all but `name`, which is --defense)."""
-  return [f for f in dataclasses.fields(defense_registry.DefenseConfig) if f.name != 'name']
+  return [f for f in dataclasses.fields(_registry().DefenseConfig) if f.name != 'name']
 
 
 def define_defense_flags() -> None:
   """Declares --defense and one flag per DefenseConfig parameter, typed like its default."""
-  defaults = defense_registry.DefenseConfig()
-  flags.DEFINE_enum('defense', defaults.name, defense_registry.DEFENSES,
+  defaults = _registry().DefenseConfig()
+  flags.DEFINE_enum('defense', defaults.name, _registry().DEFENSES,
                     'Defense applied while aggregating client updates.')
   for field in defense_flag_fields():
     default = getattr(defaults, field.name)
@@ -52,13 +65,14 @@ def define_defense_flags() -> None:
       flags.DEFINE_float(field.name, default, help_text)
 
 
-def config_from_flags(flag_values: flags.FlagValues) -> simulation.ExperimentConfig:
+def config_from_flags(flag_values: flags.FlagValues) -> 'simulation.ExperimentConfig':
   """Builds an ExperimentConfig from parsed flags of the same names."""
   return _config_from_values(flag_values.flag_values_dict())
 
 
-def _config_from_values(values: dict) -> simulation.ExperimentConfig:
-  defense = defense_registry.DefenseConfig(
+def _config_from_values(values: dict) -> 'simulation.ExperimentConfig':
+  simulation = _simulation()
+  defense = _registry().DefenseConfig(
       name=values['defense'],
       **{f.name: values[f.name] for f in defense_flag_fields() if f.name in values})
   kwargs = {f.name: values[f.name] for f in dataclasses.fields(simulation.ExperimentConfig)
@@ -79,7 +93,7 @@ def register_config_validator(flag_values: flags.FlagValues = flags.FLAGS) -> No
 
   Library users get the same checks from `validate()`; flag users get them at parse time.
   """
-  names = [f.name for f in dataclasses.fields(simulation.ExperimentConfig)
+  names = [f.name for f in dataclasses.fields(_simulation().ExperimentConfig)
            if f.name in flag_values and f.name != 'defense']
   names += ['defense'] + [f.name for f in defense_flag_fields() if f.name in flag_values]
 

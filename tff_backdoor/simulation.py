@@ -59,6 +59,7 @@ class ExperimentConfig:
   # Backdoor task.
   task: str = 'none'
   num_tasks: int = 1
+  task_samples_per_client: int = 0  # targeted: cap on relabelled images per target client
   source_class: int = 7
   target_class: int = 1
   keep_honest_copies: bool = True
@@ -72,8 +73,9 @@ class ExperimentConfig:
   boost: float = 0.0  # 0 = clients_per_round (model replacement)
   norm_bound: float = 0.33
   projection_rounds: int = 5
-  malicious_epochs: int = 0  # 0 = local_epochs
-  malicious_batch_size: int = 0  # 0 = batch_size
+  # Sun et al.'s code passes the malicious set as ONE batch, once per pass (one SGD step):
+  malicious_epochs: int = 0  # 0 = 1 for boost/norm_bounded, local_epochs for data_poison
+  malicious_batch_size: int = 0  # 0 = the whole malicious set as one batch
   schedule: str = 'none'
   attack_every: int = 1
   malicious_fraction: float = 0.1
@@ -127,7 +129,7 @@ class ExperimentConfig:
       value = getattr(self, name)
       if not np.isfinite(value) or value <= 0:
         raise ValueError(f'--{name} must be a positive number, got {value}')
-    for name in ('malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
+    for name in ('task_samples_per_client', 'malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
                  'server_holdout', 'seed', 'checkpoint_every'):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
@@ -226,7 +228,8 @@ def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
     return tasks_lib.TargetedTask.build(
         clients, num_tasks=config.num_tasks, source_class=config.source_class,
         target_class=config.target_class, seed=seed,
-        keep_honest_copies=config.keep_honest_copies, num_classes=data.num_classes)
+        keep_honest_copies=config.keep_honest_copies, num_classes=data.num_classes,
+        samples_per_client=config.task_samples_per_client)
   source = None if config.source_class < 0 else config.source_class
   value = config.trigger_value
   if value < 0:  # EMNIST images are ink 0 on background 1: a "white" square would be invisible.
@@ -302,7 +305,8 @@ def _epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
 def round_client_data(setup: ExperimentSetup, participants, rng: np.random.Generator):
   """Per-client TFF inputs for one round, plus which participants attack."""
   config = setup.config
-  mal_epochs = config.malicious_epochs or config.local_epochs
+  mal_epochs = config.malicious_epochs or (
+      config.local_epochs if config.attack == 'data_poison' else 1)
   empty_x = np.zeros([0, *setup.data.input_shape], np.float32)
   empty = (empty_x, np.zeros([0], np.int32))
   inputs, flags = [], []
@@ -313,7 +317,7 @@ def round_client_data(setup: ExperimentSetup, participants, rng: np.random.Gener
     else:
       (bx, by) = setup.task.honest_data(p.client_id, x, y) if setup.task else (x, y)
       mx, my = empty
-    mal_batch = config.malicious_batch_size or config.batch_size
+    mal_batch = config.malicious_batch_size or max(len(my), 1)
     inputs.append(make_client_data(
         _epoch_batches(bx, by, config.local_epochs, config.batch_size, rng),
         _epoch_batches(mx, my, mal_epochs if len(my) else 0, mal_batch, rng),
@@ -392,6 +396,23 @@ def _round_line(row: Dict[str, Any], rounds: int) -> str:
       parts.append(f'{label} {row[key]:.4f}')
   parts.append(f"attackers {row.get('num_attackers', 0)}")
   parts.append(f"{row['round_seconds']:.1f}s")
+  return ' | '.join(parts)
+
+
+def describe_setup(setup: ExperimentSetup) -> str:
+  """One line saying what data, clients, task and defense this run uses."""
+  report, config = setup.data.partition_report, setup.config
+  sizes = report.get('client_sizes', {})
+  parts = [f"{setup.data.name}: {report.get('num_clients', len(setup.client_ids))} clients "
+           f"({report.get('partition', 'natural')}), sizes min/median/max "
+           f"{sizes.get('min', 0):.0f}/{sizes.get('median', 0):.0f}/{sizes.get('max', 0):.0f}",
+           f'test {len(setup.data.test[1])}, server {len(setup.data.server[1])}',
+           f'{config.clients_per_round} per round']
+  if setup.task is not None:
+    sizes = {k: len(v[1]) for k, v in setup.task.eval_sets().items()}
+    parts.append(f'task {setup.task.name} ({", ".join(f"{k} {n}" for k, n in sizes.items())})'
+                 f', attack {config.attack} via {config.schedule}')
+  parts.append(f'defense {config.defense.name}')
   return ' | '.join(parts)
 
 
@@ -492,6 +513,7 @@ def run_experiment(config: ExperimentConfig,
   start = time.time() - float(meta.get('seconds', 0.0))
   last_eval: Dict[str, float] = dict(meta.get('last_eval', {}))
   progress = Progress(config.rounds, first_round, enabled=config.verbose)
+  progress.write(describe_setup(setup))
   if first_round:
     progress.write(f'resumed from round {first_round} of {config.rounds}')
   for round_num in range(first_round, config.rounds):

@@ -93,8 +93,15 @@ class TargetedTask(BackdoorTask):
 
   def __init__(self, target_clients: Sequence[str], source_class: int, target_class: int,
                malicious: Arrays, malicious_counts: Mapping[str, int],
-               heldout: Optional[Arrays] = None, keep_honest_copies: bool = True):
-    """Stores an already chosen task; use `build` to choose it from client data."""
+               heldout: Optional[Arrays] = None, keep_honest_copies: bool = True,
+               malicious_indices: Optional[Mapping[str, np.ndarray]] = None):
+    """Stores an already chosen task; use `build` to choose it from client data.
+
+    `malicious_indices` (client -> indices into its data) says which images were taken;
+    None means all of the target clients' source-class images.
+    """
+    self.malicious_indices = (None if malicious_indices is None else
+                              {c: np.asarray(i) for c, i in malicious_indices.items()})
     self.target_clients: Tuple[str, ...] = tuple(target_clients)
     self.source_class = int(source_class)
     self.target_class = int(target_class)
@@ -109,7 +116,8 @@ class TargetedTask(BackdoorTask):
   def build(cls, client_arrays: Mapping[str, Arrays], num_tasks: int, source_class: int = 7,
             target_class: int = 1, seed: int = 0,
             heldout_arrays: Optional[Mapping[str, Arrays]] = None,
-            keep_honest_copies: bool = True, num_classes: int = 10) -> 'TargetedTask':
+            keep_honest_copies: bool = True, num_classes: int = 10,
+            samples_per_client: int = 0) -> 'TargetedTask':
     """Chooses `num_tasks` target clients (seeded) among those holding source_class images.
 
     Args:
@@ -122,7 +130,13 @@ class TargetedTask(BackdoorTask):
         writers' test data); gives the 'backdoor_heldout' eval set when non-empty.
       keep_honest_copies: whether the target clients keep their correctly labelled copies.
       num_classes: number of classes, for range checks.
+      samples_per_client: at most this many (seeded) source-class images per target client
+        (0 = all). An EMNIST writer holds ~10 images of a digit; a partition client of
+        centralised data can hold hundreds of near-identical ones, which turns the "targeted"
+        backdoor into a whole-class backdoor. The cap keeps tasks writer-sized.
     """
+    if samples_per_client < 0:
+      raise ValueError(f'samples_per_client must be >= 0, got {samples_per_client}')
     _check_class('source_class', source_class, num_classes)
     _check_class('target_class', target_class, num_classes)
     if source_class == target_class:
@@ -135,26 +149,29 @@ class TargetedTask(BackdoorTask):
     rng = np.random.default_rng(seed)
     chosen = sorted(str(c) for c in rng.choice(eligible, size=num_tasks, replace=False))
 
-    def relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str]):
-      xs, counts = [], {}
+    def relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int):
+      xs, indices = [], {}
       for cid in clients:
         x, y = _as_arrays(*arrays[cid])
-        picked = x[y == source_class]
-        xs.append(picked)
-        counts[cid] = int(picked.shape[0])
+        picked = np.flatnonzero(y == source_class)
+        if cap and picked.size > cap:
+          picked = np.sort(rng.choice(picked, size=cap, replace=False))
+        xs.append(x[picked])
+        indices[cid] = picked
       x_all = np.concatenate(xs, axis=0)
-      return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), counts
+      return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), indices
 
-    malicious, counts = relabelled(client_arrays, chosen)
+    malicious, indices = relabelled(client_arrays, chosen, samples_per_client)
     heldout = None
     if heldout_arrays is not None:
       present = [cid for cid in chosen if cid in heldout_arrays]
       if present:
-        heldout, _ = relabelled(heldout_arrays, present)
+        heldout, _ = relabelled(heldout_arrays, present, 0)
         if heldout[0].shape[0] == 0:
           heldout = None
-    return cls(chosen, source_class, target_class, malicious, counts, heldout,
-               keep_honest_copies)
+    return cls(chosen, source_class, target_class, malicious,
+               {cid: int(i.size) for cid, i in indices.items()}, heldout, keep_honest_copies,
+               malicious_indices=indices if samples_per_client else None)
 
   @property
   def num_tasks(self) -> int:
@@ -171,12 +188,15 @@ class TargetedTask(BackdoorTask):
     return 0 if self._heldout is None else int(self._heldout[0].shape[0])
 
   def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> Arrays:
-    """Identity, except that target clients lose their source-class images when
-    keep_honest_copies=False. Idempotent, so it is safe on already filtered data."""
+    """Identity, except that target clients lose exactly the relabelled images when
+    keep_honest_copies=False. Pass the client's original arrays (indices refer to them)."""
     x, y = _as_arrays(x, y)
     if self.keep_honest_copies or client_id not in self.malicious_counts:
       return x, y
     keep = y != self.source_class
+    if self.malicious_indices is not None:
+      keep = np.ones(len(y), dtype=bool)
+      keep[self.malicious_indices[client_id]] = False
     return x[keep], y[keep]
 
   def attacker_data(self, client_id: str, x: np.ndarray, y: np.ndarray, attacker_index: int,
