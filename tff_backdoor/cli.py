@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, List, NoReturn
 
@@ -31,6 +32,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
   sys.exit(code)
 
 
+def exit_on_sigterm() -> None:
+  """Turns SIGTERM into a normal exit, so atexit hooks (TFF worker cleanup) still run."""
+  def handler(signum, frame):
+    del frame
+    sys.exit(128 + signum)
+  signal.signal(signal.SIGTERM, handler)
+
+
 def one_line_flags_parser(argv: List[str]) -> List[str]:
   """absl `flags_parser` that reports a bad flag in one line (absl's default prints usage).
 
@@ -38,6 +47,7 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
   `--verbosity=0` brings them back.
   """
   logging.set_verbosity(logging.WARNING)
+  exit_on_sigterm()
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
