@@ -90,6 +90,12 @@ cli.define_defense_flags()
 flags.DEFINE_integer('seed', _D.seed, 'Seed of every random choice.')
 flags.DEFINE_string('output_dir', _D.output_dir, 'Where metrics and models are written.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Evaluate every k rounds (and the last).')
+flags.DEFINE_string('workers', _D.workers,
+                    "Run TFF on these C++ workers, 'host:port,host:port' (start each with "
+                    "`python -m tff_backdoor.remote serve --port=P`); '' = TFF's local worker.")
+flags.DEFINE_integer('num_subrounds', _D.num_subrounds,
+                     "With --workers: shares each round's clients are split into "
+                     '(0 = one per worker).')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
                      'Save the full loop state every k rounds (0 = never).')
 flags.DEFINE_bool('resume', _D.resume,

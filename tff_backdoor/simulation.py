@@ -90,6 +90,8 @@ class ExperimentConfig:
   output_dir: str = '/tmp/tff_backdoor_run'
   eval_every: int = 1
   eval_batch_size: int = 500
+  workers: str = ''  # 'host:port,...': run TFF on these C++ workers (remote.py); '' = local
+  num_subrounds: int = 0  # with workers: shares each round's clients are split into (0 = one each)
   checkpoint_every: int = 0  # rounds between checkpoints (0 = none)
   resume: bool = False  # continue from output_dir's newest checkpoint
   capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)
@@ -130,7 +132,7 @@ class ExperimentConfig:
       if not np.isfinite(value) or value <= 0:
         raise ValueError(f'--{name} must be a positive number, got {value}')
     for name in ('task_samples_per_client', 'malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
-                 'server_holdout', 'seed', 'checkpoint_every'):
+                 'server_holdout', 'seed', 'checkpoint_every', 'num_subrounds'):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if self.dataset not in data_lib.DATASETS:
@@ -164,6 +166,9 @@ class ExperimentConfig:
                        f'--attack_start={self.attack_start}')
     self.attack_config().validate()
     parse_rounds(self.capture_rounds, self.rounds)
+    if self.workers:
+      from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+      remote.parse_workers(self.workers)
     if self.flain:
       self.flain_config()  # raises ValueError on bad FLAIN settings
       if self.flain_aux_per_class < 1:
@@ -260,6 +265,10 @@ def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: in
 def prepare(config: ExperimentConfig) -> ExperimentSetup:
   """Loads data, builds the task, the schedule and the TFF learning process."""
   config.validate()
+  if config.workers:
+    from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+    remote.set_remote_execution_context(remote.parse_workers(config.workers),
+                                        num_subrounds=config.num_subrounds or None)
   streams = _streams(config.seed)
   data = data_lib.load_federated_data(
       config.dataset, data_dir=config.data_dir, partition=config.partition,
@@ -461,7 +470,7 @@ def _resume(config: ExperimentConfig, setup: ExperimentSetup, state, streams):
   with open(os.path.join(config.output_dir, 'config.json')) as f:
     saved = json.load(f)
   current = json.loads(json.dumps(config.to_dict()))
-  ignored = ('resume', 'verbose', 'checkpoint_every')
+  ignored = ('resume', 'verbose', 'checkpoint_every', 'workers', 'num_subrounds')
   diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
   if diff:
     raise ValueError(f'cannot --resume: {config.output_dir} was run with different '
