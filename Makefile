@@ -26,15 +26,17 @@ $(STAMP): $(REQS)
 	$(VPY) -c 'import tensorflow_federated as tff, tensorflow_privacy; print("TFF", tff.__version__, "ready")'
 	@touch $(STAMP)
 
-# Real data, offline: Fashion-MNIST (Debian package, else Keras' download), then a short
-# backdoor run (targeted task, one boosting attacker every other round, norm clipping).
+# Real data, offline: Fashion-MNIST (Debian package, else Keras' download), then the Sun et al.
+# setting in small: 20 rounds, targeted task, one boosting attacker every round from round 10,
+# defended by norm clipping at 2 (just above honest update norms). Deterministic for the seed.
 demo: venv
 	@dir=$$($(VPY) -m tff_backdoor.data.fetch fashion_mnist) && \
 	$(VPY) -m experiments.emnist_backdoor --dataset=fashion_mnist --data_dir="$$dir" \
 	  --partition=dirichlet --alpha=0.5 --num_clients=100 --clients_per_round=10 \
-	  --rounds=20 --local_epochs=1 --batch_size=20 --client_lr=0.1 --seed=0 \
-	  --task=targeted --num_tasks=1 --schedule=fixed_frequency --attack_every=2 \
-	  --attack=boost --defense=clip --clip_norm=3 --eval_every=1 --output_dir=$(DEMO_DIR)
+	  --rounds=20 --local_epochs=1 --batch_size=20 --client_lr=0.1 --seed=1 \
+	  --task=targeted --num_tasks=1 --task_samples_per_client=10 \
+	  --schedule=fixed_frequency --attack_every=1 --attack_start=10 --attack=boost \
+	  --defense=clip --clip_norm=2 --output_dir=$(DEMO_DIR)
 
 test: venv
 	$(VPY) -m pytest -q tests
