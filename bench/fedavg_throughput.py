@@ -1,11 +1,12 @@
 """Examples/s of one FedAvg round vs a plain Keras epoch on the same 6000 Fashion-MNIST examples.
 
-  python -m bench.fedavg_throughput [--variants=keras,vanilla,ours,clip,weak_dp] [--repeats=3]
+  python -m bench.fedavg_throughput [--variants=keras,vanilla,ours,clip,weak_dp] [--repeats=5]
 
 `peak_rss_mb` is this process's peak (Python + TFF worker): run one variant per process to get
 a per-configuration figure (bench/run_all.py does). Setting (ENVIRONMENT.md's reference): Sun et al. CNN, 10 clients x 600 examples, batch 20, one
-local epoch, client SGD lr 0.1. Each variant is warmed up once (tracing and compilation), then
-timed `--repeats` times; the median is reported. A round's time includes building its client
+local epoch, client SGD lr 0.1. Plain Keras is timed first, before any TFF worker exists; then
+every TFF variant is warmed up once (tracing and compilation) and the variants are timed
+round-robin `--repeats` times. Medians are reported. A round's time includes building its client
 datasets from NumPy, as in the experiments. Prints one JSON object; ratios are to `keras`
 (`ratio_to_keras`) and to TFF's own `build_weighted_fed_avg` (`ratio_to_vanilla`).
 """
@@ -52,19 +53,9 @@ INPUT_SHAPE = (28, 28, 1)
 LR = 0.1
 
 
-def _time(fn: Callable[[], None], repeats: int) -> List[float]:
-  fn()  # warm-up: tracing, compilation, worker start
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return times
-
-
 def _client_datasets(xs, ys, batch_size):
-  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(batch_size)
-          for x, y in zip(xs, ys)]
+  """The clients' datasets, built as the experiments build them (process.client_dataset)."""
+  return [process_lib.client_dataset(x, y, batch_size) for x, y in zip(xs, ys)]
 
 
 def _keras_epoch(x, y, batch_size, seed):
@@ -147,14 +138,35 @@ def run(variants, num_clients, examples_per_client, batch_size, repeats, data_di
   idx = rng.permutation(len(y))[:num_clients * examples_per_client].reshape(num_clients, -1)
   xs, ys = [x[i] for i in idx], [y[i] for i in idx]
   examples = num_clients * examples_per_client
-  results = collections.OrderedDict()
   for name in variants:
     if name not in VARIANTS:
       raise ValueError(f'unknown variant {name!r}; choose from {", ".join(VARIANTS)}')
-    times = _time(build_variant(name, xs, ys, batch_size, seed), repeats)
-    median = statistics.median(times)
+  # Plain Keras first, in a process where no TFF worker exists yet (with the worker alive,
+  # Keras in the parent process sometimes gets one core instead of two). Then the TFF variants:
+  # all warmed up, then timed round-robin, so drift in the machine's speed hits them alike.
+  times = {name: [] for name in variants}
+  if 'keras' in variants:
+    fn = build_variant('keras', xs, ys, batch_size, seed)
+    fn()
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      times['keras'].append(time.perf_counter() - t0)
+  fns = collections.OrderedDict(
+      (name, build_variant(name, xs, ys, batch_size, seed)) for name in variants
+      if name != 'keras')
+  for fn in fns.values():
+    fn()
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  results = collections.OrderedDict()
+  for name in variants:  # in the order asked for
+    median = statistics.median(times[name])
     results[name] = {'seconds': round(median, 3), 'examples_per_s': round(examples / median, 1),
-                     'all_seconds': [round(t, 3) for t in times]}
+                     'all_seconds': [round(t, 3) for t in times[name]]}
     print(f'{name}: {median:.2f}s per round/epoch ({examples / median:.0f} examples/s)',
           file=sys.stderr, flush=True)
   for name, r in results.items():

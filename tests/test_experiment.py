@@ -110,3 +110,28 @@ def test_bad_flags_exit_nonzero_with_one_line(args, message):
   assert len(lines) == 1, result.stderr
   assert lines[0].startswith('error:') and message in lines[0]
   assert 'Traceback' not in result.stderr
+
+
+def test_flain_after_training_reports_before_after_and_saves_the_model(idx_dir, tmp_path):
+  final = simulation.run_experiment(_config(
+      idx_dir, tmp_path, rounds=2, flain=True, flain_aux_per_class=5, server_holdout=30))
+  flain = final['flain']
+  assert set(flain) == {'before', 'after', 'report'}
+  assert flain['before']['test_accuracy'] == final['test_accuracy']
+  assert 0.0 <= flain['after']['backdoor_accuracy'] <= 1.0
+  assert flain['report']['num_aux'] == 15  # 5 per class x 3 classes, from the server split
+  assert list(flain['report']['layers']) == ['dense_features']
+  assert os.path.exists(tmp_path / 'flain_model.keras')
+  with open(tmp_path / 'flain.json') as f:
+    assert json.load(f)['after'] == flain['after']
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(flain_layer='nope'), 'no layer'),
+    (dict(flain_layer='conv1'), 'not Dense'),
+    (dict(flain_aux_per_class=500), 'per_class'),
+])
+def test_bad_flain_settings_fail_before_training(idx_dir, tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    simulation.prepare(_config(idx_dir, tmp_path, flain=True, **overrides))
+  assert not os.path.exists(tmp_path / 'metrics.jsonl')

@@ -158,8 +158,12 @@ def select_auxiliary(x: np.ndarray, y: np.ndarray, per_class: int, seed: int,
   return x[idx], y[idx]
 
 
-def _target_layers(model: tf.keras.Model, layer: Optional[str]) -> List[tf.keras.layers.Layer]:
-  """The Dense layers FLAIN changes, in model order; ValueError if `layer` is missing/not Dense."""
+def target_layers(model: tf.keras.Model, layer: Optional[str]) -> List[tf.keras.layers.Layer]:
+  """The Dense layer(s) FLAIN would defend; a clear ValueError if `layer` is absent or not Dense.
+
+  Layers come in model order. Public so that a training run can check its --flain_layer
+  before, not after, training.
+  """
   dense = [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
   dense_names = [l.name for l in dense]
   if layer == ALL_DENSE or layer is None:
@@ -297,7 +301,7 @@ def apply_flain(model: tf.keras.Model,
   not compiled. Raises ValueError on a bad layer, empty aux data, mismatched or non-finite weights.
   """
   started = time.perf_counter()
-  targets0 = _target_layers(model, config.layer)
+  targets0 = target_layers(model, config.layer)
   aux_x, aux_y = _check_aux(aux_x, aux_y)
   final, initial = _check_weights(model, initial_weights)
   n = len(aux_y)

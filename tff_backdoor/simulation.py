@@ -284,6 +284,10 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   schedule = build_schedule(config, client_ids, seed=int(streams['schedule'].integers(2**31)))
   keras_builder = lambda: models.build_model(config.model, data.input_shape, data.num_classes,
                                              seed=config.seed)
+  if config.flain:  # fail now, not after training, on a bad --flain_layer or server split
+    flain_lib.target_layers(keras_builder(), config.flain_layer or None)
+    flain_lib.select_auxiliary(*data.server, per_class=config.flain_aux_per_class,
+                               seed=config.seed, num_classes=data.num_classes)
   model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
   aggregator = defense_registry.build_defense(config.defense, config.clients_per_round,
                                               seed=config.seed)
@@ -307,8 +311,7 @@ def _epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
   n = len(y)
   order = (np.concatenate([rng.permutation(n) for _ in range(epochs)])
            if n else np.zeros([0], np.int64))
-  return tf.data.Dataset.from_tensor_slices(
-      collections.OrderedDict(x=x[order], y=y[order])).batch(max(batch_size, 1))
+  return process_lib.client_dataset(x[order], y[order], max(batch_size, 1))
 
 
 def round_client_data(setup: ExperimentSetup, participants, rng: np.random.Generator):
