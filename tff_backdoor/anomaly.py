@@ -268,7 +268,8 @@ def _safe_mean(x: np.ndarray) -> float:
   return float(np.mean(x)) if x.size else float('nan')
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
+  """a / b for score summaries: NaN if either is NaN or both are 0, +-inf if only b is 0."""
   if math.isnan(a) or math.isnan(b):
     return float('nan')
   if b == 0:
@@ -316,7 +317,7 @@ def localization_table(captures: Iterable[RoundCapture], score: str = 'linf',
     mean_mal, mean_hon = _safe_mean(s[y]), _safe_mean(s[~y])
     rows.append(LocalizationRow(
         variable=name, auc=roc_auc(s, y), mean_malicious=mean_mal, mean_honest=mean_hon,
-        ratio=_ratio(mean_mal, mean_hon), n_malicious=int(y.sum()), n_honest=int((~y).sum()),
+        ratio=ratio(mean_mal, mean_hon), n_malicious=int(y.sum()), n_honest=int((~y).sum()),
         round_auc=dict(sorted(round_auc[name].items()))))
   # Stable sort: equal AUCs keep model order.
   return sorted(rows, key=lambda r: _sort_key_auc(r.auc))

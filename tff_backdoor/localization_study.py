@@ -451,20 +451,11 @@ def localization_rows(round_scores: Sequence[RoundScores], score: str = 'linf',
     mean_hon = float(np.mean(s[~y])) if (~y).any() else float('nan')
     rows.append(anomaly.LocalizationRow(
         variable=name, auc=anomaly.roc_auc(s, y), mean_malicious=mean_mal,
-        mean_honest=mean_hon, ratio=_ratio(mean_mal, mean_hon), n_malicious=int(y.sum()),
+        mean_honest=mean_hon, ratio=anomaly.ratio(mean_mal, mean_hon), n_malicious=int(y.sum()),
         n_honest=int((~y).sum()),
         round_auc={r.round_num: anomaly.roc_auc(r.scores[name][score], r.malicious)
                    for r in chosen}))
   return sorted(rows, key=lambda r: -r.auc if not math.isnan(r.auc) else float('inf'))
-
-
-def _ratio(a: float, b: float) -> float:
-  """a / b as in `anomaly.localization_table` (NaN if either is NaN or both are 0)."""
-  if math.isnan(a) or math.isnan(b):
-    return float('nan')
-  if b == 0:
-    return float('nan') if a == 0 else math.copysign(float('inf'), a)
-  return a / b
 
 
 def early_late_rounds(rounds: Sequence[int], early: int) -> Tuple[List[int], List[int]]:
