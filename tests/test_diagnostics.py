@@ -1,0 +1,62 @@
+"""Per-class accuracy and source->target rates (tff_backdoor.diagnostics) and their program."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import tiny
+from tff_backdoor import diagnostics
+from tff_backdoor import simulation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_per_class_accuracy_matches_a_direct_count():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+  preds = np.array([0, 1, 0, 1, 0, 2, 1, 1, 2])
+  acc = diagnostics.per_class_accuracy(labels, preds, num_classes=4)
+  np.testing.assert_allclose(acc[:3], [2 / 3, 1 / 2, 2 / 4])
+  assert np.isnan(acc[3])  # no examples of class 3
+  assert diagnostics.confusion_rate(labels, preds, source=2, target=1) == pytest.approx(0.5)
+  report = diagnostics.class_report(labels, preds, 4, source=2, target=1)
+  assert report['accuracy'] == pytest.approx(5 / 9)
+  assert report['source_to_target'] == pytest.approx(0.5)
+  assert 'source_to_target' not in diagnostics.class_report(labels, preds, 4, source=-1, target=1)
+
+
+def test_mismatched_lengths_are_refused():
+  with pytest.raises(ValueError, match='labels'):
+    diagnostics.per_class_accuracy(np.zeros(3), np.zeros(4), 2)
+
+
+def _cli(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', 'experiments.per_class_accuracy', *args],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_program_reports_a_finished_run(tmp_path):
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  out = tmp_path / 'run'
+  final = simulation.run_experiment(simulation.ExperimentConfig(
+      dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=6,
+      clients_per_round=3, rounds=1, batch_size=10, server_holdout=30, seed=2,
+      output_dir=str(out), verbose=False, tensorboard=False, task='targeted', source_class=2,
+      target_class=0, schedule='fixed_frequency'))
+  result = _cli(str(out), f'--output={tmp_path / "report.json"}')
+  assert result.returncode == 0, result.stderr
+  assert 'accuracy' in result.stdout and '2->0' in result.stdout
+  with open(tmp_path / 'report.json') as f:
+    report = json.load(f)[str(out)]
+  assert report['accuracy'] == pytest.approx(final['test_accuracy'], abs=1e-6)
+  assert len(report['per_class_accuracy']) == 3
+
+
+def test_program_refuses_a_directory_that_is_not_a_run(tmp_path):
+  result = _cli(str(tmp_path))
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode != 0 and len(lines) == 1
+  assert lines[0].startswith('error:') and 'config.json' in lines[0]
