@@ -106,16 +106,7 @@ flags.DEFINE_string('capture_rounds', _D.capture_rounds,
 # FLAIN (post-training).
 flags.DEFINE_bool('flain', _D.flain, 'Apply FLAIN to the final global model and report '
                   'main/backdoor accuracy before and after.')
-flags.DEFINE_integer('flain_aux_per_class', _D.flain_aux_per_class,
-                     'Clean auxiliary images per class, from the server-side held-out split.')
-flags.DEFINE_string('flain_layer', _D.flain_layer,
-                    "Dense layer to defend ('' = first Dense layer, 'all_dense' = every one).")
-flags.DEFINE_enum('flain_mode', _D.flain_mode, list(flain_lib.THRESHOLD_MODES),
-                  'quantile (scale-free) or absolute (the authors\' activation threshold).')
-flags.DEFINE_float('flain_k0', _D.flain_k0, 'First threshold (<0: the mode default).')
-flags.DEFINE_float('flain_step', _D.flain_step, 'Threshold step (<0: the mode default).')
-flags.DEFINE_float('flain_tolerance', _D.flain_tolerance,
-                   'Auxiliary accuracy drop that stops raising the threshold.')
+cli.define_flain_flags(_D, flain_lib.THRESHOLD_MODES)
 
 cli.register_config_validator()
 FLAGS = flags.FLAGS

@@ -135,3 +135,32 @@ def test_bad_flain_settings_fail_before_training(idx_dir, tmp_path, overrides, m
   with pytest.raises(ValueError, match=message):
     simulation.prepare(_config(idx_dir, tmp_path, flain=True, **overrides))
   assert not os.path.exists(tmp_path / 'metrics.jsonl')
+
+
+def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, tmp_path):
+  with_flain = simulation.run_experiment(_config(
+      idx_dir, tmp_path / 'a', rounds=2, flain=True, flain_aux_per_class=5))
+  simulation.run_experiment(_config(idx_dir, tmp_path / 'b', rounds=2))
+  again = simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_flain'),
+                                   flain_aux_per_class=5)
+  assert again['before'] == with_flain['flain']['before']  # same splits and evaluation sets
+  assert again['after'] == with_flain['flain']['after']
+  assert again['report']['num_flipped'] == with_flain['flain']['report']['num_flipped']
+  for name in ('flain.json', 'flain_model.keras', 'config.json'):
+    assert os.path.exists(tmp_path / 'b_flain' / name)
+  with pytest.raises(ValueError, match='differ'):
+    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b'))
+  with pytest.raises(ValueError, match='not FLAIN options'):
+    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), rounds=3)
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    simulation.reapply_flain(str(tmp_path / 'nope'), str(tmp_path / 'c'))
+
+
+def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run([sys.executable, '-m', 'experiments.apply_flain', str(tmp_path),
+                           f'--output_dir={tmp_path / "out"}'],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode != 0 and len(lines) == 1, result.stderr
+  assert lines[0].startswith('error:') and 'config.json' in lines[0]

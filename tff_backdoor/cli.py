@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, List, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, List, NoReturn, Sequence
 
 from absl import flags
 from absl import logging
@@ -88,6 +88,26 @@ def _config_from_values(values: dict) -> 'simulation.ExperimentConfig':
   kwargs = {f.name: values[f.name] for f in dataclasses.fields(simulation.ExperimentConfig)
             if f.name in values and f.name != 'defense'}
   return simulation.ExperimentConfig(defense=defense, **kwargs)
+
+
+def define_flain_flags(defaults: Any, modes: Sequence[str],
+                       flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The --flain_* option flags (ExperimentConfig's flain_* fields), shared by the programs."""
+  flags.DEFINE_integer('flain_aux_per_class', defaults.flain_aux_per_class,
+                       'Clean auxiliary images per class, from the server-side held-out split.',
+                       flag_values=flag_values)
+  flags.DEFINE_string('flain_layer', defaults.flain_layer, "Dense layer to defend ('' = first "
+                      "Dense layer, 'all_dense' = every one).", flag_values=flag_values)
+  flags.DEFINE_enum('flain_mode', defaults.flain_mode, list(modes),
+                    "quantile (scale-free) or absolute (the authors' activation threshold).",
+                    flag_values=flag_values)
+  flags.DEFINE_float('flain_k0', defaults.flain_k0, 'First threshold (<0: the mode default).',
+                     flag_values=flag_values)
+  flags.DEFINE_float('flain_step', defaults.flain_step,
+                     'Threshold step (<0: the mode default).', flag_values=flag_values)
+  flags.DEFINE_float('flain_tolerance', defaults.flain_tolerance,
+                     'Auxiliary accuracy drop that stops raising the threshold.',
+                     flag_values=flag_values)
 
 
 def run_or_fail(fn: Callable[[], Any]) -> Any:

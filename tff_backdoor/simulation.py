@@ -181,6 +181,18 @@ class ExperimentConfig:
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> 'ExperimentConfig':
+    """The inverse of to_dict (a run's config.json); unknown keys are an error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f'unknown config keys: {", ".join(unknown)}')
+    values = dict(values)
+    if isinstance(values.get('defense'), dict):
+      values['defense'] = defense_registry.DefenseConfig(**values['defense'])
+    return cls(**values)
+
 
 @dataclasses.dataclass
 class ExperimentSetup:
@@ -397,6 +409,43 @@ def run_flain(setup: ExperimentSetup, final_model: tf.keras.Model,
         line.append(f'{key} {before.get(key, float("nan")):.4f} -> {after[key]:.4f}')
     (progress.write if progress else print)(' | '.join(line))
   return result
+
+
+FLAIN_FIELDS = ('flain_aux_per_class', 'flain_layer', 'flain_mode', 'flain_k0', 'flain_step',
+                'flain_tolerance')
+
+
+def reapply_flain(run_dir: str, output_dir: str, **flain_options: Any) -> Dict[str, Any]:
+  """Applies FLAIN with other options to a finished run's final model, without retraining.
+
+  Rebuilds the run's data, task and evaluation sets from its config.json (same seed, so the
+  same splits), loads final_model.keras and initial_weights.npz, and writes flain.json and
+  flain_model.keras to `output_dir` (which must differ from `run_dir`). `flain_options` are
+  ExperimentConfig's flain_* fields.
+  """
+  bad = sorted(set(flain_options) - set(FLAIN_FIELDS))
+  if bad:
+    raise ValueError(f'not FLAIN options: {", ".join(bad)}')
+  paths = {name: os.path.join(run_dir, name)
+           for name in ('config.json', 'final_model.keras', 'initial_weights.npz')}
+  for path in paths.values():
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
+  if os.path.abspath(output_dir) == os.path.abspath(run_dir):
+    raise ValueError('--output_dir must differ from the run directory (its FLAIN files stay)')
+  with open(paths['config.json']) as f:
+    config = ExperimentConfig.from_dict(json.load(f))
+  config = dataclasses.replace(config, flain=True, output_dir=output_dir, resume=False,
+                               capture_rounds='', workers='', **flain_options)
+  setup = prepare(config)
+  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
+  evaluator.model.load_weights(paths['final_model.keras'])
+  with np.load(paths['initial_weights.npz']) as npz:
+    initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
+  os.makedirs(output_dir, exist_ok=True)
+  metrics_io.write_json(os.path.join(output_dir, 'config.json'), config.to_dict())
+  before = evaluator.evaluate(setup.eval_sets)
+  return run_flain(setup, evaluator.model, initial, evaluator, before)
 
 
 def _round_line(row: Dict[str, Any], rounds: int) -> str:
