@@ -60,3 +60,37 @@ def test_program_refuses_a_directory_that_is_not_a_run(tmp_path):
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert result.returncode != 0 and len(lines) == 1
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
+
+
+def test_attack_round_summary_compares_attack_rounds_with_the_clean_run():
+  clean = [{'round': r, 'test_accuracy': 0.8} for r in range(4)]
+  attacked = [{'round': 0, 'test_accuracy': 0.8, 'backdoor_accuracy': 0.0, 'num_attackers': 0},
+              {'round': 1, 'test_accuracy': 0.6, 'backdoor_accuracy': 1.0, 'num_attackers': 1},
+              {'round': 2, 'test_accuracy': 0.8, 'backdoor_accuracy': 0.2, 'num_attackers': 1},
+              {'round': 3, 'test_accuracy': 0.7, 'backdoor_accuracy': 0.95, 'num_attackers': 1}]
+  s = diagnostics.attack_round_summary(clean, attacked, backdoor_threshold=0.9)
+  assert (s['attack_rounds'], s['rounds_above'], s['first_round_above']) == (3, 2, 1)
+  assert s['gap_min'] == pytest.approx(0.1) and s['gap_max'] == pytest.approx(0.2)
+  assert s['mean_test'] == pytest.approx(0.7) and s['mean_clean_test'] == pytest.approx(0.8)
+  assert s['mean_backdoor'] == pytest.approx((1.0 + 0.2 + 0.95) / 3)
+  with pytest.raises(ValueError, match='no evaluated attack round'):
+    diagnostics.attack_round_summary(clean, attacked[:1])
+
+
+def test_attack_summary_program_prints_a_line_per_run(tmp_path):
+  for name, rows in (('clean', [{'round': 0, 'test_accuracy': 0.8, 'num_attackers': 0}]),
+                     ('hit', [{'round': 0, 'test_accuracy': 0.5, 'backdoor_accuracy': 1.0,
+                               'num_attackers': 1}])):
+    os.makedirs(tmp_path / name)
+    with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
+      f.write('\n'.join(json.dumps(r) for r in rows) + '\n')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'experiments.attack_summary', *a],
+                                  cwd=REPO, capture_output=True, text=True, env=env,
+                                  timeout=300)
+  result = run(f'--clean={tmp_path / "clean"}', str(tmp_path / 'hit'))
+  assert result.returncode == 0, result.stderr
+  assert 'in 1/1 attack rounds' in result.stdout and '0.300..0.300' in result.stdout
+  bad = run(f'--clean={tmp_path / "nope"}', str(tmp_path / 'hit'))
+  lines = [l for l in bad.stderr.splitlines() if l.strip()]
+  assert bad.returncode != 0 and len(lines) == 1 and 'metrics.jsonl' in lines[0]

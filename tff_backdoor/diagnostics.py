@@ -6,7 +6,7 @@ carry over to every sneaker, which the overall accuracy hides. Pure NumPy apart 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -50,3 +50,30 @@ def class_report(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
     report['source_class'], report['target_class'] = int(source), int(target)
     report['source_to_target'] = confusion_rate(labels, predictions, source, target)
   return report
+
+
+def attack_round_summary(clean_rows: Sequence[Mapping[str, Any]],
+                         attacked_rows: Sequence[Mapping[str, Any]],
+                         backdoor_threshold: float = 0.9) -> Dict[str, Any]:
+  """Compares an attacked run's metric rows with an unattacked run's, round by round.
+
+  Over the rounds with attackers: how often backdoor accuracy exceeded `backdoor_threshold`,
+  the first such round, the main-accuracy gap (clean minus attacked) in those rounds, and
+  the mean test and backdoor accuracy beside the clean run's mean over the same rounds.
+  Rows are metrics.jsonl rows; rounds without a test accuracy are skipped.
+  """
+  clean = {r['round']: r['test_accuracy'] for r in clean_rows
+           if r.get('test_accuracy') is not None}
+  attacked = [r for r in attacked_rows if r.get('num_attackers', 0) > 0
+              and r.get('test_accuracy') is not None and r['round'] in clean]
+  if not attacked:
+    raise ValueError('no evaluated attack round that the clean run also evaluated')
+  hits = [r for r in attacked if r.get('backdoor_accuracy', 0.0) > backdoor_threshold]
+  gaps = [clean[r['round']] - r['test_accuracy'] for r in hits]
+  return {
+      'attack_rounds': len(attacked), 'rounds_above': len(hits),
+      'first_round_above': hits[0]['round'] if hits else None,
+      'gap_min': min(gaps) if gaps else None, 'gap_max': max(gaps) if gaps else None,
+      'mean_test': float(np.mean([r['test_accuracy'] for r in attacked])),
+      'mean_clean_test': float(np.mean([clean[r['round']] for r in attacked])),
+      'mean_backdoor': float(np.mean([r.get('backdoor_accuracy', 0.0) for r in attacked]))}
