@@ -15,9 +15,9 @@ from absl import flags
 # TensorFlow must be imported before app.run: a Keras Sequential model first built inside
 # main after a lazy TF import fails to build in TF 2.14 (models imports it here).
 from tff_backdoor import cli
-from tff_backdoor import data as data_lib
 from tff_backdoor import diagnostics
 from tff_backdoor import models
+from tff_backdoor import simulation
 
 flags.DEFINE_string('model_file', 'final_model.keras',
                     "Model file inside each run directory (e.g. 'flain_model.keras').")
@@ -27,26 +27,14 @@ FLAGS = flags.FLAGS
 
 def run_report(run_dir: str, model_file: str):
   """Loads a run's model and test split; returns its diagnostics.class_report."""
-  config_path, model_path = (os.path.join(run_dir, 'config.json'),
-                             os.path.join(run_dir, model_file))
-  for path in (config_path, model_path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
-  with open(config_path) as f:
-    config = json.load(f)
-  data = data_lib.load_federated_data(
-      config['dataset'], data_dir=config.get('data_dir'), partition=config['partition'],
-      num_clients=config['num_clients'], alpha=config['alpha'],
-      shards_per_client=config['shards_per_client'], server_holdout=config['server_holdout'],
-      seed=config['seed'], only_digits=config['only_digits'], cache_dir=config.get('cache_dir'))
+  config = simulation.load_run_config(run_dir, model_file)
+  data = simulation.load_data(config)
   x, y = data.test
-  # The run's architecture, then its saved weights.
-  model = models.build_model(config['model'], data.input_shape, data.num_classes)
-  model.load_weights(model_path)
-  predictions = diagnostics.predict_labels(model, x)
-  source = config.get('source_class') if config.get('task', 'none') != 'none' else None
-  return diagnostics.class_report(y, predictions, data.num_classes, source,
-                                  config.get('target_class'))
+  model = models.build_model(config.model, data.input_shape, data.num_classes)
+  model.load_weights(os.path.join(run_dir, model_file))
+  source = config.source_class if config.task != 'none' else None
+  return diagnostics.class_report(y, diagnostics.predict_labels(model, x), data.num_classes,
+                                  source, config.target_class)
 
 
 def _line(run_dir, report) -> str:

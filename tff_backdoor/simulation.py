@@ -274,6 +274,25 @@ def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: in
   return schedules_lib.build_schedule(config.schedule, **params)
 
 
+def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
+  """The run's clients, test and server splits (the same for the same config and seed)."""
+  return data_lib.load_federated_data(
+      config.dataset, data_dir=config.data_dir, partition=config.partition,
+      num_clients=config.num_clients, alpha=config.alpha,
+      shards_per_client=config.shards_per_client, server_holdout=config.server_holdout,
+      seed=config.seed, only_digits=config.only_digits, cache_dir=config.cache_dir)
+
+
+def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
+  """A finished run's ExperimentConfig; also checks that its `required` files exist."""
+  for name in ('config.json', *required):
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    return ExperimentConfig.from_dict(json.load(f))
+
+
 def prepare(config: ExperimentConfig) -> ExperimentSetup:
   """Loads data, builds the task, the schedule and the TFF learning process."""
   config.validate()
@@ -282,11 +301,7 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
     remote.set_remote_execution_context(remote.parse_workers(config.workers),
                                         num_subrounds=config.num_subrounds or None)
   streams = _streams(config.seed)
-  data = data_lib.load_federated_data(
-      config.dataset, data_dir=config.data_dir, partition=config.partition,
-      num_clients=config.num_clients, alpha=config.alpha,
-      shards_per_client=config.shards_per_client, server_holdout=config.server_holdout,
-      seed=config.seed, only_digits=config.only_digits, cache_dir=config.cache_dir)
+  data = load_data(config)
   client_ids = sorted(data.train.client_ids)
   if config.clients_per_round > len(client_ids):
     raise ValueError(f'--clients_per_round={config.clients_per_round} is larger than the '
@@ -426,21 +441,15 @@ def reapply_flain(run_dir: str, output_dir: str, **flain_options: Any) -> Dict[s
   bad = sorted(set(flain_options) - set(FLAIN_FIELDS))
   if bad:
     raise ValueError(f'not FLAIN options: {", ".join(bad)}')
-  paths = {name: os.path.join(run_dir, name)
-           for name in ('config.json', 'final_model.keras', 'initial_weights.npz')}
-  for path in paths.values():
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
+  config = load_run_config(run_dir, 'final_model.keras', 'initial_weights.npz')
   if os.path.abspath(output_dir) == os.path.abspath(run_dir):
     raise ValueError('--output_dir must differ from the run directory (its FLAIN files stay)')
-  with open(paths['config.json']) as f:
-    config = ExperimentConfig.from_dict(json.load(f))
   config = dataclasses.replace(config, flain=True, output_dir=output_dir, resume=False,
                                capture_rounds='', workers='', **flain_options)
   setup = prepare(config)
   evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
-  evaluator.model.load_weights(paths['final_model.keras'])
-  with np.load(paths['initial_weights.npz']) as npz:
+  evaluator.model.load_weights(os.path.join(run_dir, 'final_model.keras'))
+  with np.load(os.path.join(run_dir, 'initial_weights.npz')) as npz:
     initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
   os.makedirs(output_dir, exist_ok=True)
   metrics_io.write_json(os.path.join(output_dir, 'config.json'), config.to_dict())
