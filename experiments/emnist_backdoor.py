@@ -37,6 +37,9 @@ flags.DEFINE_integer('shards_per_client', _D.shards_per_client, 'partition=shard
 flags.DEFINE_integer('server_holdout', _D.server_holdout,
                      'Clean examples kept at the server (FLAIN auxiliary data), '
                      'disjoint from clients and test.')
+flags.DEFINE_float('train_fraction', _D.train_fraction,
+                   'Centralised data: train on this seeded, class-stratified share of the '
+                   'training pool (1 = all); a cheaper population of the same shape.')
 # Model and FedAvg.
 flags.DEFINE_enum('model', _D.model, sorted(models.MODEL_BUILDERS), 'Keras model.')
 flags.DEFINE_integer('rounds', _D.rounds, 'Federated rounds.')
@@ -52,6 +55,9 @@ flags.DEFINE_integer('num_tasks', _D.num_tasks, 'targeted: number of target clie
 flags.DEFINE_integer('task_samples_per_client', _D.task_samples_per_client,
                      'targeted: at most this many relabelled images per target client '
                      '(0 = all; ~10 matches an EMNIST writer).')
+flags.DEFINE_integer('task_min_samples', _D.task_min_samples,
+                     'targeted: target clients are chosen among those holding at least this '
+                     'many source-class images (0 = any).')
 flags.DEFINE_integer('source_class', _D.source_class,
                      'Class whose images are backdoored (pixel: -1 = all but target).')
 flags.DEFINE_integer('target_class', _D.target_class, 'Label the attacker wants.')

@@ -293,6 +293,29 @@ def test_load_federated_seeded(idx_dir):
   assert not np.array_equal(_ids_of(a.server[0]), _ids_of(c.server[0]))
 
 
+def test_train_fraction_keeps_a_seeded_stratified_share(idx_dir):
+  kw = dict(data_dir=idx_dir, partition='iid', num_clients=4, server_holdout=40)
+  full = data.load_federated_data('idx', seed=1, **kw)
+  half, again = (data.load_federated_data('idx', seed=1, train_fraction=0.5, **kw)
+                 for _ in range(2))
+  ids = lambda fd: np.sort(np.concatenate(  # pylint: disable=g-long-lambda
+      [_ids_of(x) for x, _ in data.client_arrays(fd.train).values()]))
+  full_ids, half_ids = ids(full), ids(half)
+  assert half_ids.size == 130 and set(half_ids) <= set(full_ids)  # 260 -> 130, no new examples
+  np.testing.assert_array_equal(half_ids, ids(again))
+  np.testing.assert_array_equal(np.bincount(half_ids // 30, minlength=10), np.full(10, 13))
+  np.testing.assert_array_equal(half.server[0], full.server[0])  # server and test untouched
+  np.testing.assert_array_equal(half.test[0], full.test[0])
+  assert half.partition_report['params']['train_fraction'] == 0.5
+  assert half.partition_report['num_examples'] == 130
+  with pytest.raises(data.DataError, match=r'train_fraction must be in \(0, 1\]'):
+    data.load_federated_data('idx', train_fraction=0.0, **kw)
+  with pytest.raises(data.DataError, match='fewer than num_clients=4'):
+    data.load_federated_data('idx', train_fraction=0.01, **kw)
+  with pytest.raises(data.DataError, match='for emnist take fewer writers'):
+    data.load_federated_data('emnist', train_fraction=0.5)
+
+
 def test_unknown_names_and_bad_args(idx_dir):
   with pytest.raises(data.DataError, match='emnist, mnist, fashion_mnist, idx'):
     data.load_federated_data('cifar10')

@@ -101,6 +101,7 @@ def _cli(*args):
     (['--client_lr=-0.1'], 'client_lr'),
     (['--batch_size=0'], 'batch_size'),
     (['--defense=clip', '--clip_norm=-1'], 'clip'),
+    (['--task=targeted', '--task_min_samples=-2'], 'task_min_samples'),
     (['--dataset=idx', '--data_dir=/nonexistent/dir', '--rounds=1'], '/nonexistent/dir'),
 ])
 def test_bad_flags_exit_nonzero_with_one_line(args, message):

@@ -327,3 +327,26 @@ def test_targeted_samples_per_client_caps_and_removes_exactly_those():
   with pytest.raises(ValueError, match='samples_per_client'):
     tasks.TargetedTask.build(clients, num_tasks=1, source_class=1, target_class=0,
                              num_classes=3, samples_per_client=-1)
+
+
+def test_targeted_min_samples_only_picks_clients_with_enough_source_images():
+  rng = np.random.default_rng(1)
+  counts = {'few0': 1, 'few1': 2, 'many0': 6, 'many1': 9}
+  clients = {}
+  for cid, n in counts.items():
+    y = np.concatenate([np.ones(n, np.int32), np.zeros(12, np.int32)])
+    clients[cid] = (rng.random((len(y), 4, 4, 1)).astype(np.float32), y)
+  for seed in range(6):
+    task = tasks.TargetedTask.build(clients, num_tasks=2, source_class=1, target_class=0,
+                                    seed=seed, num_classes=2, min_samples_per_client=5)
+    assert set(task.target_clients) == {'many0', 'many1'}
+  anyone = {tuple(tasks.TargetedTask.build(clients, num_tasks=1, source_class=1, target_class=0,
+                                           seed=s, num_classes=2).target_clients)
+            for s in range(12)}
+  assert any(c[0].startswith('few') for c in anyone)  # without the floor, small ones are picked
+  with pytest.raises(ValueError, match='at least 7 images of class 1'):
+    tasks.TargetedTask.build(clients, num_tasks=2, source_class=1, target_class=0,
+                             num_classes=2, min_samples_per_client=7)
+  with pytest.raises(ValueError, match='min_samples_per_client'):
+    tasks.TargetedTask.build(clients, num_tasks=1, source_class=1, target_class=0,
+                             num_classes=2, min_samples_per_client=-1)

@@ -48,6 +48,7 @@ class ExperimentConfig:
   alpha: float = 0.5
   shards_per_client: int = 2
   server_holdout: int = 1000
+  train_fraction: float = 1.0  # seeded, class-stratified share of centralised training data
   # Model and FedAvg.
   model: str = 'sun_cnn'
   rounds: int = 20
@@ -60,6 +61,7 @@ class ExperimentConfig:
   task: str = 'none'
   num_tasks: int = 1
   task_samples_per_client: int = 0  # targeted: cap on relabelled images per target client
+  task_min_samples: int = 0  # targeted: target clients hold at least this many source images
   source_class: int = 7
   target_class: int = 1
   keep_honest_copies: bool = True
@@ -131,8 +133,9 @@ class ExperimentConfig:
       value = getattr(self, name)
       if not np.isfinite(value) or value <= 0:
         raise ValueError(f'--{name} must be a positive number, got {value}')
-    for name in ('task_samples_per_client', 'malicious_epochs', 'malicious_batch_size', 'attack_start', 'attack_stop',
-                 'server_holdout', 'seed', 'checkpoint_every', 'num_subrounds'):
+    for name in ('task_samples_per_client', 'task_min_samples', 'malicious_epochs',
+                 'malicious_batch_size', 'attack_start', 'attack_stop', 'server_holdout', 'seed',
+                 'checkpoint_every', 'num_subrounds'):
       if getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if self.dataset not in data_lib.DATASETS:
@@ -246,7 +249,8 @@ def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
         clients, num_tasks=config.num_tasks, source_class=config.source_class,
         target_class=config.target_class, seed=seed,
         keep_honest_copies=config.keep_honest_copies, num_classes=data.num_classes,
-        samples_per_client=config.task_samples_per_client)
+        samples_per_client=config.task_samples_per_client,
+        min_samples_per_client=config.task_min_samples)
   source = None if config.source_class < 0 else config.source_class
   value = config.trigger_value
   if value < 0:  # EMNIST images are ink 0 on background 1: a "white" square would be invisible.
@@ -280,7 +284,8 @@ def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
       config.dataset, data_dir=config.data_dir, partition=config.partition,
       num_clients=config.num_clients, alpha=config.alpha,
       shards_per_client=config.shards_per_client, server_holdout=config.server_holdout,
-      seed=config.seed, only_digits=config.only_digits, cache_dir=config.cache_dir)
+      seed=config.seed, only_digits=config.only_digits, cache_dir=config.cache_dir,
+      train_fraction=config.train_fraction)
 
 
 def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:

@@ -117,7 +117,7 @@ class TargetedTask(BackdoorTask):
             target_class: int = 1, seed: int = 0,
             heldout_arrays: Optional[Mapping[str, Arrays]] = None,
             keep_honest_copies: bool = True, num_classes: int = 10,
-            samples_per_client: int = 0) -> 'TargetedTask':
+            samples_per_client: int = 0, min_samples_per_client: int = 0) -> 'TargetedTask':
     """Chooses `num_tasks` target clients (seeded) among those holding source_class images.
 
     Args:
@@ -134,18 +134,23 @@ class TargetedTask(BackdoorTask):
         (0 = all). An EMNIST writer holds ~10 images of a digit; a partition client of
         centralised data can hold hundreds of near-identical ones, which turns the "targeted"
         backdoor into a whole-class backdoor. The cap keeps tasks writer-sized.
+      min_samples_per_client: only clients holding at least this many source_class images
+        are eligible (0 or 1 = any that holds one). A label-skewed partition has clients with
+        one or two such images; a backdoor measured on one image is a coin flip.
     """
-    if samples_per_client < 0:
-      raise ValueError(f'samples_per_client must be >= 0, got {samples_per_client}')
+    if samples_per_client < 0 or min_samples_per_client < 0:
+      raise ValueError(f'samples_per_client and min_samples_per_client must be >= 0, got '
+                       f'{samples_per_client} and {min_samples_per_client}')
     _check_class('source_class', source_class, num_classes)
     _check_class('target_class', target_class, num_classes)
     if source_class == target_class:
       raise ValueError(f'source_class and target_class must differ (both {source_class})')
+    least = max(1, min_samples_per_client)
     eligible = sorted(cid for cid, (_, y) in client_arrays.items()
-                      if np.any(np.asarray(y).reshape(-1) == source_class))
+                      if np.sum(np.asarray(y).reshape(-1) == source_class) >= least)
     if num_tasks < 1 or num_tasks > len(eligible):
       raise ValueError(f'num_tasks={num_tasks} must be in [1, {len(eligible)}] (clients holding '
-                       f'class {source_class})')
+                       f'at least {least} images of class {source_class})')
     rng = np.random.default_rng(seed)
     chosen = sorted(str(c) for c in rng.choice(eligible, size=num_tasks, replace=False))
 

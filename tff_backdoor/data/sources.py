@@ -47,18 +47,26 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
                         partition: str = 'dirichlet', num_clients: Optional[int] = 100,
                         alpha: float = 0.5, shards_per_client: int = 2,
                         server_holdout: int = 1000, seed: int = 0, only_digits: bool = True,
-                        cache_dir: Optional[str] = None) -> FederatedData:
+                        cache_dir: Optional[str] = None,
+                        train_fraction: float = 1.0) -> FederatedData:
   """Loads `dataset` as FederatedData (clients' ClientData, test and server arrays).
 
   `partition`/`alpha`/`shards_per_client` apply to centralised data; EMNIST uses its
   per-writer split, `num_clients` as a seeded writer subset (0/None = all), `only_digits`
-  and `cache_dir` (the directory holding TFF's emnist_all.sqlite).
+  and `cache_dir` (the directory holding TFF's emnist_all.sqlite). `train_fraction` < 1
+  keeps a seeded, class-stratified share of the centralised training pool (after the server
+  holdout, before partitioning): the same population shape at a fraction of the cost.
   """
   if dataset not in DATASETS:
     raise DataError(f'unknown dataset {dataset!r}; valid: {", ".join(DATASETS)}')
   if partition not in PARTITIONS:
     raise DataError(f'unknown partition {partition!r}; valid: {", ".join(PARTITIONS)}')
+  if not 0 < train_fraction <= 1:
+    raise DataError(f'train_fraction must be in (0, 1], got {train_fraction}')
   if dataset == 'emnist':
+    if train_fraction < 1:
+      raise DataError('train_fraction applies to centralised data; for emnist take fewer '
+                      'writers with num_clients')
     return emnist_lib.load_emnist(only_digits=only_digits, num_clients=num_clients,
                                   server_holdout=server_holdout, seed=seed,
                                   cache_dir=cache_dir)
@@ -66,9 +74,18 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
     raise DataError(f'num_clients must be >= 1 for {dataset}, got {num_clients}')
   (x, y), test = idx_lib.load_centralised(dataset, data_dir)
   held, pool = partition_lib.stratified_holdout(y, server_holdout, [seed, 1])
+  if train_fraction < 1:
+    size = int(round(train_fraction * pool.size))
+    if size < num_clients:
+      raise DataError(f'train_fraction={train_fraction} keeps {size} examples, fewer than '
+                      f'num_clients={num_clients}')
+    kept, _ = partition_lib.stratified_holdout(y[pool], size, [seed, 2])
+    pool = pool[kept]
   parts = [pool[p] for p in _partition(y[pool], partition, num_clients, alpha,
                                        shards_per_client, seed)]
   params = {'num_clients': num_clients, 'seed': seed}
+  if train_fraction < 1:
+    params['train_fraction'] = train_fraction
   if partition == 'dirichlet':
     params['alpha'] = alpha
   elif partition == 'shards':

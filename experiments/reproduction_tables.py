@@ -1,0 +1,52 @@
+"""Prints REPRODUCTION.md's tables for finished sweeps and writes their PNGs and CSVs.
+
+  python -m experiments.reproduction_tables runs/repro/sun --families=sun \
+      --output_dir=experiments/results/reproduction/sun
+
+One markdown table per family (`tff_backdoor.reproduction`): the varied flag, the number of
+seeds, mean ± std over seeds of main and backdoor accuracy (over the attack rounds and final)
+and seconds per run; FAMILY.png (accuracy vs the varied flag) and FAMILY.csv beside it.
+`--families=flain`: FLAIN's cross tables (task, partition, malicious share x defense).
+`--families=bilgin` reads experiments.anomaly_localization output directories instead: the
+AUC-per-variable table of the baseline runs and one table per factor sweep.
+"""
+from absl import app
+from absl import flags
+
+from tff_backdoor import cli
+from tff_backdoor import reproduction
+
+flags.DEFINE_list('families', ['sun'], f'Family sets: {", ".join(reproduction.FAMILIES)} (sweep '
+                  'directories), or bilgin (experiments.anomaly_localization output directories).')
+flags.DEFINE_list('bilgin_factors', ['num_malicious', 'client_lr', 'malicious_rate'],
+                  '--families=bilgin: the factor sweeps to tabulate.')
+flags.DEFINE_string('output_dir', None, 'Where the PNGs and CSVs go (default: none written).')
+FLAGS = flags.FLAGS
+
+
+def _report(dirs):
+  known = [*reproduction.FAMILIES, 'bilgin']
+  unknown = [f for f in FLAGS.families if f not in known]
+  if unknown:
+    raise ValueError(f'unknown --families {", ".join(unknown)}; choose from {", ".join(known)}')
+  if 'bilgin' in FLAGS.families:
+    if len(FLAGS.families) > 1:
+      raise ValueError('--families=bilgin reads study directories: ask for it on its own')
+    return reproduction.render_bilgin(dirs, FLAGS.bilgin_factors, FLAGS.output_dir)
+  runs = reproduction.load_runs(dirs)
+  cost = reproduction.wall_clock_markdown(
+      'wall clock', [r.values['seconds'] for r in runs if r.values.get('seconds') is not None])
+  return [cost] + [text for name in FLAGS.families for spec in reproduction.FAMILIES[name]
+                   for text in reproduction.render(runs, spec, FLAGS.output_dir)]
+
+
+def main(argv):
+  if len(argv) < 2:
+    cli.fail('give one or more sweep (or study) directories: '
+             'python -m experiments.reproduction_tables DIR')
+  for text in cli.run_or_fail(lambda: _report(argv[1:])):
+    print(text + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.one_line_flags_parser)

@@ -1,0 +1,234 @@
+"""REPRODUCTION.md's tables: families and cross tables over a synthetic sweep directory."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tff_backdoor import reproduction
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_run(directory, final, rows, attack_start):
+  os.makedirs(directory)
+  with open(os.path.join(directory, 'final.json'), 'w') as f:
+    json.dump(final, f)
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump({'attack_start': attack_start}, f)
+  with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
+    for row in rows:
+      f.write(json.dumps(row) + '\n')
+
+
+def _sweep(tmp_path, runs):
+  """runs: [(flags, final, rows)]; writes sweep.json like sweeps.write_outputs."""
+  entries = []
+  for i, (flags, final, rows) in enumerate(runs):
+    name = f'run{i}'
+    _write_run(str(tmp_path / name), final, rows, attack_start=2)
+    entries.append({'name': name, 'flags': flags, 'group': 'g', 'status': 'finished'})
+  with open(tmp_path / 'sweep.json', 'w') as f:
+    json.dump({'runs': entries}, f)
+  return str(tmp_path)
+
+
+def _rows(test, backdoor):
+  return [{'round': r, 'test_accuracy': t, 'backdoor_accuracy': b}
+          for r, (t, b) in enumerate(zip(test, backdoor))]
+
+
+FAMILY = reproduction.Family('f', 'title', 'k', {'a': 'x', 'k': 'ignored'},
+                             references=(('clean', {'a': 'clean'}),))
+
+
+def _family_sweep(tmp_path):
+  runs = []
+  for k, backdoors in (('10', (0.0, 1.0)), ('2', (0.5, 0.7))):
+    for seed, b in enumerate(backdoors):
+      runs.append(({'a': 'x', 'k': k, 'seed': str(seed)},
+                   {'test_accuracy': 0.8, 'backdoor_accuracy': b, 'seconds': 10.0 + seed},
+                   _rows([0.1, 0.2, 0.6, 0.8], [0.0, 0.0, b / 2, b])))
+  runs.append(({'a': 'clean', 'k': '2', 'seed': '0'},
+               {'test_accuracy': 0.9, 'backdoor_accuracy': 0.0, 'seconds': 5.0},
+               _rows([0.1, 0.2, 0.7, 0.9], [0.0] * 4)))
+  runs.append(({'a': 'other', 'k': '2', 'seed': '0'},  # matches neither the family nor a reference
+               {'test_accuracy': 0.1, 'backdoor_accuracy': 0.3}, _rows([0.1], [0.3])))
+  return _sweep(tmp_path, runs)
+
+
+def test_family_rows_average_seeds_in_numeric_order_with_attack_window(tmp_path):
+  runs = reproduction.load_runs([_family_sweep(tmp_path)])
+  references, rows = reproduction.family_rows(runs, FAMILY)
+  assert [r['label'] for r in rows] == ['2', '10']  # numeric, not string, order
+  two = rows[0]
+  assert two['n'] == 2
+  assert two['backdoor_mean'] == pytest.approx(0.6)
+  assert two['backdoor_std'] == pytest.approx(0.1414, abs=1e-4)
+  # window = rounds >= attack_start (2): backdoor (b/2 + b)/2 = 0.75 b; test (0.6 + 0.8)/2.
+  assert two['window_backdoor_mean'] == pytest.approx(0.75 * 0.6)
+  assert two['window_test_mean'] == pytest.approx(0.7)
+  assert two['seconds_mean'] == pytest.approx(10.5)
+  assert rows[1]['backdoor_mean'] == pytest.approx(0.5)
+  assert [(r['label'], r['n'], r['test_mean']) for r in references] == [('clean', 1, 0.9)]
+  assert two['flain_test_mean'] is None
+
+
+def test_family_markdown_and_plot(tmp_path):
+  runs = reproduction.load_runs([_family_sweep(tmp_path / 's')])
+  text = reproduction.family_markdown(runs, FAMILY, metrics=('backdoor', 'seconds'))
+  lines = text.splitlines()
+  assert lines[0] == '**title**'
+  assert lines[2] == '| k | seeds | backdoor acc (final) | s / run |'
+  assert lines[4] == '| clean (reference) | 1 | 0.000 | 5 |'
+  assert lines[5] == '| 2 | 2 | 0.600 ± 0.141 | 10 ± 1 |'
+  path = reproduction.plot_family(runs, FAMILY, str(tmp_path / 'out' / 'f.png'))
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  empty = reproduction.Family('e', 'nothing', 'k', {'a': 'absent'})
+  with pytest.raises(ValueError, match="no finished run of family 'e'"):
+    reproduction.family_markdown(runs, empty)
+
+
+def test_unfinished_runs_are_left_out_and_non_sweeps_rejected(tmp_path):
+  sweep = _family_sweep(tmp_path / 's')
+  os.remove(os.path.join(sweep, 'run0', 'final.json'))
+  runs = reproduction.load_runs([sweep])
+  assert 'run0' not in [r.name for r in runs] and len(runs) == 5
+  with pytest.raises(ValueError, match='not a sweep directory'):
+    reproduction.load_runs([str(tmp_path)])
+
+
+def test_cross_rows_put_one_flag_in_columns(tmp_path):
+  runs = []
+  for ratio in ('0.1', '0.4'):
+    for defense, acc in (('none', 0.9), ('median', 0.2)):
+      for seed in ('0', '1'):
+        final = {'test_accuracy': 0.8, 'backdoor_accuracy': acc + (0.1 if ratio == '0.4' else 0),
+                 'flain': {'after': {'test_accuracy': 0.79, 'backdoor_accuracy': 0.05}}}
+        runs.append(({'ratio': ratio, 'defense': defense, 'seed': seed}, final, _rows([0.8], [acc])))
+  table = reproduction.cross_rows(reproduction.load_runs([_sweep(tmp_path, runs)]),
+                                  ['ratio'], 'defense')
+  assert list(table) == [('0.1',), ('0.4',)]
+  assert table[('0.4',)]['none']['backdoor_mean'] == pytest.approx(1.0)
+  assert table[('0.1',)]['median']['n'] == 2
+  assert table[('0.1',)]['none']['flain_backdoor_mean'] == pytest.approx(0.05)
+
+
+def test_window_means_skip_unevaluated_rounds():
+  rows = [{'round': 0, 'test_accuracy': 0.1}, {'round': 3}, {'round': 4, 'test_accuracy': 0.5,
+                                                               'backdoor_accuracy': 1.0}]
+  assert reproduction.window_means(rows, 3) == {'window_test': 0.5, 'window_backdoor': 1.0}
+  assert reproduction.window_means(rows, 9) == {'window_test': None, 'window_backdoor': None}
+
+
+def test_sun_families_select_what_the_sun_grid_runs():
+  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  grids = sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', 'sun.grid'))
+  configs = sweeps.expand(grids)
+  fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
+  for family in reproduction.SUN_FAMILIES:
+    references, rows = reproduction.family_rows(fake, family)
+    assert len(rows) == 3 and all(r['n'] == 3 for r in rows), family.key
+    assert len(references) == len(family.references) and all(r['n'] == 3 for r in references)
+
+
+def _program(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', 'experiments.reproduction_tables', *args],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_program_prints_tables_and_rejects_bad_input(tmp_path):
+  bad = _program(str(tmp_path), '--families=nope')
+  assert bad.returncode != 0 and 'unknown --families nope' in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+  missing = _program(str(tmp_path))
+  assert missing.returncode != 0 and 'not a sweep directory' in missing.stderr
+
+
+def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
+  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  configs = sweeps.expand(sweeps.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', 'sun.grid')))
+  runs = [(c, {'test_accuracy': 0.8, 'backdoor_accuracy': 0.5, 'seconds': 60.0},
+           _rows([0.5, 0.6, 0.7], [0.0, 0.4, 0.6])) for c in configs]
+  sweep = _sweep(tmp_path / 'sweep', runs)
+  out = tmp_path / 'out'
+  result = _program(sweep, f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr
+  for family in reproduction.SUN_FAMILIES:
+    assert f'**{family.title}**' in result.stdout
+    assert (out / f'{family.key}.png').exists() and (out / f'{family.key}.csv').exists()
+  assert '| no attacker (reference) | 3 | 0.700 ± 0.000 | 0.600 ± 0.000 |' in result.stdout
+  assert result.stdout.startswith('wall clock: 54 runs, 60 ± 0 s per run, 0.90 run-hours')
+
+
+def test_flain_tables_have_flain_and_every_defense_column(tmp_path):
+  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  configs = sweeps.expand(sweeps.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', 'flain.grid')))
+  assert len(configs) == 4 * 4 * 6 * 3 + 4 * 3
+  runs = []
+  for c in configs:
+    b = {'none': 0.9, 'median': 0.3}.get(c['defense'], 0.5)
+    runs.append(reproduction.RunSummary('r', c, {'backdoor': b, 'flain_backdoor': 0.02,
+                                                 'test': 0.8}))
+  text, flat = reproduction.cross_markdown(runs, reproduction.FLAIN_TABLES[0])
+  lines = text.splitlines()
+  assert lines[2] == ('| task | partition | malicious_fraction | seeds | no defense | FLAIN | '
+                      'clip | weak DP | median | trimmed mean | Multi-Krum |')
+  assert len(flat) == 4 * 5  # every task x partition x (4 shares + unattacked)
+  assert ('| pixel | dirichlet | 0.2 | 3 | 0.900 ± 0.000 | 0.020 ± 0.000 | 0.500 ± 0.000 | '
+          '0.500 ± 0.000 | 0.300 ± 0.000 |') in text
+  unattacked = [r for r in flat if r['malicious_fraction'] == '0']
+  assert len(unattacked) == 4 and all(r['clip mean'] is None for r in unattacked)
+  out = reproduction.render(runs, reproduction.FLAIN_TABLES[0], str(tmp_path))
+  assert out[1].endswith('flain_backdoor.csv') and os.path.exists(out[1])
+
+
+def _study(root, runs):
+  """runs: [(task, partition, factor, value, seed, is_baseline, bias_auc, {variable: auc})]."""
+  os.makedirs(root)
+  header = ['task', 'partition', 'factor', 'value', 'seed', 'is_baseline', 'bias_auc', 'run']
+  lines = [','.join(header)]
+  for task, partition, factor, value, seed, baseline, auc, variables in runs:
+    run = f'{task}_{partition}_{"base" if baseline == "True" else value}_{seed}'  # as the study
+    lines.append(','.join([task, partition, factor, value, seed, baseline, str(auc), run]))
+    os.makedirs(os.path.join(root, 'runs', run), exist_ok=True)
+    with open(os.path.join(root, 'runs', run, 'localization_early.csv'), 'w') as f:
+      f.write('rank,variable,auc\n' + ''.join(f'{i},{v},{a}\n'
+                                               for i, (v, a) in enumerate(variables.items())))
+  with open(os.path.join(root, 'summary.csv'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return root
+
+
+def test_bilgin_tables_average_seeds_and_count_the_baseline_once(tmp_path):
+  runs = []
+  for seed, (bias, kernel) in enumerate(((1.0, 0.9), (0.8, 0.7))):
+    variables = {'logits/bias': bias, 'logits/kernel': kernel}
+    for factor in ('num_malicious', 'client_lr'):  # the baseline is listed under each factor
+      runs.append(('pixel', 'iid', factor, '1' if factor == 'num_malicious' else '0.01',
+                   str(seed), 'True', bias, variables))
+    runs.append(('pixel', 'iid', 'num_malicious', '3', str(seed), 'False', bias - 0.5,
+                 variables))
+  rows = reproduction.read_study_rows([_study(str(tmp_path / 's'), runs)])
+  text, flat = reproduction.bilgin_localization(rows)
+  assert '| pixel | iid | 2 | 0.900 ± 0.141 | 0.800 ± 0.141 |' in text
+  assert flat == [{'task': 'pixel', 'partition': 'iid', 'seeds': 2,
+                   'logits/bias': pytest.approx(0.9), 'logits/kernel': pytest.approx(0.8)}]
+  text, flat = reproduction.bilgin_factor_table(rows, 'num_malicious')
+  assert [(r['num_malicious'], r['seeds'], r['bias_auc']) for r in flat] == [
+      ('1', 2, pytest.approx(0.9)), ('3', 2, pytest.approx(0.4))]
+  with pytest.raises(ValueError, match="no run of factor 'malicious_rate'"):
+    reproduction.bilgin_factor_table(rows, 'malicious_rate')
+  with pytest.raises(ValueError, match='not an anomaly-localization study'):
+    reproduction.read_study_rows([str(tmp_path)])
+
+
+def test_wall_clock_line():
+  assert reproduction.wall_clock_markdown('sun', [3600.0, 7200.0]) == (
+      'sun: 2 runs, 5400 ± 2546 s per run, 3.00 run-hours')
+  assert reproduction.wall_clock_markdown('x', []) == 'x: no finished run'

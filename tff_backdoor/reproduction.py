@@ -1,0 +1,465 @@
+"""REPRODUCTION.md's tables and figures, computed from sweep directories (`sweeps.py`).
+
+A *family* is the set of a sweep's configurations that differ in one flag, the x axis of one
+of the papers' figures (e.g. Sun et al.'s backdoor accuracy vs the number of tasks). Each
+configuration's seeds are averaged: final main and backdoor accuracy, their means over the
+attack window (rounds from --attack_start on: a boosted backdoor comes and goes from round to
+round, so one final round says little), and wall-clock seconds per run. A *cross table* puts
+one flag in the columns (e.g. the defense) and several in the rows (e.g. task, partition and
+malicious share), one metric per cell.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tff_backdoor import plots
+from tff_backdoor import sweeps
+
+# (key, column title) of the per-run numbers a table can show.
+METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
+           ('window_test', 'main acc (attack rounds)'),
+           ('window_backdoor', 'backdoor acc (attack rounds)'),
+           ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
+           ('seconds', 's / run'))
+METRIC_TITLES = dict(METRICS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+  """The numbers of one finished run that the tables use."""
+  name: str
+  flags: Mapping[str, str]  # the sweep's grid flags, as given (strings)
+  values: Mapping[str, Optional[float]]  # keys of METRICS
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """Configurations differing in `vary`; `where` selects them, `free` flags may vary too."""
+  key: str
+  title: str
+  vary: str
+  where: Mapping[str, str]
+  free: Tuple[str, ...] = ()
+  references: Tuple[Tuple[str, Mapping[str, str]], ...] = ()  # (row label, where) rows
+
+
+def _number(value: Any) -> Optional[float]:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  return float(value) if math.isfinite(value) else None
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
+  """Mean test and backdoor accuracy over the evaluated rounds >= `start` (None if none)."""
+  out = {}
+  for key, metric in (('window_test', 'test_accuracy'), ('window_backdoor', 'backdoor_accuracy')):
+    values = [_number(r.get(metric)) for r in rows if r.get('round', -1) >= start]
+    values = [v for v in values if v is not None]
+    out[key] = float(np.mean(values)) if values else None
+  return out
+
+
+def summarize_run(directory: str, flags: Mapping[str, str],
+                  name: Optional[str] = None) -> Optional[RunSummary]:
+  """A finished run's numbers (None while final.json is missing)."""
+  final = _read_json(os.path.join(directory, 'final.json'))
+  if final is None:
+    return None
+  config = _read_json(os.path.join(directory, 'config.json')) or {}
+  flain = final.get('flain') or {}
+  values = {'test': _number(final.get('test_accuracy')),
+            'backdoor': _number(final.get('backdoor_accuracy')),
+            'flain_test': _number((flain.get('after') or {}).get('test_accuracy')),
+            'flain_backdoor': _number((flain.get('after') or {}).get('backdoor_accuracy')),
+            'seconds': _number(final.get('seconds'))}
+  values.update(window_means(plots.read_rows(directory), int(config.get('attack_start', 0))))
+  return RunSummary(name or os.path.basename(directory), dict(flags), values)
+
+
+def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
+  """Every finished run of the given sweep directories."""
+  runs = []
+  for sweep_dir in sweep_dirs:
+    if not os.path.exists(os.path.join(sweep_dir, sweeps.SWEEP_FILE)):
+      raise ValueError(f'{sweep_dir} is not a sweep directory (no {sweeps.SWEEP_FILE})')
+    for _, directory, flags in sweeps.iter_run_dirs(sweep_dir):
+      summary = summarize_run(directory, flags)
+      if summary is not None:
+        runs.append(summary)
+  return runs
+
+
+def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
+  return all(str(run.flags.get(k)) == str(v) for k, v in where.items())
+
+
+def _stats(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+  if not values:
+    return None, None
+  return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
+  """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
+  row: Dict[str, Any] = {'label': label, 'n': len(runs)}
+  for key, _ in METRICS:
+    values = [r.values[key] for r in runs if r.values.get(key) is not None]
+    row[f'{key}_mean'], row[f'{key}_std'] = _stats(values)
+  return row
+
+
+def _sort_key(value: str) -> Tuple[int, Any]:
+  try:
+    return 0, float(value)
+  except ValueError:
+    return 1, value
+
+
+def family_rows(runs: Sequence[RunSummary], family: Family
+                ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """(reference rows, one row per value of family.vary in numeric order), seeds averaged."""
+  ignored = {family.vary, *family.free}
+  where = {k: v for k, v in family.where.items() if k not in ignored}
+  by_value: Dict[str, List[RunSummary]] = {}
+  for run in runs:
+    if _matches(run, where) and family.vary in run.flags:
+      by_value.setdefault(str(run.flags[family.vary]), []).append(run)
+  rows = [aggregate_runs(by_value[v], v) for v in sorted(by_value, key=_sort_key)]
+  references = [aggregate_runs([r for r in runs if _matches(r, ref)], label)
+                for label, ref in family.references]
+  return [r for r in references if r['n']], rows
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+  mean, std = row.get(f'{key}_mean'), row.get(f'{key}_std')
+  if mean is None:
+    return '-'
+  if key == 'seconds':
+    return f'{mean:.0f}' + ('' if std is None else f' ± {std:.0f}')
+  return f'{mean:.3f}' + ('' if std is None else f' ± {std:.3f}')
+
+
+def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
+                   metrics: Sequence[str]) -> str:
+  """One markdown row per entry: label, seeds, 'mean ± std' of each metric."""
+  header = [first_column, 'seeds', *[METRIC_TITLES[m] for m in metrics]]
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '| --- | ---: |' + ' ---: |' * len(metrics)]
+  for row in rows:
+    lines.append('| ' + ' | '.join([str(row['label']), str(row['n']),
+                                    *[_cell(row, m) for m in metrics]]) + ' |')
+  return '\n'.join(lines)
+
+
+def family_markdown(runs: Sequence[RunSummary], family: Family,
+                    metrics: Sequence[str] = ('window_test', 'window_backdoor', 'test',
+                                              'backdoor', 'seconds')) -> str:
+  references, rows = family_rows(runs, family)
+  if not rows:
+    raise ValueError(f'no finished run of family {family.key!r} ({family.title})')
+  labelled = [dict(r, label=f'{r["label"]} (reference)') for r in references]
+  return f'**{family.title}**\n\n' + markdown_table(family.vary, labelled + rows, metrics)
+
+
+def plot_family(runs: Sequence[RunSummary], family: Family, path: str,
+                metrics: Sequence[str] = ('window_test', 'window_backdoor')) -> str:
+  """Mean ± std over seeds of each metric against family.vary; references as dashed lines."""
+  references, rows = family_rows(runs, family)
+  if not rows:
+    raise ValueError(f'no finished run of family {family.key!r} ({family.title})')
+  fig = Figure(figsize=(4.6 * len(metrics), 3.6))
+  x = np.arange(len(rows))
+  for i, key in enumerate(metrics):
+    ax = fig.add_subplot(1, len(metrics), i + 1)
+    mean = [r[f'{key}_mean'] for r in rows]
+    std = [r[f'{key}_std'] or 0.0 for r in rows]
+    ax.errorbar(x, mean, yerr=std, marker='o', capsize=3, color='C0', label='mean ± std')
+    for j, ref in enumerate(references):
+      if ref[f'{key}_mean'] is not None:
+        ax.axhline(ref[f'{key}_mean'], color=f'C{j + 1}', linestyle='--', linewidth=1,
+                   label=ref['label'])
+    ax.set_xticks(x)
+    ax.set_xticklabels([r['label'] for r in rows])
+    ax.set_xlabel(family.vary)
+    ax.set_ylabel(METRIC_TITLES[key])
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if i == len(metrics) - 1:
+      ax.legend(fontsize=7)
+  fig.suptitle(family.title + f' (n = {min(r["n"] for r in rows)}+ seeds)', fontsize=9)
+  FigureCanvasAgg(fig)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  return path
+
+
+def cross_rows(runs: Sequence[RunSummary], row_flags: Sequence[str], column_flag: str,
+               where: Mapping[str, str] = ()) -> Dict[Tuple[str, ...], Dict[str, Dict[str, Any]]]:
+  """{row flag values: {column value: aggregated seeds}} of the runs matching `where`."""
+  cells: Dict[Tuple[str, ...], Dict[str, List[RunSummary]]] = {}
+  for run in runs:
+    if not _matches(run, dict(where)) or any(f not in run.flags for f in row_flags):
+      continue
+    key = tuple(str(run.flags[f]) for f in row_flags)
+    cells.setdefault(key, {}).setdefault(str(run.flags.get(column_flag, '')), []).append(run)
+  return {key: {col: aggregate_runs(rs, col) for col, rs in columns.items()}
+          for key, columns in sorted(cells.items(),
+                                     key=lambda kv: [_sort_key(v) for v in kv[0]])}
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossTable:
+  """Rows: the values of `row_flags`; columns: (title, value of column_flag, metric)."""
+  key: str
+  title: str
+  row_flags: Tuple[str, ...]
+  column_flag: str
+  columns: Tuple[Tuple[str, str, str], ...]
+  where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, List[Dict]]:
+  """(markdown, flat rows for a CSV): 'mean ± std' per cell, the seed count in each row."""
+  cells = cross_rows(runs, table.row_flags, table.column_flag, table.where)
+  if not cells:
+    raise ValueError(f'no finished run of table {table.key!r} ({table.title})')
+  header = [*table.row_flags, 'seeds', *[title for title, _, _ in table.columns]]
+  lines = [f'**{table.title}**', '', '| ' + ' | '.join(header) + ' |',
+           '| ' + ' | '.join(['---'] * len(table.row_flags)) + ' | ---: |' +
+           ' ---: |' * len(table.columns)]
+  flat = []
+  for key, columns in cells.items():
+    seeds = sorted({columns[v]['n'] for _, v, _ in table.columns if v in columns})
+    row_cells, flat_row = [], dict(zip(table.row_flags, key))
+    for title, value, metric in table.columns:
+      agg = columns.get(value)
+      row_cells.append(_cell(agg, metric) if agg else '-')
+      flat_row[f'{title} mean'] = agg and agg[f'{metric}_mean']
+      flat_row[f'{title} std'] = agg and agg[f'{metric}_std']
+    flat_row['seeds'] = '/'.join(map(str, seeds))
+    flat.append(flat_row)
+    lines.append('| ' + ' | '.join([*key, flat_row['seeds'] or '0', *row_cells]) + ' |')
+  return '\n'.join(lines), flat
+
+
+def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
+  """One line on what a set of runs cost: count, mean ± std per run, total hours."""
+  mean, std = _stats(list(seconds))
+  if mean is None:
+    return f'{label}: no finished run'
+  spread = '' if std is None else f' ± {std:.0f}'
+  return (f'{label}: {len(seconds)} runs, {mean:.0f}{spread} s per run, '
+          f'{sum(seconds) / 3600:.2f} run-hours')
+
+
+def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = None) -> List[str]:
+  """Markdown of a Family or CrossTable, then the PNG/CSV paths written to output_dir."""
+  if isinstance(spec, CrossTable):
+    text, flat = cross_markdown(runs, spec)
+    out = [text]
+    if output_dir:
+      out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
+    return out
+  out = [family_markdown(runs, spec)]
+  if output_dir:
+    references, rows = family_rows(runs, spec)
+    out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
+    out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), references + rows))
+  return out
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
+  columns: List[str] = []
+  for row in rows:
+    columns.extend(k for k in row if k not in columns)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: '' if row.get(k) is None else row.get(k) for k in columns})
+  return path
+
+
+# ----------------------------------------------------------------------------- Sun et al.
+
+# Flags of experiments/grids/sun.grid: one boosted attacker every round, one task, no defense.
+SUN_BASE = {'schedule': 'fixed_frequency', 'attack_every': '1', 'malicious_fraction': '0.1',
+            'num_tasks': '1', 'attack': 'boost', 'norm_bound': '0.33', 'defense': 'none',
+            'clip_norm': '3', 'dp_sigma': '0.025'}
+SUN_CLEAN = dict(SUN_BASE, schedule='none')
+_NO_ATTACK = ('no attacker', SUN_CLEAN)
+_NO_DEFENSE = ('boosted attacker every round, no defense', SUN_BASE)
+SUN_FAMILIES = (
+    Family('sun_a_fraction', '(a) Random sampling: boosted attackers are a fraction of the '
+           'population, sampled at their natural rate', 'malicious_fraction',
+           dict(SUN_BASE, schedule='random_fraction'), references=(_NO_ATTACK,)),
+    Family('sun_a_frequency', '(a) Fixed frequency: one boosted attacker every k-th round',
+           'attack_every', SUN_BASE, references=(_NO_ATTACK,)),
+    Family('sun_b_tasks', '(b) Number of targeted tasks (one boosted attacker every round)',
+           'num_tasks', SUN_BASE, references=(_NO_ATTACK,)),
+    Family('sun_c_clip_boost', '(c) Norm clipping at bound M: boosted attacker every round',
+           'clip_norm', dict(SUN_BASE, defense='clip'), references=(_NO_ATTACK, _NO_DEFENSE)),
+    Family('sun_c_clip_norm_bounded', '(c) Norm clipping at bound M: norm-bounded attacker '
+           '(radius M / boost) every round', 'clip_norm',
+           dict(SUN_BASE, defense='clip', attack='norm_bounded'), free=('norm_bound',),
+           references=(_NO_ATTACK, _NO_DEFENSE)),
+    Family('sun_d_weak_dp', '(d) Weak DP: clip at M = 3, Gaussian noise of std sigma on the '
+           'average; boosted attacker every round', 'dp_sigma',
+           dict(SUN_BASE, defense='weak_dp'), references=(_NO_ATTACK, _NO_DEFENSE)),
+)
+
+# ----------------------------------------------------------------------------- FLAIN
+
+_DEFENSE_COLUMNS = (('clip', 'clip'), ('weak DP', 'weak_dp'), ('median', 'median'),
+                    ('trimmed mean', 'trimmed_mean'), ('Multi-Krum', 'multi_krum'))
+FLAIN_TABLES = tuple(
+    CrossTable(f'flain_{metric}', title, ('task', 'partition', 'malicious_fraction'), 'defense',
+               (('no defense', 'none', metric), ('FLAIN', 'none', f'flain_{metric}'),
+                *[(name, value, metric) for name, value in _DEFENSE_COLUMNS]))
+    for metric, title in (
+        ('backdoor', 'FLAIN table, attack success (backdoor accuracy of the final model; '
+                     'malicious_fraction 0 = no attacker)'),
+        ('test', 'FLAIN table, main-task (test) accuracy of the final model')))
+
+FAMILIES = {'sun': SUN_FAMILIES, 'flain': FLAIN_TABLES}
+
+
+# ----------------------------------------------------------------------------- Bilgin
+
+# summary.csv columns of experiments.anomaly_localization shown per factor value.
+BILGIN_COLUMNS = (('bias_auc', 'bias AUC'), ('bias_auc_early', 'bias AUC early'),
+                  ('bias_rank_early', 'bias rank early'), ('tpr_at_fpr_1pct', 'TPR@1%FPR'),
+                  ('fpr_at_z', 'FPR@z'), ('tpr_at_z', 'TPR@z'),
+                  ('accumulated_auc', 'per-client AUC'), ('train_seconds', 's / run'))
+
+
+def read_study_rows(study_dirs: Sequence[str]) -> List[Dict[str, str]]:
+  """The summary.csv rows of anomaly-localization studies, each with its run directory."""
+  rows = []
+  for study in study_dirs:
+    path = os.path.join(study, 'summary.csv')
+    if not os.path.exists(path):
+      raise ValueError(f'{study} is not an anomaly-localization study (no summary.csv)')
+    with open(path, newline='') as f:
+      for row in csv.DictReader(f):
+        rows.append(dict(row, run_dir=os.path.join(study, 'runs', row['run'])))
+  return rows
+
+
+def _floats(rows: Sequence[Mapping[str, str]], column: str) -> List[float]:
+  out = []
+  for row in rows:
+    try:
+      value = float(row.get(column, ''))
+    except ValueError:
+      continue
+    if math.isfinite(value):
+      out.append(value)
+  return out
+
+
+def _stat_cell(values: Sequence[float], digits: int = 3) -> str:
+  mean, std = _stats(values)
+  if mean is None:
+    return '-'
+  return f'{mean:.{digits}f}' + ('' if std is None else f' ± {std:.{digits}f}')
+
+
+def _unique_runs(rows: Sequence[Mapping[str, str]]) -> List[Mapping[str, str]]:
+  """One row per run: the baseline run appears once per factor in summary.csv."""
+  seen, out = set(), []
+  for row in rows:
+    if row['run_dir'] not in seen:
+      seen.add(row['run_dir'])
+      out.append(row)
+  return out
+
+
+def bilgin_localization(rows: Sequence[Mapping[str, str]], window: str = 'early'
+                        ) -> Tuple[str, List[Dict[str, Any]]]:
+  """AUC per variable (mean ± std over seeds) of the baseline runs, per task and partition.
+
+  Reads each run's localization_{window}.csv ('' = all captured rounds).
+  """
+  suffix = f'_{window}' if window else ''
+  groups: Dict[Tuple[str, str], List[Mapping[str, str]]] = {}
+  for row in _unique_runs([r for r in rows if r.get('is_baseline') == 'True']):
+    groups.setdefault((row['task'], row['partition']), []).append(row)
+  if not groups:
+    raise ValueError('no baseline run in the studies')
+  aucs: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
+  variables: List[str] = []
+  for key, runs in groups.items():
+    for run in runs:
+      with open(os.path.join(run['run_dir'], f'localization{suffix}.csv'), newline='') as f:
+        for line in csv.DictReader(f):
+          aucs.setdefault(key, {}).setdefault(line['variable'], []).append(float(line['auc']))
+          if line['variable'] not in variables:
+            variables.append(line['variable'])
+  header = ['task', 'partition', 'seeds', *variables]
+  lines = ['| ' + ' | '.join(header) + ' |', '| --- | --- | ---: |' + ' ---: |' * len(variables)]
+  flat = []
+  for (task, partition), runs in sorted(groups.items()):
+    cells = [_stat_cell(aucs[(task, partition)].get(v, [])) for v in variables]
+    lines.append('| ' + ' | '.join([task, partition, str(len(runs)), *cells]) + ' |')
+    flat.append({'task': task, 'partition': partition, 'seeds': len(runs),
+                 **{v: _stats(aucs[(task, partition)].get(v, []))[0] for v in variables}})
+  title = (f'**Bilgin: ROC-AUC of each variable\'s anomaly score, attacker vs honest updates, '
+           f'{window or "all"} rounds, baseline runs (mean ± std over seeds)**')
+  return title + '\n\n' + '\n'.join(lines), flat
+
+
+def bilgin_factor_table(rows: Sequence[Mapping[str, str]], factor: str
+                        ) -> Tuple[str, List[Dict[str, Any]]]:
+  """One factor's sweep: per task, partition and value, mean ± std over seeds."""
+  chosen = [r for r in rows if r['factor'] == factor]
+  if not chosen:
+    raise ValueError(f'no run of factor {factor!r} in the studies')
+  groups: Dict[Tuple[str, str, str], List[Mapping[str, str]]] = {}
+  for row in chosen:
+    groups.setdefault((row['task'], row['partition'], row['value']), []).append(row)
+  header = ['task', 'partition', factor, 'seeds', *[t for _, t in BILGIN_COLUMNS]]
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '| --- | --- | ---: | ---: |' + ' ---: |' * len(BILGIN_COLUMNS)]
+  flat = []
+  for key in sorted(groups, key=lambda k: (k[0], k[1], _sort_key(k[2]))):
+    runs = groups[key]
+    cells = [_stat_cell(_floats(runs, c), {'train_seconds': 0, 'bias_rank_early': 1}.get(c, 3))
+             for c, _ in BILGIN_COLUMNS]
+    lines.append('| ' + ' | '.join([*key, str(len(runs)), *cells]) + ' |')
+    flat.append({'task': key[0], 'partition': key[1], factor: key[2], 'seeds': len(runs),
+                 **{c: _stats(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
+  title = f'**Bilgin factor sweep: {factor} (the other two factors at the baseline)**'
+  return title + '\n\n' + '\n'.join(lines), flat
+
+
+def render_bilgin(study_dirs: Sequence[str], factors: Sequence[str],
+                  output_dir: Optional[str] = None) -> List[str]:
+  """The localization table and one table per factor; CSVs in output_dir."""
+  rows = read_study_rows(study_dirs)
+  seconds = [sum(_floats([r], 'train_seconds') + _floats([r], 'analysis_seconds'))
+             for r in _unique_runs(rows)]
+  out = [wall_clock_markdown('wall clock (train + analysis)', seconds)]
+  for key, (text, flat) in [('bilgin_localization', bilgin_localization(rows)),
+                            *[(f'bilgin_{f}', bilgin_factor_table(rows, f)) for f in factors]]:
+    out.append(text)
+    if output_dir:
+      out.append(write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
+  return out
