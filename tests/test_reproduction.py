@@ -107,7 +107,8 @@ def test_cross_rows_put_one_flag_in_columns(tmp_path):
       for seed in ('0', '1'):
         final = {'test_accuracy': 0.8, 'backdoor_accuracy': acc + (0.1 if ratio == '0.4' else 0),
                  'flain': {'after': {'test_accuracy': 0.79, 'backdoor_accuracy': 0.05}}}
-        runs.append(({'ratio': ratio, 'defense': defense, 'seed': seed}, final, _rows([0.8], [acc])))
+        runs.append(({'ratio': ratio, 'defense': defense, 'seed': seed}, final,
+                     _rows([0.8], [acc])))
   table = reproduction.cross_rows(reproduction.load_runs([_sweep(tmp_path, runs)]),
                                   ['ratio'], 'defense')
   assert list(table) == [('0.1',), ('0.4',)]
@@ -232,3 +233,19 @@ def test_wall_clock_line():
   assert reproduction.wall_clock_markdown('sun', [3600.0, 7200.0]) == (
       'sun: 2 runs, 5400 ± 2546 s per run, 3.00 run-hours')
   assert reproduction.wall_clock_markdown('x', []) == 'x: no finished run'
+
+
+def test_bilgin_program_writes_tables_csvs_and_plots(tmp_path):
+  runs = [('pixel', 'iid', 'num_malicious', str(m), str(seed), str(m == 1), 0.9 - 0.1 * m,
+           {'logits/bias': 0.9}) for m in (1, 2) for seed in (0, 1)]
+  study = _study(str(tmp_path / 's'), runs)
+  out = tmp_path / 'out'
+  result = _program(study, '--families=bilgin', '--bilgin_factors=num_malicious',
+                    f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr
+  assert '| pixel | iid | 2 | 2 | 0.700 ± 0.000 |' in result.stdout  # value 2, two seeds
+  assert result.stdout.startswith('wall clock (train + analysis): no finished run')
+  for name in ('bilgin_localization.csv', 'bilgin_num_malicious.csv', 'bilgin_num_malicious.png'):
+    assert (out / name).exists(), name
+  mixed = _program(study, '--families=bilgin,sun')
+  assert mixed.returncode != 0 and 'ask for it on its own' in mixed.stderr

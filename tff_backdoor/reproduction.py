@@ -443,23 +443,67 @@ def bilgin_factor_table(rows: Sequence[Mapping[str, str]], factor: str
     runs = groups[key]
     cells = [_stat_cell(_floats(runs, c), {'train_seconds': 0, 'bias_rank_early': 1}.get(c, 3))
              for c, _ in BILGIN_COLUMNS]
-    lines.append('| ' + ' | '.join([*key, str(len(runs)), *cells]) + ' |')
+    value = key[2] if _sort_key(key[2])[0] else f'{float(key[2]):.4g}'
+    lines.append('| ' + ' | '.join([key[0], key[1], value, str(len(runs)), *cells]) + ' |')
     flat.append({'task': key[0], 'partition': key[1], factor: key[2], 'seeds': len(runs),
                  **{c: _stats(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
   title = f'**Bilgin factor sweep: {factor} (the other two factors at the baseline)**'
   return title + '\n\n' + '\n'.join(lines), flat
 
 
+def plot_bilgin_factor(rows: Sequence[Mapping[str, str]], factor: str, path: str,
+                       metrics: Sequence[str] = ('bias_auc', 'bias_auc_early')) -> str:
+  """One panel per (task, metric): mean ± std over seeds vs the factor, a line per partition."""
+  chosen = [r for r in rows if r['factor'] == factor]
+  tasks = sorted({r['task'] for r in chosen})
+  if not chosen:
+    raise ValueError(f'no run of factor {factor!r} in the studies')
+  fig = Figure(figsize=(4.2 * len(metrics), 3.3 * len(tasks)))
+  titles = dict(BILGIN_COLUMNS)
+  for i, task in enumerate(tasks):
+    for j, metric in enumerate(metrics):
+      ax = fig.add_subplot(len(tasks), len(metrics), i * len(metrics) + j + 1)
+      for k, partition in enumerate(sorted({r['partition'] for r in chosen if r['task'] == task})):
+        runs = [r for r in chosen if r['task'] == task and r['partition'] == partition]
+        values = sorted({r['value'] for r in runs}, key=_sort_key)
+        points = [(float(v), *_stats(_floats([r for r in runs if r['value'] == v], metric)))
+                  for v in values]
+        points = [p for p in points if p[1] is not None]  # metric missing from these runs
+        if points:
+          ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                      yerr=[p[2] or 0.0 for p in points], marker='o', capsize=3,
+                      color=f'C{k}', label=partition)
+      ax.set_xscale('log' if factor != 'num_malicious' else 'linear')
+      ax.set_ylim(-0.02, 1.02)
+      ax.axhline(0.5, color='grey', linewidth=0.8, linestyle=':')
+      ax.set_xlabel(factor)
+      ax.set_ylabel(titles.get(metric, metric))
+      ax.set_title(f'{task}', fontsize=9)
+      ax.grid(alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+  fig.subplots_adjust(hspace=0.5, wspace=0.3)
+  fig.suptitle(f'Bilgin: final-layer bias AUC vs {factor} (mean ± std over seeds)', fontsize=9)
+  FigureCanvasAgg(fig)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  return path
+
+
 def render_bilgin(study_dirs: Sequence[str], factors: Sequence[str],
                   output_dir: Optional[str] = None) -> List[str]:
   """The localization table and one table per factor; CSVs in output_dir."""
   rows = read_study_rows(study_dirs)
-  seconds = [sum(_floats([r], 'train_seconds') + _floats([r], 'analysis_seconds'))
-             for r in _unique_runs(rows)]
+  costs = (_floats([r], 'train_seconds') + _floats([r], 'analysis_seconds')
+           for r in _unique_runs(rows))
+  seconds = [sum(parts) for parts in costs if parts]
   out = [wall_clock_markdown('wall clock (train + analysis)', seconds)]
   for key, (text, flat) in [('bilgin_localization', bilgin_localization(rows)),
                             *[(f'bilgin_{f}', bilgin_factor_table(rows, f)) for f in factors]]:
     out.append(text)
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
+      if key != 'bilgin_localization':
+        out.append(plot_bilgin_factor(rows, key[len('bilgin_'):],
+                                      os.path.join(output_dir, f'{key}.png')))
   return out
