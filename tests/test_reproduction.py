@@ -249,3 +249,13 @@ def test_bilgin_program_writes_tables_csvs_and_plots(tmp_path):
     assert (out / name).exists(), name
   mixed = _program(study, '--families=bilgin,sun')
   assert mixed.returncode != 0 and 'ask for it on its own' in mixed.stderr
+
+
+def test_render_reports_a_family_without_runs_in_one_line(tmp_path):
+  runs = reproduction.load_runs([_family_sweep(tmp_path)])
+  empty = reproduction.Family('e', 'nothing yet', 'k', {'a': 'absent'})
+  assert reproduction.render(runs, empty, str(tmp_path / 'o')) == [
+      '**nothing yet**: no finished run yet']
+  assert not os.path.exists(tmp_path / 'o')
+  assert reproduction.render(runs, reproduction.FLAIN_TABLES[0]) == [
+      f'**{reproduction.FLAIN_TABLES[0].title}**: no finished run yet']

@@ -269,13 +269,20 @@ def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
 
 
 def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = None) -> List[str]:
-  """Markdown of a Family or CrossTable, then the PNG/CSV paths written to output_dir."""
+  """Markdown of a Family or CrossTable, then the PNG/CSV paths written to output_dir.
+
+  A spec with no finished run yet (a sweep still running) gives one line saying so.
+  """
   if isinstance(spec, CrossTable):
+    if not cross_rows(runs, spec.row_flags, spec.column_flag, spec.where):
+      return [f'**{spec.title}**: no finished run yet']
     text, flat = cross_markdown(runs, spec)
     out = [text]
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
     return out
+  if not family_rows(runs, spec)[1]:
+    return [f'**{spec.title}**: no finished run yet']
   out = [family_markdown(runs, spec)]
   if output_dir:
     references, rows = family_rows(runs, spec)
