@@ -58,13 +58,6 @@ def _number(value: Any) -> Optional[float]:
   return float(value) if math.isfinite(value) else None
 
 
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
   """Mean test and backdoor accuracy over the evaluated rounds >= `start` (None if none)."""
   out = {}
@@ -78,18 +71,23 @@ def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Opt
 def summarize_run(directory: str, flags: Mapping[str, str],
                   name: Optional[str] = None) -> Optional[RunSummary]:
   """A finished run's numbers (None while final.json is missing)."""
-  final = _read_json(os.path.join(directory, 'final.json'))
+  run = plots.load_run(directory, name)
+  final = run.final
   if final is None:
     return None
-  config = _read_json(os.path.join(directory, 'config.json')) or {}
+  config_path = os.path.join(directory, 'config.json')
+  config = {}
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      config = json.load(f)
   flain = final.get('flain') or {}
   values = {'test': _number(final.get('test_accuracy')),
             'backdoor': _number(final.get('backdoor_accuracy')),
             'flain_test': _number((flain.get('after') or {}).get('test_accuracy')),
             'flain_backdoor': _number((flain.get('after') or {}).get('backdoor_accuracy')),
             'seconds': _number(final.get('seconds'))}
-  values.update(window_means(plots.read_rows(directory), int(config.get('attack_start', 0))))
-  return RunSummary(name or os.path.basename(directory), dict(flags), values)
+  values.update(window_means(run.rows, int(config.get('attack_start', 0))))
+  return RunSummary(run.name, dict(flags), values)
 
 
 def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
@@ -109,10 +107,7 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
   return all(str(run.flags.get(k)) == str(v) for k, v in where.items())
 
 
-def _stats(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
-  if not values:
-    return None, None
-  return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+_stats = sweeps.mean_std
 
 
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:

@@ -757,7 +757,8 @@ def run_records(spec: SweepSpec, result: SweepResult) -> List[Dict[str, Any]]:
   return records
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+  """(mean, sample std) of the values; None for what the count does not allow."""
   if not values:
     return None, None
   mean = sum(values) / len(values)
@@ -786,7 +787,7 @@ def group_rows(spec: SweepSpec, result: SweepResult
     row['n_seeds'] = len(finished)
     for metric in metrics:
       values = [rec[_column(metric)] for rec in finished if rec[_column(metric)] is not None]
-      row[f'{_column(metric)}_mean'], row[f'{_column(metric)}_std'] = _mean_std(values)
+      row[f'{_column(metric)}_mean'], row[f'{_column(metric)}_std'] = mean_std(values)
     rows.append(row)
   return flag_columns, metrics, rows
 
