@@ -107,15 +107,13 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
   return all(str(run.flags.get(k)) == str(v) for k, v in where.items())
 
 
-_stats = sweeps.mean_std
-
 
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
   """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
   row: Dict[str, Any] = {'label': label, 'n': len(runs)}
   for key, _ in METRICS:
     values = [r.values[key] for r in runs if r.values.get(key) is not None]
-    row[f'{key}_mean'], row[f'{key}_std'] = _stats(values)
+    row[f'{key}_mean'], row[f'{key}_std'] = sweeps.mean_std(values)
   return row
 
 
@@ -255,7 +253,7 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
 
 def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
   """One line on what a set of runs cost: count, mean ± std per run, total hours."""
-  mean, std = _stats(list(seconds))
+  mean, std = sweeps.mean_std(list(seconds))
   if mean is None:
     return f'{label}: no finished run'
   spread = '' if std is None else f' ± {std:.0f}'
@@ -276,11 +274,11 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
     return out
-  if not family_rows(runs, spec)[1]:
+  references, rows = family_rows(runs, spec)
+  if not rows:
     return [f'**{spec.title}**: no finished run yet']
   out = [family_markdown(runs, spec)]
   if output_dir:
-    references, rows = family_rows(runs, spec)
     out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
     out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), references + rows))
   return out
@@ -378,7 +376,7 @@ def _floats(rows: Sequence[Mapping[str, str]], column: str) -> List[float]:
 
 
 def _stat_cell(values: Sequence[float], digits: int = 3) -> str:
-  mean, std = _stats(values)
+  mean, std = sweeps.mean_std(values)
   if mean is None:
     return '-'
   return f'{mean:.{digits}f}' + ('' if std is None else f' ± {std:.{digits}f}')
@@ -422,7 +420,7 @@ def bilgin_localization(rows: Sequence[Mapping[str, str]], window: str = 'early'
     cells = [_stat_cell(aucs[(task, partition)].get(v, [])) for v in variables]
     lines.append('| ' + ' | '.join([task, partition, str(len(runs)), *cells]) + ' |')
     flat.append({'task': task, 'partition': partition, 'seeds': len(runs),
-                 **{v: _stats(aucs[(task, partition)].get(v, []))[0] for v in variables}})
+                 **{v: sweeps.mean_std(aucs[(task, partition)].get(v, []))[0] for v in variables}})
   title = (f'**Bilgin: ROC-AUC of each variable\'s anomaly score, attacker vs honest updates, '
            f'{window or "all"} rounds, baseline runs (mean ± std over seeds)**')
   return title + '\n\n' + '\n'.join(lines), flat
@@ -448,7 +446,7 @@ def bilgin_factor_table(rows: Sequence[Mapping[str, str]], factor: str
     value = key[2] if _sort_key(key[2])[0] else f'{float(key[2]):.4g}'
     lines.append('| ' + ' | '.join([key[0], key[1], value, str(len(runs)), *cells]) + ' |')
     flat.append({'task': key[0], 'partition': key[1], factor: key[2], 'seeds': len(runs),
-                 **{c: _stats(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
+                 **{c: sweeps.mean_std(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
   title = f'**Bilgin factor sweep: {factor} (the other two factors at the baseline)**'
   return title + '\n\n' + '\n'.join(lines), flat
 
@@ -468,7 +466,8 @@ def plot_bilgin_factor(rows: Sequence[Mapping[str, str]], factor: str, path: str
       for k, partition in enumerate(sorted({r['partition'] for r in chosen if r['task'] == task})):
         runs = [r for r in chosen if r['task'] == task and r['partition'] == partition]
         values = sorted({r['value'] for r in runs}, key=_sort_key)
-        points = [(float(v), *_stats(_floats([r for r in runs if r['value'] == v], metric)))
+        points = [(float(v),
+                   *sweeps.mean_std(_floats([r for r in runs if r['value'] == v], metric)))
                   for v in values]
         points = [p for p in points if p[1] is not None]  # metric missing from these runs
         if points:
