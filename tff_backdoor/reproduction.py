@@ -107,7 +107,6 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
   return all(str(run.flags.get(k)) == str(v) for k, v in where.items())
 
 
-
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
   """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
   row: Dict[str, Any] = {'label': label, 'n': len(runs)}
