@@ -79,6 +79,9 @@ flags.DEFINE_string('output_dir', _D.output_dir, 'Where tables, plots and runs a
 flags.DEFINE_bool('keep_captures', _D.keep_captures,
                   'Keep the per-round client updates (large) after the analysis.')
 flags.DEFINE_bool('dry_run', False, 'Print the sweep and the runs it needs, then exit.')
+flags.DEFINE_bool('summarize_only', False,
+                  'Train nothing: write summary.csv/json and plots from the finished runs '
+                  '(e.g. runs finished by other processes, one per seed).')
 flags.DEFINE_bool('verbose', _D.verbose, 'Print one line per training round.')
 
 FLAGS = flags.FLAGS
@@ -94,7 +97,8 @@ def main(argv):
   if FLAGS.dry_run:
     print(cli.run_or_fail(lambda: study.describe_sweep(settings, points)))
     return
-  rows = cli.run_or_fail(lambda: study.run_study(settings, points))
+  rows = cli.run_or_fail(lambda: study.run_study(settings, points,
+                                                 run_missing=not FLAGS.summarize_only))
   print(study.format_table(rows))
 
 

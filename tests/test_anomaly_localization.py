@@ -305,6 +305,16 @@ def test_study_writes_tables_and_plots_and_skips_done_runs(idx_dir, tmp_path):
   again = study.run_study(settings, points, log=logs.append)
   assert len(logs) == 2 and all(line.endswith('skipped') for line in logs)
   assert again == json.loads(json.dumps(rows))
+  # Summarize only: a sweep with one more value trains nothing and tabulates the finished runs.
+  logs.clear()
+  more = study.expand_sweep(['num_malicious'], ['targeted'], ['iid'],
+                            values={'num_malicious': [1, 2, 3]})
+  partial = study.run_study(settings, more, log=logs.append, run_missing=False)
+  assert logs[-1].endswith('not run, left out of the summary')
+  assert partial == again
+  assert not os.path.exists(settings.run_dir(more[2].run))
+  with open(tmp_path / 'summary.csv') as f:
+    assert [r['value'] for r in csv.DictReader(f)] == ['1', '2']
   # A finished run made with other settings is never mistaken for done.
   with pytest.raises(ValueError, match='different rounds'):
     study.run_study(_settings(idx_dir, tmp_path, rounds=4), points, log=logs.append)

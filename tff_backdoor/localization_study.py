@@ -807,15 +807,22 @@ def plot_factor_sweeps(settings: StudySettings, points: Sequence[SweepPoint],
   return written
 
 
-def run_study(settings: StudySettings, points: Sequence[SweepPoint],
-              log=print) -> List[Dict[str, Any]]:
-  """Runs every not-yet-done run of `points`, then writes summary.csv/json and the plots."""
+def run_study(settings: StudySettings, points: Sequence[SweepPoint], log=print,
+              run_missing: bool = True) -> List[Dict[str, Any]]:
+  """Runs every not-yet-done run of `points`, then writes summary.csv/json and the plots.
+
+  With run_missing=False nothing is trained: the summary covers the finished runs only (to
+  tabulate a sweep that is still running, or runs that other processes finished).
+  """
   settings.validate()
   runs = unique_runs(points)
   summaries: Dict[Run, Dict[str, Any]] = {}
   for i, run in enumerate(runs, start=1):
     if is_done(settings, run):
       log(f'[{i}/{len(runs)}] {run.name}: done already, skipped')
+    elif not run_missing:
+      log(f'[{i}/{len(runs)}] {run.name}: not run, left out of the summary')
+      continue
     else:
       log(f'[{i}/{len(runs)}] {run.name}: running')
       execute_run(settings, run)
