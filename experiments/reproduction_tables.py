@@ -8,7 +8,8 @@ seeds, mean ± std over seeds of main and backdoor accuracy (over the attack rou
 and seconds per run; FAMILY.png (accuracy vs the varied flag) and FAMILY.csv beside it.
 `--families=flain`: FLAIN's cross tables (task, partition, malicious share x defense).
 `--families=bilgin` reads experiments.anomaly_localization output directories instead: the
-AUC-per-variable table of the baseline runs and one table per factor sweep.
+AUC-per-variable table of the baseline runs, one table per factor sweep, and the detector
+facts over every run (is the bias first per seed; FPR of the fixed z; TPR at 1% FPR).
 """
 from absl import app
 from absl import flags

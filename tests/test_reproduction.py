@@ -229,6 +229,26 @@ def test_bilgin_tables_average_seeds_and_count_the_baseline_once(tmp_path):
     reproduction.read_study_rows([str(tmp_path)])
 
 
+def test_bilgin_detector_facts_count_bias_first_per_seed_and_the_fixed_z_cost():
+  def row(seed, m, rank, top, fpr, tpr, run):
+    return {'task': 'pixel', 'partition': 'iid', 'seed': seed, 'num_malicious': m,
+            'bias_rank_early': rank, 'top_variable_early': top, 'fpr_at_z': fpr,
+            'tpr_at_fpr_1pct': tpr, 'run_dir': run}
+  rows = [row('0', '1', '1', 'logits/bias', '0.1', '0.5', 'a'),
+          row('0', '1', '1', 'logits/bias', '0.1', '0.5', 'a'),  # baseline listed twice
+          row('0', '2', '3', 'logits/kernel', '0.3', '0', 'b'),
+          row('1', '1', '2', 'logits/kernel', '0.05', '0.25', 'c'),
+          row('1', '5', '1', 'logits/bias', '0.2', 'nan', 'd')]  # 5 attackers: not counted
+  text, flat = reproduction.bilgin_detector_facts(rows)
+  assert ('| pixel | iid | 4 | seed 0: 1/2, seed 1: 0/1 | logits/kernel (2) | 0.05-0.30 | '
+          '2 of 3 | 0.500 |') in text
+  assert flat[0]['bias_first_seed0'] == 1 and flat[0]['minority_runs_seed1'] == 1
+  text, _ = reproduction.bilgin_detector_facts(rows, max_attackers=5)
+  assert 'seed 1: 1/2' in text
+  with pytest.raises(ValueError, match='no run'):
+    reproduction.bilgin_detector_facts([])
+
+
 def test_wall_clock_line():
   assert reproduction.wall_clock_markdown('sun', [3600.0, 7200.0]) == (
       'sun: 2 runs, 5400 ± 2546 s per run, 3.00 run-hours')
@@ -245,7 +265,8 @@ def test_bilgin_program_writes_tables_csvs_and_plots(tmp_path):
   assert result.returncode == 0, result.stderr
   assert '| pixel | iid | 2 | 2 | 0.700 ± 0.000 |' in result.stdout  # value 2, two seeds
   assert result.stdout.startswith('wall clock (train + analysis): no finished run')
-  for name in ('bilgin_localization.csv', 'bilgin_num_malicious.csv', 'bilgin_num_malicious.png'):
+  for name in ('bilgin_localization.csv', 'bilgin_num_malicious.csv', 'bilgin_num_malicious.png',
+               'bilgin_detector.csv'):
     assert (out / name).exists(), name
   mixed = _program(study, '--families=bilgin,sun')
   assert mixed.returncode != 0 and 'ask for it on its own' in mixed.stderr

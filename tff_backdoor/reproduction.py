@@ -450,6 +450,55 @@ def bilgin_factor_table(rows: Sequence[Mapping[str, str]], factor: str
   return title + '\n\n' + '\n'.join(lines), flat
 
 
+def bilgin_detector_facts(rows: Sequence[Mapping[str, str]], max_attackers: int = 4
+                          ) -> Tuple[str, List[Dict[str, Any]]]:
+  """Per task and partition, over every finished run: is the bias first, and does z flag honest?
+
+  "bias first" counts, per seed, the runs with at most max_attackers attackers (below the
+  median's breakdown point) whose early-round top variable is the final layer's bias, and
+  names the variable that was first otherwise.
+  """
+  groups: Dict[Tuple[str, str], List[Mapping[str, str]]] = {}
+  for row in _unique_runs(rows):
+    groups.setdefault((row['task'], row['partition']), []).append(row)
+  if not groups:
+    raise ValueError('no run in the studies')
+  header = ['task', 'partition', 'runs',
+            f'bias first early (≤ {max_attackers} attackers), by seed', 'first otherwise',
+            'FPR@z min-max', 'runs with TPR@1%FPR > 0', 'max TPR@1%FPR']
+  lines = ['| ' + ' | '.join(header) + ' |', '| --- | --- | ---: | --- | --- | --- | ---: | ---: |']
+  flat = []
+  for (task, partition), runs in sorted(groups.items()):
+    minority = [r for r in runs if 0 < sum(_floats([r], 'num_malicious')) <= max_attackers]
+    by_seed: Dict[str, List[bool]] = {}
+    others: Dict[str, int] = {}
+    for r in minority:
+      first = r.get('bias_rank_early') == '1'
+      by_seed.setdefault(r['seed'], []).append(first)
+      if not first:
+        top = r.get('top_variable_early') or '?'
+        others[top] = others.get(top, 0) + 1
+    seeds = sorted(by_seed, key=_sort_key)
+    first_cell = ', '.join(f'seed {s}: {sum(by_seed[s])}/{len(by_seed[s])}' for s in seeds) or '-'
+    other_cell = ', '.join(f'{v} ({n})' for v, n in sorted(others.items(), key=lambda kv: -kv[1]))
+    fpr, tpr = _floats(runs, 'fpr_at_z'), _floats(runs, 'tpr_at_fpr_1pct')
+    fpr_cell = f'{min(fpr):.2f}-{max(fpr):.2f}' if fpr else '-'
+    caught = sum(t > 0 for t in tpr)
+    lines.append('| ' + ' | '.join([task, partition, str(len(runs)), first_cell, other_cell or '-',
+                                    fpr_cell, f'{caught} of {len(tpr)}',
+                                    f'{max(tpr):.3f}' if tpr else '-']) + ' |')
+    flat.append({'task': task, 'partition': partition, 'runs': len(runs),
+                 **{f'bias_first_seed{s}': sum(by_seed[s]) for s in seeds},
+                 **{f'minority_runs_seed{s}': len(by_seed[s]) for s in seeds},
+                 'fpr_at_z_min': min(fpr) if fpr else None,
+                 'fpr_at_z_max': max(fpr) if fpr else None,
+                 'runs_tpr_1pct_positive': caught,
+                 'tpr_at_fpr_1pct_max': max(tpr) if tpr else None})
+  title = ('**Bilgin: is the bias first, and what the fixed z = 3.5 costs '
+           '(every finished run of the studies)**')
+  return title + '\n\n' + '\n'.join(lines), flat
+
+
 def plot_bilgin_factor(rows: Sequence[Mapping[str, str]], factor: str, path: str,
                        metrics: Sequence[str] = ('bias_auc', 'bias_auc_early')) -> str:
   """One panel per (task, metric): mean ± std over seeds vs the factor, a line per partition."""
@@ -492,18 +541,19 @@ def plot_bilgin_factor(rows: Sequence[Mapping[str, str]], factor: str, path: str
 
 def render_bilgin(study_dirs: Sequence[str], factors: Sequence[str],
                   output_dir: Optional[str] = None) -> List[str]:
-  """The localization table and one table per factor; CSVs in output_dir."""
+  """The localization table, one table per factor and the detector facts; CSVs in output_dir."""
   rows = read_study_rows(study_dirs)
   costs = (_floats([r], 'train_seconds') + _floats([r], 'analysis_seconds')
            for r in _unique_runs(rows))
   seconds = [sum(parts) for parts in costs if parts]
   out = [wall_clock_markdown('wall clock (train + analysis)', seconds)]
   for key, (text, flat) in [('bilgin_localization', bilgin_localization(rows)),
-                            *[(f'bilgin_{f}', bilgin_factor_table(rows, f)) for f in factors]]:
+                            *[(f'bilgin_{f}', bilgin_factor_table(rows, f)) for f in factors],
+                            ('bilgin_detector', bilgin_detector_facts(rows))]:
     out.append(text)
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
-      if key != 'bilgin_localization':
+      if key.startswith('bilgin_') and key[len('bilgin_'):] in factors:
         out.append(plot_bilgin_factor(rows, key[len('bilgin_'):],
                                       os.path.join(output_dir, f'{key}.png')))
   return out
