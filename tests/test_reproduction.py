@@ -238,10 +238,11 @@ def test_bilgin_detector_facts_count_bias_first_per_seed_and_the_fixed_z_cost():
           row('0', '1', '1', 'logits/bias', '0.1', '0.5', 'a'),  # baseline listed twice
           row('0', '2', '3', 'logits/kernel', '0.3', '0', 'b'),
           row('1', '1', '2', 'logits/kernel', '0.05', '0.25', 'c'),
+          row('2', '1', '2', 'conv1/bias|logits/kernel', '0.1', '0', 'e'),
           row('1', '5', '1', 'logits/bias', '0.2', 'nan', 'd')]  # 5 attackers: not counted
   text, flat = reproduction.bilgin_detector_facts(rows)
-  assert ('| pixel | iid | 4 | seed 0: 1/2, seed 1: 0/1 | logits/kernel (2) | 0.05-0.30 | '
-          '2 of 3 | 0.500 |') in text
+  assert ('| pixel | iid | 5 | seed 0: 1/2, seed 1: 0/1, seed 2: 0/1 | logits/kernel (2), '
+          'conv1/bias = logits/kernel (1) | 0.05-0.30 | 2 of 4 | 0.500 |') in text
   assert flat[0]['bias_first_seed0'] == 1 and flat[0]['minority_runs_seed1'] == 1
   text, _ = reproduction.bilgin_detector_facts(rows, max_attackers=5)
   assert 'seed 1: 1/2' in text

@@ -456,7 +456,7 @@ def bilgin_detector_facts(rows: Sequence[Mapping[str, str]], max_attackers: int 
 
   "bias first" counts, per seed, the runs with at most max_attackers attackers (below the
   median's breakdown point) whose early-round top variable is the final layer's bias, and
-  names the variable that was first otherwise.
+  names the variable that was first otherwise (tied variables joined by ' = ').
   """
   groups: Dict[Tuple[str, str], List[Mapping[str, str]]] = {}
   for row in _unique_runs(rows):
@@ -476,7 +476,7 @@ def bilgin_detector_facts(rows: Sequence[Mapping[str, str]], max_attackers: int 
       first = r.get('bias_rank_early') == '1'
       by_seed.setdefault(r['seed'], []).append(first)
       if not first:
-        top = r.get('top_variable_early') or '?'
+        top = (r.get('top_variable_early') or '?').replace('|', ' = ')  # a tie; '|' splits cells
         others[top] = others.get(top, 0) + 1
     seeds = sorted(by_seed, key=_sort_key)
     first_cell = ', '.join(f'seed {s}: {sum(by_seed[s])}/{len(by_seed[s])}' for s in seeds) or '-'
