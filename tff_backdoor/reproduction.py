@@ -10,6 +10,7 @@ malicious share), one metric per cell.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -471,16 +472,15 @@ def bilgin_detector_facts(rows: Sequence[Mapping[str, str]], max_attackers: int 
   for (task, partition), runs in sorted(groups.items()):
     minority = [r for r in runs if 0 < sum(_floats([r], 'num_malicious')) <= max_attackers]
     by_seed: Dict[str, List[bool]] = {}
-    others: Dict[str, int] = {}
+    others: collections.Counter = collections.Counter()
     for r in minority:
       first = r.get('bias_rank_early') == '1'
       by_seed.setdefault(r['seed'], []).append(first)
-      if not first:
-        top = (r.get('top_variable_early') or '?').replace('|', ' = ')  # a tie; '|' splits cells
-        others[top] = others.get(top, 0) + 1
+      if not first:  # a tie is 'a|b' in summary.csv; '|' would split the markdown cell
+        others[(r.get('top_variable_early') or '?').replace('|', ' = ')] += 1
     seeds = sorted(by_seed, key=_sort_key)
     first_cell = ', '.join(f'seed {s}: {sum(by_seed[s])}/{len(by_seed[s])}' for s in seeds) or '-'
-    other_cell = ', '.join(f'{v} ({n})' for v, n in sorted(others.items(), key=lambda kv: -kv[1]))
+    other_cell = ', '.join(f'{v} ({n})' for v, n in others.most_common())
     fpr, tpr = _floats(runs, 'fpr_at_z'), _floats(runs, 'tpr_at_fpr_1pct')
     fpr_cell = f'{min(fpr):.2f}-{max(fpr):.2f}' if fpr else '-'
     caught = sum(t > 0 for t in tpr)
@@ -494,7 +494,8 @@ def bilgin_detector_facts(rows: Sequence[Mapping[str, str]], max_attackers: int 
                  'fpr_at_z_max': max(fpr) if fpr else None,
                  'runs_tpr_1pct_positive': caught,
                  'tpr_at_fpr_1pct_max': max(tpr) if tpr else None})
-  title = ('**Bilgin: is the bias first, and what the fixed z = 3.5 costs '
+  z = sorted({f'{v:g}' for v in _floats(rows, 'z_threshold')}) or ['?']
+  title = (f'**Bilgin: is the bias first, and what the fixed z = {", ".join(z)} costs '
            '(every finished run of the studies)**')
   return title + '\n\n' + '\n'.join(lines), flat
 
@@ -547,13 +548,13 @@ def render_bilgin(study_dirs: Sequence[str], factors: Sequence[str],
            for r in _unique_runs(rows))
   seconds = [sum(parts) for parts in costs if parts]
   out = [wall_clock_markdown('wall clock (train + analysis)', seconds)]
-  for key, (text, flat) in [('bilgin_localization', bilgin_localization(rows)),
-                            *[(f'bilgin_{f}', bilgin_factor_table(rows, f)) for f in factors],
-                            ('bilgin_detector', bilgin_detector_facts(rows))]:
+  tables = [('bilgin_localization', bilgin_localization(rows), None),
+            *[(f'bilgin_{f}', bilgin_factor_table(rows, f), f) for f in factors],
+            ('bilgin_detector', bilgin_detector_facts(rows), None)]
+  for key, (text, flat), factor in tables:
     out.append(text)
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
-      if key.startswith('bilgin_') and key[len('bilgin_'):] in factors:
-        out.append(plot_bilgin_factor(rows, key[len('bilgin_'):],
-                                      os.path.join(output_dir, f'{key}.png')))
+      if factor:
+        out.append(plot_bilgin_factor(rows, factor, os.path.join(output_dir, f'{key}.png')))
   return out
