@@ -24,19 +24,24 @@ _D = simulation.ExperimentConfig()
 
 # Data.
 flags.DEFINE_enum('dataset', _D.dataset, data_lib.DATASETS, 'Training data source.')
-flags.DEFINE_string('data_dir', None, 'Directory of MNIST-format idx files (mnist, idx; '
-                    'fashion_mnist defaults to /usr/share/datasets/fashion-mnist).')
-flags.DEFINE_string('cache_dir', None, "Directory holding TFF's emnist_all.sqlite (emnist).")
-flags.DEFINE_bool('only_digits', _D.only_digits, 'EMNIST: digits only (10 classes).')
+flags.DEFINE_string('data_dir', None, 'femnist: LEAF folder with train/ and test/ '
+                    '(*.json or *.json.gz); mnist, idx: MNIST-format idx files '
+                    '(fashion_mnist defaults to /usr/share/datasets/fashion-mnist).')
+flags.DEFINE_string('cache_dir', None, "emnist: directory holding TFF's emnist_all.sqlite; "
+                    'femnist: where parsed LEAF arrays are cached (default ~/.cache/tff_backdoor).')
+flags.DEFINE_bool('only_digits', _D.only_digits,
+                  'emnist/femnist: digits only (10 classes); --noonly_digits: all 62 classes.')
 flags.DEFINE_enum('partition', _D.partition, data_lib.PARTITIONS,
                   'How centralised data is split into clients (emnist: by writer).')
 flags.DEFINE_integer('num_clients', _D.num_clients,
-                     'Clients to partition into (emnist: writers kept, 0 = all).')
+                     'Clients to partition into (default 100); emnist/femnist: a seeded '
+                     'subset of writers (default and 0: every writer).')
 flags.DEFINE_float('alpha', _D.alpha, 'Dirichlet concentration (partition=dirichlet).')
 flags.DEFINE_integer('shards_per_client', _D.shards_per_client, 'partition=shards.')
 flags.DEFINE_integer('server_holdout', _D.server_holdout,
                      'Clean examples kept at the server (FLAIN auxiliary data), '
-                     'disjoint from clients and test.')
+                     'disjoint from clients and test (default 1000; emnist/femnist: at most '
+                     'a fifth of the test split).')
 flags.DEFINE_float('train_fraction', _D.train_fraction,
                    'Centralised data: train on this seeded, class-stratified share of the '
                    'training pool (1 = all); a cheaper population of the same shape.')

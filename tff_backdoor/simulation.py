@@ -44,10 +44,11 @@ class ExperimentConfig:
   cache_dir: Optional[str] = None
   only_digits: bool = True
   partition: str = 'dirichlet'
-  num_clients: int = 100
+  num_clients: Optional[int] = None  # None: 100 for centralised data, every writer for
+                                     # emnist/femnist (0 = every writer as well)
   alpha: float = 0.5
   shards_per_client: int = 2
-  server_holdout: int = 1000
+  server_holdout: Optional[int] = None  # None: 1000, at most a fifth of a writer test split
   train_fraction: float = 1.0  # seeded, class-stratified share of centralised training data
   # Model and FedAvg.
   model: str = 'sun_cnn'
@@ -126,9 +127,13 @@ class ExperimentConfig:
     positive_ints = ('rounds', 'clients_per_round', 'local_epochs', 'batch_size', 'eval_every',
                      'num_clients', 'num_tasks', 'trigger_size', 'distributed_parts',
                      'attack_every', 'projection_rounds', 'eval_batch_size')
+    natural = self.dataset in data_lib.NATURAL_DATASETS
     for name in positive_ints:
-      if getattr(self, name) < 1 and not (name == 'num_clients' and self.dataset == 'emnist'):
-        raise ValueError(f'--{name} must be >= 1, got {getattr(self, name)}')
+      value = getattr(self, name)
+      if name == 'num_clients' and (value is None or (natural and value == 0)):
+        continue
+      if value < 1:
+        raise ValueError(f'--{name} must be >= 1, got {value}')
     for name in ('client_lr', 'server_lr'):
       value = getattr(self, name)
       if not np.isfinite(value) or value <= 0:
@@ -136,12 +141,12 @@ class ExperimentConfig:
     for name in ('task_samples_per_client', 'task_min_samples', 'malicious_epochs',
                  'malicious_batch_size', 'attack_start', 'attack_stop', 'server_holdout', 'seed',
                  'checkpoint_every', 'num_subrounds'):
-      if getattr(self, name) < 0:
+      if getattr(self, name) is not None and getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if self.dataset not in data_lib.DATASETS:
       raise ValueError(f'unknown --dataset={self.dataset!r}; choose one of '
                        f'{", ".join(data_lib.DATASETS)}')
-    if self.dataset != 'emnist' and self.partition not in data_lib.PARTITIONS:
+    if not natural and self.partition not in data_lib.PARTITIONS:
       raise ValueError(f'unknown --partition={self.partition!r}; choose one of '
                        f'{", ".join(data_lib.PARTITIONS)}')
     if self.model not in models.MODEL_BUILDERS:
@@ -155,7 +160,9 @@ class ExperimentConfig:
     if self.schedule not in schedules_lib.SCHEDULES:
       raise ValueError(f'unknown --schedule={self.schedule!r}; choose one of '
                        f'{", ".join(schedules_lib.SCHEDULES)}')
-    if self.num_clients > 0 and self.clients_per_round > self.num_clients:
+    if self.dataset == 'femnist' and not self.data_dir:
+      raise ValueError('--dataset=femnist needs --data_dir (a LEAF folder with train/ and test/)')
+    if (self.num_clients or 0) > 0 and self.clients_per_round > self.num_clients:
       raise ValueError(f'--clients_per_round={self.clients_per_round} is larger than '
                        f'--num_clients={self.num_clients}')
     if self.schedule != 'none' and self.task == 'none':
@@ -176,7 +183,7 @@ class ExperimentConfig:
       self.flain_config()  # raises ValueError on bad FLAIN settings
       if self.flain_aux_per_class < 1:
         raise ValueError(f'--flain_aux_per_class must be >= 1, got {self.flain_aux_per_class}')
-      if self.server_holdout < 1:
+      if self.server_holdout is not None and self.server_holdout < 1:
         raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
     defense_registry.validate_defense(self.defense, self.clients_per_round)
     return self
@@ -250,10 +257,12 @@ def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
         target_class=config.target_class, seed=seed,
         keep_honest_copies=config.keep_honest_copies, num_classes=data.num_classes,
         samples_per_client=config.task_samples_per_client,
-        min_samples_per_client=config.task_min_samples)
+        min_samples_per_client=config.task_min_samples,
+        heldout_arrays=data.test_by_client,
+        collateral_arrays=data.test_by_client or {'': data.test})
   source = None if config.source_class < 0 else config.source_class
   value = config.trigger_value
-  if value < 0:  # EMNIST images are ink 0 on background 1: a "white" square would be invisible.
+  if value < 0:  # (F)EMNIST: ink 0 on background 1, where a "white" square would be invisible.
     value = 1.0 - float(data.partition_report.get('background_value', 0.0))
   return tasks_lib.PixelTriggerTask(
       data.test[0], data.test[1], source_class=source, target_class=config.target_class,
@@ -466,7 +475,8 @@ def _round_line(row: Dict[str, Any], rounds: int) -> str:
   parts = [f"round {row['round'] + 1:4d}/{rounds}"]
   for key, label in (('train_accuracy', 'train_acc'), ('test_accuracy', 'test_acc'),
                      ('test_loss', 'test_loss'), ('backdoor_accuracy', 'backdoor_acc'),
-                     ('backdoor_heldout_accuracy', 'backdoor_heldout')):
+                     ('backdoor_heldout_accuracy', 'backdoor_heldout'),
+                     ('collateral_accuracy', 'collateral')):
     if row.get(key) is not None:
       parts.append(f'{label} {row[key]:.4f}')
   parts.append(f"attackers {row.get('num_attackers', 0)}")
@@ -479,7 +489,8 @@ def describe_setup(setup: ExperimentSetup) -> str:
   report, config = setup.data.partition_report, setup.config
   sizes = report.get('client_sizes', {})
   parts = [f"{setup.data.name}: {report.get('num_clients', len(setup.client_ids))} clients "
-           f"({report.get('partition', 'natural')}), sizes min/median/max "
+           f"({report.get('partition', 'natural')}), {report.get('num_examples', 0)} images, "
+           f"sizes min/median/max "
            f"{sizes.get('min', 0):.0f}/{sizes.get('median', 0):.0f}/{sizes.get('max', 0):.0f}",
            f'test {len(setup.data.test[1])}, server {len(setup.data.server[1])}',
            f'{config.clients_per_round} per round']
@@ -488,7 +499,21 @@ def describe_setup(setup: ExperimentSetup) -> str:
     parts.append(f'task {setup.task.name} ({", ".join(f"{k} {n}" for k, n in sizes.items())})'
                  f', attack {config.attack} via {config.schedule}')
   parts.append(f'defense {config.defense.name}')
+  if 'writers_listed' in report:
+    parts.insert(1, _writers_line(report))
   return ' | '.join(parts)
+
+
+def _writers_line(report: Dict[str, Any]) -> str:
+  """What a writer-partitioned source used: writers kept and dropped, digits, test writers."""
+  dropped = report.get('writers_dropped_no_digits', 0)
+  kept = report['params'].get('num_clients') or report['num_clients']
+  line = (f"{report['num_clients']} of {report['writers_listed']} train writers"
+          + (f' ({dropped} without digits dropped)' if dropped else '')
+          + (f', a seeded subset of {kept}' if report['params'].get('num_clients') else '')
+          + f", {report.get('train_digits', 0)} digits; test {report.get('test_size', 0)} "
+          f"images from {report.get('test_writers', 0)} writers")
+  return line
 
 
 class Progress:

@@ -94,11 +94,13 @@ class TargetedTask(BackdoorTask):
   def __init__(self, target_clients: Sequence[str], source_class: int, target_class: int,
                malicious: Arrays, malicious_counts: Mapping[str, int],
                heldout: Optional[Arrays] = None, keep_honest_copies: bool = True,
-               malicious_indices: Optional[Mapping[str, np.ndarray]] = None):
+               malicious_indices: Optional[Mapping[str, np.ndarray]] = None,
+               collateral: Optional[Arrays] = None):
     """Stores an already chosen task; use `build` to choose it from client data.
 
     `malicious_indices` (client -> indices into its data) says which images were taken;
-    None means all of the target clients' source-class images.
+    None means all of the target clients' source-class images. `collateral`: other clients'
+    held-out source-class images labelled target_class (see `build`).
     """
     self.malicious_indices = (None if malicious_indices is None else
                               {c: np.asarray(i) for c, i in malicious_indices.items()})
@@ -109,6 +111,7 @@ class TargetedTask(BackdoorTask):
     self._malicious = _as_arrays(*malicious)
     self.malicious_counts: Dict[str, int] = dict(malicious_counts)
     self._heldout = None if heldout is None else _as_arrays(*heldout)
+    self._collateral = None if collateral is None else _as_arrays(*collateral)
     if np.any(self._malicious[1] != self.target_class):
       raise ValueError('malicious labels must all equal target_class')
 
@@ -117,7 +120,8 @@ class TargetedTask(BackdoorTask):
             target_class: int = 1, seed: int = 0,
             heldout_arrays: Optional[Mapping[str, Arrays]] = None,
             keep_honest_copies: bool = True, num_classes: int = 10,
-            samples_per_client: int = 0, min_samples_per_client: int = 0) -> 'TargetedTask':
+            samples_per_client: int = 0, min_samples_per_client: int = 0,
+            collateral_arrays: Optional[Mapping[str, Arrays]] = None) -> 'TargetedTask':
     """Chooses `num_tasks` target clients (seeded) among those holding source_class images.
 
     Args:
@@ -137,6 +141,9 @@ class TargetedTask(BackdoorTask):
       min_samples_per_client: only clients holding at least this many source_class images
         are eligible (0 or 1 = any that holds one). A label-skewed partition has clients with
         one or two such images; a backdoor measured on one image is a coin flip.
+      collateral_arrays: optional client_id -> (x, y) held-out data; the source-class images
+        of every client NOT chosen, labelled target_class, give the 'collateral' eval set:
+        its accuracy is the share of other writers' source images taken by the backdoor.
     """
     if samples_per_client < 0 or min_samples_per_client < 0:
       raise ValueError(f'samples_per_client and min_samples_per_client must be >= 0, got '
@@ -174,9 +181,14 @@ class TargetedTask(BackdoorTask):
         heldout, _ = relabelled(heldout_arrays, present, 0)
         if heldout[0].shape[0] == 0:
           heldout = None
+    collateral = None
+    if collateral_arrays is not None:
+      others = sorted(cid for cid in collateral_arrays if cid not in chosen)
+      collateral, _ = relabelled(collateral_arrays, others, 0) if others else (None, None)
     return cls(chosen, source_class, target_class, malicious,
                {cid: int(i.size) for cid, i in indices.items()}, heldout, keep_honest_copies,
-               malicious_indices=indices if samples_per_client else None)
+               malicious_indices=indices if samples_per_client else None,
+               collateral=collateral)
 
   @property
   def num_tasks(self) -> int:
@@ -216,10 +228,12 @@ class TargetedTask(BackdoorTask):
     return benign, (mal_x.copy(), mal_y.copy())
 
   def eval_sets(self) -> Dict[str, Arrays]:
-    """'backdoor': the malicious samples; 'backdoor_heldout': target clients' held-out ones."""
+    """'backdoor': the malicious samples; 'backdoor_heldout': target clients' held-out ones;
+    'collateral': every other client's held-out source images, labelled target_class."""
     sets = {'backdoor': (self._malicious[0].copy(), self._malicious[1].copy())}
-    if self._heldout is not None:
-      sets['backdoor_heldout'] = (self._heldout[0].copy(), self._heldout[1].copy())
+    for name, arrays in (('backdoor_heldout', self._heldout), ('collateral', self._collateral)):
+      if arrays is not None and arrays[0].shape[0]:
+        sets[name] = (arrays[0].copy(), arrays[1].copy())
     return sets
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tff_backdoor.data.core import DATASETS, PARTITIONS, ArrayPair, DataError, FederatedData
+from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS, ArrayPair
+from tff_backdoor.data.core import DataError, FederatedData
 
 _LAZY = {
     'load_federated_data': 'tff_backdoor.data.sources',
@@ -23,9 +24,12 @@ _LAZY = {
     'partition_report': 'tff_backdoor.data.partition',
     'read_idx': 'tff_backdoor.data.idx',
     'load_idx_dir': 'tff_backdoor.data.idx',
+    'load_femnist': 'tff_backdoor.data.femnist',
+    'read_leaf_dir': 'tff_backdoor.data.leaf',
 }
 
-__all__ = ['ArrayPair', 'DataError', 'FederatedData', 'DATASETS', 'PARTITIONS'] + list(_LAZY)
+__all__ = ['ArrayPair', 'DataError', 'FederatedData', 'DATASETS', 'NATURAL_DATASETS',
+           'PARTITIONS'] + list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -5,15 +5,17 @@ Kept free of TensorFlow imports so that the fetch CLI and the idx reader load fa
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
   import tensorflow_federated as tff
 
-DATASETS = ('emnist', 'mnist', 'fashion_mnist', 'idx')
-# Partitioners of centralised data; EMNIST keeps its natural per-writer split.
+DATASETS = ('emnist', 'femnist', 'mnist', 'fashion_mnist', 'idx')
+# Data sets already split by writer: no partitioner, `num_clients` = writers kept (0 = all).
+NATURAL_DATASETS = ('emnist', 'femnist')
+# Partitioners of centralised data; EMNIST and FEMNIST keep their natural per-writer split.
 PARTITIONS = ('iid', 'dirichlet', 'shards')
 
 # (x float32 [n, H, W, C] in [0, 1], y int32 [n]).
@@ -33,7 +35,8 @@ class FederatedData:
 
   Elements of `train` are OrderedDict(x=float32[H,W,C] in [0,1], y=int32 scalar).
   `test` is for evaluation only; `server` is the server's clean held-out data (FLAIN's
-  auxiliary set), disjoint from `test` and from every client.
+  auxiliary set), disjoint from `test` and from every client. `test_by_client`, when the
+  source has writers, is `test` split by writer (for per-writer backdoor measurements).
   """
   name: str
   train: 'tff.simulation.datasets.ClientData'
@@ -42,6 +45,7 @@ class FederatedData:
   num_classes: int
   input_shape: Tuple[int, int, int]
   partition_report: Dict[str, Any]
+  test_by_client: Optional[Dict[str, ArrayPair]] = None
 
 
 def empty_pair(input_shape: Tuple[int, ...]) -> ArrayPair:

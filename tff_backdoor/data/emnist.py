@@ -151,13 +151,14 @@ def _stack(arrays: Dict[str, ArrayPair]) -> ArrayPair:
 
 
 def load_emnist(*, only_digits: bool = True, num_clients: Optional[int] = None,
-                server_holdout: int = 1000, seed: int = 0,
+                server_holdout: Optional[int] = None, seed: int = 0,
                 cache_dir: Optional[str] = None) -> FederatedData:
   """Federated EMNIST: per-writer clients; test = all writers' test data minus a server split.
 
   `num_clients` in (0, number of writers) keeps a seeded subset of writers (0/None = all);
   the test pool stays the test data of every writer. `server_holdout` examples are drawn
-  (seeded, class-stratified) from that pool and removed from it.
+  (seeded, class-stratified) from that pool and removed from it (None = 1000, at most a
+  fifth of the pool).
   """
   train, _, db_path = load_tff_emnist(only_digits, cache_dir)
   train_split, test_split = split_names(only_digits)
@@ -174,6 +175,8 @@ def load_emnist(*, only_digits: bool = True, num_clients: Optional[int] = None,
   pool_x, pool_y = _stack(read_sql_split(db_path, test_split))
   if pool_y.size == 0:
     raise DataError(f'{db_path} has no {test_split} examples; use a complete emnist_all.sqlite')
+  if server_holdout is None:
+    server_holdout = partition_lib.default_server_holdout(pool_y.size)
   held, rest = partition_lib.stratified_holdout(pool_y, server_holdout, [seed, 1])
   num_classes = 10 if only_digits else 62
   hist = np.stack([

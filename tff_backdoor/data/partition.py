@@ -125,6 +125,11 @@ def shard_partition(labels: np.ndarray, num_clients: int, shards_per_client: int
                   for i in range(num_clients)])
 
 
+def default_server_holdout(pool_size: int) -> int:
+  """The default server split: 1,000 images, never more than a fifth of a small pool."""
+  return min(1000, pool_size // 5)
+
+
 def stratified_holdout(labels: np.ndarray, size: int, seed: Any) -> Tuple[np.ndarray, np.ndarray]:
   """Seeded (held_out, rest) sorted index arrays; held_out has `size` examples, class-stratified.
 

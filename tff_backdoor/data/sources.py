@@ -13,9 +13,11 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_backdoor.data import emnist as emnist_lib
+from tff_backdoor.data import femnist as femnist_lib
 from tff_backdoor.data import idx as idx_lib
 from tff_backdoor.data import partition as partition_lib
-from tff_backdoor.data.core import DATASETS, PARTITIONS, ArrayPair, DataError, FederatedData
+from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS, ArrayPair
+from tff_backdoor.data.core import DataError, FederatedData
 from tff_backdoor.data.core import empty_pair
 _BATCH = 4096
 
@@ -44,16 +46,19 @@ def federate_arrays(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray]
 
 
 def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
-                        partition: str = 'dirichlet', num_clients: Optional[int] = 100,
+                        partition: str = 'dirichlet', num_clients: Optional[int] = None,
                         alpha: float = 0.5, shards_per_client: int = 2,
-                        server_holdout: int = 1000, seed: int = 0, only_digits: bool = True,
+                        server_holdout: Optional[int] = None, seed: int = 0,
+                        only_digits: bool = True,
                         cache_dir: Optional[str] = None,
                         train_fraction: float = 1.0) -> FederatedData:
   """Loads `dataset` as FederatedData (clients' ClientData, test and server arrays).
 
-  `partition`/`alpha`/`shards_per_client` apply to centralised data; EMNIST uses its
-  per-writer split, `num_clients` as a seeded writer subset (0/None = all), `only_digits`
-  and `cache_dir` (the directory holding TFF's emnist_all.sqlite). `train_fraction` < 1
+  `partition`/`alpha`/`shards_per_client` apply to centralised data; EMNIST and FEMNIST
+  (LEAF JSON in `data_dir`) use their per-writer split, `num_clients` as a seeded writer
+  subset (0/None = all), `only_digits` and `cache_dir` (TFF's emnist_all.sqlite; FEMNIST's
+  parsed-array cache). `server_holdout` None = 1000 images, at most a fifth of a writer
+  data set's test split. `train_fraction` < 1
   keeps a seeded, class-stratified share of the centralised training pool (after the server
   holdout, before partitioning): the same population shape at a fraction of the cost.
   """
@@ -63,15 +68,25 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
     raise DataError(f'unknown partition {partition!r}; valid: {", ".join(PARTITIONS)}')
   if not 0 < train_fraction <= 1:
     raise DataError(f'train_fraction must be in (0, 1], got {train_fraction}')
+  if dataset in NATURAL_DATASETS and train_fraction < 1:
+    raise DataError(f'train_fraction applies to centralised data; for {dataset} take fewer '
+                    'writers with num_clients')
+  if dataset == 'femnist':
+    if not data_dir:
+      raise DataError('--dataset=femnist needs --data_dir (a LEAF folder with train/, test/)')
+    return femnist_lib.load_femnist(data_dir, only_digits=only_digits, num_clients=num_clients,
+                                    server_holdout=server_holdout, seed=seed,
+                                    cache_dir=cache_dir)
   if dataset == 'emnist':
-    if train_fraction < 1:
-      raise DataError('train_fraction applies to centralised data; for emnist take fewer '
-                      'writers with num_clients')
     return emnist_lib.load_emnist(only_digits=only_digits, num_clients=num_clients,
                                   server_holdout=server_holdout, seed=seed,
                                   cache_dir=cache_dir)
-  if num_clients is None or num_clients < 1:
+  if num_clients is None:
+    num_clients = 100
+  if num_clients < 1:
     raise DataError(f'num_clients must be >= 1 for {dataset}, got {num_clients}')
+  if server_holdout is None:
+    server_holdout = 1000
   (x, y), test = idx_lib.load_centralised(dataset, data_dir)
   held, pool = partition_lib.stratified_holdout(y, server_holdout, [seed, 1])
   if train_fraction < 1:

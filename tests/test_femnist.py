@@ -1,0 +1,226 @@
+"""The LEAF FEMNIST source: tiny LEAF JSON files written here, plus the shared folder's counts."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tff_backdoor import data as data_lib
+from tff_backdoor import simulation
+from tff_backdoor.data import leaf
+
+SHARED = os.environ.get('TFF_BACKDOOR_FEMNIST_DIR', os.path.join(
+    os.path.dirname(__file__), '..', '..', 'shared', 'data', 'femnist'))
+
+
+def _image(value: int) -> list:
+  """784 pixels of k/255: background 1.0 with `value` as the first pixel."""
+  return [value / 255.0] + [1.0] * 783
+
+
+def _user(labels):
+  return {'x': [_image(7 * i + lab) for i, lab in enumerate(labels)], 'y': list(labels)}
+
+
+def _write(path, users, gz=False, raw=None):
+  payload = raw if raw is not None else json.dumps({
+      'users': list(users), 'num_samples': [len(u['y']) for u in users.values()],
+      'user_data': users})
+  opener = gzip.open if gz else open
+  with opener(path, 'wt') as f:
+    f.write(payload)
+
+
+def _leaf_dir(root, train_files=None, test_files=None):
+  """train: w1 (digits+letter, plain), w2 (digits, gzipped), w3 (letters only); test: 3 writers."""
+  for split in ('train', 'test'):
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+  train_files = train_files or {
+      'a.json': ({'w1': _user([7, 7, 1, 12]), 'w3': _user([20, 40])}, False),
+      'b.json.gz': ({'w2': _user([7, 3, 3])}, True)}
+  test_files = test_files or {'t.json.gz': (
+      {'w1': _user([7, 1, 0, 2, 3]), 'w2': _user([7, 7, 4, 5, 6]), 'w9': _user([7, 8, 9, 15])},
+      True)}
+  for split, files in (('train', train_files), ('test', test_files)):
+    for name, (users, gz) in files.items():
+      _write(os.path.join(root, split, name), users, gz)
+  return str(root)
+
+
+def _load(root, **kwargs):
+  kwargs.setdefault('cache_dir', os.path.join(str(root), 'cache'))
+  return data_lib.load_federated_data('femnist', data_dir=str(root), **kwargs)
+
+
+def test_writers_counts_pixels_and_labels(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  data = _load(root, only_digits=True, server_holdout=0)
+  assert sorted(data.train.client_ids) == ['w1', 'w2']  # w3 holds letters only
+  arrays = data_lib.client_arrays(data.train)
+  assert arrays['w1'][1].tolist() == [7, 7, 1]
+  assert arrays['w2'][1].tolist() == [7, 3, 3]
+  assert arrays['w1'][0].shape == (3, 28, 28, 1)
+  np.testing.assert_array_equal(arrays['w1'][0][:, 0, 0, 0],
+                                (np.float64([7, 14, 15]) / 255).astype(np.float32))
+  assert np.all(arrays['w2'][0][:, 1:, :, :] == 1.0)  # background is 1.0 (LEAF / TFF EMNIST)
+  assert data.num_classes == 10 and data.input_shape == (28, 28, 1)
+  assert sorted(data.test[1].tolist()) == sorted([7, 1, 0, 2, 3, 7, 7, 4, 5, 6, 7, 8, 9])
+  report = data.partition_report
+  assert report['writers_listed'] == 3 and report['writers_dropped_no_digits'] == 1
+  assert report['num_clients'] == 2 and report['num_examples'] == 6
+  assert report['test_writers'] == 3 and report['background_value'] == 1.0
+  assert sorted(data.test_by_client) == ['w1', 'w2', 'w9']
+
+
+def test_all_62_classes_and_the_cnn_head(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  data = _load(root, only_digits=False, server_holdout=0)
+  assert data.num_classes == 62 and sorted(data.train.client_ids) == ['w1', 'w2', 'w3']
+  assert data_lib.client_arrays(data.train)['w3'][1].tolist() == [20, 40]
+  config = simulation.ExperimentConfig(dataset='femnist', data_dir=root, only_digits=False,
+                                       server_holdout=0, clients_per_round=2, rounds=1,
+                                       cache_dir=os.path.join(root, 'cache'))
+  model = simulation.prepare(config).keras_builder()
+  assert model.output_shape == (None, 62)
+
+
+def test_default_server_holdout_fits_a_small_test_split(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  data = _load(root, only_digits=True)  # 13 test digits: the default holds out 13 // 5
+  assert len(data.server[1]) == 2 and len(data.test[1]) == 11
+  assert data.partition_report['server_size'] == 2
+
+
+def test_cache_gives_the_same_arrays_and_follows_file_changes(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  cache = str(tmp_path / 'cache')
+  first = leaf.read_leaf_dir(root, cache_dir=cache)
+  assert len(os.listdir(cache)) == 2
+  second = leaf.read_leaf_dir(root, cache_dir=cache)
+  for a, b in zip(first, second):
+    assert sorted(a) == sorted(b)
+    for w in a:
+      np.testing.assert_array_equal(a[w][0], b[w][0])
+      np.testing.assert_array_equal(a[w][1], b[w][1])
+  _write(os.path.join(root, 'train', 'a.json'), {'w1': _user([5])})
+  os.utime(os.path.join(root, 'train', 'a.json'), ns=(1, 1))
+  changed, _ = leaf.read_leaf_dir(root, cache_dir=cache)
+  assert changed['w1'][1].tolist() == [5] and 'w3' not in changed
+
+
+def test_num_clients_keeps_a_seeded_subset(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  data = _load(root, only_digits=False, num_clients=2, server_holdout=0, seed=3)
+  again = _load(root, only_digits=False, num_clients=2, server_holdout=0, seed=3)
+  assert len(data.train.client_ids) == 2
+  assert data.train.client_ids == again.train.client_ids
+  with pytest.raises(data_lib.DataError, match='num_clients=9'):
+    _load(root, only_digits=False, num_clients=9)
+
+
+def _truncate(path):
+  with open(path, 'rb') as f:
+    content = f.read()
+  with open(path, 'wb') as f:
+    f.write(content[:len(content) // 2])
+
+
+def _bad_cases():
+  good = _user([7, 1])
+  return {
+      'truncated gzip': ('b.json.gz', None, lambda p: _truncate(p),
+                         r'b\.json\.gz.*not valid LEAF JSON'),
+      'invalid json': ('a.json', '{"users": [', None, r'a\.json.*not valid LEAF JSON'),
+      'schema': ('a.json', json.dumps({'users': []}), None, r'a\.json.*needs the keys'),
+      'num_samples': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [3],
+                                            'user_data': {'w1': good}}), None,
+                      r'a\.json: writer w1: num_samples says 3 but y has 2'),
+      'image size': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [1],
+                                           'user_data': {'w1': {'x': [[1.0] * 783], 'y': [1]}}}),
+                     None, r'a\.json: writer w1: image 0 has 783 values, not 784'),
+      'label range': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [1],
+                                            'user_data': {'w1': {'x': [_image(0)], 'y': [62]}}}),
+                      None, r'a\.json: writer w1: label 62 outside \[0, 62\)'),
+      'negative label': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [1],
+                                               'user_data': {'w1': {'x': [_image(0)], 'y': [-1]}}}),
+                         None, r'writer w1: label -1 outside'),
+      'empty writer': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [0],
+                                             'user_data': {'w1': {'x': [], 'y': []}}}), None,
+                       r'a\.json: writer w1 has no images'),
+  }
+
+
+@pytest.mark.parametrize('case', sorted(_bad_cases()))
+def test_bad_leaf_files_fail_in_one_line_naming_file_and_writer(tmp_path, case):
+  name, raw, write, pattern = _bad_cases()[case]
+  root = _leaf_dir(tmp_path / 'leaf')
+  path = os.path.join(root, 'train', name)
+  if write is not None:
+    write(path)
+  else:
+    _write(path, None, gz=name.endswith('.gz'), raw=raw)
+  with pytest.raises(data_lib.DataError, match=pattern) as err:
+    _load(root)
+  assert '\n' not in str(err.value)
+
+
+def test_missing_folders_and_files(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  os.rename(os.path.join(root, 'test'), os.path.join(root, 'gone'))
+  with pytest.raises(data_lib.DataError, match=r'leaf/test not found'):
+    _load(root)
+  os.makedirs(os.path.join(root, 'test'))
+  with pytest.raises(data_lib.DataError, match=r'leaf/test holds no LEAF'):
+    _load(root)
+  with pytest.raises(data_lib.DataError, match=r'nowhere not found'):
+    _load(str(tmp_path / 'nowhere'))
+
+
+def test_no_writer_with_digits_is_an_error(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf', train_files={'a.json': ({'w3': _user([20, 40])}, False)})
+  with pytest.raises(data_lib.DataError, match=r'train has no writer with a digit image'):
+    _load(root, only_digits=True)
+
+
+def test_background_aware_trigger_and_writer_targeted_task(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  base = dict(dataset='femnist', data_dir=root, server_holdout=0, clients_per_round=2,
+              rounds=1, cache_dir=os.path.join(root, 'cache'))
+  pixel = simulation.prepare(simulation.ExperimentConfig(task='pixel', **base)).task
+  assert pixel.trigger_value == 0.0  # ink on the 1.0 background
+  setup = simulation.prepare(simulation.ExperimentConfig(
+      task='targeted', num_tasks=1, task_min_samples=2, **base))
+  assert setup.task.target_clients == ('w1',)  # the only writer with two 7s
+  sets = setup.eval_sets
+  assert len(sets['backdoor'][1]) == 2 and np.all(sets['backdoor'][1] == 1)
+  assert len(sets['backdoor_heldout'][1]) == 1  # w1's test 7
+  assert len(sets['collateral'][1]) == 3 and np.all(sets['collateral'][1] == 1)  # w2, w9
+  # The target writer stays honest with its true labels.
+  x, y = setup.clients['w1']
+  assert setup.task.honest_data('w1', x, y)[1].tolist() == [7, 7, 1]
+
+
+def test_program_reports_a_bad_file_in_one_line(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  _write(os.path.join(root, 'train', 'a.json'), None, raw='{"users": [')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.emnist_backdoor', '--dataset=femnist',
+       f'--data_dir={root}', '--clients_per_round=1', '--rounds=1',
+       f'--output_dir={tmp_path / "out"}', f'--cache_dir={tmp_path / "cache"}'],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.join(os.path.dirname(__file__), '..'))
+  assert result.returncode != 0
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'a.json' in lines[0] and 'not valid LEAF JSON' in lines[0]
+
+
+def test_shared_folder_matches_its_readme(tmp_path):
+  if not os.path.isdir(SHARED):
+    pytest.skip(f'the shared FEMNIST folder is not on this machine ({SHARED})')
+  train, test = leaf.read_leaf_dir(SHARED, cache_dir=str(tmp_path / 'cache'))
+  assert len(train) == 300 and sum(len(y) for _, y in train.values()) == 43616
+  assert len(test) == 537 and sum(len(y) for _, y in test.values()) == 12334
+  assert sum(int(np.sum(y < 10)) for _, y in train.values()) == 30871
