@@ -8,7 +8,6 @@ import os
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
-import tensorflow as tf
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -55,6 +54,8 @@ class MetricsWriter:
         rows = [json.loads(line) for line in f if line.strip()]
       self.rows = [r for r in rows if r.get('round', 0) < keep_rounds_before]
     self._rewrite()
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TF-free readers load fast)
+    self._tf = tf
     self._summary = (tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
                      if tensorboard else None)
 
@@ -68,7 +69,7 @@ class MetricsWriter:
       with self._summary.as_default():
         for key, value in row.items():
           if key != 'round' and isinstance(value, (int, float)) and not isinstance(value, bool):
-            tf.summary.scalar(key, value, step=int(row['round']))
+            self._tf.summary.scalar(key, value, step=int(row['round']))
       self._summary.flush()
 
   def _rewrite(self) -> None:
@@ -99,3 +100,20 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
     json.dump(payload, f, indent=2, default=to_python)
     f.write('\n')
   os.replace(tmp, path)
+
+
+def read_rows(directory: str) -> List[Dict[str, Any]]:
+  """The rows of DIR/metrics.jsonl ([] if absent); a torn last line is ignored."""
+  path = os.path.join(directory, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1:  # Only a run killed mid-write leaves a bad last line.
+        raise ValueError(f'{path}:{i + 1} is not valid JSON') from None
+  return rows

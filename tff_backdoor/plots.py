@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from tff_backdoor import anomaly
 from tff_backdoor import anomaly_plots
 from tff_backdoor import sweeps
+from tff_backdoor.metrics_io import read_rows
 
 BANDS = ('minmax', 'std', 'none')
 CURVE_METRICS = (('test_accuracy', 'main (test) accuracy'),
@@ -63,23 +64,6 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
       return json.load(f)
   except ValueError as e:
     raise ValueError(f'{path} is not valid JSON: {e}') from None
-
-
-def read_rows(directory: str) -> List[Dict[str, Any]]:
-  """The rows of DIR/metrics.jsonl ([] if absent); a torn last line is ignored."""
-  path = os.path.join(directory, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  rows = []
-  for i, line in enumerate(lines):
-    try:
-      rows.append(json.loads(line))
-    except ValueError:
-      if i < len(lines) - 1:  # Only a run killed mid-write leaves a bad last line.
-        raise ValueError(f'{path}:{i + 1} is not valid JSON') from None
-  return rows
 
 
 def _is_run(directory: str) -> bool:

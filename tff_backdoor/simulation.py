@@ -26,6 +26,7 @@ from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor import process as process_lib
+from tff_backdoor import run_summary
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
@@ -651,4 +652,6 @@ def run_experiment(config: ExperimentConfig,
     final['flain'] = run_flain(setup, final_model, initial_keras_weights, evaluator, last_eval,
                                progress)
   metrics_io.write_json(os.path.join(config.output_dir, 'final.json'), final)
+  if config.verbose:
+    print('\n'.join(run_summary.describe_run(writer.rows, config.to_dict())), flush=True)
   return final

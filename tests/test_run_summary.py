@@ -1,0 +1,36 @@
+"""The plain-language end-of-run summary (also what `make demo` ends with)."""
+from tff_backdoor import run_summary
+
+
+def _rows():
+  rows = []
+  for r in range(6):
+    attacked = r >= 2
+    rows.append({'round': r, 'num_attackers': int(attacked), 'test_accuracy': 0.5 + 0.05 * r,
+                 'backdoor_accuracy': [0.0, 0.1, 1.0, 0.95, 0.2, 0.0][r],
+                 'collateral_accuracy': [0.1, 0.1, 0.3, 0.2, 0.1, 0.0][r],
+                 'mean_honest_update_norm': 1.0,
+                 'mean_malicious_update_norm': 9.0 if attacked else 0.0,
+                 'aggregator/clipped_count': 2 if attacked else 0})
+  return rows
+
+
+def test_backdoor_is_summarised_over_the_attack_rounds_only():
+  lines = run_summary.summary_lines(_rows(), {'name': 'clip', 'clip_norm': 3.0}, 'femnist', 7, 1)
+  assert lines[0] == 'main accuracy: 0.750 after 6 rounds'
+  assert ('over the 4 rounds with an attacker (the attacker\'s 7s labelled 1): mean 0.537, '
+          'max 1.000, 50% of them above 0.9; after the last round 0.000') in lines[1]
+  assert lines[2].startswith("collateral rate: 0.150 of other writers' test 7s predicted 1")
+  assert lines[3] == ('defense: clip; every update cut to norm <= 3; 8 updates clipped over 6 '
+                      'rounds; attacker update norm 9.00 on average against 1.00 for honest '
+                      'clients')
+
+
+def test_clean_run_and_config_dict():
+  rows = [dict(r, num_attackers=0) for r in _rows()]
+  lines = run_summary.describe_run(rows, {'task': 'targeted', 'dataset': 'fashion_mnist',
+                                          'source_class': 7, 'target_class': 1,
+                                          'defense': {'name': 'none'}})
+  assert lines == ['main accuracy: 0.750 after 6 rounds', 'no round had an attacker',
+                   'defense: none']
+  assert run_summary.describe_run([], {}) == []
