@@ -119,17 +119,24 @@ def test_cross_rows_put_one_flag_in_columns(tmp_path):
 
 def test_window_means_skip_unevaluated_rounds():
   rows = [{'round': 0, 'test_accuracy': 0.1}, {'round': 3}, {'round': 4, 'test_accuracy': 0.5,
-                                                               'backdoor_accuracy': 1.0}]
-  assert reproduction.window_means(rows, 3) == {'window_test': 0.5, 'window_backdoor': 1.0}
-  assert reproduction.window_means(rows, 9) == {'window_test': None, 'window_backdoor': None}
+                                                               'backdoor_accuracy': 1.0,
+                                                               'collateral_accuracy': 0.25}]
+  assert reproduction.window_means(rows, 3) == {'window_test': 0.5, 'window_backdoor': 1.0,
+                                                'window_collateral': 0.25}
+  assert reproduction.window_means(rows, 9) == {'window_test': None, 'window_backdoor': None,
+                                                'window_collateral': None}
 
 
-def test_sun_families_select_what_the_sun_grid_runs():
+@pytest.mark.parametrize('grid,families', [
+    ('sun.grid', reproduction.SUN_FAMILIES),
+    ('sun_femnist.grid', reproduction.SUN_FEMNIST_FAMILIES)])
+def test_sun_families_select_what_the_sun_grid_runs(grid, families):
   from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
-  grids = sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', 'sun.grid'))
+  grids = sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid))
   configs = sweeps.expand(grids)
+  assert len(configs) == 54  # 18 configurations x 3 seeds
   fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
-  for family in reproduction.SUN_FAMILIES:
+  for family in families:
     references, rows = reproduction.family_rows(fake, family)
     assert len(rows) == 3 and all(r['n'] == 3 for r in rows), family.key
     assert len(references) == len(family.references) and all(r['n'] == 3 for r in references)
@@ -164,6 +171,28 @@ def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
     assert (out / f'{family.key}.png').exists() and (out / f'{family.key}.csv').exists()
   assert '| no attacker (reference) | 3 | 0.700 ± 0.000 | 0.600 ± 0.000 |' in result.stdout
   assert result.stdout.startswith('wall clock: 54 runs, 60 ± 0 s per run, 0.90 run-hours')
+  assert not list(out.glob('*_curves.png'))
+
+
+def test_femnist_families_show_the_collateral_rate_and_curves(tmp_path):
+  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  configs = sweeps.expand(sweeps.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', 'sun_femnist.grid')))
+  rows = [dict(r, collateral_accuracy=c) for r, c in
+          zip(_rows([0.5, 0.6, 0.7], [0.0, 0.4, 0.6]), (0.1, 0.2, 0.3))]
+  runs = [(c, {'test_accuracy': 0.8, 'backdoor_accuracy': 0.5, 'collateral_accuracy': 0.3,
+               'seconds': 60.0}, rows) for c in configs]
+  out = tmp_path / 'out'
+  result = _program(_sweep(tmp_path / 'sweep', runs), '--families=sun_femnist',
+                    f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr
+  assert ('| frequency | seeds | main acc (attack rounds) | backdoor acc (attack rounds) | '
+          'collateral (attack rounds) | main acc (final) | backdoor acc (final) | '
+          'collateral (final) | s / run |').replace('frequency', 'attack_every') in result.stdout
+  assert '| no attacker (reference) | 3 | 0.700 ± 0.000 | 0.600 ± 0.000 | 0.300 ± 0.000 |' in (
+      result.stdout)
+  for family in reproduction.SUN_FEMNIST_FAMILIES:
+    assert (out / f'{family.key}_curves.png').exists(), family.key
 
 
 def test_flain_tables_have_flain_and_every_defense_column(tmp_path):

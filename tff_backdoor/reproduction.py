@@ -30,7 +30,8 @@ METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
            ('window_test', 'main acc (attack rounds)'),
            ('window_backdoor', 'backdoor acc (attack rounds)'),
            ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
-           ('seconds', 's / run'))
+           ('collateral', 'collateral (final)'),
+           ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'))
 METRIC_TITLES = dict(METRICS)
 
 
@@ -40,6 +41,7 @@ class RunSummary:
   name: str
   flags: Mapping[str, str]  # the sweep's grid flags, as given (strings)
   values: Mapping[str, Optional[float]]  # keys of METRICS
+  directory: str = ''  # the run directory (its metrics.jsonl gives the curves)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Family:
   where: Mapping[str, str]
   free: Tuple[str, ...] = ()
   references: Tuple[Tuple[str, Mapping[str, str]], ...] = ()  # (row label, where) rows
+  metrics: Tuple[str, ...] = ('window_test', 'window_backdoor', 'test', 'backdoor', 'seconds')
+  curves: bool = False  # also write FAMILY_curves.png (accuracy per round, mean ± std)
 
 
 def _number(value: Any) -> Optional[float]:
@@ -60,9 +64,10 @@ def _number(value: Any) -> Optional[float]:
 
 
 def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
-  """Mean test and backdoor accuracy over the evaluated rounds >= `start` (None if none)."""
+  """Mean test and backdoor accuracy and collateral rate over the evaluated rounds >= `start`."""
   out = {}
-  for key, metric in (('window_test', 'test_accuracy'), ('window_backdoor', 'backdoor_accuracy')):
+  for key, metric in (('window_test', 'test_accuracy'), ('window_backdoor', 'backdoor_accuracy'),
+                      ('window_collateral', 'collateral_accuracy')):
     values = [_number(r.get(metric)) for r in rows if r.get('round', -1) >= start]
     values = [v for v in values if v is not None]
     out[key] = float(np.mean(values)) if values else None
@@ -86,9 +91,10 @@ def summarize_run(directory: str, flags: Mapping[str, str],
             'backdoor': _number(final.get('backdoor_accuracy')),
             'flain_test': _number((flain.get('after') or {}).get('test_accuracy')),
             'flain_backdoor': _number((flain.get('after') or {}).get('backdoor_accuracy')),
+            'collateral': _number(final.get('collateral_accuracy')),
             'seconds': _number(final.get('seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
-  return RunSummary(run.name, dict(flags), values)
+  return RunSummary(run.name, dict(flags), values, directory)
 
 
 def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
@@ -124,19 +130,36 @@ def _sort_key(value: str) -> Tuple[int, Any]:
     return 1, value
 
 
-def family_rows(runs: Sequence[RunSummary], family: Family
-                ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-  """(reference rows, one row per value of family.vary in numeric order), seeds averaged."""
+Groups = List[Tuple[str, List[RunSummary]]]
+
+
+def family_groups(runs: Sequence[RunSummary], family: Family) -> Tuple[Groups, Groups]:
+  """([(reference label, its runs)], [(value of family.vary, its runs)] in numeric order)."""
   ignored = {family.vary, *family.free}
   where = {k: v for k, v in family.where.items() if k not in ignored}
   by_value: Dict[str, List[RunSummary]] = {}
   for run in runs:
     if _matches(run, where) and family.vary in run.flags:
       by_value.setdefault(str(run.flags[family.vary]), []).append(run)
-  rows = [aggregate_runs(by_value[v], v) for v in sorted(by_value, key=_sort_key)]
-  references = [aggregate_runs([r for r in runs if _matches(r, ref)], label)
-                for label, ref in family.references]
-  return [r for r in references if r['n']], rows
+  references = [(label, [r for r in runs if _matches(r, ref)]) for label, ref in family.references]
+  return ([(label, rs) for label, rs in references if rs],
+          [(v, by_value[v]) for v in sorted(by_value, key=_sort_key)])
+
+
+def family_rows(runs: Sequence[RunSummary], family: Family
+                ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """(reference rows, one row per value of family.vary in numeric order), seeds averaged."""
+  references, values = family_groups(runs, family)
+  return ([aggregate_runs(rs, label) for label, rs in references],
+          [aggregate_runs(rs, value) for value, rs in values])
+
+
+def plot_family_curves(runs: Sequence[RunSummary], family: Family, path: str) -> Optional[str]:
+  """Main and backdoor accuracy per round, mean ± std band over seeds, per value and reference."""
+  references, values = family_groups(runs, family)
+  groups = [plots.Group(label, [plots.load_run(r.directory) for r in rs])
+            for label, rs in [*references, *[(f'{family.vary}={v}', rs) for v, rs in values]]]
+  return plots.plot_curves(groups, path, band='std', title=family.title)
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
@@ -161,8 +184,8 @@ def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
 
 
 def family_markdown(runs: Sequence[RunSummary], family: Family,
-                    metrics: Sequence[str] = ('window_test', 'window_backdoor', 'test',
-                                              'backdoor', 'seconds')) -> str:
+                    metrics: Optional[Sequence[str]] = None) -> str:
+  metrics = family.metrics if metrics is None else metrics
   references, rows = family_rows(runs, family)
   if not rows:
     raise ValueError(f'no finished run of family {family.key!r} ({family.title})')
@@ -280,6 +303,9 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
   out = [family_markdown(runs, spec)]
   if output_dir:
     out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
+    if spec.curves:
+      out.append(plot_family_curves(runs, spec, os.path.join(output_dir,
+                                                             f'{spec.key}_curves.png')))
     out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), references + rows))
   return out
 
@@ -325,6 +351,17 @@ SUN_FAMILIES = (
            dict(SUN_BASE, defense='weak_dp'), references=(_NO_ATTACK, _NO_DEFENSE)),
 )
 
+# The same families on FEMNIST writers (experiments/grids/sun_femnist.grid): the norm-bounded
+# attacker keeps the code default radius; every table also shows the collateral rate, and
+# every family gets its per-round curves.
+_FEMNIST_METRICS = ('window_test', 'window_backdoor', 'window_collateral', 'test', 'backdoor',
+                    'collateral', 'seconds')
+SUN_FEMNIST_FAMILIES = tuple(
+    dataclasses.replace(
+        f, key=f.key.replace('sun_', 'sun_femnist_', 1), metrics=_FEMNIST_METRICS, curves=True,
+        title=f.title.replace('(radius M / boost)', '(radius 0.33, boosted by 5)'))
+    for f in SUN_FAMILIES)
+
 # ----------------------------------------------------------------------------- FLAIN
 
 _DEFENSE_COLUMNS = (('clip', 'clip'), ('weak DP', 'weak_dp'), ('median', 'median'),
@@ -338,7 +375,7 @@ FLAIN_TABLES = tuple(
                      'malicious_fraction 0 = no attacker)'),
         ('test', 'FLAIN table, main-task (test) accuracy of the final model')))
 
-FAMILIES = {'sun': SUN_FAMILIES, 'flain': FLAIN_TABLES}
+FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES, 'flain': FLAIN_TABLES}
 
 
 # ----------------------------------------------------------------------------- Bilgin
