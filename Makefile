@@ -26,10 +26,27 @@ $(STAMP): $(REQS)
 	$(VPY) -c 'import tensorflow_federated as tff, tensorflow_privacy; print("TFF", tff.__version__, "ready")'
 	@touch $(STAMP)
 
-# Real data, offline: Fashion-MNIST (Debian package, else Keras' download), then the Sun et al.
-# setting in small: 20 rounds, targeted task, one boosting attacker every round from round 10,
-# defended by norm clipping at 2 (just above honest update norms). Deterministic for the seed.
+# Real data, offline. With a LEAF FEMNIST folder (FEMNIST_DIR, default the shared one when it
+# exists): the Sun et al. setting on writers in small: 5 writers a round, 5 local epochs,
+# 20 rounds, the targeted task (one writer's 7s labelled 1), one boosting attacker every round
+# from round 10, first undefended, then with norm clipping at M=3. Without FEMNIST:
+# Fashion-MNIST (Debian package, else Keras' download) as before. Deterministic for the seed.
+FEMNIST_DIR ?= $(wildcard ../shared/data/femnist)
+SUN_FEMNIST := --dataset=femnist --data_dir="$(FEMNIST_DIR)" --clients_per_round=5 \
+  --rounds=20 --local_epochs=5 --batch_size=20 --client_lr=0.1 --seed=1 \
+  --task=targeted --num_tasks=1 --task_min_samples=10 \
+  --schedule=fixed_frequency --attack_every=1 --attack_start=10 --attack=boost
 demo: venv
+ifneq ($(strip $(FEMNIST_DIR)),)
+	@echo "demo: Sun et al. on FEMNIST writers from $(FEMNIST_DIR)"
+	@echo "== 1/2: a boosting attacker every round from round 10, no defense =="
+	$(VPY) -m experiments.emnist_backdoor $(SUN_FEMNIST) --defense=none \
+	  --output_dir=$(DEMO_DIR)/no_defense
+	@echo "== 2/2: the same attacker against norm clipping at M=3 =="
+	$(VPY) -m experiments.emnist_backdoor $(SUN_FEMNIST) --defense=clip --clip_norm=3 \
+	  --output_dir=$(DEMO_DIR)/clip
+else
+	@echo "demo: no LEAF FEMNIST folder (set FEMNIST_DIR=...): Fashion-MNIST, which has no writers"
 	@dir=$$($(VPY) -m tff_backdoor.data.fetch fashion_mnist) && \
 	$(VPY) -m experiments.emnist_backdoor --dataset=fashion_mnist --data_dir="$$dir" \
 	  --partition=dirichlet --alpha=0.5 --num_clients=100 --clients_per_round=10 \
@@ -37,6 +54,7 @@ demo: venv
 	  --task=targeted --num_tasks=1 --task_samples_per_client=10 \
 	  --schedule=fixed_frequency --attack_every=1 --attack_start=10 --attack=boost \
 	  --defense=clip --clip_norm=2 --output_dir=$(DEMO_DIR)
+endif
 
 test: venv
 	$(VPY) -m pytest -q tests

@@ -356,10 +356,14 @@ SUN_FAMILIES = (
 # every family gets its per-round curves.
 _FEMNIST_METRICS = ('window_test', 'window_backdoor', 'window_collateral', 'test', 'backdoor',
                     'collateral', 'seconds')
+_NORM_BOUNDED_NO_DEFENSE = ('norm-bounded attacker every round, no defense',
+                           dict(SUN_BASE, attack='norm_bounded'))
 SUN_FEMNIST_FAMILIES = tuple(
     dataclasses.replace(
         f, key=f.key.replace('sun_', 'sun_femnist_', 1), metrics=_FEMNIST_METRICS, curves=True,
-        title=f.title.replace('(radius M / boost)', '(radius 0.33, boosted by 5)'))
+        title=f.title.replace('(radius M / boost)', '(radius 0.33, boosted by 5)'),
+        references=f.references + ((_NORM_BOUNDED_NO_DEFENSE,) if 'norm_bounded' in f.key
+                                   else ()))
     for f in SUN_FAMILIES)
 
 # ----------------------------------------------------------------------------- FLAIN
