@@ -310,3 +310,24 @@ def test_render_reports_a_family_without_runs_in_one_line(tmp_path):
   assert not os.path.exists(tmp_path / 'o')
   assert reproduction.render(runs, reproduction.FLAIN_TABLES[0]) == [
       f'**{reproduction.FLAIN_TABLES[0].title}**: no finished run yet']
+
+
+def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
+  runs = []
+  for task in ('targeted', 'pixel'):
+    for attack in ('data_poison', 'boost', 'norm_bounded'):
+      for defense in dict(reproduction._MATRIX_DEFENSES).values():
+        for seed in range(3):
+          values = {'backdoor': 0.9 if defense == 'none' else 0.1 + 0.1 * seed, 'test': 0.8,
+                    'flain_backdoor': 0.05 if defense == 'none' else None}
+          runs.append(reproduction.RunSummary(
+              'r', {'task': task, 'attack': attack, 'defense': defense, 'seed': str(seed)},
+              values))
+  table = reproduction.MATRIX_TABLES[4]
+  text, flat = reproduction.cross_markdown(runs, table)
+  assert len(flat) == 6 and text.splitlines()[2].endswith('| bias filter | FLAIN |')
+  assert ('| pixel | boost | 3 | 0.900 ± 0.000 | 0.200 ± 0.100 |') in text
+  assert text.splitlines()[-1].endswith('| 0.200 ± 0.100 | 0.050 ± 0.000 |')
+  out = reproduction.render(runs, table, str(tmp_path))
+  assert out[1].endswith('matrix_backdoor.csv') and out[2].endswith('matrix_backdoor.png')
+  assert os.path.getsize(out[2]) > 10_000

@@ -30,7 +30,7 @@ METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
            ('window_test', 'main acc (attack rounds)'),
            ('window_backdoor', 'backdoor acc (attack rounds)'),
            ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
-           ('collateral', 'collateral (final)'),
+           ('collateral', 'collateral (final)'), ('flain_collateral', 'collateral after FLAIN'),
            ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'))
 METRIC_TITLES = dict(METRICS)
 
@@ -92,6 +92,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
             'flain_test': _number((flain.get('after') or {}).get('test_accuracy')),
             'flain_backdoor': _number((flain.get('after') or {}).get('backdoor_accuracy')),
             'collateral': _number(final.get('collateral_accuracy')),
+            'flain_collateral': _number((flain.get('after') or {}).get('collateral_accuracy')),
             'seconds': _number(final.get('seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
   return RunSummary(run.name, dict(flags), values, directory)
@@ -248,6 +249,7 @@ class CrossTable:
   column_flag: str
   columns: Tuple[Tuple[str, str, str], ...]
   where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  heatmap: bool = False  # also write KEY.png: the cell means as a heat map
 
 
 def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, List[Dict]]:
@@ -274,6 +276,34 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
   return '\n'.join(lines), flat
 
 
+def plot_cross_heatmap(flat: Sequence[Mapping[str, Any]], table: CrossTable, path: str) -> str:
+  """The cell means of a cross table (rows x columns) as a heat map, 'mean ± std' written in."""
+  titles = [title for title, _, _ in table.columns]
+  means = np.array([[np.nan if r.get(f'{t} mean') is None else r[f'{t} mean'] for t in titles]
+                    for r in flat], dtype=float)
+  fig = Figure(figsize=(1.0 + 0.9 * len(titles), 1.2 + 0.45 * len(flat)))
+  ax = fig.add_subplot(1, 1, 1)
+  image = ax.imshow(means, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto')
+  for i, row in enumerate(flat):
+    for j, title in enumerate(titles):
+      if not np.isnan(means[i, j]):
+        std = row.get(f'{title} std')
+        text = f'{means[i, j]:.2f}' + ('' if std is None else f'\n±{std:.2f}')
+        ax.text(j, i, text, ha='center', va='center', fontsize=6,
+                color='white' if means[i, j] < 0.5 else 'black')
+  ax.set_xticks(range(len(titles)))
+  ax.set_xticklabels(titles, rotation=45, ha='right', fontsize=7)
+  ax.set_yticks(range(len(flat)))
+  ax.set_yticklabels([' / '.join(str(r[f]) for f in table.row_flags) + f" (n={r['seeds']})"
+                      for r in flat], fontsize=7)
+  fig.colorbar(image, ax=ax, fraction=0.03)
+  ax.set_title(table.title, fontsize=8)
+  FigureCanvasAgg(fig)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  return path
+
+
 def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
   """One line on what a set of runs cost: count, mean ± std per run, total hours."""
   mean, std = sweeps.mean_std(list(seconds))
@@ -296,6 +326,8 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
     out = [text]
     if output_dir:
       out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
+      if spec.heatmap:
+        out.append(plot_cross_heatmap(flat, spec, os.path.join(output_dir, f'{spec.key}.png')))
     return out
   references, rows = family_rows(runs, spec)
   if not rows:
@@ -379,7 +411,34 @@ FLAIN_TABLES = tuple(
                      'malicious_fraction 0 = no attacker)'),
         ('test', 'FLAIN table, main-task (test) accuracy of the final model')))
 
-FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES, 'flain': FLAIN_TABLES}
+# ----------------------------------------------------------------------------- the matrix
+
+# Every attack x task against every defense (experiments/grids/matrix_femnist.grid); FLAIN is
+# applied after training to the undefended runs.
+_MATRIX_DEFENSES = (('none', 'none'), ('clip', 'clip'), ('adaptive clip', 'adaptive_clip'),
+                    ('zeroing', 'zeroing'), ('clip mean', 'clip_mean'), ('weak DP', 'weak_dp'),
+                    ('median', 'median'), ('trimmed mean', 'trimmed_mean'), ('Krum', 'krum'),
+                    ('Multi-Krum', 'multi_krum'), ('bias filter', 'bias_filter'))
+
+
+def _matrix_table(metric: str, title: str, flain_metric: Optional[str] = None) -> CrossTable:
+  columns = tuple((name, value, metric) for name, value in _MATRIX_DEFENSES)
+  if flain_metric:
+    columns += (('FLAIN', 'none', flain_metric),)
+  return CrossTable(f'matrix_{metric}', f'Attack x defense matrix: {title}', ('task', 'attack'),
+                    'defense', columns, heatmap=True)
+
+
+MATRIX_TABLES = (
+    _matrix_table('window_test', 'main accuracy over the attack rounds'),
+    _matrix_table('window_backdoor', 'backdoor accuracy over the attack rounds'),
+    _matrix_table('window_collateral', 'collateral rate over the attack rounds (targeted)'),
+    _matrix_table('test', 'main accuracy at the end', 'flain_test'),
+    _matrix_table('backdoor', 'backdoor accuracy at the end', 'flain_backdoor'),
+    _matrix_table('collateral', 'collateral rate at the end (targeted)', 'flain_collateral'))
+
+FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES, 'flain': FLAIN_TABLES,
+            'matrix': MATRIX_TABLES}
 
 
 # ----------------------------------------------------------------------------- Bilgin
