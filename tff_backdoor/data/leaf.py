@@ -4,14 +4,17 @@ A LEAF split directory holds `*.json` or `*.json.gz` files, each
 `{"users": [w, ...], "num_samples": [n, ...], "user_data": {w: {"x": [[784 floats]], "y": [..]}}}`.
 Every file is checked as it is read (one `DataError` line naming the file and the writer), so
 nothing is half-loaded. Parsing JSON is most of the cost (about 6 s for the shared FEMNIST
-folder), so validated arrays are cached as one `.npz` per split, keyed by the files' names,
-sizes and modification times; pixels are stored as their exact 8-bit values k/255.
+folder in one process), so large splits are parsed in parallel processes, and validated arrays
+are cached as one `.npz` per split, keyed by the files' names, sizes and modification times;
+pixels are stored as their exact 8-bit values k/255.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import zlib
 from typing import Dict, List, Optional, Tuple
@@ -25,6 +28,8 @@ INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 62  # LEAF FEMNIST: 0-9, 'A'-'Z', 'a'-'z'.
 _SUFFIXES = ('.json', '.json.gz')
 _CACHE_VERSION = 1
+_MAX_PARSERS = 4
+_PARALLEL_BYTES = 4 << 20  # Smaller splits parse faster than processes start.
 # The float32 value of each 8-bit pixel as LEAF writes it (k / 255).
 _PIXEL_VALUES = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
@@ -93,11 +98,23 @@ def read_file(path: str, num_classes: int = NUM_CLASSES) -> Dict[str, ArrayPair]
           for w, n in zip(users, counts)}
 
 
+def _read_files(paths: List[str], num_classes: int) -> List[Dict[str, ArrayPair]]:
+  """`read_file` of each path; several files are parsed in parallel processes (JSON parsing
+  is most of the cost), started with 'spawn' so that no TensorFlow state is forked."""
+  workers = min(len(paths), os.cpu_count() or 1, _MAX_PARSERS)
+  if workers < 2 or sum(os.path.getsize(p) for p in paths) < _PARALLEL_BYTES:
+    return [read_file(p, num_classes) for p in paths]
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    return list(pool.map(read_file, paths, [num_classes] * len(paths)))
+
+
 def _read_split(directory: str, num_classes: int) -> Dict[str, ArrayPair]:
   writers: Dict[str, ArrayPair] = {}
   owner: Dict[str, str] = {}
-  for path in split_files(directory):
-    for writer, arrays in read_file(path, num_classes).items():
+  paths = split_files(directory)
+  for path, content in zip(paths, _read_files(paths, num_classes)):
+    for writer, arrays in content.items():
       if writer in writers:
         raise DataError(f'{path}: writer {writer} is also in {owner[writer]}')
       writers[writer], owner[writer] = arrays, path
