@@ -106,7 +106,7 @@ flags.DEFINE_string('workers', _D.workers,
                     "`python -m tff_backdoor.remote serve --port=P`); '' = TFF's local worker.")
 flags.DEFINE_integer('num_subrounds', _D.num_subrounds,
                      "With --workers: shares each round's clients are split into "
-                     '(0 = one per worker).')
+                     '(0 = one per client: bit-identical to local execution).')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
                      'Save the full loop state every k rounds (0 = never).')
 flags.DEFINE_bool('resume', _D.resume,

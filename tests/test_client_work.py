@@ -104,6 +104,53 @@ def test_non_finite_client_update_is_zeroed_with_zero_weight(data):
   assert all(np.all(u == 0) for u in updates[0])
 
 
+def test_sun_cnn_dropout_is_a_function_of_the_client_seed_not_of_order_or_history():
+  """Dropout masks come from each client's seed: same seed and data -> same update, wherever
+  and whenever it runs (reversed client order, a second call on the same worker); another
+  seed -> other masks. Keras' stateful Dropout gives every client the same masks instead."""
+  from tff_backdoor import models  # pylint: disable=g-import-not-at-top
+  model_fn = process.keras_model_fn(
+      lambda: models.sun_cnn(tiny.SHAPE, tiny.NUM_CLASSES, seed=0), tiny.SHAPE)
+  work = build_attacker_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR),
+                                    AttackConfig('boost', boost=2.0), batch_size=4)
+  fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
+      model_fn, tff.learning.optimizers.build_sgdm(LR))
+  weights = fed_avg.get_model_weights(fed_avg.initialize())
+  benign, malicious, empty = (tiny.dataset(8, seed=1), tiny.dataset(4, seed=2),
+                              tiny.dataset(0, seed=3))
+  clients = [make_client_data(benign, empty, False, 11),
+             make_client_data(benign, empty, False, 12),
+             make_client_data(benign, malicious, True, 11),
+             make_client_data(benign, empty, False, 11)]
+
+  def updates(order):
+    out = work.next(work.initialize(), [weights] * len(order), [clients[i] for i in order])
+    by_client = dict(zip(order, (r.update for r in out.result)))
+    return [np.concatenate([np.ravel(t) for t in by_client[i]]) for i in range(len(clients))]
+
+  first = updates([0, 1, 2, 3])
+  for again in (updates([3, 2, 1, 0]), updates([0, 1, 2, 3])):
+    for a, b in zip(first, again):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(first[0], first[3])  # Same seed and data.
+  assert np.abs(first[0] - first[1]).max() > 1e-4  # Another seed: other masks.
+  keras_weights = model_fn()._keras_model.trainable_weights  # pylint: disable=protected-access
+  assert len(weights.trainable) == len(keras_weights)  # The mask seed is not a weight.
+
+
+def test_sun_cnn_with_stateless_dropout_saves_and_loads(tmp_path):
+  """final_model.keras stays loadable: same layers, weights and outputs after a round trip."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tff_backdoor import models  # pylint: disable=g-import-not-at-top
+  model = models.sun_cnn(tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
+  model.save(tmp_path / 'm.keras')
+  loaded = tf.keras.models.load_model(tmp_path / 'm.keras', custom_objects=models.CUSTOM_OBJECTS)
+  assert [type(l).__name__ for l in loaded.layers].count('StatelessDropout') == 2
+  assert [w.name for w in loaded.weights] == [w.name for w in model.weights]
+  x, _ = tiny.arrays(3, seed=0)
+  np.testing.assert_array_equal(loaded(x), model(x))
+
+
 def test_invalid_attack_config_is_rejected():
   with pytest.raises(ValueError, match='unknown attack mode'):
     AttackConfig('nope').validate()

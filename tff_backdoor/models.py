@@ -1,10 +1,15 @@
 """Keras models used by the experiments: the Sun et al. (2019) CNN and a tiny test model.
 
 Every builder is seedable so that the round-0 global model is a pure function of `--seed`.
+The Sun CNN's dropout layers are `StatelessDropout`: inside federated training their masks are
+a pure function of a seed the client work sets before each batch (from the client's seed), not
+of a stateful random op, so they differ between clients and rounds and cannot depend on which
+TFF worker ran a client or in which order.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import zlib
+from typing import Any, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -16,13 +21,79 @@ def _seeded(seed: Optional[int], offset: int) -> Optional[int]:
   return None if seed is None else int(seed) * 1000 + offset
 
 
+class _SeedSlot:
+  """A plain holder, so that the seed variable in it is not tracked as a Keras weight."""
+
+  def __init__(self) -> None:
+    self.variable: Optional[tf.Variable] = None
+
+
+class StatelessDropout(tf.keras.layers.Dropout):
+  """`tf.keras.layers.Dropout` whose masks can come from a caller-set seed instead of a state.
+
+  Keras' Dropout draws masks from a stateful op with a fixed seed; in TFF's C++ worker each
+  client call starts that op afresh, so every client of every round gets the same masks (a
+  function of the batch step only), and the masks hang on how the worker manages op state.
+  After `bind_seed(v)` (an int64 variable of shape [2])
+  this layer draws its mask with `tf.nn.experimental.stateless_dropout` from `v` folded with
+  a constant of the layer's name, so the mask is a pure function of `v`'s value at the call;
+  the caller assigns `v` before every forward pass (see `attacks.client_work`). Unbound (e.g.
+  under `model.fit`) it is exactly Keras' Dropout. The variable is not a weight of the layer:
+  `model.weights`, TFF's `ModelWeights` and saved models are those of a plain Dropout model.
+  """
+
+  def __init__(self, rate: float, noise_shape: Any = None, seed: Optional[int] = None,
+               **kwargs: Any) -> None:
+    super().__init__(rate, noise_shape=noise_shape, seed=seed, **kwargs)
+    self._seed_slot = _SeedSlot()
+
+  def bind_seed(self, seed_variable: Optional[tf.Variable]) -> None:
+    """Makes masks a function of `seed_variable` (int64, shape [2]); None unbinds."""
+    if seed_variable is not None and (seed_variable.dtype != tf.int64 or
+                                      seed_variable.shape != (2,)):
+      raise ValueError(f'the dropout seed must be an int64 variable of shape [2], found '
+                       f'{seed_variable.dtype.name} {seed_variable.shape}')
+    self._seed_slot.variable = seed_variable
+
+  def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+    seed = self._seed_slot.variable
+    if seed is None or (isinstance(self.rate, (int, float)) and self.rate == 0):
+      return super().call(inputs, training=training)
+    if training is None:
+      training = tf.keras.backend.learning_phase()
+    layer_key = zlib.crc32(self.name.encode()) & 0x7FFFFFFF
+
+    def dropped() -> tf.Tensor:
+      layer_seed = tf.random.experimental.stateless_fold_in(seed.read_value(), layer_key)
+      return tf.nn.experimental.stateless_dropout(
+          inputs, rate=self.rate, seed=layer_seed, noise_shape=self._get_noise_shape(inputs))
+
+    return tf.__internal__.smart_cond.smart_cond(training, dropped,
+                                                 lambda: tf.identity(inputs))
+
+
+# Load a saved model with `tf.keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS)`
+# (not registered with Keras at import: importing this module changes no global state).
+CUSTOM_OBJECTS = {'StatelessDropout': StatelessDropout}
+
+
+def stateless_dropout_layers(model: Any) -> List[StatelessDropout]:
+  """The `StatelessDropout` layers of a Keras model or of a TFF model made by
+  `tff.learning.models.from_keras_model` (whose Keras model TFF keeps in `_keras_model`)."""
+  keras_model = getattr(model, '_keras_model', model)
+  if not isinstance(keras_model, tf.keras.layers.Layer):
+    return []
+  return [layer for layer in (keras_model, *keras_model.submodules)
+          if isinstance(layer, StatelessDropout)]
+
+
 def sun_cnn(input_shape: Sequence[int] = (28, 28, 1),
             num_classes: int = 10,
             seed: Optional[int] = None) -> tf.keras.Model:
   """The EMNIST CNN of Sun et al. 2019 (METHODS.md section 1), logits output.
 
   Conv2D(32,3x3,relu) - Conv2D(64,3x3,relu) - MaxPool(2) - Dropout(0.25) - Flatten -
-  Dense(128,relu) - Dropout(0.5) - Dense(num_classes).
+  Dense(128,relu) - Dropout(0.5) - Dense(num_classes). The dropouts are `StatelessDropout`.
   """
   init = lambda k: tf.keras.initializers.GlorotUniform(seed=_seeded(seed, k))
   return tf.keras.Sequential([
@@ -30,11 +101,11 @@ def sun_cnn(input_shape: Sequence[int] = (28, 28, 1),
       tf.keras.layers.Conv2D(32, 3, activation='relu', kernel_initializer=init(1), name='conv1'),
       tf.keras.layers.Conv2D(64, 3, activation='relu', kernel_initializer=init(2), name='conv2'),
       tf.keras.layers.MaxPool2D(2, name='pool'),
-      tf.keras.layers.Dropout(0.25, seed=_seeded(seed, 3), name='dropout1'),
+      StatelessDropout(0.25, seed=_seeded(seed, 3), name='dropout1'),
       tf.keras.layers.Flatten(name='flatten'),
       tf.keras.layers.Dense(128, activation='relu', kernel_initializer=init(4),
                             name=SUN_CNN_FLAIN_LAYER),
-      tf.keras.layers.Dropout(0.5, seed=_seeded(seed, 5), name='dropout2'),
+      StatelessDropout(0.5, seed=_seeded(seed, 5), name='dropout2'),
       tf.keras.layers.Dense(num_classes, kernel_initializer=init(6), name='logits'),
   ], name='sun_cnn')
 

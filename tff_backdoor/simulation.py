@@ -95,7 +95,7 @@ class ExperimentConfig:
   eval_every: int = 1
   eval_batch_size: int = 500
   workers: str = ''  # 'host:port,...': run TFF on these C++ workers (remote.py); '' = local
-  num_subrounds: int = 0  # with workers: shares each round's clients are split into (0 = one each)
+  num_subrounds: int = 0  # with workers: shares a round's clients are split into (0: per client)
   checkpoint_every: int = 0  # rounds between checkpoints (0 = none)
   resume: bool = False  # continue from output_dir's newest checkpoint
   capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)

@@ -2,10 +2,20 @@
 
 Each client receives `OrderedDict(benign=<batches>, malicious=<batches>, control=<one element
 OrderedDict(is_malicious=bool, seed=int64)>)` (a `ClientWorkProcess` only accepts sequences, so
-the per-client flag and shuffle seed travel as a one-element dataset; see `make_client_data`). Honest clients (and attackers' benign passes) run exactly the local SGD of
-`tff.learning.templates.build_model_delta_client_work`, so with no attacker a round equals
-`tff.learning.algorithms.build_weighted_fed_avg`. Attackers follow Sun et al. 2019
-(google-research/federated targeted_attack) in one of three modes:
+the per-client flag and seed travel as a one-element dataset; see `make_client_data`). Honest
+clients (and attackers' benign passes) run exactly the local SGD of
+`tff.learning.templates.build_model_delta_client_work`, so with no attacker and a model without
+random layers a round equals `tff.learning.algorithms.build_weighted_fed_avg`.
+
+Client randomness is a function of the client's `seed` only (the simulation draws it per
+round and client from the run's seed): the data_poison shuffle, and the masks of
+`models.StatelessDropout` layers, whose seed for each batch is `seed` folded with the index of
+the training pass and the batch step. (Keras' stateful Dropout, measured in TFF 0.87, gives
+every client of every round the same masks, a function of the batch step only, and depends on
+the worker starting each call with fresh random-op state.)
+
+Attackers follow Sun et al. 2019 (google-research/federated targeted_attack) in one of three
+modes:
 
 - `data_poison`: train on benign and malicious examples shuffled together; no scaling.
 - `boost` (explicit boosting / model replacement): delta_b + boost * delta_m, where delta_b is
@@ -29,8 +39,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.learning import tensor_utils
 
+from tff_backdoor import models as models_lib
+
 ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')
 _POISON_SHUFFLE_BUFFER = 100_000
+_DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +103,27 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   attack.validate()
   model = model_fn()
   model_weights = tff.learning.models.ModelWeights.from_model(model)
+  dropout_layers = models_lib.stateless_dropout_layers(model)
+  # Set before every forward pass; not a model weight (see models.StatelessDropout).
+  mask_seed = (tf.Variable(tf.zeros([2], tf.int64), trainable=False, name='dropout_mask_seed')
+               if dropout_layers else None)
+  for layer in dropout_layers:
+    layer.bind_seed(mask_seed)
 
-  def train(data, optimizer_hparams):
-    """Local SGD over `data` from the current weights (TFF's reduce loop); returns #examples."""
+  def train(data, optimizer_hparams, pass_key):
+    """Local SGD over `data` from the current weights (TFF's reduce loop); returns #examples.
+
+    `pass_key` ([2] int64) keys this pass's dropout masks: batch `step` uses
+    fold_in(pass_key, step).
+    """
     def reduce_fn(state, batch):
-      num_examples, optimizer_state = state
-      with tf.GradientTape() as tape:
+      num_examples, optimizer_state, step = state
+      if mask_seed is None:
+        set_seed = []
+      else:
+        set_seed = [mask_seed.assign(
+            tf.random.experimental.stateless_fold_in(pass_key, step))]
+      with tf.control_dependencies(set_seed), tf.GradientTape() as tape:
         output = model.forward_pass(batch, training=True)
       gradients = tape.gradient(output.loss, model_weights.trainable)
       optimizer_state, updated = optimizer.next(
@@ -107,12 +135,13 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
         num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
       else:
         num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples, optimizer_state
+      return num_examples, optimizer_state, step + 1
 
     specs = tuple(tf.TensorSpec(v.shape, v.dtype)
                   for v in tf.nest.flatten(model_weights.trainable))
     optimizer_state = optimizer.set_hparams(optimizer.initialize(specs), optimizer_hparams)
-    num_examples, _ = data.reduce((tf.zeros([], tf.int64), optimizer_state), reduce_fn)
+    num_examples, _, _ = data.reduce(
+        (tf.zeros([], tf.int64), optimizer_state, tf.zeros([], tf.int64)), reduce_fn)
     return num_examples
 
   def reset(initial_weights):
@@ -125,10 +154,15 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   def client_update(initial_weights, client_data, optimizer_hparams):
     benign, malicious = client_data['benign'], client_data['malicious']
     control = client_data['control'].get_single_element()
+    client_key = tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)])
+
+    def pass_key(index: int) -> tf.Tensor:
+      """Key of the client's `index`-th training pass (distinct per pass of one client)."""
+      return tf.random.experimental.stateless_fold_in(client_key, index)
 
     def honest():
       reset(initial_weights)
-      num_examples = train(benign, optimizer_hparams)
+      num_examples = train(benign, optimizer_hparams, pass_key(0))
       return delta(initial_weights), num_examples
 
     def data_poison():
@@ -136,24 +170,24 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
       mixed = benign.unbatch().concatenate(malicious.unbatch())
       mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=control['seed'],
                             reshuffle_each_iteration=False)
-      num_examples = train(mixed.batch(batch_size), optimizer_hparams)
+      num_examples = train(mixed.batch(batch_size), optimizer_hparams, pass_key(0))
       return delta(initial_weights), num_examples
 
     def boost():
       delta_b, num_examples = honest()
       reset(initial_weights)
-      train(malicious, optimizer_hparams)
+      train(malicious, optimizer_hparams, pass_key(1))
       delta_m = delta(initial_weights)
       update = tf.nest.map_structure(lambda b, m: b + attack.boost * m, delta_b, delta_m)
       return update, num_examples
 
     def norm_bounded():
       reset(initial_weights)
-      num_examples = train(benign, optimizer_hparams)
+      num_examples = train(benign, optimizer_hparams, pass_key(0))
       reset(initial_weights)
-      for _ in range(attack.projection_rounds):
-        train(benign, optimizer_hparams)
-        train(malicious, optimizer_hparams)
+      for i in range(attack.projection_rounds):
+        train(benign, optimizer_hparams, pass_key(1 + 2 * i))
+        train(malicious, optimizer_hparams, pass_key(2 + 2 * i))
         d = delta(initial_weights)
         scale = tf.minimum(1.0, tf.math.divide_no_nan(
             tf.constant(attack.norm_bound, tf.float32), _global_norm(d)))
