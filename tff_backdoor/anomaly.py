@@ -23,8 +23,10 @@ import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import scipy.stats
 
-# Constants of the robust scale: s = MAD_SCALE * MAD + MAD_EPSILON (same as the TF bias_filter).
+# Constants of the robust scale: s = MAD_SCALE * MAD + MAD_EPSILON (the TF bias_filter uses
+# these same two; MAD_SCALE = 1 / Phi^-1(3/4) to 4 decimals, the normal-consistent MAD).
 MAD_SCALE = 1.4826
 MAD_EPSILON = 1e-12
 SCORE_NAMES = ('linf', 'l2', 'l2_raw')
@@ -177,7 +179,7 @@ def variable_scores_array(updates: np.ndarray) -> Dict[str, np.ndarray]:
     block = flat[:, start:start + step].astype(np.float64)
     med = np.median(block, axis=0)
     dev = np.abs(block - med)
-    scale = MAD_SCALE * np.median(dev, axis=0) + MAD_EPSILON
+    scale = MAD_SCALE * scipy.stats.median_abs_deviation(block, axis=0) + MAD_EPSILON
     z = dev / scale
     linf = np.maximum(linf, z.max(axis=1))
     sum_sq += np.sum(z * z, axis=1)
@@ -234,20 +236,16 @@ def _check_scores_labels(scores: Any, labels: Any):
 
 
 def roc_auc(scores: Any, labels: Any) -> float:
-  """ROC-AUC = P(malicious score > honest score) + P(tie)/2 (Mann-Whitney); NaN if a class is empty."""
+  """ROC-AUC = P(malicious score > honest score) + P(tie)/2 (Mann-Whitney); NaN if a class is empty.
+
+  The rank form: U = (sum of the malicious scores' average ranks) - n_pos (n_pos + 1) / 2.
+  """
   s, y = _check_scores_labels(scores, labels)
   n_pos = int(y.sum())
   n_neg = y.size - n_pos
   if n_pos == 0 or n_neg == 0:
     return float('nan')
-  order = np.argsort(s, kind='mergesort')
-  sorted_s = s[order]
-  # Average 1-based rank of each tie group.
-  starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-  ends = np.r_[starts[1:], s.size]
-  ranks = np.empty(s.size)
-  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-  u_stat = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+  u_stat = scipy.stats.rankdata(s)[y].sum() - n_pos * (n_pos + 1) / 2.0
   return float(u_stat / (n_pos * n_neg))
 
 

@@ -19,11 +19,12 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_backdoor import anomaly
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import robust_rules
 
-MAD_TO_STDDEV = 1.4826
-MAD_EPSILON = 1e-12
+MAD_TO_STDDEV = anomaly.MAD_SCALE
+MAD_EPSILON = anomaly.MAD_EPSILON
 
 
 def bias_scores(biases: tf.Tensor, center: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
