@@ -8,7 +8,7 @@ REQS     := requirements/tff-pins.txt requirements/tff.txt requirements/dev.txt 
 # TFF 0.87 needs Python >=3.9,<3.12: prefer an explicit 3.11, fall back to python3.
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 DEMO_DIR ?= runs/demo
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export CUDA_VISIBLE_DEVICES ?=
 
 .PHONY: venv demo test bench clean-venv
