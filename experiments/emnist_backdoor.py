@@ -5,7 +5,8 @@
 
 Flags map one-to-one onto `tff_backdoor.simulation.ExperimentConfig`; `main` only wires them.
 Outputs in --output_dir: config.json, metrics.jsonl, metrics.csv, tensorboard/, final.json,
-initial_weights.npz (round-0 global model), final_model.keras, captures/ (--capture_rounds),
+initial_weights.npz (round-0 global model: --init_from's model for a warm start),
+final_model.keras, captures/ (--capture_rounds),
 flain.json and flain_model.keras (--flain).
 """
 from absl import app
@@ -101,6 +102,11 @@ cli.define_defense_flags()
 flags.DEFINE_integer('seed', _D.seed, 'Seed of every random choice.')
 flags.DEFINE_string('output_dir', _D.output_dir, 'Where metrics and models are written.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Evaluate every k rounds (and the last).')
+flags.DEFINE_integer('eval_subset', _D.eval_subset,
+                     'Main-task test images evaluated before the last round: a fixed, seeded, '
+                     'class-stratified subset (rows say how many in test_examples); the last '
+                     'round and the backdoor sets are always whole. 0 = the whole test set.')
+flags.DEFINE_integer('eval_batch_size', _D.eval_batch_size, 'Evaluation batch size.')
 flags.DEFINE_string('workers', _D.workers,
                     "Run TFF on these C++ workers, 'host:port,host:port' (start each with "
                     "`python -m tff_backdoor.remote serve --port=P`); '' = TFF's local worker.")
@@ -111,6 +117,10 @@ flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
                      'Save the full loop state every k rounds (0 = never).')
 flags.DEFINE_bool('resume', _D.resume,
                   "Continue from output_dir's newest checkpoint (same flags required).")
+flags.DEFINE_string('init_from', _D.init_from,
+                    'Warm start: a run directory whose final_model.keras (or newest '
+                    'checkpoint) is the round-0 model; rounds, schedules and seeds are this '
+                    "run's own (see tff_backdoor/warm_start.py); '' = the seeded initial model.")
 flags.DEFINE_string('capture_rounds', _D.capture_rounds,
                     "Rounds whose per-client updates are saved to output_dir/captures "
                     "(e.g. '0-9,20' or 'all'; 0-based).")

@@ -10,9 +10,10 @@ grids. Flags after `--` are added to --base_flags. Each configuration runs as
 `python -m PROGRAM BASE_FLAGS GRID_FLAGS --output_dir=OUTPUT_DIR/flag=value,...` with its
 stdout and stderr in run.log there. Finished configurations (final.json present, config.json
 matching) are skipped, unfinished ones are deleted and run again, so re-running an
-interrupted sweep finishes it. Writes results.md, results.csv (mean and std over seeds per
-configuration group), runs.csv and sweep.json to --output_dir. Exit code: 0 all finished,
-1 some configuration failed (listed at the end), 130 interrupted.
+interrupted sweep finishes it. --pretrain_flags runs one shared pretraining first and
+warm-starts every configuration from it. Writes results.md, results.csv (mean and std over
+seeds per configuration group), runs.csv and sweep.json to --output_dir. Exit code: 0 all
+finished, 1 some configuration failed (listed at the end), 130 interrupted.
 See `tff_backdoor.sweeps` for the details.
 """
 import sys
@@ -29,6 +30,10 @@ flags.DEFINE_string('grid_file', None, "File with one 'flag=v1,v2' axis per line
                     "comments; a '---' line starts another grid).")
 flags.DEFINE_string('base_flags', '', "Flags given to every configuration, split like a shell "
                     "command ('--dataset=fashion_mnist --rounds=30'); flags after '--' too.")
+flags.DEFINE_string('pretrain_flags', None, 'Run one shared pretraining first, '
+                    'PROGRAM BASE_FLAGS PRETRAIN_FLAGS in OUTPUT_DIR/pretrain (e.g. '
+                    "'--task=none --schedule=none --rounds=100'), and warm-start every "
+                    'configuration from it (--init_from); unset = no pretraining.')
 flags.DEFINE_string('output_dir', None, 'Sweep directory: one subdirectory per configuration '
                     'plus the results tables.')
 flags.DEFINE_integer('parallel', 1, 'Configurations run at the same time.')
@@ -55,6 +60,8 @@ def _spec(extra_flags):
   return sweeps.SweepSpec(
       output_dir=FLAGS.output_dir, grids=grids,
       base_flags=sweeps.parse_base_flags(FLAGS.base_flags, extra_flags),
+      pretrain_flags=(None if FLAGS.pretrain_flags is None else
+                      sweeps.parse_base_flags(FLAGS.pretrain_flags)),
       program=FLAGS.program, seed_flag=FLAGS.seed_flag, output_flag=FLAGS.output_flag,
       done_file=FLAGS.done_file, metrics=tuple(FLAGS.metrics)).validate()
 

@@ -51,3 +51,12 @@ def write_idx_dataset(directory: str, n_train: int = 600, n_test: int = 200, sid
   idx_lib.write_idx(os.path.join(directory, 't10k-images-idx3-ubyte.gz'), vx)
   idx_lib.write_idx(os.path.join(directory, 't10k-labels-idx1-ubyte.gz'), vy)
   return directory
+
+
+def run_config(idx_dir: str, output_dir, **overrides):
+  """An ExperimentConfig on `write_idx_dataset` data with the tiny CNN, quiet; `overrides` win."""
+  from tff_backdoor import simulation
+  base = dict(dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid',
+              server_holdout=20, output_dir=str(output_dir), verbose=False, tensorboard=False)
+  base.update(overrides)
+  return simulation.ExperimentConfig(**base)

@@ -82,11 +82,13 @@ def _validate(updates: Sequence[np.ndarray], variable_names: Sequence[str],
 
 def save_round_capture(path: str, round_num: int, updates: Sequence[np.ndarray],
                        variable_names: Sequence[str], client_ids: Sequence[str],
-                       malicious: Sequence[bool]) -> str:
+                       malicious: Sequence[bool], compress: bool = True) -> str:
   """Writes one round's per-client updates; returns the file written.
 
   `path` is a directory (file `round_<NNNN>.npz` is created in it) or a file ending in `.npz`.
   The write is atomic (temporary file + rename) so a reader never sees a partial capture.
+  `compress=False` writes a plain npz (`load_capture` reads both): float32 updates shrink by
+  only ~17% compressed, at ~50x the time (3 s for the 48 MB of 10 Sun CNN updates).
   """
   updates = [np.asarray(u) for u in updates]
   variable_names = [str(v) for v in variable_names]
@@ -105,7 +107,7 @@ def save_round_capture(path: str, round_num: int, updates: Sequence[np.ndarray],
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_round_', suffix='.npz')
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez_compressed(f, **arrays)
+      (np.savez_compressed if compress else np.savez)(f, **arrays)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,11 +23,13 @@ import tensorflow_federated as tff
 from tff_backdoor import anomaly
 from tff_backdoor import checkpoint
 from tff_backdoor import data as data_lib
+from tff_backdoor.data import partition as partition_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor import process as process_lib
 from tff_backdoor import run_summary
+from tff_backdoor import warm_start
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
@@ -94,10 +97,18 @@ class ExperimentConfig:
   output_dir: str = '/tmp/tff_backdoor_run'
   eval_every: int = 1
   eval_batch_size: int = 500
+  # Main-task test images of the evaluations before the last round (a fixed, seeded,
+  # class-stratified subset; the last round and backdoor sets are always whole); 0 = all.
+  eval_subset: int = 4000
   workers: str = ''  # 'host:port,...': run TFF on these C++ workers (remote.py); '' = local
   num_subrounds: int = 0  # with workers: shares a round's clients are split into (0: per client)
   checkpoint_every: int = 0  # rounds between checkpoints (0 = none)
   resume: bool = False  # continue from output_dir's newest checkpoint
+  init_from: str = ''  # a run directory: start from its final model (or newest checkpoint's)
+  # Not flags: what --init_from loaded, recorded in config.json by run_experiment (warm_start).
+  init_from_file: str = ''
+  init_from_sha256: str = ''
+  init_from_rounds: int = 0
   capture_rounds: str = ''  # e.g. '0-9,20' or 'all': save every client's update (anomaly.py)
   # FLAIN, applied once to the final global model (flain.py).
   flain: bool = False
@@ -141,7 +152,7 @@ class ExperimentConfig:
         raise ValueError(f'--{name} must be a positive number, got {value}')
     for name in ('task_samples_per_client', 'task_min_samples', 'malicious_epochs',
                  'malicious_batch_size', 'attack_start', 'attack_stop', 'server_holdout', 'seed',
-                 'checkpoint_every', 'num_subrounds'):
+                 'checkpoint_every', 'num_subrounds', 'eval_subset'):
       if getattr(self, name) is not None and getattr(self, name) < 0:
         raise ValueError(f'--{name} must be >= 0, got {getattr(self, name)}')
     if self.dataset not in data_lib.DATASETS:
@@ -177,6 +188,8 @@ class ExperimentConfig:
                        f'--attack_start={self.attack_start}')
     self.attack_config().validate()
     parse_rounds(self.capture_rounds, self.rounds)
+    if self.init_from:
+      warm_start.resolve(self.init_from, self.output_dir)
     if self.workers:
       from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
       remote.parse_workers(self.workers)
@@ -218,6 +231,8 @@ class ExperimentSetup:
   process: tff.learning.templates.LearningProcess
   client_work: tff.learning.templates.ClientWorkProcess
   eval_sets: Dict[str, ArrayPair]
+  # `process` with `capture_updates=True` (same state type), built when --capture_rounds is set.
+  capture_process: Optional[tff.learning.templates.LearningProcess] = None
 
 
 def parse_rounds(spec: str, total_rounds: int) -> set:
@@ -336,15 +351,21 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   client_work = process_lib.build_client_work(
       model_fn, client_learning_rate=config.client_lr, batch_size=config.batch_size,
       attack=config.attack_config())
-  learning_process = process_lib.build_backdoor_process(
-      model_fn, client_learning_rate=config.client_lr, server_learning_rate=config.server_lr,
+  process_args = dict(
+      client_learning_rate=config.client_lr, server_learning_rate=config.server_lr,
       batch_size=config.batch_size, attack=config.attack_config(), model_aggregator=aggregator,
       client_work=client_work)
+  learning_process = process_lib.build_backdoor_process(model_fn, **process_args)
+  capture_process = None
+  if config.capture_rounds.strip():  # remote workers cannot write into our output_dir
+    capture_process = process_lib.build_backdoor_process(
+        model_fn, capture_updates=True, **process_args,
+        capture_spool_dir=None if config.workers else capture_spool_dir(config))
   eval_sets = {'test': data.test}
   if task is not None:
     eval_sets.update(task.eval_sets())
   return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
-                         learning_process, client_work, eval_sets)
+                         learning_process, client_work, eval_sets, capture_process)
 
 
 def _epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
@@ -380,39 +401,110 @@ def round_client_data(setup: ExperimentSetup, participants, rng: np.random.Gener
   return inputs, flags
 
 
+_EVAL_SUBSET_KEY = 0xE7A1  # second word of the eval subset's seed: [seed, _EVAL_SUBSET_KEY]
+
+
+def between_rounds_eval_sets(setup: ExperimentSetup) -> Dict[str, ArrayPair]:
+  """The evaluation sets of the rounds before the last: `test` cut to `--eval_subset` images.
+
+  The subset is class-stratified and drawn once from `--seed` (the same images every round
+  and in every run with that seed, so curves and paired comparisons stay smooth); the
+  backdoor sets stay whole, and the last round uses `setup.eval_sets` as they are.
+  """
+  n = setup.config.eval_subset
+  x, y = setup.eval_sets['test']
+  if not n or n >= len(y):
+    return setup.eval_sets
+  keep, _ = partition_lib.stratified_holdout(y, n, seed=[setup.config.seed, _EVAL_SUBSET_KEY])
+  return {**setup.eval_sets, 'test': (x[keep], y[keep])}
+
+
 class Evaluator:
-  """Keras-side evaluation of the global model on the named evaluation sets."""
+  """Evaluation of the global (Keras) model on the named evaluation sets, in the parent process.
+
+  `evaluate` gives exactly what `model.evaluate(x, y, batch_size)` gives (tests compare them
+  bit for bit): the same batches in order, each batch's mean loss weighted by its size and
+  the correct argmax predictions, summed in float32 in the same order. It runs one compiled
+  loop over a whole set instead, without Keras' per-call data adapter, callbacks and
+  per-batch Python steps: about 15-20% less time on the Sun CNN (bench/eval_share.py).
+  """
 
   def __init__(self, keras_builder: Callable[[], tf.keras.Model], batch_size: int):
     self.model = keras_builder()
-    self.model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+    self._loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    self.model.compile(loss=self._loss, metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
     self.batch_size = batch_size
+    self._sums = tf.function(self._set_sums, input_signature=(  # one trace for every set
+        tf.TensorSpec([None, *self.model.input_shape[1:]], tf.float32),
+        tf.TensorSpec([None], tf.int64)))
 
   def load(self, weights: tff.learning.models.ModelWeights) -> tf.keras.Model:
     weights.assign_weights_to(self.model)
     return self.model
 
+  def _set_sums(self, x: tf.Tensor, y: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(mean loss, accuracy) over (x, y), batch by batch as Keras' test loop computes them."""
+    size = self.batch_size
+    num_batches = (tf.shape(y)[0] + size - 1) // size
+
+    def body(i, loss_sum, correct, count):
+      xb, yb = x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]
+      logits = self.model(xb, training=False)
+      n = tf.cast(tf.shape(yb)[0], tf.float32)
+      loss = self._loss(yb, logits)
+      if self.model.losses:  # regularization, as Keras adds it to the reported loss
+        loss += tf.add_n(self.model.losses)
+      hits = tf.equal(yb, tf.argmax(logits, axis=-1))
+      return (i + 1, loss_sum + loss * n, correct + tf.reduce_sum(tf.cast(hits, tf.float32)),
+              count + n)
+
+    zero = tf.constant(0.0)
+    _, loss_sum, correct, count = tf.while_loop(
+        lambda i, *_: i < num_batches, body, (tf.constant(0), zero, zero, zero))
+    return tf.math.divide_no_nan(loss_sum, count), tf.math.divide_no_nan(correct, count)
+
   def evaluate(self, eval_sets: Dict[str, ArrayPair]) -> Dict[str, float]:
+    """`{name}_accuracy` and `{name}_loss` of every non-empty set."""
     out = {}
     for name, (x, y) in eval_sets.items():
       if len(y) == 0:
         continue
-      loss, acc = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0)
+      # Keras casts the same way (float inputs to the layers' float32, labels to int64).
+      loss, acc = self._sums(tf.cast(x, tf.float32), tf.cast(np.reshape(y, [-1]), tf.int64))
       out[f'{name}_accuracy'] = float(acc)
       out[f'{name}_loss'] = float(loss)
     return out
 
 
+def capture_spool_dir(config: ExperimentConfig) -> str:
+  """Where a local run's capture rounds spool client updates (process.with_update_capture)."""
+  return os.path.abspath(os.path.join(config.output_dir, '.capture_spool'))
+
+
+def save_capture(directory: str, round_num: int, stacked: Sequence[np.ndarray],
+                 variable_names: Sequence[str], participants) -> str:
+  """Writes one round's per-client updates (row i = participants[i]) for anomaly.py.
+
+  Uncompressed: compressing float updates would cost a capture round more than its training
+  for a ~17% smaller file (anomaly.save_round_capture).
+  """
+  return anomaly.save_round_capture(
+      directory, round_num, stacked, list(variable_names), [p.client_id for p in participants],
+      np.array([p.is_attacker for p in participants], dtype=bool), compress=False)
+
+
 def capture_round(setup: ExperimentSetup, state, client_data, participants, round_num: int,
                   directory: str, variable_names: Sequence[str]) -> str:
-  """Saves every participant's update of this round (before aggregation) for anomaly.py."""
+  """Saves every participant's update of this round by re-running their training.
+
+  The reference path (it pays for the round's client training twice); the experiment loop
+  reads the same updates off the round itself (`setup.capture_process`) and tests check
+  that both save the same arrays.
+  """
   updates = process_lib.capture_client_updates(
       setup.client_work, state, setup.process.get_model_weights(state), client_data)
   stacked = [np.stack([u[v] for u in updates]) for v in range(len(variable_names))]
-  return anomaly.save_round_capture(
-      directory, round_num, stacked, list(variable_names), [p.client_id for p in participants],
-      np.array([p.is_attacker for p in participants], dtype=bool))
+  return save_capture(directory, round_num, stacked, variable_names, participants)
 
 
 def run_flain(setup: ExperimentSetup, final_model: tf.keras.Model,
@@ -597,7 +689,19 @@ def run_experiment(config: ExperimentConfig,
   config = setup.config
   os.makedirs(config.output_dir, exist_ok=True)
   streams = _streams(config.seed)
+  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
   state = setup.process.initialize()
+  source = None
+  if config.init_from:  # the round-0 model is the source's (see warm_start's contract)
+    source = warm_start.load(config.init_from, evaluator.model, config.output_dir)
+    config = dataclasses.replace(config, init_from_file=source.file,
+                                 init_from_sha256=source.sha256,
+                                 init_from_rounds=source.rounds)
+    state = setup.process.set_model_weights(state, tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in evaluator.model.trainable_weights],
+        non_trainable=[v.numpy() for v in evaluator.model.non_trainable_weights]))
+  initial_keras_weights = [np.array(w) for w in evaluator.load(
+      setup.process.get_model_weights(state)).get_weights()]
   first_round, meta = 0, {}
   if config.resume:
     state, first_round, meta = _resume(config, setup, state, streams)
@@ -605,16 +709,24 @@ def run_experiment(config: ExperimentConfig,
   metrics_io.write_json(os.path.join(config.output_dir, 'config.json'), config.to_dict())
   writer = metrics_io.MetricsWriter(config.output_dir, tensorboard=config.tensorboard,
                                     keep_rounds_before=first_round)
-  evaluator = Evaluator(setup.keras_builder, config.eval_batch_size)
-  initial_keras_weights = [np.array(w) for w in evaluator.load(
-      setup.process.get_model_weights(setup.process.initialize())).get_weights()]
   np.savez(os.path.join(config.output_dir, 'initial_weights.npz'), *initial_keras_weights)
   capture = parse_rounds(config.capture_rounds, config.rounds)
+  if capture and setup.capture_process is None:
+    raise ValueError('--capture_rounds needs setup.capture_process: build the setup with '
+                     'prepare(config)')
+  captures_dir = os.path.join(config.output_dir, 'captures')
+  if capture:  # a clean spool: nothing left from an interrupted run is read as this run's
+    shutil.rmtree(capture_spool_dir(config), ignore_errors=True)
+    os.makedirs(capture_spool_dir(config))
   variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
+  between_sets = between_rounds_eval_sets(setup)
   start = time.time() - float(meta.get('seconds', 0.0))
   last_eval: Dict[str, float] = dict(meta.get('last_eval', {}))
   progress = Progress(config.rounds, first_round, enabled=config.verbose)
   progress.write(describe_setup(setup))
+  if source is not None:
+    progress.write(f'warm start from {source.file} ({source.rounds} rounds of training, '
+                   f'weights sha256 {source.sha256[:12]})')
   if first_round:
     progress.write(f'resumed from round {first_round} of {config.rounds}')
   for round_num in range(first_round, config.rounds):
@@ -622,16 +734,25 @@ def run_experiment(config: ExperimentConfig,
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                config.clients_per_round, schedule_rng)
     client_data, flags = round_client_data(setup, participants, rng)
-    if round_num in capture:
-      capture_round(setup, state, client_data, participants, round_num,
-                    os.path.join(config.output_dir, 'captures'), variable_names)
-    output = setup.process.next(state, client_data)
+    capturing = round_num in capture  # the same round, also returning every client's update
+    seeds = process_lib.client_seeds(client_data) if capturing else []
+    if len(set(seeds)) < len(seeds):  # 2 clients, 1 seed (~1e-8 a round): re-run them instead
+      capture_round(setup, state, client_data, participants, round_num, captures_dir,
+                    variable_names)
+      capturing = False
+    output = (setup.capture_process if capturing else setup.process).next(state, client_data)
+    if capturing:
+      save_capture(captures_dir, round_num,
+                   process_lib.pop_captured_updates(output.metrics, client_data),
+                   variable_names, participants)
     state = output.state
     row = _round_row(round_num, metrics_io.flatten_metrics(output.metrics), flags)
     if (round_num + 1) % config.eval_every == 0 or round_num + 1 == config.rounds:
       evaluator.load(setup.process.get_model_weights(state))
-      last_eval = evaluator.evaluate(setup.eval_sets)
+      sets = setup.eval_sets if round_num + 1 == config.rounds else between_sets
+      last_eval = evaluator.evaluate(sets)
       row.update(last_eval)
+      row['test_examples'] = len(sets['test'][1])  # what this row's test_* were measured on
     row['round_seconds'] = time.time() - t0
     writer.write(row)
     progress.update(row)
@@ -644,10 +765,12 @@ def run_experiment(config: ExperimentConfig,
                    'sampling': schedule_rng.bit_generator.state}})
   progress.close()
   writer.close()
+  shutil.rmtree(capture_spool_dir(config), ignore_errors=True)
   final_model = evaluator.load(setup.process.get_model_weights(state))
   final_model.save(os.path.join(config.output_dir, 'final_model.keras'))
   final = {'rounds': config.rounds, 'seconds': time.time() - start, **last_eval,
-           'partition': setup.data.partition_report}
+           'partition': setup.data.partition_report,
+           'model_sha256': warm_start.weights_sha256(final_model.get_weights())}
   if config.flain:
     final['flain'] = run_flain(setup, final_model, initial_keras_weights, evaluator, last_eval,
                                progress)

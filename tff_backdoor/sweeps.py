@@ -21,6 +21,15 @@ suffix). A run is finished when its `final.json` exists; a finished run is skipp
 interrupted run) is deleted and run again from scratch. So an interrupted sweep, re-run with
 the same command, only runs what is missing.
 
+A shared pretraining (`--pretrain_flags`, `SweepSpec.pretrain_flags`): the sweep first runs
+`python -m PROGRAM BASE_FLAGS PRETRAIN_FLAGS --output_dir=OUTPUT_DIR/pretrain` (pretrain flags
+override base flags; grid flags do not apply), once, with the same skip/redo rules, and every
+configuration gets `--init_from=OUTPUT_DIR/pretrain` after the base flags: N attack
+configurations pay for one clean pretraining instead of N. A finished configuration is only
+reused if its config.json's `init_from_sha256` is the pretraining's final `model_sha256`
+(otherwise it was built on another pretraining: a mismatch). If the pretraining fails, no
+configuration runs and the sweep exits 1.
+
 Outputs in OUTPUT_DIR: `sweep.json` (the plan and each run's status), `runs.csv` (one row per
 configuration), `results.csv` and `results.md` (one row per configuration group = the grid
 flags except the seed flag, final metrics as mean and sample std over seeds, `n_seeds`).
@@ -57,6 +66,8 @@ RUNS_CSV = 'runs.csv'
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
 LOCK_FILE = '.sweep.lock'
+PRETRAIN = 'pretrain'  # Name and directory (in OUTPUT_DIR) of the shared pretraining run.
+INIT_FLAG = 'init_from'  # The program's warm-start flag, set for each configuration.
 
 # Run states.
 NEW = 'new'  # No directory yet.
@@ -251,6 +262,7 @@ class SweepSpec:
   done_file: str = 'final.json'
   metrics: Tuple[str, ...] = DEFAULT_METRICS
   python: str = sys.executable
+  pretrain_flags: Optional[List[str]] = None  # None: no shared pretraining run.
 
   def validate(self) -> 'SweepSpec':
     if not self.output_dir:
@@ -269,6 +281,14 @@ class SweepSpec:
     for name in (self.seed_flag, self.output_flag):
       if not _FLAG_NAME.match(name):
         raise GridError(f'bad flag name {name!r}')
+    if self.pretrain_flags is not None:
+      if any(name == self.output_flag for name, _ in flag_items(self.pretrain_flags)):
+        raise GridError(f'--{self.output_flag} is set by the sweep; remove it from '
+                        '--pretrain_flags')
+      if any(name == INIT_FLAG for name, _ in flag_items(self.base_flags)) or any(
+          name == INIT_FLAG for grid in self.grids for name, _ in grid):
+        raise GridError(f'--{INIT_FLAG} is set by the sweep to its pretraining run; remove it '
+                        'from --base_flags and the grid (or drop --pretrain_flags)')
     if not self.done_file or os.path.basename(self.done_file) != self.done_file:
       raise GridError(f'--done_file must be a file name, got {self.done_file!r}')
     return self
@@ -297,10 +317,22 @@ def plan(spec: SweepSpec) -> List[Run]:
       name += '~' + hashlib.sha1(repr(sorted(flags.items())).encode()).hexdigest()[:8]
     names.add(name)
     directory = os.path.join(out, name)
-    args = list(spec.base_flags) + [f'--{k}={v}' for k, v in flags.items()]
+    init = ([] if spec.pretrain_flags is None else
+            [f'--{INIT_FLAG}={os.path.join(out, PRETRAIN)}'])
+    args = list(spec.base_flags) + init + [f'--{k}={v}' for k, v in flags.items()]
     command = [spec.python, '-m', spec.program, *args, f'--{spec.output_flag}={directory}']
     runs.append(Run(name, flags, group_label(flags, spec.seed_flag), directory, args, command))
   return runs
+
+
+def pretrain_run(spec: SweepSpec) -> Optional[Run]:
+  """The shared pretraining run of `spec` (base flags then pretrain flags), or None."""
+  if spec.pretrain_flags is None:
+    return None
+  directory = os.path.join(os.path.abspath(spec.output_dir), PRETRAIN)
+  args = list(spec.base_flags) + list(spec.pretrain_flags)
+  command = [spec.python, '-m', spec.program, *args, f'--{spec.output_flag}={directory}']
+  return Run(PRETRAIN, {}, f'({PRETRAIN})', directory, args, command)
 
 
 def resolve_program(module: str) -> str:
@@ -394,8 +426,21 @@ def config_mismatches(config: Mapping[str, Any], args: Sequence[str],
   return diffs
 
 
+def _pretrain_sha(spec: SweepSpec) -> Optional[str]:
+  """The `model_sha256` in the finished pretraining's done file (None if there is none)."""
+  pretrain = pretrain_run(spec)
+  if pretrain is None:
+    return None
+  final = read_final(pretrain, spec)
+  return final.get('model_sha256') if final else None
+
+
 def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
-  """(state, detail) of a run directory: NEW, PARTIAL, FINISHED, MISMATCH or FOREIGN."""
+  """(state, detail) of a run directory: NEW, PARTIAL, FINISHED, MISMATCH or FOREIGN.
+
+  With a pretraining, a finished configuration whose config.json records another
+  `init_from_sha256` than the finished pretraining's `model_sha256` is a MISMATCH.
+  """
   directory = run.directory
   if not os.path.isdir(directory):
     if os.path.exists(directory):
@@ -409,7 +454,13 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
   config_path = os.path.join(directory, 'config.json')
   try:
     if os.path.exists(config_path):
-      diffs = config_mismatches(_read_json(config_path), run.args, ignore=(spec.output_flag,))
+      config = _read_json(config_path)
+      diffs = config_mismatches(config, run.args, ignore=(spec.output_flag,))
+      pretrained = _pretrain_sha(spec) if run.name != PRETRAIN else None
+      if pretrained and config.get('init_from_sha256') != pretrained:
+        diffs.append(f'built on another pretraining (init_from_sha256 '
+                     f'{str(config.get("init_from_sha256"))[:12]}, the pretraining\'s model '
+                     f'{pretrained[:12]})')
     elif has_record:
       recorded = _read_json(os.path.join(directory, RUN_RECORD)).get('args')
       diffs = [] if recorded == run.args else [f'recorded flags {recorded} differ']
@@ -435,6 +486,7 @@ class SweepResult:
   failed: Dict[str, str]  # name -> one-line reason.
   interrupted: bool = False
   dry_run: bool = False
+  pretrain_status: Optional[str] = None  # FINISHED, FAILED or NOT_RUN with a pretraining.
 
   @property
   def exit_code(self) -> int:
@@ -616,41 +668,46 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   directories holding results of other flags (unless `replace_mismatched`). Ctrl-C/SIGTERM
   stops the running children (their directories are redone next time) and returns a result
   with `interrupted=True`. `on_finish(run, state)` is called after each run (tests use it).
+  With a pretraining (`spec.pretrain_flags`), it runs first, alone; if it does not finish,
+  no configuration runs.
   """
   if parallel < 1:
     raise ValueError(f'--parallel must be >= 1, got {parallel}')
   runs = plan(spec)
+  pretrain = pretrain_run(spec)
   root = resolve_program(spec.program)
-  states = {run.name: run_status(run, spec) for run in runs}
-  blocked = [(r, states[r.name]) for r in runs if states[r.name][0] == FOREIGN
-             or (states[r.name][0] == MISMATCH and not replace_mismatched)]
-  if blocked and not dry_run:
-    run, (state, detail) = blocked[0]
-    hint = ('move it away' if state == FOREIGN else
-            'use another --output_dir or pass --replace_mismatched to run it again')
-    raise ValueError(f'{len(blocked)} run director{"y" if len(blocked) == 1 else "ies"} in '
-                     f'{spec.output_dir} cannot be reused (e.g. {run.name}: {detail}); {hint}')
+  states = {run.name: run_status(run, spec) for run in runs + ([pretrain] if pretrain else [])}
+  if not dry_run:
+    _check_reusable(spec, [pretrain] if pretrain else [], states, replace_mismatched)
+    _check_reusable(spec, runs, states, replace_mismatched)
   skipped = [r.name for r in runs if states[r.name][0] == FINISHED]
   todo = [r for r in runs if states[r.name][0] != FINISHED]
   out(f'sweep {spec.output_dir}: {len(runs)} configurations of {spec.program}, '
       f'{len(skipped)} finished (skipped), {len(todo)} to run'
-      + (f', {parallel} at a time' if parallel > 1 and not dry_run else ''))
+      + (f', {parallel} at a time' if parallel > 1 and not dry_run else '')
+      + (f'; pretraining {PRETRAIN}/ {states[PRETRAIN][0]}' if pretrain else ''))
   if dry_run:
-    for run in runs:
+    for run in ([pretrain] if pretrain else []) + runs:
       state, detail = states[run.name]
       label = {FINISHED: 'skip', NEW: 'run', PARTIAL: 'rerun'}.get(state, state)
       out(f'[{label}] {run.name}' + (f' ({detail})' if detail and state != PARTIAL else ''))
       out(f'  {shlex.join(run.command)}')
     return SweepResult(runs, {r.name: states[r.name][0] for r in runs}, skipped, [], {},
-                       dry_run=True)
+                       dry_run=True,
+                       pretrain_status=states[PRETRAIN][0] if pretrain else None)
 
   os.makedirs(spec.output_dir, exist_ok=True)
   lock = _lock(spec.output_dir)
   try:
     status = {r.name: (FINISHED if r.name in skipped else NOT_RUN) for r in runs}
     result = SweepResult(runs, status, skipped, [], {})
+    if pretrain is not None:
+      result.pretrain_status = FINISHED if states[PRETRAIN][0] == FINISHED else NOT_RUN
     write_outputs(spec, result)
     try:
+      if pretrain is not None and result.pretrain_status != FINISHED:
+        todo = _run_pretraining(spec, pretrain, runs, result, replace_mismatched,
+                                _child_env(root), grace_s, out, on_finish)
       _execute(spec, todo, result, parallel, _child_env(root), grace_s, out, on_finish)
     finally:
       for run in runs:  # A child may finish while the sweep is being interrupted.
@@ -663,9 +720,49 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   return result
 
 
+def _check_reusable(spec: SweepSpec, runs: Sequence[Run], states: Mapping[str, Tuple[str, str]],
+                    replace_mismatched: bool) -> None:
+  """Raises ValueError if a run directory holds another program's files or other results."""
+  blocked = [(r, states[r.name]) for r in runs if states[r.name][0] == FOREIGN
+             or (states[r.name][0] == MISMATCH and not replace_mismatched)]
+  if blocked:
+    run, (state, detail) = blocked[0]
+    hint = ('move it away' if state == FOREIGN else
+            'use another --output_dir or pass --replace_mismatched to run it again')
+    raise ValueError(f'{len(blocked)} run director{"y" if len(blocked) == 1 else "ies"} in '
+                     f'{spec.output_dir} cannot be reused (e.g. {run.name}: {detail}); {hint}')
+
+
+def _run_pretraining(spec: SweepSpec, pretrain: Run, runs: Sequence[Run], result: SweepResult,
+                     replace_mismatched: bool, env: Dict[str, str], grace_s: float,
+                     out: Callable[[str], None],
+                     on_finish: Optional[Callable[[Run, str], None]]) -> List[Run]:
+  """Runs the pretraining; returns the configurations to run after it (none if it failed).
+
+  Configurations that were finished are checked again against the new pretraining's model.
+  """
+  own = SweepResult([pretrain], {PRETRAIN: NOT_RUN}, [], [], {})
+  out(f'[pretraining] start {PRETRAIN}')
+  _execute(spec, [pretrain], own, 1, env, grace_s, out, on_finish, write_tables=False)
+  result.pretrain_status, result.interrupted = own.status[PRETRAIN], own.interrupted
+  result.failed.update(own.failed)
+  if result.pretrain_status != FINISHED:
+    result.skipped.clear()  # their pretraining is gone: nothing is known to be finished
+    for run in runs:
+      result.status[run.name] = NOT_RUN
+    return []
+  states = {run.name: run_status(run, spec) for run in runs}
+  _check_reusable(spec, runs, states, replace_mismatched)
+  result.skipped[:] = [r.name for r in runs if states[r.name][0] == FINISHED]
+  for run in runs:
+    result.status[run.name] = FINISHED if run.name in result.skipped else NOT_RUN
+  return [r for r in runs if states[r.name][0] != FINISHED]
+
+
 def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel: int,
              env: Dict[str, str], grace_s: float, out: Callable[[str], None],
-             on_finish: Optional[Callable[[Run, str], None]]) -> None:
+             on_finish: Optional[Callable[[Run, str], None]],
+             write_tables: bool = True) -> None:
   pending = list(todo)
   running: Dict[str, Tuple[Run, subprocess.Popen, float]] = {}
   preexec = _child_preexec()
@@ -696,7 +793,8 @@ def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel
             result.status[name] = FAILED
             result.failed[name] = f'{why}' + (f': {last}' if last else '') + f' (log: {log})'
             out(f'FAILED {name} after {seconds:.0f}s: {result.failed[name]}')
-          write_outputs(spec, result)
+          if write_tables:
+            write_outputs(spec, result)
           if on_finish is not None:
             on_finish(run, result.status[name])
         if not done:
@@ -718,7 +816,8 @@ def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel
 def _report(spec: SweepSpec, result: SweepResult, out: Callable[[str], None]) -> None:
   finished = sum(1 for s in result.status.values() if s == FINISHED)
   out(f'{finished}/{len(result.runs)} configurations finished '
-      f'({len(result.skipped)} skipped as already finished, {len(result.ran)} started now)')
+      f'({len(result.skipped)} skipped as already finished, {len(result.ran)} started now)'
+      + (f'; pretraining {result.pretrain_status}' if result.pretrain_status else ''))
   out('results: ' + ', '.join(os.path.join(spec.output_dir, f)
                               for f in (RESULTS_MD, RESULTS_CSV, RUNS_CSV)))
   if result.interrupted:
@@ -824,12 +923,16 @@ def markdown_table(spec: SweepSpec, flag_columns: Sequence[str], metrics: Sequen
 def write_outputs(spec: SweepSpec, result: SweepResult) -> None:
   """Writes sweep.json, runs.csv, results.csv and results.md in the sweep directory."""
   out = spec.output_dir
-  _write_json(os.path.join(out, SWEEP_FILE), {
+  plan_record = {
       'program': spec.program, 'base_flags': spec.base_flags, 'seed_flag': spec.seed_flag,
       'output_flag': spec.output_flag, 'done_file': spec.done_file,
       'grids': [[[name, list(values)] for name, values in grid] for grid in spec.grids],
       'runs': [{'name': r.name, 'flags': r.flags, 'group': r.group,
-                'status': result.status.get(r.name, NOT_RUN)} for r in result.runs]})
+                'status': result.status.get(r.name, NOT_RUN)} for r in result.runs]}
+  if spec.pretrain_flags is not None:
+    plan_record['pretrain'] = {'name': PRETRAIN, 'flags': spec.pretrain_flags,
+                               'status': result.pretrain_status or NOT_RUN}
+  _write_json(os.path.join(out, SWEEP_FILE), plan_record)
   records = run_records(spec, result)
   flag_names: List[str] = []
   for run in result.runs:

@@ -1,0 +1,156 @@
+"""Capture from inside the round: the same updates as re-running the clients, at no change to training."""
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import tiny
+from tff_backdoor import anomaly
+from tff_backdoor import process as process_lib
+from tff_backdoor import simulation
+from tff_backdoor.aggregators import registry
+from tff_backdoor.attacks import AttackConfig, make_client_data
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  return tiny.write_idx_dataset(str(tmp_path_factory.mktemp('idx')), n_train=240, n_test=60)
+
+
+def _config(idx_dir, out, **overrides):
+  base = dict(num_clients=6, clients_per_round=3, rounds=2, batch_size=10, client_lr=0.1,
+              seed=5, task='targeted', source_class=2, target_class=0, num_tasks=1,
+              schedule='fixed_frequency', attack_every=1, attack='boost', capture_rounds='all')
+  return tiny.run_config(idx_dir, out, **{**base, **overrides})
+
+
+def test_experiment_captures_equal_the_rerun_path_bit_for_bit(idx_dir, tmp_path):
+  """run_experiment's in-round captures == simulation.capture_round on the same inputs."""
+  config = _config(idx_dir, tmp_path / 'new', defense=registry.DefenseConfig(name='clip',
+                                                                             clip_norm=0.5))
+  setup = simulation.prepare(config)
+  simulation.run_experiment(config, setup)
+  # Replay the loop's inputs (same streams, same order of draws) with the re-training path.
+  streams = simulation._streams(config.seed)  # pylint: disable=protected-access
+  state = setup.process.initialize()
+  names = [n for n in anomaly.load_capture(anomaly.capture_path(
+      str(tmp_path / 'new' / 'captures'), 0)).variable_names]
+  for round_num in range(config.rounds):
+    participants = setup.schedule.sample_round(round_num, setup.client_ids,
+                                               config.clients_per_round, streams['sampling'])
+    client_data, _ = simulation.round_client_data(setup, participants, streams['round_data'])
+    simulation.capture_round(setup, state, client_data, participants, round_num,
+                             str(tmp_path / 'old'), names)
+    state = setup.process.next(state, client_data).state
+  for round_num in range(config.rounds):
+    new = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'new' / 'captures'),
+                                                    round_num))
+    old = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'old'), round_num))
+    assert new.client_ids == old.client_ids and new.variable_names == old.variable_names
+    np.testing.assert_array_equal(new.malicious, old.malicious)
+    assert new.malicious.sum() == 1  # the attacker's boosted row is among them
+    for a, b in zip(new.updates, old.updates):
+      assert a.dtype == b.dtype and a.shape == b.shape
+      assert np.array_equal(a, b)  # bit-identical, not merely close
+
+
+@pytest.mark.parametrize('spool', [False, True])
+def test_capture_process_shares_state_and_leaves_training_unchanged(spool, tmp_path):
+  """Round by round with a stateful defense: same state, metrics and updates as without.
+
+  Both ways out of the round: stacked in the measurements, or spooled to files.
+  """
+  model_fn = tiny.model_fn()
+  attack = AttackConfig('boost', boost=3.0)
+  client_work = process_lib.build_client_work(model_fn, client_learning_rate=0.1,
+                                              batch_size=4, attack=attack)
+  factory = registry.build_defense(registry.DefenseConfig(name='adaptive_clip'), 3, seed=0)
+  args = dict(client_learning_rate=0.1, server_learning_rate=1.0, batch_size=4, attack=attack,
+              model_aggregator=factory, client_work=client_work)
+  plain = process_lib.build_backdoor_process(model_fn, **args)
+  capturing = process_lib.build_backdoor_process(
+      model_fn, capture_updates=True, capture_spool_dir=str(tmp_path) if spool else None,
+      **args)
+  empty = tiny.dataset(0, 0)
+  state = plain.initialize()
+  for round_num in range(2):
+    data = [make_client_data(tiny.dataset(6 + i, 10 * round_num + i),
+                             tiny.dataset(4, 50 + i) if i == 0 else empty, i == 0,
+                             seed=1000 * round_num + i) for i in range(3)]
+    reference = process_lib.capture_client_updates(client_work, state,
+                                                   plain.get_model_weights(state), data)
+    without, with_capture = plain.next(state, data), capturing.next(state, data)
+    stacks = process_lib.pop_captured_updates(with_capture.metrics, data)
+    assert with_capture.metrics == without.metrics  # nothing else added or changed
+    for v, stack in enumerate(stacks):
+      assert np.array_equal(stack, np.stack([u[v] for u in reference]))
+    for a, b in zip(tf.nest.flatten(with_capture.state), tf.nest.flatten(without.state)):
+      assert np.array_equal(a, b)
+    state = with_capture.state  # the next round runs the plain process on it
+    assert os.listdir(tmp_path) == []  # spool files are read and removed
+
+
+def _fake_round(seeds_sent, seeds_received):
+  data = [make_client_data(tiny.dataset(0, 0), tiny.dataset(0, 0), False, s)
+          for s in seeds_sent]
+  rows = np.array([[float(s)] for s in seeds_received], np.float32)
+  metrics = {'client_work': collections.OrderedDict(
+      train=1.0, **{process_lib.CAPTURE_KEY: collections.OrderedDict(
+          updates=[rows], seeds=np.array(seeds_received, np.int64))})}
+  return metrics, data
+
+
+def test_pop_captured_updates_puts_rows_back_in_client_order():
+  metrics, data = _fake_round([7, 3, 9], [9, 7, 3])  # e.g. shares merged out of order
+  (stack,) = process_lib.pop_captured_updates(metrics, data)
+  assert stack[:, 0].tolist() == [7.0, 3.0, 9.0]
+  assert metrics == {'client_work': {'train': 1.0}}  # the capture is taken out of the metrics
+  with pytest.raises(ValueError, match='cannot match'):
+    process_lib.pop_captured_updates(*_fake_round([4, 4, 5], [4, 5, 4]))
+  with pytest.raises(ValueError, match='cannot match'):
+    process_lib.pop_captured_updates(*_fake_round([1, 2], [1, 3]))
+  metrics, data = _fake_round([4, 4, 5], [4, 4, 5])  # equal seeds, but already in order
+  assert process_lib.pop_captured_updates(metrics, data)[0][:, 0].tolist() == [4.0, 4.0, 5.0]
+
+
+def test_run_experiment_refuses_capture_without_a_capture_process(idx_dir, tmp_path):
+  config = _config(idx_dir, tmp_path, rounds=1, capture_rounds='')
+  setup = simulation.prepare(config)
+  assert setup.capture_process is None  # not built (nor paid for) without --capture_rounds
+  setup.config = _config(idx_dir, tmp_path, rounds=1, capture_rounds='0')
+  with pytest.raises(ValueError, match='capture_process'):
+    simulation.run_experiment(setup.config, setup)
+  assert not os.path.exists(tmp_path / 'captures')
+
+
+def test_a_round_whose_clients_share_a_seed_is_captured_by_rerunning_them(idx_dir, tmp_path,
+                                                                         monkeypatch):
+  """Spool files are named by control seed; equal seeds fall back to the re-training path."""
+  config = _config(idx_dir, tmp_path / 'normal', rounds=1)
+  simulation.run_experiment(config)
+  calls = []
+  rerun = simulation.capture_round
+
+  def counting_rerun(*args, **kwargs):
+    calls.append(1)
+    return rerun(*args, **kwargs)
+  monkeypatch.setattr(simulation.process_lib, 'client_seeds', lambda data: [1] * len(data))
+  monkeypatch.setattr(simulation, 'capture_round', counting_rerun)
+  simulation.run_experiment(_config(idx_dir, tmp_path / 'shared', rounds=1))
+  assert calls == [1]
+  a = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'normal' / 'captures'), 0))
+  b = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'shared' / 'captures'), 0))
+  assert all(np.array_equal(u, v) for u, v in zip(a.updates, b.updates))
+  assert not os.path.exists(simulation.capture_spool_dir(config))  # cleaned up at the end
+
+
+@pytest.mark.parametrize('compress', [True, False])
+def test_capture_files_read_the_same_compressed_or_not(tmp_path, compress):
+  updates = [np.arange(12, dtype=np.float32).reshape(2, 6), np.ones((2, 3), np.float32)]
+  path = anomaly.save_round_capture(str(tmp_path), 3, updates, ['k', 'b'], ['c0', 'c1'],
+                                    [False, True], compress=compress)
+  capture = anomaly.load_capture(path)
+  assert capture.round_num == 3 and capture.client_ids == ['c0', 'c1']
+  assert all(np.array_equal(u, v) for u, v in zip(capture.updates, updates))
