@@ -16,6 +16,7 @@ from tff_backdoor import cli
 from tff_backdoor import data as data_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import models
+from tff_backdoor import runtime
 from tff_backdoor import simulation
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
@@ -115,6 +116,9 @@ flags.DEFINE_integer('num_subrounds', _D.num_subrounds,
                      '(0 = one per client: bit-identical to local execution).')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
                      'Save the full loop state every k rounds (0 = never).')
+flags.DEFINE_integer('keep_checkpoints', _D.keep_checkpoints,
+                     'Newest intact checkpoints kept; --resume falls back to an older one if '
+                     'the newest is damaged.')
 flags.DEFINE_bool('resume', _D.resume,
                   "Continue from output_dir's newest checkpoint (same flags required).")
 flags.DEFINE_string('init_from', _D.init_from,
@@ -137,7 +141,9 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.config_from_flags(FLAGS)
-  cli.run_or_fail(lambda: simulation.run_experiment(config))
+  # Local TFF worker that dies with this process, even on SIGKILL (--workers: remote ones).
+  with runtime.local_execution(enabled=not config.workers):
+    cli.run_or_fail(lambda: simulation.run_experiment(config))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,8 @@
-"""Checkpoint/resume: crash-safe files, and kill-then-resume equals an uninterrupted run."""
+"""Checkpoints: manifests, keeping the last K, falling back past damage, kill-then-resume.
+
+The crash-during-write tests (a real SIGKILL at chosen points of `save_checkpoint`) are in
+tests/test_faults.py; these are the file-level guarantees, fast.
+"""
 import json
 import os
 import signal
@@ -14,23 +18,110 @@ from tff_backdoor import checkpoint
 from tff_backdoor import simulation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STATE = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'n': np.int64(4)}
 
 
-def test_checkpoint_round_trip_and_partial_write_is_ignored(tmp_path):
-  state = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'n': np.int64(4)}
-  checkpoint.save_checkpoint(str(tmp_path), 2, state, {'next_round': 2})
+def _save(directory, round_num, keep=checkpoint.DEFAULT_KEEP):
+  state = {'w': STATE['w'] + round_num, 'n': np.int64(round_num)}
+  return checkpoint.save_checkpoint(str(directory), round_num, state,
+                                    {'next_round': round_num}, keep=keep)
+
+
+def _restore(directory):
+  lines = []
+  restored = checkpoint.restore_newest(str(directory), STATE, warn=lines.append)
+  return restored, lines
+
+
+def test_round_trip_keeps_the_last_k_and_ignores_partial_writes(tmp_path):
+  for r in (1, 2, 3):
+    _save(tmp_path, r)
   # An interrupted later write: a temporary directory that never got renamed.
-  (tmp_path / '.ckpt-000003.tmp-12345').mkdir()
-  (tmp_path / '.ckpt-000003.tmp-12345' / 'state.npz').write_bytes(b'garbage')
-  path = checkpoint.latest_checkpoint(str(tmp_path))
-  assert path.endswith('ckpt-000002')
-  restored, meta = checkpoint.load_checkpoint(path, state)
-  np.testing.assert_array_equal(restored['w'], state['w'])
-  assert restored['n'] == 4 and meta['next_round'] == 2
-  checkpoint.save_checkpoint(str(tmp_path), 4, state, {'next_round': 4})
-  assert sorted(os.listdir(tmp_path)) == ['LATEST', 'ckpt-000004']  # leftovers pruned
+  (tmp_path / '.ckpt-000004.tmp-12345').mkdir()
+  (tmp_path / '.ckpt-000004.tmp-12345' / 'state.npz').write_bytes(b'garbage')
+  (state, meta, path), lines = _restore(tmp_path)
+  assert path.endswith('ckpt-000003') and lines == []
+  np.testing.assert_array_equal(state['w'], STATE['w'] + 3)
+  assert state['n'] == 3 and meta['next_round'] == 3
+  assert sorted(os.listdir(tmp_path)) == ['.ckpt-000004.tmp-12345', 'LATEST', 'ckpt-000002',
+                                          'ckpt-000003']
+  manifest = json.loads((tmp_path / 'ckpt-000003' / 'MANIFEST.json').read_text())
+  assert sorted(manifest['files']) == ['meta.json', 'state.npz']
+  _save(tmp_path, 4, keep=3)
+  assert sorted(os.listdir(tmp_path)) == ['LATEST', 'ckpt-000002', 'ckpt-000003', 'ckpt-000004']
   with pytest.raises(ValueError, match='different configuration'):
-    checkpoint.load_checkpoint(checkpoint.latest_checkpoint(str(tmp_path)), {'w': state['w']})
+    checkpoint.load_checkpoint(checkpoint.latest_checkpoint(str(tmp_path)), {'w': STATE['w']})
+
+
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(1000 if os.path.getsize(path) > 1000 else os.path.getsize(path) // 2)
+
+
+def _flip_bit(path):
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 2] ^= 0x10
+  open(path, 'wb').write(bytes(data))
+
+
+@pytest.mark.parametrize('damage,why', [
+    (_truncate, 'state.npz has .* bytes'),
+    (_flip_bit, 'state.npz fails its SHA-256'),
+    (lambda p: os.remove(p), 'state.npz missing'),
+])
+def test_damaged_newest_checkpoint_falls_back_with_one_line(tmp_path, damage, why):
+  for r in (2, 4):
+    _save(tmp_path, r)
+  damage(str(tmp_path / 'ckpt-000004' / 'state.npz'))
+  (state, meta, path), lines = _restore(tmp_path)
+  assert path.endswith('ckpt-000002') and meta['next_round'] == 2
+  np.testing.assert_array_equal(state['w'], STATE['w'] + 2)
+  assert len(lines) == 1 and '\n' not in lines[0]
+  assert 'ckpt-000004' in lines[0] and 'resuming from ckpt-000002' in lines[0]
+  assert __import__('re').search(why, lines[0])
+  # The next save of round 4 replaces the damaged one; round 2 stays as the fallback.
+  _save(tmp_path, 4)
+  assert _restore(tmp_path)[0][2].endswith('ckpt-000004')
+  assert sorted(os.listdir(tmp_path)) == ['LATEST', 'ckpt-000002', 'ckpt-000004']
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_directory(tmp_path):
+  for r in (2, 4):
+    _save(tmp_path, r)
+  _flip_bit(str(tmp_path / 'ckpt-000004' / 'state.npz'))
+  _truncate(str(tmp_path / 'ckpt-000002' / 'meta.json'))
+  with pytest.raises(checkpoint.CheckpointError, match='no intact checkpoint in ' + str(tmp_path)
+                     ) as error:
+    _restore(tmp_path)
+  assert '\n' not in str(error.value) and 'ckpt-000002' in str(error.value)
+  assert isinstance(error.value, ValueError)  # The programs print it as one line, exit 1.
+  assert checkpoint.restore_newest(str(tmp_path / 'none'), STATE, print) is None
+
+
+def test_nothing_is_deleted_before_the_successor_is_verified(tmp_path, monkeypatch):
+  for r in (1, 2):
+    _save(tmp_path, r)
+  before = {p: (tmp_path / p / 'state.npz').read_bytes() for p in ('ckpt-000001', 'ckpt-000002')}
+  real = checkpoint.damage
+  monkeypatch.setattr(checkpoint, 'damage',  # The new checkpoint reads back wrong.
+                      lambda path: 'bad disk' if path.endswith('ckpt-000003') else real(path))
+  with pytest.raises(OSError, match='did not read back intact'):
+    _save(tmp_path, 3)
+  monkeypatch.setattr(checkpoint, 'damage', real)
+  for name, data in before.items():
+    assert (tmp_path / name / 'state.npz').read_bytes() == data
+  assert (tmp_path / 'LATEST').read_text().strip() == 'ckpt-000002'
+
+
+def test_checkpoint_without_manifest_named_by_latest_still_loads(tmp_path):
+  """Run directories written before manifests existed keep resuming."""
+  _save(tmp_path, 2)
+  os.remove(tmp_path / 'ckpt-000002' / 'MANIFEST.json')
+  (state, _, path), lines = _restore(tmp_path)
+  assert path.endswith('ckpt-000002') and lines == [] and state['n'] == 2
+  (tmp_path / 'LATEST').write_text('ckpt-000009\n')  # Not named by LATEST: not trusted.
+  with pytest.raises(checkpoint.CheckpointError, match='no MANIFEST.json'):
+    _restore(tmp_path)
 
 
 def _flags(idx_dir, out):
@@ -42,12 +133,14 @@ def _flags(idx_dir, out):
 
 
 def _config(idx_dir, out, **kw):
-  return simulation.ExperimentConfig(
+  params = dict(
       dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=12,
       clients_per_round=4, rounds=5, batch_size=10, server_holdout=30, task='targeted',
       source_class=2, target_class=0, num_tasks=2, schedule='random_fraction',
       malicious_fraction=0.25, attack='boost', seed=5, checkpoint_every=1,
-      output_dir=str(out), verbose=False, **kw)
+      output_dir=str(out), verbose=False)
+  params.update(kw)
+  return simulation.ExperimentConfig(**params)
 
 
 def _rows(out):
@@ -81,6 +174,23 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
   assert [r['round'] for r in _rows(out)] == list(range(5))
   for key in ('test_accuracy', 'backdoor_accuracy', 'test_loss'):
     assert resumed[key] == reference[key]
+
+
+@pytest.mark.parametrize('damage', [_truncate, _flip_bit])
+def test_resume_after_damaged_newest_checkpoint_gives_identical_metrics(tmp_path, damage,
+                                                                        capfd):
+  """The issue's scenario: the newest checkpoint damaged, --resume redoes its rounds from the
+  one before and every metric equals the undamaged run's."""
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  out = tmp_path / 'run'
+  simulation.run_experiment(_config(idx_dir, out, rounds=4))
+  reference = _rows(out)
+  damage(str(out / 'checkpoints' / 'ckpt-000004' / 'state.npz'))
+  capfd.readouterr()
+  simulation.run_experiment(_config(idx_dir, out, rounds=4, resume=True))
+  err = capfd.readouterr().err
+  assert 'damaged checkpoint ckpt-000004' in err and 'resuming from ckpt-000003' in err
+  assert _rows(out) == reference and len(reference) == 4
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):

@@ -129,13 +129,41 @@ def _worker_env() -> Dict[str, str]:
   return env
 
 
+# Run as `python -I -S -c _DIE_WITH_PARENT <parent pid> <argv...>`: asks the kernel to SIGKILL
+# this process when its parent ends (PR_SET_PDEATHSIG = 1, kept across exec), exits if the
+# parent is already gone, then execs argv (same pid). No preexec_fn: a child forked from a
+# process with TensorFlow's threads should run no Python code before exec.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:
+    sys.exit('prctl(PR_SET_PDEATHSIG) failed: errno %d' % ctypes.get_errno())
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent_argv(argv: Sequence[str]) -> List[str]:
+  """`argv` behind a launcher that makes it die with this process, even on SIGKILL (Linux).
+
+  The kernel sends the parent-death signal when the *thread* that started the child ends, so
+  start such children from the main thread or another thread that lives as long as they do.
+  """
+  return [sys.executable, '-I', '-S', '-c', _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 class LocalWorker(subprocess.Popen):
-  """A worker binary started by `start_local_workers`; `address` is (host, port) for it."""
+  """A worker binary started by `start_local_workers`; `address` is (host, port) for it.
+
+  The kernel SIGKILLs it when the process that started it ends, however that ends
+  (`die_with_parent_argv`), so a killed driver leaves no worker behind.
+  """
 
   def __init__(self, port: int, max_concurrent_computation_calls: int = -1):
     self.port = port
     self.address: Worker = ('127.0.0.1', port)
-    super().__init__(_worker_argv(port, max_concurrent_computation_calls), env=_worker_env())
+    super().__init__(die_with_parent_argv(_worker_argv(port, max_concurrent_computation_calls)),
+                     env=_worker_env())
 
 
 _started: List[LocalWorker] = []
@@ -317,11 +345,13 @@ def _watched_stub(channel, worker: Worker, unavailable_timeout_s: Optional[float
   return WatchedStub()
 
 
-def _remote_async_context(stub, stream_structs: bool):
-  """A TFF async context that runs computations on the worker behind `stub`.
+def context_on_worker(stub, stream_structs: bool = False, *, sync: bool = False,
+                      before_each: Optional[Any] = None):
+  """A TFF async (or `sync`) context that runs computations on the worker behind `stub`.
 
-  Built like `tff.backends.native.create_async_local_cpp_execution_context`, minus starting
-  the binary; unknown client cardinality defaults to 0, as there.
+  Built like `tff.backends.native.create_async_local_cpp_execution_context` (or its sync
+  twin), minus starting the binary; unknown client cardinality defaults to 0, as there.
+  `before_each()`, if given, runs before each computation's executor is made.
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff
@@ -331,6 +361,8 @@ def _remote_async_context(stub, stream_structs: bool):
   # pylint: enable=g-import-not-at-top
 
   def stack_fn(cardinalities):
+    if before_each is not None:
+      before_each()
     cardinalities = dict(cardinalities)
     if cardinalities.get(tff.CLIENTS) is None:
       cardinalities[tff.CLIENTS] = 0
@@ -338,7 +370,9 @@ def _remote_async_context(stub, stream_structs: bool):
     executor.set_cardinalities(cardinalities)
     return executor
 
-  return tff.framework.AsyncExecutionContext(
+  context_class = (tff.framework.SyncExecutionContext if sync else
+                   tff.framework.AsyncExecutionContext)
+  return context_class(
       executor_fn=tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn),
       compiler_fn=native_compiler.desugar_and_transform_to_native,
       transform_args=tensorflow_computation.transform_args,
@@ -386,7 +420,7 @@ def _make_context_class():
       self.workers = list(workers)
       self._channels = list(channels)
       self._contexts = [
-          _remote_async_context(_watched_stub(c, w, unavailable_timeout_s), stream_structs)
+          context_on_worker(_watched_stub(c, w, unavailable_timeout_s), stream_structs)
           for c, w in zip(self._channels, self.workers)]
       self._runners = [async_utils.AsyncThreadRunner() for _ in self._contexts]
       self._pool = concurrent.futures.ThreadPoolExecutor(

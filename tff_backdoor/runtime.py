@@ -3,15 +3,23 @@
 TFF 0.87 runs computations in a `worker_binary` subprocess and only stops it from
 `ServiceManager.__del__`, which often never runs at interpreter exit: the orphaned worker
 then keeps the parent's stdout/stderr open, so a shell pipeline (`... | tail`) or CI hangs.
-Importing `tff_backdoor` registers `stop_local_workers` with `atexit` to prevent that.
+Importing `tff_backdoor` registers `stop_local_workers` with `atexit` to prevent that; but no
+atexit hook runs on SIGKILL (or an OOM kill), and TFF's own launch (`subprocess.Popen` inside
+`local_cpp_executor_factory`) offers no hook for a parent-death signal.
+
+So the programs run on `local_execution()` instead of TFF's stock local context: the same
+TFF `SyncExecutionContext` over gRPC to one `worker_binary`, but a worker we start ourselves
+through `remote.die_with_parent_argv`, which the kernel SIGKILLs when the program ends, however
+it ends. The context is installed explicitly and the previous one restored on exit.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import time
-from typing import List
+from typing import Any, Iterator, List, Optional
 
 _WORKER_NAME = 'worker_binary'
 
@@ -84,6 +92,64 @@ def stop_local_workers(timeout_s: float = 5.0) -> int:
       except ProcessLookupError:
         pass
   return len(pids)
+
+
+class LocalExecution:
+  """A TFF sync context on one `worker_binary` that dies with this process (see module doc).
+
+  Equivalent to `tff.backends.native.create_sync_local_cpp_execution_context()`: the same
+  compiler and executor (`RemoteExecutor` to a local worker, unknown client cardinality 0).
+  If the worker exits (e.g. killed), the next computation restarts it on the same port, as
+  TFF's own service manager does. `close()` stops the worker.
+  """
+
+  def __init__(self, max_concurrent_computation_calls: int = -1, stream_structs: bool = False):
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+    self._remote = remote
+    self._max_calls = max_concurrent_computation_calls
+    (self.worker,) = remote.start_local_workers(
+        1, max_concurrent_computation_calls=max_concurrent_computation_calls)
+    self._channel = remote._channel(self.worker.address)  # pylint: disable=protected-access
+    self.context = remote.context_on_worker(
+        tff.framework.RemoteExecutorGrpcStub(self._channel), stream_structs, sync=True,
+        before_each=self._restart_if_exited)
+
+  def _restart_if_exited(self) -> None:
+    if self.worker.poll() is None:
+      return
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('TFF worker on port %d exited with code %s; restarting it',
+                    self.worker.port, self.worker.returncode)
+    (self.worker,) = self._remote.start_local_workers(
+        1, ports=[self.worker.port], max_concurrent_computation_calls=self._max_calls)
+
+  def close(self) -> None:
+    """Stops the worker and closes the channel (the context is unusable after)."""
+    self._remote.stop_workers([self.worker])
+    self._channel.close()
+
+
+@contextlib.contextmanager
+def local_execution(enabled: bool = True, **kwargs: Any) -> Iterator[Optional[LocalExecution]]:
+  """Runs TFF computations of this thread on a `LocalExecution` worker inside the block.
+
+  Restores the previous default context and stops the worker on exit, normal or not. With
+  `enabled=False` it does nothing (e.g. when `--workers` names remote workers instead).
+  Call it from the main thread (the worker dies with the thread that started it).
+  """
+  if not enabled:
+    yield None
+    return
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  previous = tff.framework.get_context_stack().current
+  execution = LocalExecution(**kwargs)
+  try:
+    tff.framework.set_default_context(execution.context)
+    yield execution
+  finally:
+    tff.framework.set_default_context(previous)
+    execution.close()
 
 
 atexit.register(stop_local_workers)

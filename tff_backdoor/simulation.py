@@ -103,6 +103,7 @@ class ExperimentConfig:
   workers: str = ''  # 'host:port,...': run TFF on these C++ workers (remote.py); '' = local
   num_subrounds: int = 0  # with workers: shares a round's clients are split into (0: per client)
   checkpoint_every: int = 0  # rounds between checkpoints (0 = none)
+  keep_checkpoints: int = checkpoint.DEFAULT_KEEP  # newest intact checkpoints kept (>= 1)
   resume: bool = False  # continue from output_dir's newest checkpoint
   init_from: str = ''  # a run directory: start from its final model (or newest checkpoint's)
   # Not flags: what --init_from loaded, recorded in config.json by run_experiment (warm_start).
@@ -138,7 +139,7 @@ class ExperimentConfig:
     """Raises ValueError with a one-line message for impossible settings."""
     positive_ints = ('rounds', 'clients_per_round', 'local_epochs', 'batch_size', 'eval_every',
                      'num_clients', 'num_tasks', 'trigger_size', 'distributed_parts',
-                     'attack_every', 'projection_rounds', 'eval_batch_size')
+                     'attack_every', 'projection_rounds', 'eval_batch_size', 'keep_checkpoints')
     natural = self.dataset in data_lib.NATURAL_DATASETS
     for name in positive_ints:
       value = getattr(self, name)
@@ -647,19 +648,24 @@ class Progress:
 
 
 def _resume(config: ExperimentConfig, setup: ExperimentSetup, state, streams):
-  """Loads the newest checkpoint of an interrupted run; returns (state, next round, meta)."""
-  path = checkpoint.latest_checkpoint(os.path.join(config.output_dir, 'checkpoints'))
-  if path is None:
+  """Loads the newest intact checkpoint of an interrupted run; returns (state, next round, meta).
+
+  A damaged newer checkpoint is skipped with one line on stderr; none intact: CheckpointError.
+  """
+  directory = os.path.join(config.output_dir, 'checkpoints')
+  if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
   with open(os.path.join(config.output_dir, 'config.json')) as f:
     saved = json.load(f)
   current = json.loads(json.dumps(config.to_dict()))
-  ignored = ('resume', 'verbose', 'checkpoint_every', 'workers', 'num_subrounds')
+  ignored = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
+             'num_subrounds')
   diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
   if diff:
     raise ValueError(f'cannot --resume: {config.output_dir} was run with different '
                      f'{", ".join(diff)}; use a new --output_dir')
-  state, meta = checkpoint.load_checkpoint(path, state)
+  state, meta, _ = checkpoint.restore_newest(
+      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True))
   for name in ('round_data', 'sampling'):
     streams[name].bit_generator.state = meta['rng'][name]
   return state, int(meta['next_round']), meta
@@ -762,7 +768,8 @@ def run_experiment(config: ExperimentConfig,
           {'next_round': round_num + 1, 'last_eval': last_eval,
            'seconds': time.time() - start,
            'rng': {'round_data': rng.bit_generator.state,
-                   'sampling': schedule_rng.bit_generator.state}})
+                   'sampling': schedule_rng.bit_generator.state}},
+          keep=config.keep_checkpoints)
   progress.close()
   writer.close()
   shutil.rmtree(capture_spool_dir(config), ignore_errors=True)
