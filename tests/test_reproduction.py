@@ -331,3 +331,13 @@ def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
   out = reproduction.render(runs, table, str(tmp_path))
   assert out[1].endswith('matrix_backdoor.csv') and out[2].endswith('matrix_backdoor.png')
   assert os.path.getsize(out[2]) > 10_000
+
+
+def test_the_30_writer_family_selects_its_grid():
+  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  configs = sweeps.expand(sweeps.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', 'sun_femnist_30.grid')))
+  fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
+  references, rows = reproduction.family_rows(fake, reproduction.SUN_FEMNIST_30_FAMILIES[0])
+  assert [r['label'] for r in rows] == ['1', '3'] and all(r['n'] == 1 for r in rows)
+  assert [r['n'] for r in references] == [1, 1, 1]

@@ -398,6 +398,18 @@ SUN_FEMNIST_FAMILIES = tuple(
                                    else ()))
     for f in SUN_FAMILIES)
 
+# The paper's 30 writers a round (experiments/grids/sun_femnist_30.grid, seed 0): clipping
+# against one boosted attacker that is 1/30 of a round instead of 1/5.
+_BOOST_30 = {'schedule': 'fixed_frequency', 'attack': 'boost', 'defense': 'clip'}
+SUN_FEMNIST_30_FAMILIES = (Family(
+    'sun_femnist_30_clip', '(c) at 30 writers a round: norm clipping at bound M, boosted '
+    'attacker every round (seed 0)', 'clip_norm', _BOOST_30,
+    references=(('no attacker', {'schedule': 'none'}),
+                ('boosted attacker every round, no defense', dict(_BOOST_30, defense='none')),
+                ('norm-bounded attacker every round, no defense',
+                 dict(_BOOST_30, attack='norm_bounded', defense='none'))),
+    metrics=_FEMNIST_METRICS, curves=True),)
+
 # ----------------------------------------------------------------------------- FLAIN
 
 _DEFENSE_COLUMNS = (('clip', 'clip'), ('weak DP', 'weak_dp'), ('median', 'median'),
@@ -437,7 +449,8 @@ MATRIX_TABLES = (
     _matrix_table('backdoor', 'backdoor accuracy at the end', 'flain_backdoor'),
     _matrix_table('collateral', 'collateral rate at the end (targeted)', 'flain_collateral'))
 
-FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES, 'flain': FLAIN_TABLES,
+FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
+            'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'flain': FLAIN_TABLES,
             'matrix': MATRIX_TABLES}
 
 
