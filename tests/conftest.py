@@ -1,9 +1,16 @@
 """Shared pytest setup: quiet TF logs, make the repo importable, and reap TFF workers."""
 import os
+import signal
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A shell's background job starts with SIGINT ignored, and TFF's worker_binary inherits it;
+# TFF stops a replaced context's worker with SIGINT and waits for it without a timeout, so
+# the run would hang. With a handler installed here, children start with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import tff_backdoor  # noqa: E402,F401  (registers TFF worker cleanup at exit)
