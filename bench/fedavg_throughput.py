@@ -31,7 +31,9 @@ datasets from NumPy, as in the experiments. Prints one JSON object; ratios are t
 (`ratio_to_keras`), to TFF's own `build_weighted_fed_avg` (`ratio_to_vanilla`) and to `ours`
 (`ratio_to_ours`), of the medians and, as `min_ratio_to_*`, of the best (fastest)
 repetitions: on a shared machine the slowdowns are noise from outside, and the best of N is
-the least disturbed estimate (as Python's `timeit` advises).
+the least disturbed estimate (as Python's `timeit` advises). `cpu_seconds` (and
+`cpu_ratio_to_*`) are the CPU time the round consumed in this process and its TFF worker:
+the cost, which other jobs on the machine disturb much less than the wall time.
 """
 from __future__ import annotations
 
@@ -209,6 +211,25 @@ def load_setting(setting: str, num_clients: int, examples_per_client: int, local
   return xs, ys, summary
 
 
+def cpu_seconds() -> float:
+  """CPU time (user + system) used so far by this process and its live TFF workers (Linux).
+
+  On a machine shared with other jobs a round's wall time swings with their load; the CPU
+  time it consumes is its cost, and much steadier (threads waiting for a core do not count).
+  """
+  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
+  total = time.process_time()
+  tick = os.sysconf('SC_CLK_TCK')
+  for pid in runtime._child_worker_pids():  # pylint: disable=protected-access
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, IndexError, ValueError):
+      pass
+  return total
+
+
 def peak_rss_mb() -> Dict[str, float]:
   """Peak resident memory of this process and of its TFF worker children (Linux)."""
   import resource  # pylint: disable=g-import-not-at-top
@@ -240,13 +261,19 @@ def run(variants: Sequence[str], num_clients: int, examples_per_client: int, bat
   # Keras in the parent process sometimes gets one core instead of two). Then the TFF variants:
   # all warmed up, then timed round-robin, so drift in the machine's speed hits them alike.
   times = {name: [] for name in variants}
+  cpu = {name: [] for name in variants}
+
+  def timed(name, fn):
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    fn()
+    times[name].append(time.perf_counter() - t0)
+    cpu[name].append(cpu_seconds() - c0)
+
   if 'keras' in variants:
     fn = build_variant('keras', xs, ys, batch_size, seed)
     fn()
     for _ in range(repeats):
-      t0 = time.perf_counter()
-      fn()
-      times['keras'].append(time.perf_counter() - t0)
+      timed('keras', fn)
   fns = collections.OrderedDict(
       (name, build_variant(name, xs, ys, batch_size, seed)) for name in variants
       if name != 'keras')
@@ -254,21 +281,26 @@ def run(variants: Sequence[str], num_clients: int, examples_per_client: int, bat
     fn()
   for _ in range(repeats):
     for name, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t0)
+      timed(name, fn)
   results = collections.OrderedDict()
   for name in variants:  # in the order asked for
     median, best = statistics.median(times[name]), min(times[name])
     results[name] = {'seconds': round(median, 3), 'examples_per_s': round(examples / median, 1),
-                     'min_seconds': round(best, 3), 'all_seconds': [round(t, 3) for t in times[name]]}
+                     'min_seconds': round(best, 3), 'all_seconds': [round(t, 3) for t in times[name]],
+                     'cpu_seconds': round(statistics.median(cpu[name]), 3),
+                     'min_cpu_seconds': round(min(cpu[name]), 3),
+                     'all_cpu_seconds': [round(t, 3) for t in cpu[name]]}
     print(f'{name}: {median:.2f}s per round/epoch median, {best:.2f}s best '
-          f'({examples / median:.0f} examples/s)', file=sys.stderr, flush=True)
+          f'({examples / median:.0f} examples/s); CPU {statistics.median(cpu[name]):.2f}s '
+          f'median, {min(cpu[name]):.2f}s best', file=sys.stderr, flush=True)
   for name, r in results.items():
     for base in ('keras', 'vanilla', 'ours'):
       if base in results:
         r[f'ratio_to_{base}'] = round(r['seconds'] / results[base]['seconds'], 3)
         r[f'min_ratio_to_{base}'] = round(r['min_seconds'] / results[base]['min_seconds'], 3)
+        r[f'cpu_ratio_to_{base}'] = round(r['cpu_seconds'] / results[base]['cpu_seconds'], 3)
+        r[f'min_cpu_ratio_to_{base}'] = round(
+            r['min_cpu_seconds'] / results[base]['min_cpu_seconds'], 3)
   return {'setting': {**summary, 'batch_size': batch_size, 'repeats': repeats},
           'results': results, 'peak_rss_mb': peak_rss_mb()}
 
