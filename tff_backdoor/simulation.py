@@ -660,7 +660,10 @@ def _resume(config: ExperimentConfig, setup: ExperimentSetup, state, streams):
   current = json.loads(json.dumps(config.to_dict()))
   ignored = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
              'num_subrounds')
-  diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
+  # Keys newer than the run's config.json count as equal when they keep their default.
+  defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
+  diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k]
+                and (k in saved or current[k] != defaults.get(k)))
   if diff:
     raise ValueError(f'cannot --resume: {config.output_dir} was run with different '
                      f'{", ".join(diff)}; use a new --output_dir')
