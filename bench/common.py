@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Callable, Dict, List, Optional
 
 
@@ -12,6 +13,11 @@ def emit_report(report: Dict[str, Any], output: Optional[str]) -> None:
   if output:
     with open(output, 'w') as f:
       f.write(text + '\n')
+
+
+def log(line: str) -> None:
+  """A progress line on stderr (stdout carries the JSON report)."""
+  print(line, file=sys.stderr, flush=True)
 
 
 def json_main(make_report: Callable[[], Dict[str, Any]]) -> Callable[[List[str]], None]:

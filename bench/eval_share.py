@@ -20,7 +20,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any, Dict
@@ -86,8 +85,8 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
     identical &= results['keras_full'] == results['compiled_full']
     if round_num:
       train_s.append(train)
-    print(f'round {round_num}: train {train:.2f}s, ' + ', '.join(
-        f'{w} {eval_s[w][-1]:.2f}s' for w in WAYS if round_num), file=sys.stderr, flush=True)
+    common.log(f'round {round_num}: train {train:.2f}s, ' + ', '.join(
+        f'{w} {eval_s[w][-1]:.2f}s' for w in WAYS if round_num))
   report: Dict[str, Any] = {
       'setting': {'config': 'simulation.ExperimentConfig() defaults', 'rounds_timed': rounds - 1,
                   'test_images': int(len(full[1])), 'eval_subset': int(len(between[1])),
@@ -102,10 +101,10 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
         'eval_seconds_best': round(min(eval_s[way]), 3),
         'share_median': round(statistics.median(shares), 3),
         'share_of_best_round': round(min(eval_s[way]) / (min(train_s) + min(eval_s[way])), 3)}
-    print(f'{way}: eval {report["ways"][way]["eval_seconds_median"]:.2f}s median, share '
-          f'{report["ways"][way]["share_median"]:.1%} median, '
-          f'{report["ways"][way]["share_of_best_round"]:.1%} of the best round',
-          file=sys.stderr, flush=True)
+    stats = report['ways'][way]
+    common.log(f'{way}: eval {stats["eval_seconds_median"]:.2f}s median, share '
+               f'{stats["share_median"]:.1%} median, {stats["share_of_best_round"]:.1%} of the '
+               'best round')
   return report
 
 

@@ -19,7 +19,6 @@ same metrics to within float tolerance. Prints one JSON object.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from typing import Any, Callable, Dict
 
@@ -132,10 +131,10 @@ def run(repeats: int, data_dir: str) -> Dict[str, Any]:
                     'speedup_median': round(med['plain'] / med['xla'], 3),
                     'speedup_best': round(best['plain'] / best['xla'], 3),
                     'max_abs_diff': diff}
-    print(f'{name}: plain {med["plain"]:.2f}s median ({best["plain"]:.2f}s best), xla '
-          f'{med["xla"]:.2f}s ({best["xla"]:.2f}s): speed-up {med["plain"] / med["xla"]:.2f}x '
-          f'median, {best["plain"] / best["xla"]:.2f}x best; max |diff| {diff:.3g}',
-          file=sys.stderr, flush=True)
+    common.log(f'{name}: plain {med["plain"]:.2f}s median ({best["plain"]:.2f}s best), xla '
+               f'{med["xla"]:.2f}s ({best["xla"]:.2f}s): speed-up '
+               f'{med["plain"] / med["xla"]:.2f}x median, {best["plain"] / best["xla"]:.2f}x '
+               f'best; max |diff| {diff:.3g}')
   return report
 
 

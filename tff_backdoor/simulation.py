@@ -601,13 +601,12 @@ def describe_setup(setup: ExperimentSetup) -> str:
 def _writers_line(report: Dict[str, Any]) -> str:
   """What a writer-partitioned source used: writers kept and dropped, digits, test writers."""
   dropped = report.get('writers_dropped_no_digits', 0)
-  kept = report['params'].get('num_clients') or report['num_clients']
-  line = (f"{report['num_clients']} of {report['writers_listed']} train writers"
+  return (f"{report['num_clients']} of {report['writers_listed']} train writers"
           + (f' ({dropped} without digits dropped)' if dropped else '')
-          + (f', a seeded subset of {kept}' if report['params'].get('num_clients') else '')
+          + (f", a seeded subset of {report['num_clients']}"
+             if report['params'].get('num_clients') else '')
           + f", {report.get('train_digits', 0)} digits; test {report.get('test_size', 0)} "
           f"images from {report.get('test_writers', 0)} writers")
-  return line
 
 
 class Progress:
