@@ -30,7 +30,8 @@ flags.DEFINE_list('factors', list(study.FACTORS),
                   'Factors to sweep, each against the baseline: ' + ', '.join(study.FACTORS))
 flags.DEFINE_list('tasks', list(study.STUDY_TASKS), 'Backdoor tasks: targeted, pixel.')
 flags.DEFINE_list('partitions', list(study.DEFAULT_PARTITIONS),
-                  "Client partitions: 'iid' or 'dirichlet<alpha>' (e.g. dirichlet0.5).")
+                  "Client partitions: 'iid' or 'dirichlet<alpha>' (e.g. dirichlet0.5); "
+                  "'writers' for --dataset=femnist/emnist (num_clients seeded writers).")
 flags.DEFINE_list('seeds', ['0'], 'Seeds; each is a full repetition of the sweep.')
 flags.DEFINE_list('num_malicious_values',
                   [f'{v:g}' for v in study.DEFAULT_VALUES['num_malicious']],
@@ -45,10 +46,12 @@ flags.DEFINE_integer('baseline_num_malicious', int(study.BASELINE['num_malicious
 flags.DEFINE_float('baseline_client_lr', study.BASELINE['client_lr'], 'Baseline client lr.')
 flags.DEFINE_string('baseline_malicious_rate', '1/10', 'Baseline malicious data rate.')
 # Data and FedAvg.
-flags.DEFINE_enum('dataset', _D.dataset, ['fashion_mnist', 'mnist', 'idx'],
-                  'Centralised training data (partitioned over the clients).')
+flags.DEFINE_enum('dataset', _D.dataset, ['fashion_mnist', 'mnist', 'idx', 'femnist'],
+                  'Training data: centralised (partitioned over the clients) or femnist '
+                  "(LEAF writers, --partitions=writers).")
 flags.DEFINE_string('data_dir', None, 'Directory of MNIST-format idx files (fashion_mnist '
-                    'defaults to /usr/share/datasets/fashion-mnist).')
+                    'defaults to /usr/share/datasets/fashion-mnist) or, for femnist, the LEAF '
+                    'folder with train/ and test/.')
 flags.DEFINE_enum('model', _D.model, sorted(models.MODEL_BUILDERS), 'Keras model.')
 flags.DEFINE_integer('rounds', _D.rounds, 'Federated rounds per run (all captured).')
 flags.DEFINE_integer('num_clients', _D.num_clients, 'Clients; all take part in every round.')
@@ -59,6 +62,8 @@ flags.DEFINE_float('client_data_fraction', _D.client_data_fraction,
                    'Share of its examples every client keeps (seeded; < 1 for speed).')
 flags.DEFINE_integer('server_holdout', _D.server_holdout,
                      'Training examples held out at the server (not used by the study).')
+flags.DEFINE_string('init_from', _D.init_from, 'A finished run directory: every run starts '
+                    "from its final model (warm start; '' = from scratch).")
 # Backdoor tasks.
 flags.DEFINE_integer('num_tasks', _D.num_tasks,
                      'targeted: clients whose source-class images form the malicious set.')

@@ -1,5 +1,6 @@
 """Tests of the Bilgin factor sweeps (tff_backdoor.localization_study and its program)."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -76,6 +77,7 @@ def test_parsers():
   assert study.parse_partition('dirichlet0.1') == ('dirichlet', 0.1)
   with pytest.raises(ValueError):
     study.parse_partition('dirichlet0')
+  assert study.parse_partition('writers') == ('writers', None)
   assert study.parse_number('1/10') == pytest.approx(0.1)
   assert study.parse_number('0.03') == pytest.approx(0.03)
   with pytest.raises(ValueError, match='bad number'):
@@ -401,3 +403,17 @@ def test_program_bad_flag_exits_with_one_line():
   assert result.returncode != 0
   assert len(lines) == 1 and lines[0].startswith('error:'), result.stderr
   assert 'bad partition' in lines[0]
+
+
+def test_writer_data_takes_the_writers_partition_only():
+  run = study.expand_sweep(['num_malicious'], ['pixel'], ['writers'])[0].run
+  settings = study.StudySettings(dataset='femnist', data_dir='/leaf')
+  config = study.experiment_config(settings, run)
+  assert (config.dataset, config.num_clients, config.clients_per_round) == ('femnist', 10, 10)
+  with pytest.raises(ValueError, match='--init_from=/runs/pre: no such run directory'):
+    study.experiment_config(dataclasses.replace(settings, init_from='/runs/pre'), run)
+  with pytest.raises(ValueError, match="take exactly the 'writers' partition"):
+    study.experiment_config(study.StudySettings(), run)
+  iid = study.expand_sweep(['num_malicious'], ['pixel'], ['iid'])[0].run
+  with pytest.raises(ValueError, match="take exactly the 'writers' partition"):
+    study.experiment_config(settings, iid)

@@ -49,6 +49,7 @@ from matplotlib.figure import Figure
 
 from tff_backdoor import anomaly
 from tff_backdoor import anomaly_plots
+from tff_backdoor import data as data_lib
 from tff_backdoor import simulation
 from tff_backdoor.attacks import tasks as tasks_lib
 
@@ -61,6 +62,7 @@ DEFAULT_VALUES: Dict[str, Tuple[float, ...]] = {
 BASELINE: Dict[str, float] = {'num_malicious': 1, 'client_lr': 0.01, 'malicious_rate': 0.1}
 STUDY_TASKS = ('targeted', 'pixel')
 DEFAULT_PARTITIONS = ('iid', 'dirichlet0.5', 'dirichlet0.1')
+WRITERS = 'writers'  # The natural partition of femnist/emnist: one client per writer.
 # The bias_filter defense's default cut-off (Iglewicz and Hoaglin's modified z-score 3.5).
 DEFAULT_Z_THRESHOLD = 3.5
 SUMMARY_FILE = 'summary.json'
@@ -88,10 +90,11 @@ PRINT_COLUMNS = (
 
 
 def parse_partition(name: str) -> Tuple[str, Optional[float]]:
-  """'iid' -> ('iid', None); 'dirichlet0.5' -> ('dirichlet', 0.5)."""
+  """'iid' -> ('iid', None); 'dirichlet0.5' -> ('dirichlet', 0.5); 'writers' -> ('writers',
+  None), the natural split of a writer data set (femnist, emnist)."""
   name = name.strip()
-  if name == 'iid':
-    return 'iid', None
+  if name in ('iid', WRITERS):
+    return name, None
   if name.startswith('dirichlet'):
     try:
       alpha = float(name[len('dirichlet'):])
@@ -99,7 +102,8 @@ def parse_partition(name: str) -> Tuple[str, Optional[float]]:
       alpha = float('nan')
     if math.isfinite(alpha) and alpha > 0:
       return 'dirichlet', alpha
-  raise ValueError(f"bad partition {name!r}: use 'iid' or 'dirichlet<alpha>', e.g. dirichlet0.5")
+  raise ValueError(f"bad partition {name!r}: use 'iid', 'dirichlet<alpha>' (e.g. dirichlet0.5) "
+                   f"or '{WRITERS}'")
 
 
 def parse_number(text: str) -> float:
@@ -226,6 +230,7 @@ class StudySettings:
   trigger_size: int = 5
   server_holdout: int = 1000
   client_data_fraction: float = 1.0  # < 1: every client keeps this share of its examples
+  init_from: str = ''  # a run directory: every run starts from its final model (warm start)
   early_rounds: int = 5
   score: str = 'linf'
   z_threshold: float = DEFAULT_Z_THRESHOLD
@@ -257,6 +262,13 @@ def experiment_config(settings: StudySettings, run: Run) -> simulation.Experimen
   """The `simulation.ExperimentConfig` of one run (the malicious rate is applied in
   `prepare_run`, on top of this config)."""
   partition, alpha = parse_partition(run.partition)
+  natural = settings.dataset in data_lib.NATURAL_DATASETS
+  if natural != (partition == WRITERS):
+    raise ValueError(f"partition {run.partition!r} with --dataset={settings.dataset}: writer "
+                     f"data sets ({', '.join(data_lib.NATURAL_DATASETS)}) take exactly the "
+                     f"'{WRITERS}' partition")
+  if natural:  # The loader keeps a seeded subset of num_clients writers; no partitioning.
+    partition = simulation.ExperimentConfig.partition
   n = settings.num_clients
   task_fields = (dict(source_class=settings.source_class, num_tasks=settings.num_tasks)
                  if run.task == 'targeted' else
@@ -274,6 +286,7 @@ def experiment_config(settings: StudySettings, run: Run) -> simulation.Experimen
       malicious_fraction=run.num_malicious / n, attackers_per_round=run.num_malicious,
       seed=run.seed, output_dir=settings.run_dir(run), eval_every=settings.eval_every,
       capture_rounds='all', tensorboard=False, verbose=settings.verbose,
+      init_from=settings.init_from,
       **task_fields).validate()
 
 
