@@ -32,7 +32,12 @@ METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
            ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
            ('collateral', 'collateral (final)'), ('flain_collateral', 'collateral after FLAIN'),
            ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'))
-METRIC_TITLES = dict(METRICS)
+# Read only where present (FLAIN re-applied in 'absolute' mode into RUN_DIR/flain_absolute/ by
+# experiments.apply_flain): a table shows them, the families' CSVs get them only if some run has.
+OPTIONAL_METRICS = (('flain_abs_test', 'main acc after FLAIN (absolute)'),
+                    ('flain_abs_backdoor', 'backdoor acc after FLAIN (absolute)'))
+FLAIN_ABSOLUTE_DIR = 'flain_absolute'
+METRIC_TITLES = dict(METRICS + OPTIONAL_METRICS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,19 @@ def summarize_run(directory: str, flags: Mapping[str, str],
             'flain_collateral': _number((flain.get('after') or {}).get('collateral_accuracy')),
             'seconds': _number(final.get('seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
+  values.update(_absolute_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory)
+
+
+def _absolute_flain(directory: str) -> Dict[str, Optional[float]]:
+  """The OPTIONAL_METRICS of RUN_DIR/flain_absolute/flain.json ({} when it is missing)."""
+  path = os.path.join(directory, FLAIN_ABSOLUTE_DIR, 'flain.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    after = json.load(f).get('after') or {}
+  return {'flain_abs_test': _number(after.get('test_accuracy')),
+          'flain_abs_backdoor': _number(after.get('backdoor_accuracy'))}
 
 
 def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
@@ -118,7 +135,9 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
   """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
   row: Dict[str, Any] = {'label': label, 'n': len(runs)}
-  for key, _ in METRICS:
+  present = [key for key, _ in OPTIONAL_METRICS if any(r.values.get(key) is not None
+                                                         for r in runs)]
+  for key in [k for k, _ in METRICS] + present:
     values = [r.values[key] for r in runs if r.values.get(key) is not None]
     row[f'{key}_mean'], row[f'{key}_std'] = sweeps.mean_std(values)
   return row
@@ -268,8 +287,8 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
     for title, value, metric in table.columns:
       agg = columns.get(value)
       row_cells.append(_cell(agg, metric) if agg else '-')
-      flat_row[f'{title} mean'] = agg and agg[f'{metric}_mean']
-      flat_row[f'{title} std'] = agg and agg[f'{metric}_std']
+      flat_row[f'{title} mean'] = agg and agg.get(f'{metric}_mean')
+      flat_row[f'{title} std'] = agg and agg.get(f'{metric}_std')
     flat_row['seeds'] = '/'.join(map(str, seeds))
     flat.append(flat_row)
     lines.append('| ' + ' | '.join([*key, flat_row['seeds'] or '0', *row_cells]) + ' |')
@@ -433,12 +452,17 @@ _MATRIX_DEFENSES = (('none', 'none'), ('clip', 'clip'), ('adaptive clip', 'adapt
                     ('Multi-Krum', 'multi_krum'), ('bias filter', 'bias_filter'))
 
 
+# The matrix's cells: 20% attackers, the square trigger (femnist_attacks.grid's FLAIN study adds
+# other shares and DBA to the same sweep).
+_MATRIX_WHERE = {'malicious_fraction': '0.2', 'distributed_parts': '1'}
+
+
 def _matrix_table(metric: str, title: str, flain_metric: Optional[str] = None) -> CrossTable:
   columns = tuple((name, value, metric) for name, value in _MATRIX_DEFENSES)
   if flain_metric:
     columns += (('FLAIN', 'none', flain_metric),)
   return CrossTable(f'matrix_{metric}', f'Attack x defense matrix: {title}', ('task', 'attack'),
-                    'defense', columns, heatmap=True)
+                    'defense', columns, where=_MATRIX_WHERE, heatmap=True)
 
 
 MATRIX_TABLES = (
@@ -449,9 +473,25 @@ MATRIX_TABLES = (
     _matrix_table('backdoor', 'backdoor accuracy at the end', 'flain_backdoor'),
     _matrix_table('collateral', 'collateral rate at the end (targeted)', 'flain_collateral'))
 
+# FLAIN on FEMNIST writers (femnist_attacks.grid): pixel trigger (distributed_parts 1) and DBA
+# (4 parts), data poisoning; FLAIN in both threshold modes (absolute: apply_flain afterwards).
+_FLAIN_FEMNIST_COLUMNS = (('FLAIN quantile', 'none', 'flain_{}'),
+                          ('FLAIN absolute', 'none', 'flain_abs_{}'),
+                          ('clip', 'clip', '{}'), ('weak DP', 'weak_dp', '{}'),
+                          ('median', 'median', '{}'), ('Multi-Krum', 'multi_krum', '{}'))
+FLAIN_FEMNIST_TABLES = tuple(
+    CrossTable(f'flain_femnist_{metric}', title, ('distributed_parts', 'malicious_fraction'),
+               'defense', (('no defense', 'none', metric),
+                           *[(n, v, m.format(metric)) for n, v, m in _FLAIN_FEMNIST_COLUMNS]),
+               where={'task': 'pixel', 'attack': 'data_poison'})
+    for metric, title in (
+        ('backdoor', 'FLAIN on FEMNIST writers, attack success (backdoor accuracy of the final '
+                     'model; distributed_parts 4 = DBA; malicious_fraction 0 = no attacker)'),
+        ('test', 'FLAIN on FEMNIST writers, main-task (test) accuracy of the final model')))
+
 FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'flain': FLAIN_TABLES,
-            'matrix': MATRIX_TABLES}
+            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES}
 
 
 # ----------------------------------------------------------------------------- Bilgin
