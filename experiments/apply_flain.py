@@ -2,12 +2,16 @@
 
   python -m experiments.apply_flain runs/flain_run --flain_mode=absolute \
       --output_dir=runs/flain_run_absolute
+  python -m experiments.apply_flain RUN_DIR... --output_subdir=flain_absolute \
+      --initial_weights=PRETRAIN_DIR/initial_weights.npz
 
 Rebuilds the run's splits and backdoor evaluation sets from its config.json (same seed), then
 writes flain.json and flain_model.keras to --output_dir and prints main and backdoor accuracy
 before and after. FLAIN flags mean what they mean in experiments.emnist_backdoor. See
-`tff_backdoor.simulation.reapply_flain`.
+`tff_backdoor.flain_run.reapply_flain`.
 """
+import os
+
 from absl import app
 from absl import flags
 
@@ -18,18 +22,28 @@ from tff_backdoor import simulation
 _D = simulation.ExperimentConfig()
 
 flags.DEFINE_string('output_dir', None, 'Where flain.json and flain_model.keras are written '
-                    '(not the run directory).')
+                    '(not the run directory); one run directory only.')
+flags.DEFINE_string('output_subdir', None, 'Instead of --output_dir: write into RUN_DIR/NAME '
+                    'of every run directory given (one process for many runs).')
+flags.DEFINE_string('initial_weights', None, 'The round-0 model FLAIN measures updates from '
+                    "(.npz; default each run's initial_weights.npz). For a warm-started run, "
+                    "its pretraining's initial_weights.npz makes FLAIN see the whole training.")
 cli.define_flain_flags(_D, flain_lib.THRESHOLD_MODES)
-flags.mark_flag_as_required('output_dir')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) != 2:
-    cli.fail('give one finished run directory: python -m experiments.apply_flain RUN_DIR '
-             '--output_dir=DIR')
+  run_dirs = argv[1:]
+  if (FLAGS.output_dir is None) == (FLAGS.output_subdir is None):
+    cli.fail('give exactly one of --output_dir and --output_subdir')
+  if not run_dirs or (FLAGS.output_dir is not None and len(run_dirs) != 1):
+    cli.fail('give finished run directories: python -m experiments.apply_flain RUN_DIR '
+             '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME')
   options = {name: FLAGS[name].value for name in simulation.FLAIN_FIELDS}
-  cli.run_or_fail(lambda: simulation.reapply_flain(argv[1], FLAGS.output_dir, **options))
+  for run_dir in run_dirs:
+    output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)
+    cli.run_or_fail(lambda: simulation.reapply_flain(  # pylint: disable=cell-var-from-loop
+        run_dir, output, FLAGS.initial_weights, **options))
 
 
 if __name__ == '__main__':

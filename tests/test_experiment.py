@@ -155,6 +155,16 @@ def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, 
     simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), rounds=3)
   with pytest.raises(FileNotFoundError, match='config.json'):
     simulation.reapply_flain(str(tmp_path / 'nope'), str(tmp_path / 'c'))
+  # Another round-0 model (a warm start's pretraining init): FLAIN flips other updates.
+  own = np.load(tmp_path / 'b' / 'initial_weights.npz')
+  other = tmp_path / 'other_init.npz'
+  np.savez(other, *[own[f'arr_{i}'] * 0.5 for i in range(len(own.files))])
+  moved = simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_other'), str(other),
+                                   flain_aux_per_class=5)
+  assert moved['before'] == again['before']
+  assert moved['after'] != again['after']
+  with pytest.raises(ValueError, match='--initial_weights=.*no such file'):
+    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), str(tmp_path / 'x.npz'))
 
 
 def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
