@@ -45,18 +45,19 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
   """Times training and the three evaluations round by round; returns the report."""
   if rounds < 2:
     raise ValueError(f'--rounds must be >= 2 (one warm-up), got {rounds}')
-  config = simulation.ExperimentConfig(output_dir=tempfile.mkdtemp(prefix='eval_share_'),
-                                       data_dir=data_dir, verbose=False, tensorboard=False)
+  config = simulation.ExperimentConfig.from_flat(
+      output_dir=tempfile.mkdtemp(prefix='eval_share_'), data_dir=data_dir, verbose=False,
+      tensorboard=False)
   setup = simulation.prepare(config)
-  streams = simulation._streams(config.seed)  # pylint: disable=protected-access
-  evaluator = simulation.Evaluator(setup.keras_builder, config.eval_batch_size)
+  streams = simulation._streams(config.run.seed)  # pylint: disable=protected-access
+  evaluator = simulation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
   keras_model = setup.keras_builder()
   keras_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
   full, between = setup.eval_sets['test'], simulation.between_rounds_eval_sets(setup)['test']
 
   def keras_full():
-    loss, acc = keras_model.evaluate(*full, batch_size=config.eval_batch_size, verbose=0)
+    loss, acc = keras_model.evaluate(*full, batch_size=config.run.eval_batch_size, verbose=0)
     return {'test_accuracy': float(acc), 'test_loss': float(loss)}
 
   ways = {'keras_full': keras_full,
@@ -68,7 +69,7 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
   for round_num in range(rounds):
     t0 = time.perf_counter()
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
-                                               config.clients_per_round, streams['sampling'])
+                                               config.fed_avg.clients_per_round, streams['sampling'])
     client_data, _ = simulation.round_client_data(setup, participants, streams['round_data'])
     state = setup.process.next(state, client_data).state
     train = time.perf_counter() - t0
@@ -90,7 +91,7 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
   report: Dict[str, Any] = {
       'setting': {'config': 'simulation.ExperimentConfig() defaults', 'rounds_timed': rounds - 1,
                   'test_images': int(len(full[1])), 'eval_subset': int(len(between[1])),
-                  'eval_batch_size': config.eval_batch_size},
+                  'eval_batch_size': config.run.eval_batch_size},
       'train_seconds': {'median': round(statistics.median(train_s), 3),
                         'best': round(min(train_s), 3)},
       'compiled_equals_keras': bool(identical), 'ways': {}}

@@ -62,7 +62,7 @@ from tff_backdoor import data as data_lib
 from tff_backdoor import models
 from tff_backdoor import process as process_lib
 from tff_backdoor.aggregators import registry as defense_registry
-from tff_backdoor.attacks import AttackConfig, make_client_data
+from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
 
 ATTACK_VARIANTS = {'ours_boost_attacker': 'boost', 'ours_norm_bounded_attacker': 'norm_bounded',
                    'ours_data_poison_attacker': 'data_poison'}
@@ -134,14 +134,14 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
   defense = 'none' if name.startswith('ours') or name in CAPTURE_VARIANTS else name
   config = defense_registry.DefenseConfig(name=defense)
   attack = AttackConfig(ATTACK_VARIANTS.get(name, 'boost'), boost=float(n))
-  client_work = process_lib.build_client_work(model_fn, client_learning_rate=LR,
-                                              batch_size=batch_size, attack=attack)
+  client_work = build_attacker_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR),
+                                           attack, batch_size)
   spool = tempfile.mkdtemp(prefix='bench_spool_')
   atexit.register(functools.partial(shutil.rmtree, spool, ignore_errors=True))
-  ours = process_lib.build_backdoor_process(
-      model_fn, client_learning_rate=LR, server_learning_rate=1.0, batch_size=batch_size,
-      attack=attack, model_aggregator=defense_registry.build_defense(config, n, seed=seed),
-      client_work=client_work,
+  ours = process_lib.build_attacked_fed_avg(
+      model_fn, tff.learning.optimizers.build_sgdm(LR), tff.learning.optimizers.build_sgdm(1.0),
+      batch_size=batch_size, attack=attack,
+      model_aggregator=defense_registry.build_defense(config, n, seed=seed),
       capture_updates=name in ('capture', 'capture_save', 'capture_stack'),
       capture_spool_dir=spool if name in ('capture', 'capture_save') else None)
   empty = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(

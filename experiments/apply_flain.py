@@ -16,10 +16,6 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import flain as flain_lib
-from tff_backdoor import simulation
-
-_D = simulation.ExperimentConfig()
 
 flags.DEFINE_string('output_dir', None, 'Where flain.json and flain_model.keras are written '
                     '(not the run directory); one run directory only.')
@@ -28,7 +24,7 @@ flags.DEFINE_string('output_subdir', None, 'Instead of --output_dir: write into 
 flags.DEFINE_string('initial_weights', None, 'The round-0 model FLAIN measures updates from '
                     "(.npz; default each run's initial_weights.npz). For a warm-started run, "
                     "its pretraining's initial_weights.npz makes FLAIN see the whole training.")
-cli.define_flain_flags(_D, flain_lib.THRESHOLD_MODES)
+cli.define_config_flags(['flain'], skip=['flain'])  # the --flain_* options
 FLAGS = flags.FLAGS
 
 
@@ -39,10 +35,11 @@ def main(argv):
   if not run_dirs or (FLAGS.output_dir is not None and len(run_dirs) != 1):
     cli.fail('give finished run directories: python -m experiments.apply_flain RUN_DIR '
              '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME')
-  options = {name: FLAGS[name].value for name in simulation.FLAIN_FIELDS}
+  from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  options = {name: FLAGS[name].value for name in flain_run.FLAIN_FIELDS}
   for run_dir in run_dirs:
     output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)
-    cli.run_or_fail(lambda: simulation.reapply_flain(  # pylint: disable=cell-var-from-loop
+    cli.run_or_fail(lambda: flain_run.reapply_flain(  # pylint: disable=cell-var-from-loop
         run_dir, output, FLAGS.initial_weights, **options))
 
 

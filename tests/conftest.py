@@ -13,4 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
   signal.signal(signal.SIGINT, signal.default_int_handler)
 
-import tff_backdoor  # noqa: E402,F401  (registers TFF worker cleanup at exit)
+from tff_backdoor import runtime  # noqa: E402
+
+runtime.stop_workers_at_exit()  # no TFF worker outlives the test session

@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tests import tiny
 from tff_backdoor import anomaly
 from tff_backdoor import process as process_lib
 from tff_backdoor import simulation
 from tff_backdoor.aggregators import registry
-from tff_backdoor.attacks import AttackConfig, make_client_data
+from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
 
 
 @pytest.fixture(scope='module')
@@ -33,18 +34,18 @@ def test_experiment_captures_equal_the_rerun_path_bit_for_bit(idx_dir, tmp_path)
   setup = simulation.prepare(config)
   simulation.run_experiment(config, setup)
   # Replay the loop's inputs (same streams, same order of draws) with the re-training path.
-  streams = simulation._streams(config.seed)  # pylint: disable=protected-access
+  streams = simulation._streams(config.run.seed)  # pylint: disable=protected-access
   state = setup.process.initialize()
   names = [n for n in anomaly.load_capture(anomaly.capture_path(
       str(tmp_path / 'new' / 'captures'), 0)).variable_names]
-  for round_num in range(config.rounds):
+  for round_num in range(config.fed_avg.rounds):
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
-                                               config.clients_per_round, streams['sampling'])
+                                               config.fed_avg.clients_per_round, streams['sampling'])
     client_data, _ = simulation.round_client_data(setup, participants, streams['round_data'])
     simulation.capture_round(setup, state, client_data, participants, round_num,
                              str(tmp_path / 'old'), names)
     state = setup.process.next(state, client_data).state
-  for round_num in range(config.rounds):
+  for round_num in range(config.fed_avg.rounds):
     new = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'new' / 'captures'),
                                                     round_num))
     old = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'old'), round_num))
@@ -64,14 +65,14 @@ def test_capture_process_shares_state_and_leaves_training_unchanged(spool, tmp_p
   """
   model_fn = tiny.model_fn()
   attack = AttackConfig('boost', boost=3.0)
-  client_work = process_lib.build_client_work(model_fn, client_learning_rate=0.1,
-                                              batch_size=4, attack=attack)
+  client_work = build_attacker_client_work(model_fn, tff.learning.optimizers.build_sgdm(0.1),
+                                           attack, 4)
   factory = registry.build_defense(registry.DefenseConfig(name='adaptive_clip'), 3, seed=0)
-  args = dict(client_learning_rate=0.1, server_learning_rate=1.0, batch_size=4, attack=attack,
-              model_aggregator=factory, client_work=client_work)
-  plain = process_lib.build_backdoor_process(model_fn, **args)
-  capturing = process_lib.build_backdoor_process(
-      model_fn, capture_updates=True, capture_spool_dir=str(tmp_path) if spool else None,
+  args = dict(batch_size=4, attack=attack, model_aggregator=factory)
+  sgd = tff.learning.optimizers.build_sgdm
+  plain = process_lib.build_attacked_fed_avg(model_fn, sgd(0.1), sgd(1.0), **args)
+  capturing = process_lib.build_attacked_fed_avg(
+      model_fn, sgd(0.1), sgd(1.0), capture_updates=True, capture_spool_dir=str(tmp_path) if spool else None,
       **args)
   empty = tiny.dataset(0, 0)
   state = plain.initialize()

@@ -140,7 +140,7 @@ def _config(idx_dir, out, **kw):
       malicious_fraction=0.25, attack='boost', seed=5, checkpoint_every=1,
       output_dir=str(out), verbose=False)
   params.update(kw)
-  return simulation.ExperimentConfig(**params)
+  return simulation.ExperimentConfig.from_flat(**params)
 
 
 def _rows(out):

@@ -78,8 +78,9 @@ def test_round_without_attacker_equals_build_weighted_fed_avg(data):
   vanilla = tff.learning.algorithms.build_weighted_fed_avg(
       tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
       tff.learning.optimizers.build_sgdm(1.0))
-  ours = process.build_backdoor_process(
-      tiny.model_fn(), client_learning_rate=LR, server_learning_rate=1.0, batch_size=4,
+  ours = process.build_attacked_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
+      tff.learning.optimizers.build_sgdm(1.0), batch_size=4,
       attack=AttackConfig('boost', boost=10.0))
   v_out = vanilla.next(vanilla.initialize(), clients)
   o_out = ours.next(ours.initialize(),

@@ -41,7 +41,7 @@ def _cli(*args):
 def test_program_reports_a_finished_run(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   out = tmp_path / 'run'
-  final = simulation.run_experiment(simulation.ExperimentConfig(
+  final = simulation.run_experiment(simulation.ExperimentConfig.from_flat(
       dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=6,
       clients_per_round=3, rounds=1, batch_size=10, server_holdout=30, seed=2,
       output_dir=str(out), verbose=False, tensorboard=False, task='targeted', source_class=2,

@@ -46,11 +46,11 @@ def test_between_rounds_subset_is_fixed_seeded_and_stratified(idx_dir, tmp_path)
   assert all(sets[k] is setup.eval_sets[k] for k in sets if k != 'test')  # backdoor sets whole
   again = simulation.between_rounds_eval_sets(setup)['test']
   assert np.array_equal(again[0], x) and np.array_equal(again[1], y)
-  setup.config.seed = 2
+  setup.config.run.seed = 2
   other = simulation.between_rounds_eval_sets(setup)['test']
   assert not np.array_equal(other[0], x)  # another seed, other images
   for n in (0, len(fy)):
-    setup.config.eval_subset = n
+    setup.config.run.eval_subset = n
     assert simulation.between_rounds_eval_sets(setup) is setup.eval_sets
 
 

@@ -26,7 +26,7 @@ def _config(idx_dir, out, **overrides):
               task='targeted', source_class=2, target_class=0, num_tasks=2,
               schedule='fixed_frequency', attack_every=1, attack='boost')
   base.update(overrides)
-  return simulation.ExperimentConfig(**base)
+  return simulation.ExperimentConfig.from_flat(**base)
 
 
 def _rows(out):

@@ -83,7 +83,7 @@ def _run_in_process(out, **kw) -> list:
   params = dict(_RUN, verbose=False, output_dir=str(out))
   params.update(kw)
   try:
-    simulation.run_experiment(simulation.ExperimentConfig(**params))
+    simulation.run_experiment(simulation.ExperimentConfig.from_flat(**params))
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
   return _rows(out)

@@ -86,8 +86,8 @@ def _assert_same_run(local, remote_run):
 def test_rounds_on_two_workers_equal_local_rounds(on_workers, defense):
   factory = None if defense is None else aggregators.build_defense(
       aggregators.DefenseConfig(name=defense), clients_per_round=NUM_CLIENTS, seed=0)
-  learning_process = process.build_backdoor_process(
-      tiny.model_fn(), client_learning_rate=0.1, server_learning_rate=1.0, batch_size=4,
+  learning_process = process.build_attacked_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(0.1), batch_size=4,
       attack=AttackConfig('boost', boost=3.0), model_aggregator=factory)
   local = _run_rounds(learning_process)
   context = on_workers(non_mergeable='error')
@@ -231,7 +231,7 @@ def _experiment_rows(idx_dir: str, out, **kw):
       attack='boost', seed=2, verbose=False, tensorboard=False, output_dir=str(out))
   params.update(kw)
   try:
-    simulation.run_experiment(simulation.ExperimentConfig(**params))
+    simulation.run_experiment(simulation.ExperimentConfig.from_flat(**params))
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
   with open(out / 'metrics.jsonl') as f:

@@ -59,4 +59,4 @@ def run_config(idx_dir: str, output_dir, **overrides):
   base = dict(dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid',
               server_holdout=20, output_dir=str(output_dir), verbose=False, tensorboard=False)
   base.update(overrides)
-  return simulation.ExperimentConfig(**base)
+  return simulation.ExperimentConfig.from_flat(**base)

@@ -2,8 +2,7 @@
 
 Modules: `data` (ClientData sources and partitioners), `models`, `attacks` (backdoor tasks,
 attacker client work, schedules), `aggregators` (defenses as tff.aggregators factories),
-`process` (the composed TFF learning process), `flain`, `anomaly`.
+`process` (the composed TFF learning process), `flain`, `anomaly`. Importing any of them
+changes no global state: programs install execution contexts and cleanup (`runtime`).
 """
-from tff_backdoor import runtime as _runtime  # noqa: F401  (registers worker cleanup at exit)
-
 __version__ = '0.1.0'

@@ -1,29 +1,19 @@
-"""Glue shared by the absl programs: flags -> config, and one-line errors instead of tracebacks."""
+"""Glue shared by the absl programs: flags generated from the config, one-line errors.
+
+TensorFlow-free, so a program checks its flags (and fails in one line, exit 2) before it
+imports TensorFlow.
+"""
 from __future__ import annotations
 
 import dataclasses
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, List, NoReturn, Sequence
+from typing import Any, Callable, List, NoReturn, Sequence
 
 from absl import flags
 from absl import logging
 
-if TYPE_CHECKING:
-  from tff_backdoor import simulation  # pylint: disable=g-bad-import-order
-
-# simulation/registry import TensorFlow; they load lazily so that TF-free programs
-# (experiments.sweep, experiments.plot) start fast and print clean one-line errors.
-
-
-def _simulation():
-  from tff_backdoor import simulation  # pylint: disable=g-import-not-at-top
-  return simulation
-
-
-def _registry():
-  from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
-  return registry
+from tff_backdoor import config as config_lib  # TensorFlow-free
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -43,10 +33,14 @@ def exit_on_sigterm() -> None:
 def one_line_flags_parser(argv: List[str]) -> List[str]:
   """absl `flags_parser` that reports a bad flag in one line (absl's default prints usage).
 
-  Also lowers absl logging to WARNING (TFF logs INFO lines for every model it wraps);
-  `--verbosity=0` brings them back.
+  It is also the programs' start: lowers absl logging to WARNING (TFF logs INFO lines for
+  every model it wraps; `--verbosity=0` brings them back), quiets TensorFlow's C++ logs, turns
+  SIGTERM into an exit and stops this process's TFF workers at exit (`runtime`).
   """
+  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top  (TF-free)
   logging.set_verbosity(logging.WARNING)
+  runtime.quiet_tensorflow_logs()
+  runtime.stop_workers_at_exit()
   exit_on_sigterm()
   try:
     return flags.FLAGS(argv)
@@ -54,60 +48,50 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
     fail(str(e))
 
 
-def defense_flag_fields() -> List[dataclasses.Field]:
-  """DefenseConfig fields exposed as flags (all but `name`, which is --defense)."""
-  return [f for f in dataclasses.fields(_registry().DefenseConfig) if f.name != 'name']
+def _define(field: dataclasses.Field, flag_values: flags.FlagValues) -> None:
+  """One absl flag for a config field, typed from its annotation, defaulting to its flat value."""
+  name, kind = config_lib.flag_name(field), config_lib.field_type(field)
+  default = config_lib.to_flat_value(field, field.default)
+  help_text = field.metadata['help'] or f'See tff_backdoor.config ({field.name}).'
+  if field.metadata['choices']:
+    flags.DEFINE_enum(name, default, list(field.metadata['choices']), help_text,
+                      flag_values=flag_values)
+    return
+  define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+            str: flags.DEFINE_string}[kind]
+  define(name, default, help_text, flag_values=flag_values)
 
 
-def define_defense_flags() -> None:
-  """Declares --defense and one flag per DefenseConfig parameter, typed like its default."""
-  defaults = _registry().DefenseConfig()
-  flags.DEFINE_enum('defense', defaults.name, _registry().DEFENSES,
-                    'Defense applied while aggregating client updates.')
-  for field in defense_flag_fields():
-    default = getattr(defaults, field.name)
-    help_text = f'Defense parameter (see tff_backdoor.aggregators.DefenseConfig.{field.name}).'
-    if isinstance(default, bool):
-      flags.DEFINE_bool(field.name, default, help_text)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(field.name, default, help_text)
-    else:
-      flags.DEFINE_float(field.name, default, help_text)
+def define_config_flags(sections: Sequence[str] = tuple(n for n, _ in config_lib.SECTIONS),
+                        flag_values: flags.FlagValues = flags.FLAGS, *,
+                        skip: Sequence[str] = ()) -> None:
+  """Declares one flag per field of the named ExperimentConfig sections (see config.option)."""
+  kinds = dict(config_lib.SECTIONS)
+  for section in sections:
+    for field in dataclasses.fields(kinds[section]):
+      if field.metadata['is_flag'] and config_lib.flag_name(field) not in skip:
+        _define(field, flag_values)
 
 
-def config_from_flags(flag_values: flags.FlagValues) -> 'simulation.ExperimentConfig':
-  """Builds an ExperimentConfig from parsed flags of the same names."""
-  return _config_from_values(flag_values.flag_values_dict())
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
+                      ) -> config_lib.ExperimentConfig:
+  """The validated ExperimentConfig of the parsed flags; a bad value exits 2 with one line.
 
-
-def _config_from_values(values: dict) -> 'simulation.ExperimentConfig':
-  simulation = _simulation()
-  defense = _registry().DefenseConfig(
-      name=values['defense'],
-      **{f.name: values[f.name] for f in defense_flag_fields() if f.name in values})
-  kwargs = {f.name: values[f.name] for f in dataclasses.fields(simulation.ExperimentConfig)
-            if f.name in values and f.name != 'defense'}
-  return simulation.ExperimentConfig(defense=defense, **kwargs)
-
-
-def define_flain_flags(defaults: Any, modes: Sequence[str],
-                       flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """The --flain_* option flags (ExperimentConfig's flain_* fields), shared by the programs."""
-  flags.DEFINE_integer('flain_aux_per_class', defaults.flain_aux_per_class,
-                       'Clean auxiliary images per class, from the server-side held-out split.',
-                       flag_values=flag_values)
-  flags.DEFINE_string('flain_layer', defaults.flain_layer, "Dense layer to defend ('' = first "
-                      "Dense layer, 'all_dense' = every one).", flag_values=flag_values)
-  flags.DEFINE_enum('flain_mode', defaults.flain_mode, list(modes),
-                    "quantile (scale-free) or absolute (the authors' activation threshold).",
-                    flag_values=flag_values)
-  flags.DEFINE_float('flain_k0', defaults.flain_k0, 'First threshold (<0: the mode default).',
-                     flag_values=flag_values)
-  flags.DEFINE_float('flain_step', defaults.flain_step,
-                     'Threshold step (<0: the mode default).', flag_values=flag_values)
-  flags.DEFINE_float('flain_tolerance', defaults.flain_tolerance,
-                     'Auxiliary accuracy drop that stops raising the threshold.',
-                     flag_values=flag_values)
+  TensorFlow-free: programs call it before they import the heavy modules.
+  """
+  values = flag_values.flag_values_dict()
+  flat, defense = {}, {}
+  for section, cls in config_lib.SECTIONS:
+    for field in dataclasses.fields(cls):
+      name = config_lib.flag_name(field)
+      if name in values and field.metadata['is_flag']:
+        target = defense if section == 'defense' else flat
+        target[field.name if section == 'defense' else name] = values[name]
+  try:
+    return config_lib.ExperimentConfig.from_flat(
+        defense=config_lib.DefenseConfig(**defense), **flat).validate()
+  except ValueError as e:
+    fail(str(e))
 
 
 def run_or_fail(fn: Callable[[], Any]) -> Any:
@@ -116,22 +100,3 @@ def run_or_fail(fn: Callable[[], Any]) -> Any:
     return fn()
   except (ValueError, OSError) as e:
     fail(str(e), code=1)
-
-
-def register_config_validator(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Registers one absl validator that checks the whole config with ExperimentConfig.validate.
-
-  Library users get the same checks from `validate()`; flag users get them at parse time.
-  """
-  names = [f.name for f in dataclasses.fields(_simulation().ExperimentConfig)
-           if f.name in flag_values and f.name != 'defense']
-  names += ['defense'] + [f.name for f in defense_flag_fields() if f.name in flag_values]
-
-  def check(values):
-    try:
-      _config_from_values(values).validate()
-    except ValueError as e:
-      raise flags.ValidationError(str(e))
-    return True
-
-  flags.register_multi_flags_validator(names, check, flag_values=flag_values)

@@ -32,8 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tff_backdoor.config import THRESHOLD_MODES  # noqa: F401  (re-exported)
+
 ALL_DENSE = 'all_dense'
-THRESHOLD_MODES = ('quantile', 'absolute')
 # Per mode (k0, step) used when FlainConfig leaves them None. 'absolute' = authors' FMNIST values.
 MODE_DEFAULTS = {'quantile': (0.0, 0.005), 'absolute': (0.0005, 0.0001)}
 

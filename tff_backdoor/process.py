@@ -1,6 +1,6 @@
 """The federated learning process: FedAvg composed from attacker client work and any aggregator.
 
-`build_backdoor_process` is `tff.learning.algorithms.build_weighted_fed_avg` with its client
+`build_attacked_fed_avg` is `tff.learning.algorithms.build_weighted_fed_avg` with its client
 work swapped for `attacks.build_attacker_client_work`, assembled with
 `tff.learning.templates.compose_learning_process`; everything else is TFF's own
 (broadcast distributor, `MeanFactory` default aggregator, SGD apply-optimizer finalizer).
@@ -43,31 +43,32 @@ def keras_model_fn(keras_builder: Callable[[], tf.keras.Model],
   return model_fn
 
 
-def build_backdoor_process(
+def build_attacked_fed_avg(
     model_fn: ModelFn,
+    client_optimizer_fn: tff.learning.optimizers.Optimizer,
+    server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
     *,
-    client_learning_rate: float,
-    server_learning_rate: float,
-    batch_size: int,
     attack: AttackConfig = AttackConfig(),
+    batch_size: int = 20,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
-    client_work: Optional[tff.learning.templates.ClientWorkProcess] = None,
+    metrics_aggregator: Optional[Callable] = None,
     capture_updates: bool = False,
     capture_spool_dir: Optional[str] = None,
 ) -> tff.learning.templates.LearningProcess:
-  """FedAvg (client SGD, server SGD) whose clients may attack and whose aggregator is pluggable.
+  """`tff.learning.algorithms.build_weighted_fed_avg` whose clients may attack.
 
-  Client data per client: `attacks.client_data_type` (benign batches, malicious batches,
-  is_malicious, seed). With no malicious client it computes exactly what
-  `build_weighted_fed_avg(model_fn, build_sgdm(client_lr), build_sgdm(server_lr))` does.
-  Pass `client_work` (from `build_client_work`) to keep a handle on it. With
-  `capture_updates`, the client work is wrapped by `with_update_capture` (spooling to
-  `capture_spool_dir` if given): `next` also returns every client's update (see
-  `pop_captured_updates`); the state type is the same as without, so one state can go
-  through either process, round by round.
+  The same arguments and defaults as TFF's (server SGD at 1.0 when `server_optimizer_fn` is
+  None, `MeanFactory`, `sum_then_finalize`); the client work is
+  `attacks.build_attacker_client_work`, so the client data is `attacks.client_data_type`
+  (benign batches, malicious batches, is_malicious, seed), and `batch_size` is the batch of a
+  data_poison attacker's mixed data. With no malicious client it computes what
+  `build_weighted_fed_avg` does. With `capture_updates`, the client work is wrapped by
+  `with_update_capture` (spooling to `capture_spool_dir` if given): `next` also returns every
+  client's update (see `pop_captured_updates`); the state type is the same as without, so one
+  state can go through either process, round by round.
   """
-  if client_learning_rate <= 0 or server_learning_rate <= 0:
-    raise ValueError('learning rates must be positive')
+  if server_optimizer_fn is None:
+    server_optimizer_fn = tff.learning.optimizers.build_sgdm(1.0)
 
   @tff.tensorflow.computation
   def initial_model_weights_fn():
@@ -75,9 +76,8 @@ def build_backdoor_process(
 
   weights_type = initial_model_weights_fn.type_signature.result
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
-  if client_work is None:
-    client_work = build_client_work(model_fn, client_learning_rate=client_learning_rate,
-                                    batch_size=batch_size, attack=attack)
+  client_work = build_attacker_client_work(model_fn, client_optimizer_fn, attack, batch_size,
+                                           metrics_aggregator)
   if capture_updates:
     client_work = with_update_capture(client_work, capture_spool_dir)
   factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
@@ -86,17 +86,9 @@ def build_backdoor_process(
                     '(wrap unweighted ones with tff.aggregators.as_weighted_aggregator)')
   aggregator = factory.create(weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-      tff.learning.optimizers.build_sgdm(server_learning_rate), weights_type)
+      server_optimizer_fn, weights_type)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
-
-
-def build_client_work(model_fn: ModelFn, *, client_learning_rate: float, batch_size: int,
-                      attack: AttackConfig = AttackConfig()
-                      ) -> tff.learning.templates.ClientWorkProcess:
-  """The attacker client work with client SGD, as `build_backdoor_process` uses it."""
-  return build_attacker_client_work(
-      model_fn, tff.learning.optimizers.build_sgdm(client_learning_rate), attack, batch_size)
 
 
 def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess,
@@ -109,7 +101,7 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
   the client computation is deterministic for fixed inputs, hence the captured updates are
   the ones the aggregator received (tests check their weighted mean against the round).
   This pays for every client's training twice: the experiment loop reads the updates off the
-  round itself instead (`build_backdoor_process(capture_updates=True)`); this function stays
+  round itself instead (`build_attacked_fed_avg(capture_updates=True)`); this function stays
   as the reference that tests compare that path with.
   """
   output = client_work.next(state.client_work, [model_weights] * len(client_data), client_data)

@@ -167,6 +167,7 @@ class LocalWorker(subprocess.Popen):
 
 
 _started: List[LocalWorker] = []
+_started_hook: List[bool] = []
 
 
 def start_local_workers(n: int, ports: Optional[Sequence[int]] = None, *,
@@ -185,6 +186,9 @@ def start_local_workers(n: int, ports: Optional[Sequence[int]] = None, *,
   ports = list(ports)
   if len(ports) != n:
     raise ValueError(f'{len(ports)} ports given for {n} workers')
+  if not _started_hook:  # registered by the first start, not at import
+    atexit.register(_stop_started)
+    _started_hook.append(True)
   workers: List[LocalWorker] = []
   try:
     for port in ports:
@@ -217,7 +221,8 @@ def stop_workers(workers: Sequence[subprocess.Popen], timeout_s: float = 5.0) ->
       _started.remove(worker)
 
 
-atexit.register(lambda: stop_workers(list(_started)))
+def _stop_started() -> None:
+  stop_workers(list(_started))
 
 
 def _channel(worker: Worker):

@@ -3,9 +3,10 @@
 TFF 0.87 runs computations in a `worker_binary` subprocess and only stops it from
 `ServiceManager.__del__`, which often never runs at interpreter exit: the orphaned worker
 then keeps the parent's stdout/stderr open, so a shell pipeline (`... | tail`) or CI hangs.
-Importing `tff_backdoor` registers `stop_local_workers` with `atexit` to prevent that; but no
-atexit hook runs on SIGKILL (or an OOM kill), and TFF's own launch (`subprocess.Popen` inside
-`local_cpp_executor_factory`) offers no hook for a parent-death signal.
+Programs call `stop_workers_at_exit()` (through `cli.one_line_flags_parser`) to prevent that;
+importing this module changes nothing. No atexit hook runs on SIGKILL (or an OOM kill), and
+TFF's own launch (`subprocess.Popen` inside `local_cpp_executor_factory`) offers no hook for
+a parent-death signal.
 
 So the programs run on `local_execution()` instead of TFF's stock local context: the same
 TFF `SyncExecutionContext` over gRPC to one `worker_binary`, but a worker we start ourselves
@@ -22,9 +23,22 @@ import time
 from typing import Any, Iterator, List, Optional
 
 _WORKER_NAME = 'worker_binary'
+_at_exit: List[bool] = []  # whether stop_workers_at_exit registered its hook
 
-# The worker inherits this at launch; without it, every client computation logs INFO lines.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+def quiet_tensorflow_logs() -> None:
+  """TF_CPP_MIN_LOG_LEVEL=2 unless set: else TF and every TFF worker log INFO lines.
+
+  Call it before TensorFlow is imported (workers inherit it at launch).
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def stop_workers_at_exit() -> None:
+  """Registers `stop_local_workers` with atexit, once: no TFF worker outlives the program."""
+  if not _at_exit:
+    atexit.register(stop_local_workers)
+    _at_exit.append(True)
 
 
 def _child_worker_pids() -> List[int]:
@@ -152,4 +166,24 @@ def local_execution(enabled: bool = True, **kwargs: Any) -> Iterator[Optional[Lo
     execution.close()
 
 
-atexit.register(stop_local_workers)
+@contextlib.contextmanager
+def remote_execution(workers: Optional[str], num_subrounds: Optional[int] = None
+                     ) -> Iterator[Optional[Any]]:
+  """Runs TFF computations on remote `workers` ('host:port,...') inside the block, if given.
+
+  Installs `remote.set_remote_execution_context`'s context and restores the previous one
+  (closing this one) on exit; with no workers it leaves the current context alone.
+  """
+  if not workers:
+    yield None
+    return
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+  previous = tff.framework.get_context_stack().current
+  context = remote.set_remote_execution_context(remote.parse_workers(workers),
+                                                num_subrounds=num_subrounds)
+  try:
+    yield context
+  finally:
+    tff.framework.set_default_context(previous)
+    context.close()

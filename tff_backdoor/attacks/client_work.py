@@ -40,8 +40,8 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.learning import tensor_utils
 
 from tff_backdoor import models as models_lib
+from tff_backdoor.config import ATTACK_MODES  # noqa: F401  (re-exported)
 
-ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')
 _POISON_SHUFFLE_BUFFER = 100_000
 _DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
 

@@ -1,0 +1,479 @@
+"""One run's configuration: typed sub-configs whose fields carry their flag, help and rule.
+
+TensorFlow-free, so a program checks its flags before it imports TensorFlow. `flags_lib`
+declares one absl flag per field from this metadata; `ExperimentConfig.to_dict` / `from_flat`
+keep the flat `config.json` keys (and their 0 / -1 / '' spellings of "unset") of older runs.
+Each sub-config names the module it configures.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
+
+# Names of the registries whose builders import TensorFlow (tests check they agree).
+MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
+ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')  # attacks.client_work
+TASKS = ('none', 'targeted', 'pixel')  # attacks.tasks
+SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
+PATTERNS = ('square', 'plus')  # attacks.tasks.PixelTriggerTask
+THRESHOLD_MODES = ('quantile', 'absolute')  # flain
+DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
+            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter')  # aggregators.registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A one-field constraint: `check(value)` is True when the value is allowed."""
+  text: str
+  check: Callable[[Any], bool]
+
+
+POSITIVE = Rule('> 0', lambda v: math.isfinite(v) and v > 0)
+NONNEGATIVE = Rule('>= 0', lambda v: v >= 0)
+AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
+UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
+OPEN_UNIT = Rule('in (0, 1)', lambda v: 0 < v < 1)
+BELOW_HALF = Rule('in [0, 0.5)', lambda v: 0 <= v < 0.5)
+
+
+def option(default: Any, help_text: str, *, rule: Optional[Rule] = None,
+           choices: Sequence[str] = (), flag: Optional[str] = None, unset: Any = None,
+           negative_unset: bool = False, is_flag: bool = True) -> Any:
+  """A dataclass field with its flag's name, help text, rule and choices in its metadata.
+
+  `unset` is the flat spelling (config.json, flags) of None for this field, e.g. 0 for
+  "never"; `negative_unset` also reads any negative number as None, as older runs did.
+  """
+  return dataclasses.field(default=default, metadata=dict(
+      help=help_text, rule=rule, choices=tuple(choices), flag=flag, unset=unset,
+      negative_unset=negative_unset, is_flag=is_flag))
+
+
+def flag_name(field: dataclasses.Field) -> str:
+  return field.metadata.get('flag') or field.name
+
+
+def field_type(field: dataclasses.Field) -> type:
+  """bool, int, float or str: the flag type of a field (from its annotation)."""
+  text = str(field.type)
+  for name, kind in (('bool', bool), ('int', int), ('float', float)):
+    if text in (name, f'Optional[{name}]'):
+      return kind
+  return str
+
+
+def check_field(field: dataclasses.Field, value: Any, prefix: str = '') -> None:
+  """Raises ValueError, `{prefix}{flag} must be ..., got v`, if `value` breaks the field's rule."""
+  if value is None:
+    return
+  name, kind = prefix + flag_name(field), field_type(field)
+  if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                               or (kind is int and int(value) != value)):
+    raise ValueError(f'{name} must be an integer, got {value!r}' if kind is int
+                     else f'{name} must be a number, got {value!r}')
+  choices, rule = field.metadata.get('choices'), field.metadata.get('rule')
+  if choices and value not in choices:
+    raise ValueError(f'unknown {name}={value!r}; choose one of {", ".join(choices)}')
+  if rule is not None and not rule.check(value):  # NaN fails every rule
+    raise ValueError(f'{name} must be {rule.text}, got {value}')
+
+
+def check_fields(config: Any, prefix: str = '') -> None:
+  """`check_field` on every field of a sub-config."""
+  for field in dataclasses.fields(config):
+    check_field(field, getattr(config, field.name), prefix)
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where clients, test and server data come from (tff_backdoor.data.load_federated_data)."""
+  dataset: str = option('fashion_mnist', 'Training data source.', choices=DATASETS)
+  data_dir: Optional[str] = option(
+      None, 'femnist: LEAF folder with train/ and test/ (*.json or *.json.gz); mnist, idx: '
+      'MNIST-format idx files (fashion_mnist defaults to /usr/share/datasets/fashion-mnist).')
+  cache_dir: Optional[str] = option(
+      None, "emnist: directory holding TFF's emnist_all.sqlite; femnist: where parsed LEAF "
+      'arrays are cached (default ~/.cache/tff_backdoor).')
+  only_digits: bool = option(
+      True, 'emnist/femnist: digits only (10 classes); --noonly_digits: all 62 classes.')
+  partition: str = option('dirichlet', 'How centralised data is split into clients '
+                          '(emnist: by writer).', choices=PARTITIONS)
+  num_clients: Optional[int] = option(
+      None, 'Clients to partition into (default 100); emnist/femnist: a seeded subset of '
+      'writers (default and 0: every writer).')
+  alpha: float = option(0.5, 'Dirichlet concentration (partition=dirichlet).')
+  shards_per_client: int = option(2, 'partition=shards.')
+  server_holdout: Optional[int] = option(
+      None, 'Clean examples kept at the server (FLAIN auxiliary data), disjoint from clients '
+      'and test (default 1000; emnist/femnist: at most a fifth of the test split).',
+      rule=NONNEGATIVE)
+  train_fraction: float = option(
+      1.0, 'Centralised data: train on this seeded, class-stratified share of the training '
+      'pool (1 = all); a cheaper population of the same shape.')
+
+  @property
+  def natural(self) -> bool:
+    return self.dataset in NATURAL_DATASETS
+
+
+@dataclasses.dataclass
+class FedAvgConfig:
+  """The model and FedAvg's optimizers and sampling (models, training.build_attacked_fed_avg)."""
+  model: str = option('sun_cnn', 'Keras model.', choices=MODELS)
+  rounds: int = option(20, 'Federated rounds.', rule=AT_LEAST_ONE)
+  clients_per_round: int = option(10, 'Clients sampled per round.', rule=AT_LEAST_ONE)
+  local_epochs: int = option(1, 'Local epochs per client.', rule=AT_LEAST_ONE)
+  batch_size: int = option(20, 'Client batch size.', rule=AT_LEAST_ONE)
+  client_lr: float = option(0.1, 'Client SGD learning rate.', rule=POSITIVE)
+  server_lr: float = option(1.0, 'Server SGD learning rate.', rule=POSITIVE)
+
+
+@dataclasses.dataclass
+class TaskConfig:
+  """What the attackers inject (attacks.tasks: TargetedTask, PixelTriggerTask)."""
+  name: str = option('none', 'Backdoor: targeted (Sun et al.) or pixel (BadNets trigger).',
+                     choices=TASKS, flag='task')
+  num_tasks: int = option(1, 'targeted: number of target clients.', rule=AT_LEAST_ONE)
+  samples_per_client: Optional[int] = option(
+      None, 'targeted: at most this many relabelled images per target client (0 = all; ~10 '
+      'matches an EMNIST writer).', flag='task_samples_per_client', unset=0, rule=NONNEGATIVE)
+  min_samples: int = option(
+      0, 'targeted: target clients are chosen among those holding at least this many '
+      'source-class images (0 = any).', flag='task_min_samples', rule=NONNEGATIVE)
+  source_class: Optional[int] = option(
+      7, 'Class whose images are backdoored (pixel: -1 = all but target).', unset=-1,
+      negative_unset=True)
+  target_class: int = option(1, 'Label the attacker wants.')
+  keep_honest_copies: bool = option(
+      True, 'targeted: target clients keep their images correctly labelled.')
+  poison_fraction: float = option(
+      0.5, "pixel: fraction of the attacker's source images stamped and relabelled.",
+      rule=UNIT_INTERVAL)
+  trigger_size: int = option(5, 'pixel: trigger side in pixels.', rule=AT_LEAST_ONE)
+  trigger_value: Optional[float] = option(
+      None, 'pixel: trigger pixel value (<0: opposite of the background colour).', unset=-1.0,
+      negative_unset=True)
+  trigger_pattern: str = option('square', 'pixel: shape.', choices=PATTERNS)
+  distributed_parts: int = option(1, 'pixel: >1 splits the trigger across attackers (DBA).',
+                                  rule=AT_LEAST_ONE)
+
+
+@dataclasses.dataclass
+class AttackerConfig:
+  """How attackers build their update (attacks.client_work.AttackConfig and its data)."""
+  mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
+                     flag='attack')
+  boost: Optional[float] = option(None, 'Boost factor (0 = clients_per_round).', unset=0.0,
+                                  rule=NONNEGATIVE)
+  norm_bound: float = option(0.33, 'norm_bounded: L2 radius before boosting.', rule=POSITIVE)
+  projection_rounds: int = option(5, 'norm_bounded: R.', rule=AT_LEAST_ONE)
+  # Sun et al.'s code passes the malicious set as ONE batch, once per pass (one SGD step):
+  malicious_epochs: Optional[int] = option(
+      None, "Passes over the malicious data (0 = 1 for boost/norm_bounded as in Sun et al.'s "
+      'code, local_epochs for data_poison).', unset=0, rule=NONNEGATIVE)
+  malicious_batch_size: Optional[int] = option(
+      None, "Malicious batch size (0 = the whole malicious set in one batch, as in Sun et "
+      "al.'s code).", unset=0, rule=NONNEGATIVE)
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+  """When attackers take part (attacks.schedules)."""
+  name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
+  attack_every: int = option(1, 'fixed_frequency: one attacker every k.', rule=AT_LEAST_ONE)
+  malicious_fraction: float = option(
+      0.1, 'random_fraction / fixed_per_round: malicious share of the population.')
+  attackers_per_round: int = option(1, 'fixed_per_round.')
+  start: int = option(0, 'First attack round (0-based).', flag='attack_start',
+                      rule=NONNEGATIVE)
+  stop: Optional[int] = option(None, 'Round attacks stop (0 = never).', flag='attack_stop',
+                               unset=0, rule=NONNEGATIVE)
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseConfig:
+  """Which defense aggregates the updates, and its parameters (aggregators.registry).
+
+  Only the fields of the chosen defense are used. Every default has a concrete type (no
+  None), so that command-line flags can be typed from them. Defaults:
+  * `clip_norm` = 3.0: the bound M with which Sun et al. (2019) mitigate the attacks at almost
+    no cost on EMNIST; also the clip of 'weak_dp' and 'clip_mean'.
+  * `adaptive_quantile` = 0.5, `adaptive_learning_rate` = 0.2: TFF's defaults for adaptive
+    clipping (the median of client norms); `adaptive_initial_norm` = 1.0, the first round's
+    bound, of the order of M = 3 (TFF starts at 0.1; the bound moves by at most a factor
+    exp(0.2) a round, so a far-off start costs many rounds).
+  * `zeroing_norm` = 3.0: the same bound as the default `clip_norm`, so that 'clip' and
+    'zeroing' compare two reactions (shrink vs drop) to the same bound.
+  * `dp_sigma` = 0.025: std of the Gaussian noise added to each coordinate of the averaged
+    update; a small ("weak DP") level, to be swept in experiments.
+  * `trim_fraction` = 0.1: drop the 10% largest and 10% smallest values of each coordinate.
+  * `krum_f` = 1: Byzantine clients Krum tolerates (needs clients_per_round > 2 f + 2).
+  * `krum_m` = 0: number of updates Multi-Krum averages; 0 means n - f (every client but the
+    f worst-scored), the usual choice; 'krum' always uses 1.
+  * `bias_z_threshold` = 3.5: Iglewicz and Hoaglin's outlier cut-off for robust z-scores
+    (see `BiasAnomalyFilterFactory`); `bias_index` = -1: the last tensor of the update, the
+    logits bias of a Keras model.
+  """
+  name: str = option('none', 'Defense applied while aggregating client updates.',
+                     choices=DEFENSES, flag='defense')
+  clip_norm: float = option(3.0, 'clip, clip_mean, weak_dp: the L2 bound M.', rule=POSITIVE)
+  adaptive_quantile: float = option(0.5, 'adaptive_clip: target quantile of client norms.',
+                                    rule=OPEN_UNIT)
+  adaptive_initial_norm: float = option(1.0, "adaptive_clip: the first round's bound.",
+                                        rule=POSITIVE)
+  adaptive_learning_rate: float = option(0.2, 'adaptive_clip: learning rate of the bound.',
+                                         rule=POSITIVE)
+  zeroing_norm: float = option(3.0, 'zeroing: updates above this L2 norm are dropped.',
+                               rule=POSITIVE)
+  dp_sigma: float = option(0.025, 'weak_dp: noise std per coordinate of the mean.',
+                           rule=NONNEGATIVE)
+  trim_fraction: float = option(0.1, 'trimmed_mean: share trimmed at each end.',
+                                rule=BELOW_HALF)
+  krum_f: int = option(1, 'krum, multi_krum: Byzantine clients tolerated.', rule=NONNEGATIVE)
+  krum_m: int = option(0, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).',
+                       rule=NONNEGATIVE)
+  bias_z_threshold: float = option(3.5, 'bias_filter: robust z-score cut-off.', rule=POSITIVE)
+  bias_index: int = option(-1, 'bias_filter: index of the bias tensor in the update.')
+
+  def krum_selected(self, clients_per_round: int) -> int:
+    """m for this config: 1 for 'krum', else `krum_m`, or n - f if `krum_m` is 0."""
+    if self.name == 'krum':
+      return 1
+    return self.krum_m if self.krum_m else clients_per_round - self.krum_f
+
+
+def validate_defense(config: DefenseConfig, clients_per_round: int) -> None:
+  """Raises ValueError, with a one-line message, if `config` cannot run with this many clients.
+
+  Every numeric field is checked against its rule whatever the defense (a bad value is a
+  mistake even if unused); Krum's constraints on the number of clients only for Krum.
+  """
+  if config.name not in DEFENSES:
+    raise ValueError(f'unknown defense {config.name!r}; choose one of: {", ".join(DEFENSES)}')
+  if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int) or (
+      clients_per_round < 1):
+    raise ValueError(f'clients_per_round must be a positive integer, got {clients_per_round!r}')
+  for field in dataclasses.fields(config):
+    if field.name != 'name':
+      check_field(field, getattr(config, field.name))
+  if config.name in ('krum', 'multi_krum'):
+    n, f = clients_per_round, config.krum_f
+    if not n > 2 * f + 2:
+      raise ValueError(f'krum_f={f} is too large for clients_per_round={n}: Krum needs '
+                       f'clients_per_round > 2*krum_f + 2')
+    if config.name == 'krum' and config.krum_m not in (0, 1):
+      raise ValueError(f"krum_m={config.krum_m} is for 'multi_krum'; 'krum' selects 1 update")
+    m = config.krum_selected(n)
+    if not 1 <= m <= n - f:
+      raise ValueError(f'krum_m={m} must be in [1, clients_per_round - krum_f] = [1, {n - f}]')
+
+
+@dataclasses.dataclass
+class FlainOptions:
+  """FLAIN on the final global model, with server-side auxiliary data (flain.FlainConfig)."""
+  enabled: bool = option(False, 'Apply FLAIN to the final global model and report '
+                         'main/backdoor accuracy before and after.', flag='flain')
+  aux_per_class: int = option(
+      80, 'Clean auxiliary images per class, from the server-side held-out split.',
+      flag='flain_aux_per_class', rule=AT_LEAST_ONE)
+  layer: Optional[str] = option(
+      None, "Dense layer to defend ('' = first Dense layer, 'all_dense' = every one).",
+      flag='flain_layer', unset='')
+  mode: str = option('quantile', "quantile (scale-free) or absolute (the authors' activation "
+                     'threshold).', choices=THRESHOLD_MODES, flag='flain_mode')
+  k0: Optional[float] = option(None, 'First threshold (<0: the mode default).',
+                               flag='flain_k0', unset=-1.0, negative_unset=True)
+  step: Optional[float] = option(None, 'Threshold step (<0: the mode default).',
+                                 flag='flain_step', unset=-1.0, negative_unset=True)
+  tolerance: float = option(0.01, 'Auxiliary accuracy drop that stops raising the threshold.',
+                            flag='flain_tolerance')
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Seed, outputs, evaluation, execution and checkpoints of a run (training, evaluation)."""
+  seed: int = option(0, 'Seed of every random choice.', rule=NONNEGATIVE)
+  output_dir: str = option('/tmp/tff_backdoor_run', 'Where metrics and models are written.')
+  eval_every: int = option(1, 'Evaluate every k rounds (and the last).', rule=AT_LEAST_ONE)
+  eval_batch_size: int = option(500, 'Evaluation batch size.', rule=AT_LEAST_ONE)
+  eval_subset: Optional[int] = option(
+      4000, 'Main-task test images evaluated before the last round: a fixed, seeded, '
+      'class-stratified subset (rows say how many in test_examples); the last round and the '
+      'backdoor sets are always whole. 0 = the whole test set.', unset=0, rule=NONNEGATIVE)
+  workers: Optional[str] = option(
+      None, "Run TFF on these C++ workers, 'host:port,host:port' (start each with `python -m "
+      "tff_backdoor.remote serve --port=P`); '' = TFF's local worker.", unset='')
+  num_subrounds: Optional[int] = option(
+      None, "With --workers: shares each round's clients are split into (0 = one per client: "
+      'bit-identical to local execution).', unset=0, rule=NONNEGATIVE)
+  checkpoint_every: Optional[int] = option(
+      None, 'Save the full loop state every k rounds (0 = never).', unset=0, rule=NONNEGATIVE)
+  keep_checkpoints: int = option(2, 'Newest intact checkpoints kept; --resume falls back to '
+                                 'an older one if the newest is damaged.', rule=AT_LEAST_ONE)
+  resume: bool = option(False, "Continue from output_dir's newest checkpoint (same flags "
+                        'required).')
+  init_from: Optional[str] = option(
+      None, "Warm start: a run directory whose final_model.keras (or newest checkpoint) is the "
+      "round-0 model; rounds, schedules and seeds are this run's own (see "
+      "tff_backdoor/warm_start.py); '' = the seeded initial model.", unset='')
+  # Not flags: what --init_from loaded, recorded in config.json (warm_start).
+  init_from_file: Optional[str] = option(None, '', unset='', is_flag=False)
+  init_from_sha256: Optional[str] = option(None, '', unset='', is_flag=False)
+  init_from_rounds: int = option(0, '', is_flag=False)
+  capture_rounds: Optional[str] = option(
+      None, "Rounds whose per-client updates are saved to output_dir/captures (e.g. '0-9,20' "
+      "or 'all'; 0-based).", unset='')
+  tensorboard: bool = option(True, 'Write TensorBoard summaries.', is_flag=False)
+  verbose: bool = option(True, 'Print progress and a summary.', is_flag=False)
+
+
+SECTIONS = (('data', DataConfig), ('fed_avg', FedAvgConfig), ('task', TaskConfig),
+            ('attack', AttackerConfig), ('schedule', ScheduleConfig),
+            ('defense', DefenseConfig), ('flain', FlainOptions), ('run', RunConfig))
+
+
+def flat_fields() -> Iterator[Tuple[str, str, dataclasses.Field]]:
+  """(section, flat key, field) of every field but the defense's (config.json nests those)."""
+  for section, cls in SECTIONS:
+    if section != 'defense':
+      for field in dataclasses.fields(cls):
+        yield section, flag_name(field), field
+
+
+def to_flat_value(field: dataclasses.Field, value: Any) -> Any:
+  return field.metadata['unset'] if value is None and field.metadata['unset'] is not None \
+      else value
+
+
+def from_flat_value(field: dataclasses.Field, value: Any) -> Any:
+  """None for a flat "unset" spelling (0, -1, '', or any negative where older runs said so)."""
+  unset = field.metadata['unset']
+  if unset is None or value is None or isinstance(value, bool):
+    return value
+  if value == unset or (field.metadata['negative_unset'] and isinstance(value, (int, float))
+                        and value < 0):
+    return None
+  return value
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """Everything one run needs, as one sub-config per concern (see SECTIONS).
+
+  `from_flat(**kwargs)` takes today's flag names (`rounds=3, task='pixel', boost=0`, ...),
+  `to_dict()` gives the flat `config.json` mapping and `from_dict` reads one back, including
+  those written by older versions.
+  """
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  fed_avg: FedAvgConfig = dataclasses.field(default_factory=FedAvgConfig)
+  task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+  attack: AttackerConfig = dataclasses.field(default_factory=AttackerConfig)
+  schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+  defense: DefenseConfig = dataclasses.field(default_factory=DefenseConfig)
+  flain: FlainOptions = dataclasses.field(default_factory=FlainOptions)
+  run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+  @classmethod
+  def from_flat(cls, **values: Any) -> 'ExperimentConfig':
+    """A config from flat keys (flag names); `defense` is a DefenseConfig or its dict."""
+    fields = {key: (section, field) for section, key, field in flat_fields()}
+    unknown = sorted(set(values) - set(fields) - {'defense'})
+    if unknown:
+      raise ValueError(f'unknown config keys: {", ".join(unknown)}')
+    sections: Dict[str, Dict[str, Any]] = {name: {} for name, _ in SECTIONS}
+    for key, value in values.items():
+      if key != 'defense':
+        section, field = fields[key]
+        sections[section][field.name] = from_flat_value(field, value)
+    defense = values.get('defense', DefenseConfig())
+    if isinstance(defense, dict):
+      defense = DefenseConfig(**defense)
+    built = {name: kind(**sections[name]) for name, kind in SECTIONS if name != 'defense'}
+    return cls(defense=defense, **built)
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> 'ExperimentConfig':
+    """The inverse of `to_dict` (a run's config.json); unknown keys are an error."""
+    return cls.from_flat(**values)
+
+  def to_dict(self) -> Dict[str, Any]:
+    """The flat config.json mapping: today's keys, None written as each key's unset spelling."""
+    out: Dict[str, Any] = {}
+    for section, key, field in flat_fields():
+      out[key] = to_flat_value(field, getattr(getattr(self, section), field.name))
+      if key == 'attack_stop':  # where config.json has always had it
+        out['defense'] = dataclasses.asdict(self.defense)
+    return out
+
+  def replace(self, **values: Any) -> 'ExperimentConfig':
+    """A copy with some flat keys changed (e.g. `replace(output_dir=..., flain=True)`)."""
+    return self.from_flat(**{**self.to_dict(), **values})
+
+  def validate(self) -> 'ExperimentConfig':
+    """Raises ValueError with a one-line message naming the flag and its rule; returns self."""
+    for section, _ in SECTIONS:
+      check_fields(getattr(self, section), prefix='--')
+    _check_num_clients(self)
+    _check_combinations(self)
+    validate_defense(self.defense, self.fed_avg.clients_per_round)
+    return self
+
+
+def _check_num_clients(config: ExperimentConfig) -> None:
+  n = config.data.num_clients
+  if n is None or (config.data.natural and n == 0):
+    return
+  check_field(next(f for f in dataclasses.fields(DataConfig) if f.name == 'num_clients'), n,
+              '--')
+  if n < 1:
+    raise ValueError(f'--num_clients must be >= 1, got {n}')
+  if config.fed_avg.clients_per_round > n:
+    raise ValueError(f'--clients_per_round={config.fed_avg.clients_per_round} is larger than '
+                     f'--num_clients={n}')
+
+
+def _check_combinations(config: ExperimentConfig) -> None:
+  """The rules that involve more than one field."""
+  data, task, schedule, run = config.data, config.task, config.schedule, config.run
+  if data.dataset == 'femnist' and not data.data_dir:
+    raise ValueError('--dataset=femnist needs --data_dir (a LEAF folder with train/ and test/)')
+  if schedule.name != 'none' and task.name == 'none':
+    raise ValueError(f'--schedule={schedule.name} needs a backdoor --task (targeted or pixel)')
+  if task.name == 'targeted' and task.source_class is None:
+    raise ValueError('--task=targeted needs a --source_class >= 0')
+  if schedule.stop is not None and schedule.stop <= schedule.start:
+    raise ValueError(f'--attack_stop={schedule.stop} must be after '
+                     f'--attack_start={schedule.start}')
+  parse_rounds(run.capture_rounds, config.fed_avg.rounds)
+  if run.workers:
+    from tff_backdoor import remote  # pylint: disable=g-import-not-at-top  (TF-free)
+    remote.parse_workers(run.workers)
+  if config.flain.enabled:
+    if data.server_holdout is not None and data.server_holdout < 1:
+      raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
+  if run.init_from:  # reads small JSON files, but its module imports TensorFlow
+    from tff_backdoor import warm_start  # pylint: disable=g-import-not-at-top
+    warm_start.resolve(run.init_from, run.output_dir)
+
+
+def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
+  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' or None -> none. Rounds are 0-based."""
+  spec = (spec or '').strip()
+  if not spec:
+    return set()
+  if spec == 'all':
+    return set(range(total_rounds))
+  rounds = set()
+  for part in spec.split(','):
+    try:
+      lo, _, hi = part.strip().partition('-')
+      lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+      raise ValueError(f"bad round list {spec!r}: use e.g. '0-4,10' or 'all'") from None
+    if lo_i < 0 or hi_i < lo_i or hi_i >= total_rounds:
+      raise ValueError(f'bad round range {part.strip()!r} for {total_rounds} rounds (0-based)')
+    rounds.update(range(lo_i, hi_i + 1))
+  return rounds

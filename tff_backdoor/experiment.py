@@ -1,0 +1,214 @@
+"""One run end to end: setup, warm start or resume, the rounds with their hooks, final files.
+
+`run_experiment(config)` is what experiments/emnist_backdoor.py's `main` calls. The rounds
+are `loop.run_rounds` with hooks for capture, evaluation and metrics, progress and
+checkpoints; FLAIN is a hook of the end of the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import tensorflow_federated as tff
+
+from tff_backdoor import capture as capture_lib
+from tff_backdoor import checkpoint
+from tff_backdoor import client_inputs
+from tff_backdoor import evaluation
+from tff_backdoor import experiment_setup
+from tff_backdoor import flain_run
+from tff_backdoor import loop
+from tff_backdoor import metrics_io
+from tff_backdoor import progress as progress_lib
+from tff_backdoor import run_summary
+from tff_backdoor import runtime
+from tff_backdoor import warm_start
+from tff_backdoor.config import ExperimentConfig
+from tff_backdoor.experiment_setup import ExperimentSetup
+
+# Keys of config.json that may differ when a run is resumed.
+RESUME_IGNORED = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
+                  'num_subrounds')
+
+
+def resume_state(config: ExperimentConfig, state, streams):
+  """Loads the newest intact checkpoint of an interrupted run; returns (state, next round, meta).
+
+  A damaged newer checkpoint is skipped with one line on stderr; none intact: CheckpointError.
+  """
+  directory = os.path.join(config.run.output_dir, 'checkpoints')
+  if not checkpoint.has_checkpoints(directory):
+    return state, 0, {}
+  with open(os.path.join(config.run.output_dir, 'config.json')) as f:
+    saved = json.load(f)
+  current = json.loads(json.dumps(config.to_dict()))
+  # Keys newer than the run's config.json count as equal when they keep their default.
+  defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
+  diff = sorted(k for k in current if k not in RESUME_IGNORED and saved.get(k) != current[k]
+                and (k in saved or current[k] != defaults.get(k)))
+  if diff:
+    raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '
+                     f'{", ".join(diff)}; use a new --output_dir')
+  state, meta, _ = checkpoint.restore_newest(
+      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True))
+  for name in ('round_data', 'sampling'):
+    streams[name].bit_generator.state = meta['rng'][name]
+  return state, int(meta['next_round']), meta
+
+
+def round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Dict[str, Any]:
+  """A metrics row's training part: client metrics, attackers and the aggregator's reports."""
+  row: Dict[str, Any] = {'round': round_num}
+  row['train_accuracy'] = flat.get('client_work/train/sparse_categorical_accuracy')
+  row['train_loss'] = flat.get('client_work/train/loss')
+  row['num_attackers'] = int(sum(flags))
+  for key in ('mean_honest_update_norm', 'mean_malicious_update_norm', 'max_update_norm'):
+    row[key] = flat.get(f'client_work/{key}')
+  row.update({k: v for k, v in flat.items()
+              if k.startswith('aggregator/') and not isinstance(v, list)})
+  return row
+
+
+class MetricsHook(loop.Hook):
+  """Builds each round's row, evaluates when due, and writes metrics.jsonl/csv/TensorBoard."""
+
+  def __init__(self, setup: ExperimentSetup, evaluator: evaluation.Evaluator,
+               writer: metrics_io.MetricsWriter, last_eval: Dict[str, float]):
+    self.setup, self.evaluator, self.writer = setup, evaluator, writer
+    self.last_eval = last_eval
+    self.between_sets = evaluation.between_rounds_eval_sets(setup)
+
+  def after_round(self, r: loop.Round) -> None:
+    rounds, every = self.setup.config.fed_avg.rounds, self.setup.config.run.eval_every
+    attackers = [bool(p.is_attacker) for p in r.participants]
+    r.row.update(round_row(r.number, metrics_io.flatten_metrics(r.output.metrics), attackers))
+    if (r.number + 1) % every == 0 or r.number + 1 == rounds:
+      self.evaluator.load(self.setup.process.get_model_weights(r.state))
+      sets = self.setup.eval_sets if r.number + 1 == rounds else self.between_sets
+      self.last_eval = self.evaluator.evaluate(sets)
+      r.row.update(self.last_eval)
+      r.row['test_examples'] = len(sets['test'][1])  # what this row's test_* were measured on
+    r.row['round_seconds'] = time.time() - r.started
+    self.writer.write(r.row)
+
+  def end(self, state: Any, final: Dict[str, Any]) -> None:
+    self.writer.close()
+
+
+class CheckpointHook(loop.Hook):
+  """Saves the loop state (process state, RNG streams, last evaluation) every k rounds."""
+
+  def __init__(self, config: ExperimentConfig, streams, metrics: MetricsHook, start: float):
+    self.config, self.streams, self.metrics, self.start = config, streams, metrics, start
+
+  def after_round(self, r: loop.Round) -> None:
+    run = self.config.run
+    if not run.checkpoint_every or (r.number + 1) % run.checkpoint_every:
+      return
+    checkpoint.save_checkpoint(
+        os.path.join(run.output_dir, 'checkpoints'), r.number + 1, r.state,
+        {'next_round': r.number + 1, 'last_eval': self.metrics.last_eval,
+         'seconds': time.time() - self.start,
+         'rng': {name: self.streams[name].bit_generator.state
+                 for name in ('round_data', 'sampling')}},
+        keep=run.keep_checkpoints)
+
+
+def _initial_state(setup: ExperimentSetup, evaluator: evaluation.Evaluator):
+  """(round-0 state, config with what --init_from loaded recorded, the warm-start source)."""
+  config, state = setup.config, setup.process.initialize()
+  if not config.run.init_from:
+    return state, config, None
+  source = warm_start.load(config.run.init_from, evaluator.model, config.run.output_dir)
+  config = config.replace(init_from_file=source.file, init_from_sha256=source.sha256,
+                          init_from_rounds=source.rounds)
+  state = setup.process.set_model_weights(state, tff.learning.models.ModelWeights(
+      trainable=[v.numpy() for v in evaluator.model.trainable_weights],
+      non_trainable=[v.numpy() for v in evaluator.model.non_trainable_weights]))
+  return state, config, source
+
+
+def _announce(progress: progress_lib.Progress, setup: ExperimentSetup, source,
+              first_round: int) -> None:
+  progress.write(progress_lib.describe_setup(setup))
+  if source is not None:
+    progress.write(f'warm start from {source.file} ({source.rounds} rounds of training, '
+                   f'weights sha256 {source.sha256[:12]})')
+  if first_round:
+    progress.write(f'resumed from round {first_round} of {setup.config.fed_avg.rounds}')
+
+
+def _round_inputs(setup: ExperimentSetup, streams) -> loop.RoundInputs:
+  """round n -> (participants, client data), drawing from the sampling and round_data streams."""
+  def inputs(round_num: int):
+    participants = setup.schedule.sample_round(round_num, setup.client_ids,
+                                               setup.config.fed_avg.clients_per_round,
+                                               streams['sampling'])
+    client_data, _ = client_inputs.round_client_data(setup, participants,
+                                                     streams['round_data'])
+    return participants, client_data
+  return inputs
+
+
+def _final(setup: ExperimentSetup, evaluator: evaluation.Evaluator, state, start: float,
+           last_eval: Dict[str, float]) -> Dict[str, Any]:
+  """Saves final_model.keras; returns final.json's contents (before FLAIN)."""
+  config = setup.config
+  final_model = evaluator.load(setup.process.get_model_weights(state))
+  final_model.save(os.path.join(config.run.output_dir, 'final_model.keras'))
+  return {'rounds': config.fed_avg.rounds, 'seconds': time.time() - start, **last_eval,
+          'partition': setup.data.partition_report,
+          'model_sha256': warm_start.weights_sha256(final_model.get_weights())}
+
+
+def run_experiment(config: ExperimentConfig,
+                   setup: Optional[ExperimentSetup] = None) -> Dict[str, Any]:
+  """Runs all rounds, writing metrics/config/final files to config's output_dir; returns final.
+
+  With `checkpoint_every` the full loop state is saved every that many rounds; with `resume`,
+  a run continues from its newest checkpoint and ends with the same numbers as an
+  uninterrupted run with the same seed. With `workers`, TFF runs on them for this call only.
+  """
+  setup = setup or experiment_setup.prepare(config)
+  with runtime.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
+    return _run(setup)
+
+
+def _run(setup: ExperimentSetup) -> Dict[str, Any]:
+  run = setup.config.run
+  os.makedirs(run.output_dir, exist_ok=True)
+  streams = experiment_setup.streams(run.seed)
+  evaluator = evaluation.Evaluator(setup.keras_builder, run.eval_batch_size)
+  state, config, source = _initial_state(setup, evaluator)  # config: + what init_from loaded
+  initial_weights = [np.array(w) for w in evaluator.load(
+      setup.process.get_model_weights(state)).get_weights()]
+  first_round, meta = 0, {}
+  if run.resume:
+    state, first_round, meta = resume_state(config, state, streams)
+  metrics_io.write_json(os.path.join(run.output_dir, 'config.json'), config.to_dict())
+  writer = metrics_io.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
+                                    keep_rounds_before=first_round)
+  np.savez(os.path.join(run.output_dir, 'initial_weights.npz'), *initial_weights)
+  variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
+  start = time.time() - float(meta.get('seconds', 0.0))
+  metrics = MetricsHook(setup, evaluator, writer, dict(meta.get('last_eval', {})))
+  progress = progress_lib.Progress(config.fed_avg.rounds, first_round, enabled=run.verbose)
+  capture = capture_lib.CaptureHook(setup, variable_names)
+  shown = progress_lib.ProgressHook(progress)
+  _announce(progress, setup, source, first_round)
+  state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
+                          _round_inputs(setup, streams),
+                          [capture, metrics, shown, CheckpointHook(config, streams, metrics,
+                                                                   start)])
+  loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
+  final = _final(setup, evaluator, state, start, metrics.last_eval)
+  if config.flain.enabled:
+    loop.finish([flain_run.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
+  metrics_io.write_json(os.path.join(run.output_dir, 'final.json'), final)
+  if run.verbose:
+    print('\n'.join(run_summary.describe_run(writer.rows, config.to_dict())), flush=True)
+  return final

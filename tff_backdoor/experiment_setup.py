@@ -1,0 +1,179 @@
+"""What a run builds before its first round: data, backdoor task, schedule, TFF processes.
+
+`prepare(config)` is the one entry point; tests and tools inspect or reuse its
+`ExperimentSetup`. Every random choice flows from `config.run.seed` through independent NumPy
+streams (`streams`), the seeded model initializers and the seeded DP noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor import capture as capture_lib
+from tff_backdoor import data as data_lib
+from tff_backdoor import flain as flain_lib
+from tff_backdoor import models
+from tff_backdoor import process as process_lib
+from tff_backdoor.aggregators import registry as defense_registry
+from tff_backdoor.attacks import schedules as schedules_lib
+from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+from tff_backdoor.config import ExperimentConfig
+
+ArrayPair = Tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass
+class ExperimentSetup:
+  """What `prepare` builds before the first round; tests and tools can inspect or reuse it."""
+  config: ExperimentConfig
+  data: data_lib.FederatedData
+  clients: Dict[str, ArrayPair]
+  client_ids: List[str]
+  task: Optional[tasks_lib.BackdoorTask]
+  schedule: Any
+  keras_builder: Callable[[], tf.keras.Model]
+  process: tff.learning.templates.LearningProcess
+  # Builds the client work `process` runs (for capture.capture_round); traced on first use.
+  client_work_fn: Callable[[], tff.learning.templates.ClientWorkProcess]
+  eval_sets: Dict[str, ArrayPair]
+  # `process` with `capture_updates=True` (same state type), built when --capture_rounds is set.
+  capture_process: Optional[tff.learning.templates.LearningProcess] = None
+
+  @functools.cached_property
+  def client_work(self) -> tff.learning.templates.ClientWorkProcess:
+    return self.client_work_fn()
+
+
+def streams(seed: int) -> Dict[str, np.random.Generator]:
+  """Independent RNG streams, so adding draws to one never shifts another."""
+  names = ('task', 'schedule', 'sampling', 'round_data')
+  children = np.random.SeedSequence(seed).spawn(len(names))
+  return {n: np.random.default_rng(s) for n, s in zip(names, children)}
+
+
+def attack_config(config: ExperimentConfig) -> AttackConfig:
+  """The attacker client work's settings (an unset boost is clients_per_round)."""
+  attack = config.attack
+  return AttackConfig(mode=attack.mode,
+                      boost=float(attack.boost or config.fed_avg.clients_per_round),
+                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds)
+
+
+def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
+               clients: Dict[str, ArrayPair], seed: int) -> Optional[tasks_lib.BackdoorTask]:
+  """The backdoor task named by the config (None for --task=none)."""
+  task = config.task
+  if task.name == 'none':
+    return None
+  if task.name == 'targeted':
+    return tasks_lib.TargetedTask.build(
+        clients, num_tasks=task.num_tasks, source_class=task.source_class,
+        target_class=task.target_class, seed=seed,
+        keep_honest_copies=task.keep_honest_copies, num_classes=data.num_classes,
+        samples_per_client=task.samples_per_client or 0,
+        min_samples_per_client=task.min_samples,
+        heldout_arrays=data.test_by_client,
+        collateral_arrays=data.test_by_client or {'': data.test})
+  value = task.trigger_value
+  if value is None:  # (F)EMNIST: ink 0 on background 1, where a "white" square would be invisible.
+    value = 1.0 - float(data.partition_report.get('background_value', 0.0))
+  return tasks_lib.PixelTriggerTask(
+      data.test[0], data.test[1], source_class=task.source_class,
+      target_class=task.target_class, poison_fraction=task.poison_fraction,
+      trigger_size=task.trigger_size, trigger_value=value, pattern=task.trigger_pattern,
+      distributed_parts=task.distributed_parts, num_classes=data.num_classes)
+
+
+def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: int):
+  """The attacker schedule named by the config."""
+  schedule = config.schedule
+  params: Dict[str, Any] = dict(start_round=schedule.start, stop_round=schedule.stop)
+  if schedule.name == 'fixed_frequency':
+    params.update(attack_every=schedule.attack_every)
+  elif schedule.name == 'random_fraction':
+    params.update(malicious_fraction=schedule.malicious_fraction, client_ids=client_ids,
+                  seed=seed)
+  elif schedule.name == 'fixed_per_round':
+    params.update(malicious_fraction=schedule.malicious_fraction, client_ids=client_ids,
+                  attackers_per_round=schedule.attackers_per_round, seed=seed)
+  elif schedule.name == 'none':
+    params = {}
+  return schedules_lib.build_schedule(schedule.name, **params)
+
+
+def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
+  """The run's clients, test and server splits (the same for the same config and seed)."""
+  data = config.data
+  return data_lib.load_federated_data(
+      data.dataset, data_dir=data.data_dir, partition=data.partition,
+      num_clients=data.num_clients, alpha=data.alpha,
+      shards_per_client=data.shards_per_client, server_holdout=data.server_holdout,
+      seed=config.run.seed, only_digits=data.only_digits, cache_dir=data.cache_dir,
+      train_fraction=data.train_fraction)
+
+
+def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
+  """A finished run's ExperimentConfig; also checks that its `required` files exist."""
+  for name in ('config.json', *required):
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    return ExperimentConfig.from_dict(json.load(f))
+
+
+def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
+  """(process, a builder of its client work, capturing process or None) for the config."""
+  fed_avg = config.fed_avg
+  aggregator = defense_registry.build_defense(config.defense, fed_avg.clients_per_round,
+                                              seed=config.run.seed)
+  args = dict(attack=attack_config(config), batch_size=fed_avg.batch_size,
+              model_aggregator=aggregator)
+  client = lambda: tff.learning.optimizers.build_sgdm(fed_avg.client_lr)
+  server = lambda: tff.learning.optimizers.build_sgdm(fed_avg.server_lr)
+  learning_process = process_lib.build_attacked_fed_avg(model_fn, client(), server(), **args)
+  client_work_fn = lambda: build_attacker_client_work(model_fn, client(), args['attack'],
+                                                      fed_avg.batch_size)
+  capture_process = None
+  if config.run.capture_rounds:  # remote workers cannot write into our output_dir
+    capture_process = process_lib.build_attacked_fed_avg(
+        model_fn, client(), server(), capture_updates=True, **args,
+        capture_spool_dir=None if config.run.workers else capture_lib.spool_dir(config))
+  return learning_process, client_work_fn, capture_process
+
+
+def prepare(config: ExperimentConfig) -> ExperimentSetup:
+  """Loads data, builds the task, the schedule and the TFF learning process."""
+  config.validate()
+  rngs = streams(config.run.seed)
+  data = load_data(config)
+  client_ids = sorted(data.train.client_ids)
+  if config.fed_avg.clients_per_round > len(client_ids):
+    raise ValueError(f'--clients_per_round={config.fed_avg.clients_per_round} is larger than '
+                     f'the {len(client_ids)} clients of {config.data.dataset}')
+  clients = data_lib.client_arrays(data.train, client_ids)
+  task = build_task(config, data, clients, seed=int(rngs['task'].integers(2**31)))
+  schedule = build_schedule(config, client_ids, seed=int(rngs['schedule'].integers(2**31)))
+  keras_builder = lambda: models.build_model(config.fed_avg.model, data.input_shape,
+                                             data.num_classes, seed=config.run.seed)
+  if config.flain.enabled:  # fail now, not after training, on bad FLAIN settings
+    from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top
+    flain_run.flain_config(config)
+    flain_lib.target_layers(keras_builder(), config.flain.layer)
+    flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
+                               seed=config.run.seed, num_classes=data.num_classes)
+  model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
+  learning_process, client_work_fn, capture_process = build_processes(config, model_fn)
+  eval_sets = {'test': data.test}
+  if task is not None:
+    eval_sets.update(task.eval_sets())
+  return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
+                         learning_process, client_work_fn, eval_sets, capture_process)
