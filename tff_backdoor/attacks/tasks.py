@@ -18,6 +18,7 @@ and every random choice comes from an explicit seed or `np.random.Generator`.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -77,6 +78,23 @@ class BackdoorTask(abc.ABC):
 # ------------------------------------------------------------------------------------------
 # Sun et al. 2019: targeted task.
 # ------------------------------------------------------------------------------------------
+
+
+def _relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int, *,
+                source_class: int, target_class: int, rng: np.random.Generator
+                ) -> Tuple[Arrays, Dict[str, np.ndarray]]:
+  """The source-class images of `clients` labelled target_class (at most `cap` a client, a
+  seeded choice; 0 = all), and the indices taken from each client."""
+  xs, indices = [], {}
+  for cid in clients:
+    x, y = _as_arrays(*arrays[cid])
+    picked = np.flatnonzero(y == source_class)
+    if cap and picked.size > cap:
+      picked = np.sort(rng.choice(picked, size=cap, replace=False))
+    xs.append(x[picked])
+    indices[cid] = picked
+  x_all = np.concatenate(xs, axis=0)
+  return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), indices
 
 
 class TargetedTask(BackdoorTask):
@@ -160,19 +178,8 @@ class TargetedTask(BackdoorTask):
                        f'at least {least} images of class {source_class})')
     rng = np.random.default_rng(seed)
     chosen = sorted(str(c) for c in rng.choice(eligible, size=num_tasks, replace=False))
-
-    def relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int):
-      xs, indices = [], {}
-      for cid in clients:
-        x, y = _as_arrays(*arrays[cid])
-        picked = np.flatnonzero(y == source_class)
-        if cap and picked.size > cap:
-          picked = np.sort(rng.choice(picked, size=cap, replace=False))
-        xs.append(x[picked])
-        indices[cid] = picked
-      x_all = np.concatenate(xs, axis=0)
-      return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), indices
-
+    relabelled = functools.partial(_relabelled, source_class=source_class,
+                                   target_class=target_class, rng=rng)
     malicious, indices = relabelled(client_arrays, chosen, samples_per_client)
     heldout = None
     if heldout_arrays is not None:
@@ -418,13 +425,13 @@ class PixelTriggerTask(BackdoorTask):
         split = 'rows'
     self.split = split
     self.part_masks: List[np.ndarray] = split_mask(self.mask, self.distributed_parts, split)
-    selected = self._is_source(test_y)
+    selected = self.is_source(test_y)
     if not np.any(selected):
       raise ValueError('the test set has no image to trigger (no source-class image)')
     eval_x = stamp(test_x[selected], self.mask, trigger_value)
     self._eval = (eval_x, np.full((eval_x.shape[0],), self.target_class, np.int32))
 
-  def _is_source(self, y: np.ndarray) -> np.ndarray:
+  def is_source(self, y: np.ndarray) -> np.ndarray:
     """Boolean mask of the examples that may carry the trigger."""
     if self.source_class is None:
       return y != self.target_class
@@ -436,6 +443,11 @@ class PixelTriggerTask(BackdoorTask):
       raise ValueError(f'attacker_index must be >= 0, got {attacker_index}')
     return self.part_masks[attacker_index % self.distributed_parts]
 
+  def poison(self, x: np.ndarray, attacker_index: int) -> Arrays:
+    """`x` with attacker `attacker_index`'s part of the trigger stamped, labelled target_class."""
+    mal_x = stamp(x, self.attacker_mask(attacker_index), self.trigger_value)
+    return mal_x, np.full((mal_x.shape[0],), self.target_class, np.int32)
+
   def num_poisoned(self, num_source: int) -> int:
     """How many of `num_source` source-class images an attacker poisons (half rounds up)."""
     return _round_half_up(self.poison_fraction * num_source)
@@ -445,17 +457,15 @@ class PixelTriggerTask(BackdoorTask):
     """Poisons a seeded share of the attacker's source-class images; see the class docstring."""
     del client_id
     x, y = _as_arrays(x, y)
-    piece = self.attacker_mask(attacker_index)
-    candidates = np.flatnonzero(self._is_source(y))
+    self.attacker_mask(attacker_index)  # A bad index fails also when nothing is poisoned.
+    candidates = np.flatnonzero(self.is_source(y))
     count = self.num_poisoned(candidates.size)
     if count == 0:
       return (x, y), _empty_like(x)
     chosen = np.sort(rng.choice(candidates, size=count, replace=False))
     poisoned = np.zeros(y.shape[0], dtype=bool)
     poisoned[chosen] = True
-    mal_x = stamp(x[poisoned], piece, self.trigger_value)
-    mal_y = np.full((mal_x.shape[0],), self.target_class, np.int32)
-    return (x[~poisoned], y[~poisoned]), (mal_x, mal_y)
+    return (x[~poisoned], y[~poisoned]), self.poison(x[poisoned], attacker_index)
 
   def eval_sets(self) -> Dict[str, Arrays]:
     """'backdoor': full trigger on the source-class test images, labelled target_class."""

@@ -62,6 +62,19 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
   keeps a seeded, class-stratified share of the centralised training pool (after the server
   holdout, before partitioning): the same population shape at a fraction of the cost.
   """
+  _check_request(dataset, partition, train_fraction)
+  if dataset in NATURAL_DATASETS:
+    return _load_writers(dataset, data_dir=data_dir, only_digits=only_digits,
+                         num_clients=num_clients, server_holdout=server_holdout, seed=seed,
+                         cache_dir=cache_dir)
+  return _load_centralised(dataset, data_dir, partition, 100 if num_clients is None else
+                           num_clients, alpha, shards_per_client,
+                           1000 if server_holdout is None else server_holdout, seed,
+                           train_fraction)
+
+
+def _check_request(dataset: str, partition: str, train_fraction: float) -> None:
+  """Raises DataError for an unknown data set or partition, or a bad train_fraction."""
   if dataset not in DATASETS:
     raise DataError(f'unknown dataset {dataset!r}; valid: {", ".join(DATASETS)}')
   if partition not in PARTITIONS:
@@ -71,22 +84,23 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
   if dataset in NATURAL_DATASETS and train_fraction < 1:
     raise DataError(f'train_fraction applies to centralised data; for {dataset} take fewer '
                     'writers with num_clients')
+
+
+def _load_writers(dataset: str, *, data_dir: Optional[str], **kwargs) -> FederatedData:
+  """A writer data set in its per-writer split (LEAF FEMNIST from data_dir, TFF's EMNIST)."""
   if dataset == 'femnist':
     if not data_dir:
       raise DataError('--dataset=femnist needs --data_dir (a LEAF folder with train/, test/)')
-    return femnist_lib.load_femnist(data_dir, only_digits=only_digits, num_clients=num_clients,
-                                    server_holdout=server_holdout, seed=seed,
-                                    cache_dir=cache_dir)
-  if dataset == 'emnist':
-    return emnist_lib.load_emnist(only_digits=only_digits, num_clients=num_clients,
-                                  server_holdout=server_holdout, seed=seed,
-                                  cache_dir=cache_dir)
-  if num_clients is None:
-    num_clients = 100
+    return femnist_lib.load_femnist(data_dir, **kwargs)
+  return emnist_lib.load_emnist(**kwargs)
+
+
+def _load_centralised(dataset: str, data_dir: Optional[str], partition: str, num_clients: int,
+                      alpha: float, shards_per_client: int, server_holdout: int, seed: int,
+                      train_fraction: float) -> FederatedData:
+  """A centralised data set: server holdout, optional stratified share, then partitioned."""
   if num_clients < 1:
     raise DataError(f'num_clients must be >= 1 for {dataset}, got {num_clients}')
-  if server_holdout is None:
-    server_holdout = 1000
   (x, y), test = idx_lib.load_centralised(dataset, data_dir)
   held, pool = partition_lib.stratified_holdout(y, server_holdout, [seed, 1])
   if train_fraction < 1:
@@ -111,12 +125,8 @@ def load_federated_data(dataset: str, *, data_dir: Optional[str] = None,
   report.update(dataset=dataset, server_size=int(held.size), test_size=int(test[1].size),
                 background_value=0.0)
   return FederatedData(
-      name=dataset,
-      train=federate_arrays(x, y, parts),
-      test=test,
-      server=(x[held], y[held]),
-      num_classes=num_classes,
-      input_shape=tuple(int(d) for d in x.shape[1:]),
+      name=dataset, train=federate_arrays(x, y, parts), test=test, server=(x[held], y[held]),
+      num_classes=num_classes, input_shape=tuple(int(d) for d in x.shape[1:]),
       partition_report=report)
 
 
