@@ -35,7 +35,7 @@ def main(argv):
   if not run_dirs or (FLAGS.output_dir is not None and len(run_dirs) != 1):
     cli.fail('give finished run directories: python -m experiments.apply_flain RUN_DIR '
              '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME')
-  from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top  (loaded by the parser)
   options = {name: FLAGS[name].value for name in flain_run.FLAIN_FIELDS}
   for run_dir in run_dirs:
     output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)
@@ -44,4 +44,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.flain_run',
+                                                      check=lambda: None))

@@ -23,7 +23,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.config_from_flags(FLAGS)
-  from tff_backdoor import experiment  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from tff_backdoor import experiment  # pylint: disable=g-import-not-at-top  (loaded by the parser)
   from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
   # Local TFF worker that dies with this process, even on SIGKILL (--workers: remote ones).
   with runtime.local_execution(enabled=not config.run.workers):
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.experiment'))

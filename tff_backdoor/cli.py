@@ -6,6 +6,7 @@ imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Sequence
@@ -46,6 +47,24 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
+
+
+def checked_flags_parser(*heavy_modules: str,
+                         check: Callable[[], Any] = lambda: config_from_flags()
+                         ) -> Callable[[List[str]], List[str]]:
+  """`one_line_flags_parser`, then `check()` (a bad value: one line, exit 2), then imports.
+
+  The programs' way to fail fast: TensorFlow loads only after the flags passed, and still
+  while absl parses flags (TensorFlow imported from inside absl's `main` breaks Keras'
+  Sequential models in this TF 2.14 / absl stack).
+  """
+  def parse(argv: List[str]) -> List[str]:
+    args = one_line_flags_parser(argv)
+    check()
+    for name in heavy_modules:
+      importlib.import_module(name)
+    return args
+  return parse
 
 
 def _define(field: dataclasses.Field, flag_values: flags.FlagValues) -> None:

@@ -1,0 +1,125 @@
+"""The configuration: flat config.json round trips, generated flags, one-line fast errors, and
+imports that change no global state."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tff_backdoor import cli
+from tff_backdoor import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# config.json of a run from before the nested config (every key, today's sentinel spellings).
+OLD_CONFIG = {
+    'dataset': 'femnist', 'data_dir': '/leaf', 'cache_dir': None, 'only_digits': True,
+    'partition': 'dirichlet', 'num_clients': None, 'alpha': 0.5, 'shards_per_client': 2,
+    'server_holdout': None, 'train_fraction': 1.0, 'model': 'sun_cnn', 'rounds': 3,
+    'clients_per_round': 5, 'local_epochs': 1, 'batch_size': 20, 'client_lr': 0.1,
+    'server_lr': 1.0, 'task': 'targeted', 'num_tasks': 1, 'task_samples_per_client': 0,
+    'task_min_samples': 10, 'source_class': 7, 'target_class': 1, 'keep_honest_copies': True,
+    'poison_fraction': 0.5, 'trigger_size': 5, 'trigger_value': -1.0,
+    'trigger_pattern': 'square', 'distributed_parts': 1, 'attack': 'boost', 'boost': 0.0,
+    'norm_bound': 0.33, 'projection_rounds': 5, 'malicious_epochs': 0,
+    'malicious_batch_size': 0, 'schedule': 'fixed_frequency', 'attack_every': 1,
+    'malicious_fraction': 0.1, 'attackers_per_round': 1, 'attack_start': 0, 'attack_stop': 0,
+    'defense': dataclasses.asdict(config_lib.DefenseConfig()), 'seed': 0,
+    'output_dir': '/tmp/b', 'eval_every': 1, 'eval_batch_size': 500, 'eval_subset': 4000,
+    'workers': '', 'num_subrounds': 0, 'checkpoint_every': 0, 'keep_checkpoints': 2,
+    'resume': False, 'init_from': '', 'init_from_file': '', 'init_from_sha256': '',
+    'init_from_rounds': 0, 'capture_rounds': '', 'flain': False, 'flain_aux_per_class': 80,
+    'flain_layer': '', 'flain_mode': 'quantile', 'flain_k0': -1.0, 'flain_step': -1.0,
+    'flain_tolerance': 0.01, 'tensorboard': True, 'verbose': True}
+
+
+def test_old_config_json_loads_with_none_for_its_sentinels_and_writes_back_the_same():
+  config = config_lib.ExperimentConfig.from_dict(OLD_CONFIG)
+  assert config.attack.boost is None and config.schedule.stop is None
+  assert config.attack.malicious_epochs is None and config.flain.k0 is None
+  assert config.run.workers is None and config.task.trigger_value is None
+  assert config.task.name == 'targeted' and config.fed_avg.rounds == 3
+  assert config.to_dict() == OLD_CONFIG
+  assert json.loads(json.dumps(config.to_dict())) == OLD_CONFIG
+  assert config_lib.ExperimentConfig.from_flat(flain_k0=-5.0).flain.k0 is None  # any < 0
+  assert config_lib.ExperimentConfig().to_dict().keys() == OLD_CONFIG.keys()
+  with pytest.raises(ValueError, match='unknown config keys: nope'):
+    config_lib.ExperimentConfig.from_dict({**OLD_CONFIG, 'nope': 1})
+
+
+def test_replace_takes_flat_keys():
+  config = config_lib.ExperimentConfig().replace(flain=True, rounds=4, attack_stop=9)
+  assert config.flain.enabled and config.fed_avg.rounds == 4 and config.schedule.stop == 9
+
+
+def test_every_config_field_has_a_flag_and_help(tmp_path):
+  from absl import flags
+  values = flags.FlagValues()
+  cli.define_config_flags(flag_values=values)
+  values(['prog', '--clip_norm=2', '--attack_stop=5', '--noonly_digits'])
+  flat = {k for k in OLD_CONFIG if k not in ('defense', 'init_from_file', 'init_from_sha256',
+                                              'init_from_rounds', 'tensorboard', 'verbose')}
+  flat |= {f.name for f in dataclasses.fields(config_lib.DefenseConfig) if f.name != 'name'}
+  flat.add('defense')
+  assert flat <= set(values)
+  assert all(values[name].help for name in flat)
+  config = cli.config_from_flags(values)
+  assert config.defense.clip_norm == 2.0 and config.schedule.stop == 5
+  assert not config.data.only_digits and config.attack.boost is None
+
+
+def test_registry_names_agree_with_their_builders():
+  from tff_backdoor import models
+  from tff_backdoor.attacks import schedules, tasks
+  assert set(config_lib.MODELS) == set(models.MODEL_BUILDERS)
+  assert set(config_lib.SCHEDULES) == set(schedules.SCHEDULES)
+  assert tuple(config_lib.PATTERNS) == tuple(tasks.PATTERNS)
+
+
+def _python(code):
+  env = dict(os.environ)
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  return subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                        text=True, env=env, timeout=300)
+
+
+def test_importing_the_package_changes_no_global_state():
+  """os.environ and atexit as TensorFlow and TFF's own imports leave them (they set a few
+  variables themselves); then every tff_backdoor module is imported."""
+  code = '''
+import atexit, importlib, os, pkgutil
+import tensorflow, tensorflow_federated
+env, hooks = dict(os.environ), atexit._ncallbacks()
+import tff_backdoor
+for m in pkgutil.walk_packages(tff_backdoor.__path__, 'tff_backdoor.'):
+  importlib.import_module(m.name)
+assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+assert atexit._ncallbacks() == hooks, 'an import registered an atexit hook'
+print('clean')
+'''
+  result = _python(code)
+  assert result.returncode == 0 and 'clean' in result.stdout, result.stderr[-2000:]
+
+
+def test_the_config_and_flags_load_without_tensorflow():
+  result = _python('import sys, tff_backdoor.config, tff_backdoor.cli, experiments.emnist_backdoor'
+                   "; assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('args,flag', [
+    (['--clip_norm=-1'], '--clip_norm'),
+    (['--rounds=0'], '--rounds'),
+    (['--boost=-2'], '--boost'),
+    (['--dataset=nope'], '--dataset'),
+    (['--poison_fraction=2'], '--poison_fraction'),
+])
+def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
+  result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2, result.stderr
+  assert len(lines) == 1 and len(lines[0]) < 200, result.stderr
+  assert lines[0].startswith('error: ') and flag in lines[0]
