@@ -8,7 +8,7 @@ Around Bilgin's baseline (10 clients all in every round, 1 data-poisoning attack
 data rate 1/10, client lr 0.01, batch 64, 2 local epochs) each factor is varied alone; every
 run captures every client update of every round, ranks the variables by ROC-AUC (all, early
 and late rounds) and evaluates the final-layer-bias detector. The logic lives in
-`tff_backdoor.localization_study`; this file holds the flags.
+`studies.localization_study`; this file holds the flags.
 
 Outputs in --output_dir: summary.csv and summary.json (one row per task, partition, factor,
 value, seed), plots/<task>_<partition>_<factor>_seed<k>.png, and per run runs/<run>/ with
@@ -20,8 +20,9 @@ from absl import flags
 
 from tff_backdoor import anomaly
 from tff_backdoor import cli
-from tff_backdoor import localization_study as study
 from tff_backdoor import models
+
+from studies import localization_study as study
 
 _D = study.StudySettings()
 

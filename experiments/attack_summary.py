@@ -14,7 +14,7 @@ from absl import flags
 
 from tff_backdoor import cli
 from tff_backdoor import diagnostics
-from tff_backdoor import plots
+from tff_backdoor import metrics_io
 
 flags.DEFINE_string('clean', None, 'The unattacked run directory (same seed and data).')
 flags.DEFINE_float('threshold', 0.9, 'Backdoor accuracy that counts as implanted.')
@@ -23,10 +23,10 @@ FLAGS = flags.FLAGS
 
 
 def _rows(run_dir: str):
-  path = os.path.join(run_dir, 'metrics.jsonl')
+  path = os.path.join(run_dir, metrics_io.METRICS_JSONL)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: is {run_dir} a run directory?')
-  return plots.read_rows(run_dir)
+  return metrics_io.read_rows(run_dir)
 
 
 def _line(run_dir, s) -> str:

@@ -6,7 +6,6 @@ Each run's config.json says which data and test split to load (as the run loaded
 which source/target classes its backdoor used. Prints one line per run; with --output, also
 writes the reports as JSON. See `tff_backdoor.diagnostics`.
 """
-import json
 import os
 
 from absl import app
@@ -16,6 +15,7 @@ from absl import flags
 # main after a lazy TF import fails to build in TF 2.14 (models imports it here).
 from tff_backdoor import cli
 from tff_backdoor import diagnostics
+from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor import simulation
 
@@ -30,11 +30,12 @@ def run_report(run_dir: str, model_file: str):
   config = simulation.load_run_config(run_dir, model_file)
   data = simulation.load_data(config)
   x, y = data.test
-  model = models.build_model(config.model, data.input_shape, data.num_classes)
+  model = models.build_model(config.fed_avg.model, data.input_shape, data.num_classes)
   model.load_weights(os.path.join(run_dir, model_file))
-  source = config.source_class if config.task != 'none' else None
+  task = config.task
+  source = task.source_class if task.name != 'none' else None
   return diagnostics.class_report(y, diagnostics.predict_labels(model, x), data.num_classes,
-                                  source, config.target_class)
+                                  source, task.target_class)
 
 
 def _line(run_dir, report) -> str:
@@ -55,9 +56,7 @@ def main(argv):
     reports[run_dir] = cli.run_or_fail(lambda d=run_dir: run_report(d, FLAGS.model_file))
     print(_line(run_dir, reports[run_dir]), flush=True)
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(reports, f, indent=2)
-      f.write('\n')
+    metrics_io.write_json(FLAGS.output, reports)
 
 
 if __name__ == '__main__':

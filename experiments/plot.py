@@ -6,13 +6,14 @@
 Writes curves.png (main and backdoor accuracy per round; for a sweep one line per
 configuration group, mean over seeds with a min-max band), flain.png (accuracy before/after
 FLAIN, with --flain runs) and anomaly_auc*.png / bias_scores*.png (runs with
---capture_rounds), and prints the files written. See `tff_backdoor.plots`.
+--capture_rounds), and prints the files written. See `studies.plots`.
 """
 from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import plots
+
+from studies import plots
 
 flags.DEFINE_string('output_dir', None, 'Where the PNGs go (default RUN_OR_SWEEP_DIR/plots).')
 flags.DEFINE_enum('band', 'minmax', plots.BANDS,

@@ -3,7 +3,7 @@
   python -m experiments.reproduction_tables runs/repro/sun --families=sun \
       --output_dir=experiments/results/reproduction/sun
 
-One markdown table per family (`tff_backdoor.reproduction`): the varied flag, the number of
+One markdown table per family (`studies.reproduction`): the varied flag, the number of
 seeds, mean ± std over seeds of main and backdoor accuracy (over the attack rounds and final)
 and seconds per run; FAMILY.png (accuracy vs the varied flag) and FAMILY.csv beside it.
 `--families=flain`: FLAIN's cross tables (task, partition, malicious share x defense).
@@ -15,7 +15,8 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import reproduction
+
+from studies import reproduction
 
 flags.DEFINE_list('families', ['sun'], f'Family sets: {", ".join(reproduction.FAMILIES)} (sweep '
                   'directories), or bilgin (experiments.anomaly_localization output directories).')

@@ -14,7 +14,7 @@ interrupted sweep finishes it. --pretrain_flags runs one shared pretraining firs
 warm-starts every configuration from it. Writes results.md, results.csv (mean and std over
 seeds per configuration group), runs.csv and sweep.json to --output_dir. Exit code: 0 all
 finished, 1 some configuration failed (listed at the end), 130 interrupted.
-See `tff_backdoor.sweeps` for the details.
+See `studies.sweeps` for the details.
 """
 import sys
 
@@ -22,7 +22,9 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import sweeps
+from tff_backdoor import metrics_io
+
+from studies import sweeps
 
 flags.DEFINE_multi_string('grid', [], "Grid 'flag=v1,v2;flag2=v3,...' (cartesian product); "
                           'repeat the flag to sweep the union of several grids.')
@@ -41,8 +43,8 @@ flags.DEFINE_string('program', sweeps.DEFAULT_PROGRAM,
                     'Module of the absl program to sweep, run as `python -m PROGRAM`.')
 flags.DEFINE_string('seed_flag', 'seed', 'Grid flag averaged over in results.csv/md.')
 flags.DEFINE_string('output_flag', 'output_dir', "The program's output directory flag.")
-flags.DEFINE_string('done_file', 'final.json', 'File a finished run leaves in its directory; '
-                    'its numbers fill the results tables.')
+flags.DEFINE_string('done_file', metrics_io.FINAL_FILE, 'File a finished run leaves in its '
+                    'directory; its numbers fill the results tables.')
 flags.DEFINE_list('metrics', list(sweeps.DEFAULT_METRICS), 'Entries of --done_file in the '
                   "tables ('.' for nested keys); those absent from every run are left out.")
 flags.DEFINE_bool('dry_run', False, 'List each configuration, its state and command; run '

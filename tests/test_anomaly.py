@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tff_backdoor import anomaly
-from tff_backdoor import anomaly_plots
+from tff_backdoor import metrics_io
+from studies import anomaly_plots
 
 S = 1.4826  # MAD scale.
 
@@ -324,10 +325,10 @@ def test_records_csv_and_json(tmp_path):
   records = anomaly.table_to_records(rows)
   assert records[0]['rank'] == 1 and records[0]['variable'] == 'v2'
   assert records[0]['auc_round_0000'] == 1.0 and 'auc_round_0001' in records[0]
-  csv_path = anomaly.write_csv(str(tmp_path / 'loc.csv'), records)
+  csv_path = metrics_io.write_csv(str(tmp_path / 'loc.csv'), records)
   lines = open(csv_path).read().splitlines()
   assert len(lines) == 5 and lines[0].startswith('rank,variable,auc,')
-  json_path = anomaly.write_json(str(tmp_path / 'loc.json'), {'rows': rows, 'x': float('nan')})
+  json_path = metrics_io.write_json(str(tmp_path / 'loc.json'), {'rows': rows, 'x': float('nan')})
   loaded = json.load(open(json_path))
   assert loaded['x'] is None and loaded['rows'][0]['variable'] == 'v2'
   assert loaded['rows'][0]['round_auc'] == {'0': 1.0, '1': 1.0}

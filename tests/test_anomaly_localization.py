@@ -1,4 +1,4 @@
-"""Tests of the Bilgin factor sweeps (tff_backdoor.localization_study and its program)."""
+"""Tests of the Bilgin factor sweeps (studies.localization_study and its program)."""
 import csv
 import dataclasses
 import json
@@ -12,7 +12,7 @@ import pytest
 
 from tests import tiny
 from tff_backdoor import anomaly
-from tff_backdoor import localization_study as study
+from studies import localization_study as study
 from tff_backdoor.attacks import tasks as tasks_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,20 +87,21 @@ def test_parsers():
 def test_experiment_config_of_the_baseline_and_of_a_sweep_point():
   settings = study.StudySettings(rounds=7)
   base = study.experiment_config(settings, study.expand_sweep(['num_malicious'], ['targeted'],
-                                                              ['iid'])[0].run)
-  assert (base.num_clients, base.clients_per_round) == (10, 10)
-  assert (base.schedule, base.malicious_fraction, base.attackers_per_round) == (
+                                                              ['iid'])[0].run).to_dict()
+  assert (base['num_clients'], base['clients_per_round']) == (10, 10)
+  assert (base['schedule'], base['malicious_fraction'], base['attackers_per_round']) == (
       'fixed_per_round', 0.1, 1)
-  assert (base.attack, base.client_lr, base.batch_size, base.local_epochs) == (
+  assert (base['attack'], base['client_lr'], base['batch_size'], base['local_epochs']) == (
       'data_poison', 0.01, 64, 2)
-  assert base.capture_rounds == 'all' and base.rounds == 7 and base.partition == 'iid'
-  run = study.Run('pixel', 'dirichlet0.1', seed=2, num_malicious=3, client_lr=0.1,
+  assert base['capture_rounds'] == 'all' and base['rounds'] == 7 and base['partition'] == 'iid'
+  run = study.Setting('pixel', 'dirichlet0.1', seed=2, num_malicious=3, client_lr=0.1,
                   malicious_rate=1 / 3)
-  config = study.experiment_config(settings, run)
-  assert (config.partition, config.alpha, config.seed) == ('dirichlet', 0.1, 2)
-  assert (config.attackers_per_round, config.malicious_fraction) == (3, pytest.approx(0.3))
-  assert config.source_class == -1 and config.task == 'pixel'
-  assert config.output_dir.endswith(run.name)
+  config = study.experiment_config(settings, run).to_dict()  # flat: the flag names
+  assert (config['partition'], config['alpha'], config['seed']) == ('dirichlet', 0.1, 2)
+  assert (config['attackers_per_round'], config['malicious_fraction']) == (
+      3, pytest.approx(0.3))
+  assert config['source_class'] == -1 and config['task'] == 'pixel'
+  assert config['output_dir'].endswith(run.name)
 
 
 # ----------------------------------------------------------------------------- malicious rate
@@ -408,8 +409,9 @@ def test_program_bad_flag_exits_with_one_line():
 def test_writer_data_takes_the_writers_partition_only():
   run = study.expand_sweep(['num_malicious'], ['pixel'], ['writers'])[0].run
   settings = study.StudySettings(dataset='femnist', data_dir='/leaf')
-  config = study.experiment_config(settings, run)
-  assert (config.dataset, config.num_clients, config.clients_per_round) == ('femnist', 10, 10)
+  config = study.experiment_config(settings, run).to_dict()
+  assert (config['dataset'], config['num_clients'], config['clients_per_round']) == (
+      'femnist', 10, 10)
   with pytest.raises(ValueError, match='--init_from=/runs/pre: no such run directory'):
     study.experiment_config(dataclasses.replace(settings, init_from='/runs/pre'), run)
   with pytest.raises(ValueError, match="take exactly the 'writers' partition"):

@@ -9,7 +9,7 @@ import pytest
 from matplotlib import image as mpl_image
 
 from tff_backdoor import anomaly
-from tff_backdoor import plots
+from studies import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'

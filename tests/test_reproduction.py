@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tff_backdoor import reproduction
+from studies import reproduction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,7 +131,7 @@ def test_window_means_skip_unevaluated_rounds():
     ('sun.grid', reproduction.SUN_FAMILIES),
     ('sun_femnist.grid', reproduction.SUN_FEMNIST_FAMILIES)])
 def test_sun_families_select_what_the_sun_grid_runs(grid, families):
-  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
   grids = sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid))
   configs = sweeps.expand(grids)
   assert len(configs) == 3 * (18 + (grid == 'sun_femnist.grid'))  # configurations x 3 seeds
@@ -157,7 +157,7 @@ def test_program_prints_tables_and_rejects_bad_input(tmp_path):
 
 
 def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
-  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
   configs = sweeps.expand(sweeps.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun.grid')))
   runs = [(c, {'test_accuracy': 0.8, 'backdoor_accuracy': 0.5, 'seconds': 60.0},
@@ -175,7 +175,7 @@ def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
 
 
 def test_femnist_families_show_the_collateral_rate_and_curves(tmp_path):
-  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
   configs = sweeps.expand(sweeps.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun_femnist.grid')))
   rows = [dict(r, collateral_accuracy=c) for r, c in
@@ -196,7 +196,7 @@ def test_femnist_families_show_the_collateral_rate_and_curves(tmp_path):
 
 
 def test_flain_tables_have_flain_and_every_defense_column(tmp_path):
-  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
   configs = sweeps.expand(sweeps.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'flain.grid')))
   assert len(configs) == 4 * 4 * 6 * 3 + 4 * 3
@@ -356,7 +356,7 @@ def test_flain_femnist_tables_read_the_absolute_mode_beside_the_run(tmp_path):
 
 
 def test_the_30_writer_family_selects_its_grid():
-  from tff_backdoor import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
   configs = sweeps.expand(sweeps.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun_femnist_30.grid')))
   fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]

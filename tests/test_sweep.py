@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests import tiny
-from tff_backdoor import sweeps
+from studies import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ('--dataset=idx --data_dir={} --model=tiny_cnn --partition=iid --num_clients=12 '

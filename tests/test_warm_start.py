@@ -13,7 +13,7 @@ from tests import tiny
 from tff_backdoor import anomaly
 from tff_backdoor import models
 from tff_backdoor import simulation
-from tff_backdoor import sweeps
+from studies import sweeps
 from tff_backdoor import warm_start
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

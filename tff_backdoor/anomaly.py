@@ -12,18 +12,18 @@ vector to every client and to negating all updates, so deltas `trained - initial
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import glob
-import json
 import math
 import os
 import re
 import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import scipy.stats
+
+from tff_backdoor.metrics_io import to_jsonable
 
 # Constants of the robust scale: s = MAD_SCALE * MAD + MAD_EPSILON (the TF bias_filter uses
 # these same two; MAD_SCALE = 1 / Phi^-1(3/4) to 4 decimals, the normal-consistent MAD).
@@ -477,27 +477,6 @@ def false_positive_rate(captures: Iterable[RoundCapture], threshold: float,
   return float(np.mean([flagged[table.client_id == c].any() for c in honest_ids]))
 
 
-def to_jsonable(value: Any) -> Any:
-  """Converts NumPy values, dataclasses and non-finite floats (-> None) to plain JSON values."""
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return to_jsonable(dataclasses.asdict(value))
-  if isinstance(value, Mapping):
-    return {str(k): to_jsonable(v) for k, v in value.items()}
-  if isinstance(value, np.ndarray):
-    return to_jsonable(value.tolist())
-  if isinstance(value, (list, tuple)):
-    return [to_jsonable(v) for v in value]
-  if isinstance(value, (bool, np.bool_)):
-    return bool(value)
-  if isinstance(value, (int, np.integer)):
-    return int(value)
-  if isinstance(value, (float, np.floating)):
-    return float(value) if math.isfinite(value) else None
-  if isinstance(value, np.str_):
-    return str(value)
-  return value
-
-
 def detector_report(captures: Iterable[RoundCapture], threshold: Optional[float] = None,
                     bias_variable: Optional[str] = None,
                     accumulate: Accumulate = False) -> Dict[str, Any]:
@@ -557,23 +536,3 @@ def table_to_records(rows: Sequence[LocalizationRow]) -> List[Dict[str, Any]]:
     rec.update({f'auc_round_{k:04d}': v for k, v in r.round_auc.items()})
     records.append(to_jsonable(rec))
   return records
-
-
-def write_csv(path: str, records: Sequence[Mapping[str, Any]]) -> str:
-  """Writes dict records to CSV (union of keys, first-seen order; None -> empty cell)."""
-  fields: List[str] = list(dict.fromkeys(k for rec in records for k in rec))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, restval='')
-    writer.writeheader()
-    for rec in records:
-      writer.writerow({k: '' if v is None else v for k, v in to_jsonable(dict(rec)).items()})
-  return path
-
-
-def write_json(path: str, value: Any) -> str:
-  """Writes `value` as strict JSON (NaN/inf become null)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(to_jsonable(value), f, indent=2, allow_nan=False)
-  return path

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from tff_backdoor import anomaly
+from tff_backdoor import metrics_io
 from tff_backdoor import process as process_lib
 from tff_backdoor.config import ExperimentConfig, parse_rounds
 from tff_backdoor.loop import Hook, Round
@@ -61,7 +62,7 @@ class CaptureHook(Hook):
     if self.rounds and setup.capture_process is None:
       raise ValueError('--capture_rounds needs setup.capture_process: build the setup with '
                        'prepare(config)')
-    self.directory = os.path.join(config.run.output_dir, 'captures')
+    self.directory = os.path.join(config.run.output_dir, metrics_io.CAPTURES_DIR)
     self.spool = spool_dir(config)
     if self.rounds:  # a clean spool: nothing left from an interrupted run is read as this run's
       shutil.rmtree(self.spool, ignore_errors=True)

@@ -43,8 +43,7 @@ def resume_state(config: ExperimentConfig, state, streams):
   directory = os.path.join(config.run.output_dir, 'checkpoints')
   if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
-  with open(os.path.join(config.run.output_dir, 'config.json')) as f:
-    saved = json.load(f)
+  saved = metrics_io.read_json(os.path.join(config.run.output_dir, metrics_io.CONFIG_FILE))
   current = json.loads(json.dumps(config.to_dict()))
   # Keys newer than the run's config.json count as equal when they keep their default.
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
@@ -189,7 +188,7 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   first_round, meta = 0, {}
   if run.resume:
     state, first_round, meta = resume_state(config, state, streams)
-  metrics_io.write_json(os.path.join(run.output_dir, 'config.json'), config.to_dict())
+  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.CONFIG_FILE), config.to_dict())
   writer = metrics_io.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
                                     keep_rounds_before=first_round)
   np.savez(os.path.join(run.output_dir, 'initial_weights.npz'), *initial_weights)
@@ -208,7 +207,7 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   if config.flain.enabled:
     loop.finish([flain_run.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
-  metrics_io.write_json(os.path.join(run.output_dir, 'final.json'), final)
+  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.FINAL_FILE), final)
   if run.verbose:
     print('\n'.join(run_summary.describe_run(writer.rows, config.to_dict())), flush=True)
   return final

@@ -44,7 +44,7 @@ def run_flain(setup: 'ExperimentSetup', final_model: tf.keras.Model,
   after = evaluator.evaluate(setup.eval_sets)
   evaluator.model.save(os.path.join(config.run.output_dir, 'flain_model.keras'))
   result = {'before': before, 'after': after, 'report': report.to_dict()}
-  metrics_io.write_json(os.path.join(config.run.output_dir, 'flain.json'), result)
+  metrics_io.write_json(os.path.join(config.run.output_dir, metrics_io.FLAIN_FILE), result)
   if config.run.verbose:
     line = [f'FLAIN ({report.threshold_mode} k={report.threshold:.4g}, '
             f'{report.num_flipped} neurons flipped, {report.seconds:.1f}s)']
@@ -86,7 +86,7 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
   with np.load(initial_weights or os.path.join(run_dir, 'initial_weights.npz')) as npz:
     initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
   os.makedirs(output_dir, exist_ok=True)
-  metrics_io.write_json(os.path.join(output_dir, 'config.json'), config.to_dict())
+  metrics_io.write_json(os.path.join(output_dir, metrics_io.CONFIG_FILE), config.to_dict())
   before = evaluator.evaluate(setup.eval_sets)
   return run_flain(setup, evaluator.model, initial, evaluator, before)
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from tff_backdoor import checkpoint
+from tff_backdoor import metrics_io
 
 FINAL_MODEL = 'final_model.keras'
 CHECKPOINTS = 'checkpoints'
@@ -66,9 +66,9 @@ def weights_sha256(weights: Sequence[np.ndarray]) -> str:
 
 
 def _read_json(path: str) -> dict:
+  """The JSON object in `path`, or {} if it is missing or unreadable."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return metrics_io.read_json(path)
   except (OSError, ValueError):
     return {}
 
@@ -84,11 +84,12 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   if output_dir and os.path.abspath(run_dir) == os.path.abspath(output_dir):
     raise ValueError(f'--init_from={run_dir} is the --output_dir of this run: warm-start from '
                      'another run (use --resume to continue this one)')
-  earlier = int(_read_json(os.path.join(run_dir, 'config.json')).get('init_from_rounds', 0))
+  config = _read_json(os.path.join(run_dir, metrics_io.CONFIG_FILE))
+  earlier = int(config.get('init_from_rounds', 0))
   final = os.path.join(run_dir, FINAL_MODEL)
   if os.path.isfile(final):
-    config = _read_json(os.path.join(run_dir, 'config.json'))
-    rounds = _read_json(os.path.join(run_dir, 'final.json')).get('rounds', config.get('rounds'))
+    rounds = _read_json(os.path.join(run_dir, metrics_io.FINAL_FILE)).get(
+        'rounds', config.get('rounds'))
     if rounds is None:
       raise ValueError(f'--init_from={run_dir}: no config.json or final.json says how many '
                        'rounds trained its final model')

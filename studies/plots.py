@@ -9,13 +9,12 @@
   with `anomaly.localization_table` and `anomaly_plots`.
 
 Layouts: a run directory (metrics.jsonl or final.json), a sweep directory (sweep.json from
-`tff_backdoor.sweeps`), or a directory whose subdirectories are runs. Uses matplotlib's
+`studies.sweeps`), or a directory whose subdirectories are runs. Uses matplotlib's
 object API with the Agg canvas (no pyplot state).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -26,9 +25,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tff_backdoor import anomaly
-from tff_backdoor import anomaly_plots
-from tff_backdoor import sweeps
-from tff_backdoor.metrics_io import read_rows
+from studies import anomaly_plots
+from studies import sweeps
+from tff_backdoor import metrics_io
 
 BANDS = ('minmax', 'std', 'none')
 CURVE_METRICS = (('test_accuracy', 'main (test) accuracy'),
@@ -46,7 +45,7 @@ class RunData:
 
   @property
   def has_captures(self) -> bool:
-    return bool(anomaly.capture_files(os.path.join(self.directory, 'captures')))
+    return bool(anomaly.capture_files(os.path.join(self.directory, metrics_io.CAPTURES_DIR)))
 
 
 @dataclasses.dataclass
@@ -57,23 +56,18 @@ class Group:
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except ValueError as e:
-    raise ValueError(f'{path} is not valid JSON: {e}') from None
+  return metrics_io.read_json(path) if os.path.exists(path) else None
 
 
 def _is_run(directory: str) -> bool:
-  return any(os.path.exists(os.path.join(directory, f)) for f in ('metrics.jsonl', 'final.json'))
+  return any(os.path.exists(os.path.join(directory, f)) for f in (metrics_io.METRICS_JSONL,
+                                                                metrics_io.FINAL_FILE))
 
 
 def load_run(directory: str, name: Optional[str] = None) -> RunData:
   directory = os.path.abspath(directory)
-  return RunData(name or os.path.basename(directory), directory, read_rows(directory),
-                 _read_json(os.path.join(directory, 'final.json')))
+  return RunData(name or os.path.basename(directory), directory, metrics_io.read_rows(directory),
+                 _read_json(os.path.join(directory, metrics_io.FINAL_FILE)))
 
 
 def find_groups(path: str) -> Tuple[str, List[Group]]:
@@ -105,17 +99,11 @@ def _save(fig: Figure, path: str) -> str:
   return path
 
 
-def _number(value: Any) -> Optional[float]:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    return None
-  return float(value) if math.isfinite(value) else None
-
-
 def curve(rows: Sequence[Dict[str, Any]], key: str) -> Dict[int, float]:
   """{rounds completed (round + 1): value} of the rows where `key` was evaluated."""
   points = {}
   for row in rows:
-    value = _number(row.get(key))
+    value = metrics_io.number(row.get(key))
     if value is not None and isinstance(row.get('round'), int):
       points[row['round'] + 1] = value
   return points
@@ -179,7 +167,7 @@ def plot_curves(groups: Sequence[Group], path: str, band: str = 'minmax',
 
 def _flain_values(run: RunData, when: str, key: str) -> Optional[float]:
   flain = (run.final or {}).get('flain') or {}
-  return _number((flain.get(when) or {}).get(key))
+  return metrics_io.number((flain.get(when) or {}).get(key))
 
 
 def plot_flain(groups: Sequence[Group], path: str, title: Optional[str] = None
@@ -228,7 +216,7 @@ def _bias_variable(capture_dir: str) -> str:
 
 def plot_anomaly(run: RunData, output_dir: str, suffix: str = '') -> List[str]:
   """AUC-per-variable and bias-score plots of a run's captures ([] without captures)."""
-  capture_dir = os.path.join(run.directory, 'captures')
+  capture_dir = os.path.join(run.directory, metrics_io.CAPTURES_DIR)
   if not anomaly.capture_files(capture_dir):
     return []
   files = []

@@ -6,14 +6,13 @@ configuration's seeds are averaged: final main and backdoor accuracy, their mean
 attack window (rounds from --attack_start on: a boosted backdoor comes and goes from round to
 round, so one final round says little), and wall-clock seconds per run. A *cross table* puts
 one flag in the columns (e.g. the defense) and several in the rows (e.g. task, partition and
-malicious share), one metric per cell.
+malicious share), one metric per cell. The papers' constants (Sun et al.'s settings, the
+families of each figure, the FLAIN and matrix tables) live here, with the tables that use them.
 """
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -22,8 +21,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tff_backdoor import plots
-from tff_backdoor import sweeps
+from tff_backdoor import metrics_io
+
+from studies import plots
+from studies import sweeps
 
 # (key, column title) of the per-run numbers a table can show.
 METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
@@ -62,18 +63,12 @@ class Family:
   curves: bool = False  # also write FAMILY_curves.png (accuracy per round, mean ± std)
 
 
-def _number(value: Any) -> Optional[float]:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    return None
-  return float(value) if math.isfinite(value) else None
-
-
 def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
   """Mean test and backdoor accuracy and collateral rate over the evaluated rounds >= `start`."""
   out = {}
   for key, metric in (('window_test', 'test_accuracy'), ('window_backdoor', 'backdoor_accuracy'),
                       ('window_collateral', 'collateral_accuracy')):
-    values = [_number(r.get(metric)) for r in rows if r.get('round', -1) >= start]
+    values = [metrics_io.number(r.get(metric)) for r in rows if r.get('round', -1) >= start]
     values = [v for v in values if v is not None]
     out[key] = float(np.mean(values)) if values else None
   return out
@@ -86,19 +81,14 @@ def summarize_run(directory: str, flags: Mapping[str, str],
   final = run.final
   if final is None:
     return None
-  config_path = os.path.join(directory, 'config.json')
-  config = {}
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      config = json.load(f)
-  flain = final.get('flain') or {}
-  values = {'test': _number(final.get('test_accuracy')),
-            'backdoor': _number(final.get('backdoor_accuracy')),
-            'flain_test': _number((flain.get('after') or {}).get('test_accuracy')),
-            'flain_backdoor': _number((flain.get('after') or {}).get('backdoor_accuracy')),
-            'collateral': _number(final.get('collateral_accuracy')),
-            'flain_collateral': _number((flain.get('after') or {}).get('collateral_accuracy')),
-            'seconds': _number(final.get('seconds'))}
+  config_path = os.path.join(directory, metrics_io.CONFIG_FILE)
+  config = metrics_io.read_json(config_path) if os.path.exists(config_path) else {}
+  after = (final.get('flain') or {}).get('after') or {}
+  values = {key: metrics_io.number(record.get(name)) for key, record, name in (
+      ('test', final, 'test_accuracy'), ('backdoor', final, 'backdoor_accuracy'),
+      ('flain_test', after, 'test_accuracy'), ('flain_backdoor', after, 'backdoor_accuracy'),
+      ('collateral', final, 'collateral_accuracy'),
+      ('flain_collateral', after, 'collateral_accuracy'), ('seconds', final, 'seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
   values.update(_absolute_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory)
@@ -106,13 +96,12 @@ def summarize_run(directory: str, flags: Mapping[str, str],
 
 def _absolute_flain(directory: str) -> Dict[str, Optional[float]]:
   """The OPTIONAL_METRICS of RUN_DIR/flain_absolute/flain.json ({} when it is missing)."""
-  path = os.path.join(directory, FLAIN_ABSOLUTE_DIR, 'flain.json')
+  path = os.path.join(directory, FLAIN_ABSOLUTE_DIR, metrics_io.FLAIN_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    after = json.load(f).get('after') or {}
-  return {'flain_abs_test': _number(after.get('test_accuracy')),
-          'flain_abs_backdoor': _number(after.get('backdoor_accuracy'))}
+  after = metrics_io.read_json(path).get('after') or {}
+  return {'flain_abs_test': metrics_io.number(after.get('test_accuracy')),
+          'flain_abs_backdoor': metrics_io.number(after.get('backdoor_accuracy'))}
 
 
 def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
@@ -344,7 +333,7 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
     text, flat = cross_markdown(runs, spec)
     out = [text]
     if output_dir:
-      out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
+      out.append(metrics_io.write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
       if spec.heatmap:
         out.append(plot_cross_heatmap(flat, spec, os.path.join(output_dir, f'{spec.key}.png')))
     return out
@@ -357,21 +346,8 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
     if spec.curves:
       out.append(plot_family_curves(runs, spec, os.path.join(output_dir,
                                                              f'{spec.key}_curves.png')))
-    out.append(write_csv(os.path.join(output_dir, f'{spec.key}.csv'), references + rows))
+    out.append(metrics_io.write_csv(os.path.join(output_dir, f'{spec.key}.csv'), references + rows))
   return out
-
-
-def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
-  columns: List[str] = []
-  for row in rows:
-    columns.extend(k for k in row if k not in columns)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: '' if row.get(k) is None else row.get(k) for k in columns})
-  return path
 
 
 # ----------------------------------------------------------------------------- Sun et al.
@@ -507,12 +483,12 @@ def read_study_rows(study_dirs: Sequence[str]) -> List[Dict[str, str]]:
   """The summary.csv rows of anomaly-localization studies, each with its run directory."""
   rows = []
   for study in study_dirs:
-    path = os.path.join(study, 'summary.csv')
+    path = os.path.join(study, metrics_io.SUMMARY_CSV)
     if not os.path.exists(path):
-      raise ValueError(f'{study} is not an anomaly-localization study (no summary.csv)')
-    with open(path, newline='') as f:
-      for row in csv.DictReader(f):
-        rows.append(dict(row, run_dir=os.path.join(study, 'runs', row['run'])))
+      raise ValueError(f'{study} is not an anomaly-localization study (no '
+                       f'{metrics_io.SUMMARY_CSV})')
+    rows.extend(dict(row, run_dir=os.path.join(study, 'runs', row['run']))
+                for row in metrics_io.read_csv(path))
   return rows
 
 
@@ -561,11 +537,10 @@ def bilgin_localization(rows: Sequence[Mapping[str, str]], window: str = 'early'
   variables: List[str] = []
   for key, runs in groups.items():
     for run in runs:
-      with open(os.path.join(run['run_dir'], f'localization{suffix}.csv'), newline='') as f:
-        for line in csv.DictReader(f):
-          aucs.setdefault(key, {}).setdefault(line['variable'], []).append(float(line['auc']))
-          if line['variable'] not in variables:
-            variables.append(line['variable'])
+      for line in metrics_io.read_csv(os.path.join(run['run_dir'], f'localization{suffix}.csv')):
+        aucs.setdefault(key, {}).setdefault(line['variable'], []).append(float(line['auc']))
+        if line['variable'] not in variables:
+          variables.append(line['variable'])
   header = ['task', 'partition', 'seeds', *variables]
   lines = ['| ' + ' | '.join(header) + ' |', '| --- | --- | ---: |' + ' ---: |' * len(variables)]
   flat = []
@@ -707,7 +682,7 @@ def render_bilgin(study_dirs: Sequence[str], factors: Sequence[str],
   for key, (text, flat), factor in tables:
     out.append(text)
     if output_dir:
-      out.append(write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
+      out.append(metrics_io.write_csv(os.path.join(output_dir, f'{key}.csv'), flat))
       if factor:
         out.append(plot_bilgin_factor(rows, factor, os.path.join(output_dir, f'{key}.png')))
   return out

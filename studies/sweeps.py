@@ -1,4 +1,8 @@
-"""Parameter sweeps over an absl program: grids, one process and directory per configuration.
+"""The sweep engine of every study: configurations, one directory each, finished ones skipped.
+
+A program's grid runs one process per configuration (`run_sweep`, below); a study that trains
+through the library runs its configurations in this process (`run_in_process`). Both record a
+run as a `Run` and report a `SweepResult`.
 
 Grid syntax (`experiments/sweep.py --grid`, one grid per flag occurrence):
 
@@ -37,7 +41,6 @@ Each RUN_DIR also gets `run.log` (the program's stdout and stderr) and `sweep_ru
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import importlib.machinery
@@ -54,6 +57,11 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from absl import flags as absl_flags
+import numpy as np
+
+from tff_backdoor import metrics_io
 
 DEFAULT_PROGRAM = 'experiments.emnist_backdoor'
 DEFAULT_METRICS = ('test_accuracy', 'backdoor_accuracy', 'flain.after.test_accuracy',
@@ -83,8 +91,6 @@ Grid = List[Axis]
 
 _FLAG_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 _SAFE_VALUE = re.compile(r'^[A-Za-z0-9._+-]{1,40}$')
-_TRUE = ('true', 't', '1', 'yes', 'y')
-_FALSE = ('false', 'f', '0', 'no', 'n')
 
 
 class GridError(ValueError):
@@ -259,7 +265,7 @@ class SweepSpec:
   program: str = DEFAULT_PROGRAM
   seed_flag: str = 'seed'
   output_flag: str = 'output_dir'
-  done_file: str = 'final.json'
+  done_file: str = metrics_io.FINAL_FILE
   metrics: Tuple[str, ...] = DEFAULT_METRICS
   python: str = sys.executable
   pretrain_flags: Optional[List[str]] = None  # None: no shared pretraining run.
@@ -365,65 +371,96 @@ def resolve_program(module: str) -> str:
 # ----------------------------------------------------------------------------- run status
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
+def config_flags(config: Mapping[str, Any]) -> Dict[str, Any]:
+  """Flag name -> value of a run's (possibly nested) config.json.
 
-
-def _lookup(config: Mapping[str, Any], name: str) -> Tuple[bool, Any]:
-  """A flag's value in a (possibly nested) config; a nested dict stands for its 'name'."""
-  if name in config:
-    value = config[name]
+  A nested dict with a 'name' stands for that name (`--defense=clip` for
+  `{'defense': {'name': 'clip', ...}}`) and its other keys are flags too; the shallowest key
+  wins.
+  """
+  flat: Dict[str, Any] = {}
+  nested = []
+  for key, value in config.items():
     if isinstance(value, Mapping):
-      return ('name' in value), value.get('name')
-    return True, value
-  for value in config.values():
-    if isinstance(value, Mapping):
-      found, inner = _lookup(value, name)
-      if found:
-        return True, inner
-  return False, None
+      if 'name' in value:
+        flat[key] = value['name']
+      nested.append(value)
+    else:
+      flat[key] = value
+  for value in nested:
+    for key, inner in config_flags(value).items():
+      flat.setdefault(key, inner)
+  return flat
 
 
-def _same(config_value: Any, flag_value: str) -> bool:
-  if isinstance(config_value, bool):
-    low = flag_value.lower()
-    return (config_value and low in _TRUE) or (not config_value and low in _FALSE)
-  if isinstance(config_value, (int, float)):
-    try:
-      return math.isclose(float(flag_value), float(config_value), rel_tol=1e-9, abs_tol=0.0)
-    except ValueError:
-      return False
+def _flag_values(config: Mapping[str, Any]) -> absl_flags.FlagValues:
+  """An absl FlagValues with one flag per config entry, of the entry's type."""
+  values = absl_flags.FlagValues()
+  for name, value in config.items():
+    if isinstance(value, bool):
+      absl_flags.DEFINE_bool(name, value, '', flag_values=values)
+    elif isinstance(value, (int, float)):
+      absl_flags.DEFINE_float(name, value, '', flag_values=values)
+    else:
+      absl_flags.DEFINE_string(name, None, '', flag_values=values)
+  return values
+
+
+def _requested(config: Mapping[str, Any], args: Sequence[str]) -> Dict[str, Any]:
+  """Flag name -> value that `args` ask for, parsed by absl as the program would parse it
+  (`--flag`/`--noflag`, last occurrence wins); an unparsable value maps to `_Unparsable`."""
+  values = _flag_values(config)
+  try:
+    values(['sweep', *args], known_only=True)
+  except absl_flags.Error:  # One flag at a time, to tell which value is unparsable.
+    requested: Dict[str, Any] = {}
+    for arg in args:
+      requested.update(_requested(config, [arg]) if len(args) > 1 else
+                       {arg.lstrip('-').partition('=')[0]: _Unparsable(arg.partition('=')[2])})
+    return requested
+  return {name: values[name].value for name in config if values[name].present}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unparsable:
+  text: str
+
+  def __repr__(self) -> str:
+    return repr(self.text)
+
+
+def _same(config_value: Any, requested: Any) -> bool:
+  if isinstance(requested, _Unparsable):
+    return False
+  if isinstance(config_value, (int, float)) and not isinstance(config_value, bool):
+    return math.isclose(requested, float(config_value), rel_tol=1e-9, abs_tol=0.0)
   if config_value is None:
-    return flag_value in ('', 'None')
-  return str(config_value) == flag_value
+    return requested in ('', 'None')
+  return requested == (config_value if isinstance(config_value, bool) else str(config_value))
 
 
 def config_mismatches(config: Mapping[str, Any], args: Sequence[str],
                       ignore: Sequence[str] = ()) -> List[str]:
   """Requested flags whose value differs from `config` (flags absent from it are ignored).
 
-  The last occurrence of a flag wins, like absl; `--flag`/`--noflag` set booleans.
+  The flags are parsed by absl against flags typed like the config's values, so `--flag`,
+  `--noflag`, `--flag=false` and repeated flags mean what they mean to the program.
   """
-  requested: Dict[str, str] = {}
-  for name, value in flag_items(args):
-    if value is None:
-      found, current = _lookup(config, name)
-      if found and isinstance(current, bool):
-        value = 'true'
-      elif name.startswith('no') and isinstance(_lookup(config, name[2:])[1], bool):
-        name, value = name[2:], 'false'
-      else:
-        value = 'true'
-    requested[name] = value
+  current = config_flags(config)
   diffs = []
-  for name, value in requested.items():
-    if name in ignore:
-      continue
-    found, current = _lookup(config, name)
-    if found and not _same(current, value):
-      diffs.append(f'--{name}: {json.dumps(current)} in config.json, {value!r} requested')
+  for name, value in _requested(current, args).items():
+    if name in current and name not in ignore and not _same(current[name], value):
+      diffs.append(f'--{name}: {json.dumps(current[name])} in config.json, '
+                   f'{_as_given(name, value, args)!r} requested')
   return diffs
+
+
+def _as_given(name: str, value: Any, args: Sequence[str]) -> str:
+  """The text of the last of `args` that set flag `name` (a bare boolean as 'true'/'false')."""
+  for arg_name, text in reversed(flag_items(args)):
+    if arg_name in (name, f'no{name}'):
+      return text if text is not None else ('true' if value is True else 'false')
+  return str(value)
 
 
 def _pretrain_sha(spec: SweepSpec) -> Optional[str]:
@@ -451,10 +488,10 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
     if not has_record and os.listdir(directory):
       return FOREIGN, f'{directory} was not made by a sweep'
     return PARTIAL, 'unfinished'
-  config_path = os.path.join(directory, 'config.json')
+  config_path = os.path.join(directory, metrics_io.CONFIG_FILE)
   try:
     if os.path.exists(config_path):
-      config = _read_json(config_path)
+      config = metrics_io.read_json(config_path)
       diffs = config_mismatches(config, run.args, ignore=(spec.output_flag,))
       pretrained = _pretrain_sha(spec) if run.name != PRETRAIN else None
       if pretrained and config.get('init_from_sha256') != pretrained:
@@ -462,7 +499,7 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
                      f'{str(config.get("init_from_sha256"))[:12]}, the pretraining\'s model '
                      f'{pretrained[:12]})')
     elif has_record:
-      recorded = _read_json(os.path.join(directory, RUN_RECORD)).get('args')
+      recorded = metrics_io.read_json(os.path.join(directory, RUN_RECORD)).get('args')
       diffs = [] if recorded == run.args else [f'recorded flags {recorded} differ']
     else:
       diffs = ['no config.json or sweep_run.json to compare the flags with']
@@ -596,16 +633,10 @@ def _get(payload: Any, dotted: str) -> Any:
   return payload
 
 
-def _number(value: Any) -> Optional[float]:
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    return None
-  return float(value) if math.isfinite(value) else None
-
-
 def read_final(run: Run, spec: SweepSpec) -> Optional[Dict[str, Any]]:
   path = os.path.join(run.directory, spec.done_file)
   try:
-    payload = _read_json(path)
+    payload = metrics_io.read_json(path)
   except (OSError, ValueError):
     return None
   return payload if isinstance(payload, dict) else {}
@@ -614,7 +645,7 @@ def read_final(run: Run, spec: SweepSpec) -> Optional[Dict[str, Any]]:
 def _summary_line(final: Optional[Mapping[str, Any]], metrics: Sequence[str]) -> str:
   parts = []
   for m in metrics:
-    value = _number(_get(final or {}, m))
+    value = metrics_io.number(_get(final or {}, m))
     if value is not None:
       parts.append(f'{m}={value:.4f}')
   return ' '.join(parts)
@@ -625,7 +656,7 @@ def _start(run: Run, spec: SweepSpec, env: Dict[str, str],
   if os.path.isdir(run.directory):
     shutil.rmtree(run.directory)
   os.makedirs(run.directory)
-  _write_json(os.path.join(run.directory, RUN_RECORD), {
+  metrics_io.write_json(os.path.join(run.directory, RUN_RECORD), {
       'name': run.name, 'flags': run.flags, 'program': spec.program, 'args': run.args,
       'command': run.command, 'cwd': os.getcwd(), 'started': time.time()})
   log = open(os.path.join(run.directory, LOG_FILE), 'w')
@@ -828,15 +859,41 @@ def _report(spec: SweepSpec, result: SweepResult, out: Callable[[str], None]) ->
       out(f'  {name}: {why}')
 
 
+def in_process_run(name: str, flags: Mapping[str, Any], directory: str,
+                   seed_flag: str = 'seed') -> Run:
+  """The record of a configuration run by a study in this process (no command line)."""
+  flags = {k: str(v) for k, v in flags.items()}
+  return Run(name, flags, group_label(flags, seed_flag), directory, [], [])
+
+
+def run_in_process(runs: Sequence[Run], execute: Callable[[Run], Any],
+                   is_finished: Callable[[Run], bool], run_missing: bool = True,
+                   log: Callable[[str], None] = print) -> SweepResult:
+  """Runs `execute(run)` in this process for every run that `is_finished` says is not done.
+
+  The in-process counterpart of `run_sweep` for studies that train through the library (one
+  TensorFlow import for all runs): the same skip-finished rule and `SweepResult`. With
+  run_missing=False nothing runs and the unfinished runs stay NOT_RUN. An error of `execute`
+  or `is_finished` (e.g. a finished run made with other settings) propagates.
+  """
+  result = SweepResult(list(runs), {r.name: NOT_RUN for r in runs}, [], [], {})
+  for i, run in enumerate(runs, start=1):
+    prefix = f'[{i}/{len(runs)}] {run.name}:'
+    if is_finished(run):
+      log(f'{prefix} done already, skipped')
+      result.skipped.append(run.name)
+    elif not run_missing:
+      log(f'{prefix} not run, left out of the summary')
+      continue
+    else:
+      log(f'{prefix} running')
+      result.ran.append(run.name)
+      execute(run)
+    result.status[run.name] = FINISHED
+  return result
+
+
 # ----------------------------------------------------------------------------- tables
-
-
-def _write_json(path: str, payload: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def _column(metric: str) -> str:
@@ -851,7 +908,7 @@ def run_records(spec: SweepSpec, result: SweepResult) -> List[Dict[str, Any]]:
                               'status': result.status.get(run.name, NOT_RUN)}
     final = read_final(run, spec) if record['status'] == FINISHED else None
     for metric in spec.metrics:
-      record[_column(metric)] = _number(_get(final or {}, metric))
+      record[_column(metric)] = metrics_io.number(_get(final or {}, metric))
     records.append(record)
   return records
 
@@ -860,10 +917,8 @@ def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]
   """(mean, sample std) of the values; None for what the count does not allow."""
   if not values:
     return None, None
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, None
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+  mean = float(np.mean(values))
+  return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
 def group_rows(spec: SweepSpec, result: SweepResult
@@ -889,16 +944,6 @@ def group_rows(spec: SweepSpec, result: SweepResult
       row[f'{_column(metric)}_mean'], row[f'{_column(metric)}_std'] = mean_std(values)
     rows.append(row)
   return flag_columns, metrics, rows
-
-
-def _write_csv(path: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(columns))
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: '' if row.get(k) is None else row.get(k) for k in columns})
-  os.replace(tmp, path)
 
 
 def markdown_table(spec: SweepSpec, flag_columns: Sequence[str], metrics: Sequence[str],
@@ -932,23 +977,23 @@ def write_outputs(spec: SweepSpec, result: SweepResult) -> None:
   if spec.pretrain_flags is not None:
     plan_record['pretrain'] = {'name': PRETRAIN, 'flags': spec.pretrain_flags,
                                'status': result.pretrain_status or NOT_RUN}
-  _write_json(os.path.join(out, SWEEP_FILE), plan_record)
+  metrics_io.write_json(os.path.join(out, SWEEP_FILE), plan_record)
   records = run_records(spec, result)
   flag_names: List[str] = []
   for run in result.runs:
     flag_names.extend(k for k in run.flags if k not in flag_names)
-  _write_csv(os.path.join(out, RUNS_CSV),
-             ['name', *flag_names, 'status', *[_column(m) for m in spec.metrics]], records)
+  metrics_io.write_csv(os.path.join(out, RUNS_CSV), records,
+                       ['name', *flag_names, 'status', *[_column(m) for m in spec.metrics]])
   flag_columns, metrics, rows = group_rows(spec, result)
   stats = [f'{_column(m)}_{s}' for m in metrics for s in ('mean', 'std')]
-  _write_csv(os.path.join(out, RESULTS_CSV), [*flag_columns, 'n_seeds', *stats], rows)
+  metrics_io.write_csv(os.path.join(out, RESULTS_CSV), rows, [*flag_columns, 'n_seeds', *stats])
   with open(os.path.join(out, RESULTS_MD), 'w') as f:
     f.write(markdown_table(spec, flag_columns, metrics, rows, len(result.runs)))
 
 
 def load_sweep(directory: str) -> Dict[str, Any]:
   """The sweep.json of a sweep directory (for plots)."""
-  return _read_json(os.path.join(directory, SWEEP_FILE))
+  return metrics_io.read_json(os.path.join(directory, SWEEP_FILE))
 
 
 def iter_run_dirs(directory: str) -> Iterator[Tuple[str, str, Dict[str, str]]]:

@@ -10,7 +10,8 @@ IID and Dirichlet label-skewed partitions:
 - `client_lr`: the client SGD learning rate;
 - `malicious_rate`: the fraction of the attacker's local training examples that are malicious.
 
-Each run is `simulation.run_experiment` with every round captured; `analyze_run` then scores
+Each run is `simulation.run_experiment` with every round captured, run through the sweep engine
+(`sweeps.run_in_process`, which skips the runs whose summary.json exists); `analyze_run` scores
 every variable of every client update (`anomaly.variable_scores`), ranks the variables by
 ROC-AUC (all rounds, the first `early_rounds` and the last `early_rounds`), runs the
 final-layer-bias detector (`anomaly.detector_report`) with the in-sample 1%-FPR threshold and
@@ -32,11 +33,9 @@ The achieved counts of every attacker in every round are recorded in `study_run.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fractions
 import itertools
-import json
 import math
 import os
 import shutil
@@ -48,10 +47,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tff_backdoor import anomaly
-from tff_backdoor import anomaly_plots
 from tff_backdoor import data as data_lib
+from tff_backdoor import metrics_io
 from tff_backdoor import simulation
 from tff_backdoor.attacks import tasks as tasks_lib
+
+from studies import anomaly_plots
+from studies import sweeps
 
 FACTORS = ('num_malicious', 'client_lr', 'malicious_rate')
 DEFAULT_VALUES: Dict[str, Tuple[float, ...]] = {
@@ -65,7 +67,7 @@ DEFAULT_PARTITIONS = ('iid', 'dirichlet0.5', 'dirichlet0.1')
 WRITERS = 'writers'  # The natural partition of femnist/emnist: one client per writer.
 # The bias_filter defense's default cut-off (Iglewicz and Hoaglin's modified z-score 3.5).
 DEFAULT_Z_THRESHOLD = 3.5
-SUMMARY_FILE = 'summary.json'
+SUMMARY_FILE = metrics_io.SUMMARY_JSON
 STUDY_RUN_FILE = 'study_run.json'
 Arrays = Tuple[np.ndarray, np.ndarray]
 
@@ -134,8 +136,9 @@ def check_value(factor: str, value: float, num_clients: int = 10) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """One training run: a task, a partition, a seed and the three factor values."""
+class Setting:
+  """One configuration of the study: a task, a partition, a seed and the three factor values
+  (the sweep engine's record of its run is a `sweeps.Run`)."""
   task: str
   partition: str
   seed: int
@@ -158,7 +161,7 @@ class SweepPoint:
   factor: str
   value: float
   seed: int
-  run: Run
+  run: Setting
   is_baseline: bool  # value is the factor's baseline value
 
 
@@ -170,7 +173,7 @@ def expand_sweep(factors: Sequence[str] = FACTORS, tasks: Sequence[str] = STUDY_
   """Every (task, partition, seed, factor, value) with the other factors at the baseline.
 
   Order: task, partition, seed, factor, value (as given). A setting shared by several points
-  (the baseline appears in every factor's sweep) is one `Run`; see `unique_runs`.
+  (the baseline appears in every factor's sweep) is one `Setting`; see `unique_runs`.
   """
   values = dict(DEFAULT_VALUES, **(values or {}))
   baseline = dict(BASELINE, **(baseline or {}))
@@ -196,7 +199,7 @@ def expand_sweep(factors: Sequence[str] = FACTORS, tasks: Sequence[str] = STUDY_
     for value in values[factor]:
       value = check_value(factor, value, num_clients)
       setting = dict(baseline, **{factor: value})
-      run = Run(task=task, partition=partition, seed=int(seed),
+      run = Setting(task=task, partition=partition, seed=int(seed),
                 num_malicious=int(setting['num_malicious']),
                 client_lr=float(setting['client_lr']),
                 malicious_rate=float(setting['malicious_rate']))
@@ -205,7 +208,7 @@ def expand_sweep(factors: Sequence[str] = FACTORS, tasks: Sequence[str] = STUDY_
   return points
 
 
-def unique_runs(points: Iterable[SweepPoint]) -> List[Run]:
+def unique_runs(points: Iterable[SweepPoint]) -> List[Setting]:
   """The distinct runs of `points`, in first-seen order."""
   return list(dict.fromkeys(p.run for p in points))
 
@@ -254,11 +257,11 @@ class StudySettings:
       raise ValueError(f'--z_threshold must be positive, got {self.z_threshold}')
     return self
 
-  def run_dir(self, run: Run) -> str:
+  def run_dir(self, run: Setting) -> str:
     return os.path.join(self.output_dir, 'runs', run.name)
 
 
-def experiment_config(settings: StudySettings, run: Run) -> simulation.ExperimentConfig:
+def experiment_config(settings: StudySettings, run: Setting) -> simulation.ExperimentConfig:
   """The `simulation.ExperimentConfig` of one run (the malicious rate is applied in
   `prepare_run`, on top of this config)."""
   partition, alpha = parse_partition(run.partition)
@@ -268,14 +271,14 @@ def experiment_config(settings: StudySettings, run: Run) -> simulation.Experimen
                      f"data sets ({', '.join(data_lib.NATURAL_DATASETS)}) take exactly the "
                      f"'{WRITERS}' partition")
   if natural:  # The loader keeps a seeded subset of num_clients writers; no partitioning.
-    partition = simulation.ExperimentConfig.partition
+    partition = simulation.ExperimentConfig().data.partition
   n = settings.num_clients
   task_fields = (dict(source_class=settings.source_class, num_tasks=settings.num_tasks)
                  if run.task == 'targeted' else
                  # poison_fraction is replaced by MaliciousRateTask; this value gives about the
                  # same rate when the config is run on its own (non-target share ~ 0.9).
                  dict(source_class=-1, poison_fraction=min(1.0, run.malicious_rate / 0.9)))
-  return simulation.ExperimentConfig(
+  return simulation.ExperimentConfig.from_flat(
       dataset=settings.dataset, data_dir=settings.data_dir, partition=partition,
       alpha=alpha if alpha is not None else 0.5, num_clients=n, clients_per_round=n,
       server_holdout=settings.server_holdout, model=settings.model, rounds=settings.rounds,
@@ -371,17 +374,12 @@ class MaliciousRateTask(tasks_lib.BackdoorTask):
                   rng: np.random.Generator) -> Tuple[Tuple[Arrays, Arrays], int]:
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32).reshape(-1)
-    base = self.base
-    is_source = (y != base.target_class if base.source_class is None
-                 else y == base.source_class)
-    candidates = np.flatnonzero(is_source)
+    candidates = np.flatnonzero(self.base.is_source(y))
     m, benign = rate_counts(len(y), self.rate, n_candidates=len(candidates))
     chosen = np.sort(rng.choice(candidates, size=m, replace=False))
     rest = np.setdiff1d(np.arange(len(y)), chosen)
     kept = np.sort(rng.choice(rest, size=benign, replace=False))
-    mal_x = tasks_lib.stamp(x[chosen], base.attacker_mask(attacker_index), base.trigger_value)
-    mal_y = np.full((len(chosen),), base.target_class, np.int32)
-    return ((x[kept], y[kept]), (mal_x, mal_y)), m
+    return ((x[kept], y[kept]), self.base.poison(x[chosen], attacker_index)), m
 
 
 def subsample_clients(clients: Mapping[str, Tuple[np.ndarray, np.ndarray]], fraction: float,
@@ -402,7 +400,7 @@ def subsample_clients(clients: Mapping[str, Tuple[np.ndarray, np.ndarray]], frac
   return out
 
 
-def prepare_run(settings: StudySettings, run: Run) -> simulation.ExperimentSetup:
+def prepare_run(settings: StudySettings, run: Setting) -> simulation.ExperimentSetup:
   """`simulation.prepare` of the run's config, then the data fraction and the rate wrapper."""
   config = experiment_config(settings, run)
   setup = simulation.prepare(config)
@@ -517,7 +515,7 @@ def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
   localization_late.csv, detector.json, and with `plots` localization_auc.png,
   round_auc.png, bias_scores.png.
   """
-  round_scores, bias_captures = score_captures(os.path.join(run_dir, 'captures'))
+  round_scores, bias_captures = score_captures(os.path.join(run_dir, metrics_io.CAPTURES_DIR))
   bias = bias_captures[0].variable_names[0]
   rounds = [r.round_num for r in round_scores]
   early, late = early_late_rounds(rounds, early_rounds)
@@ -527,11 +525,11 @@ def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
   files = {'all': 'localization.csv', 'early': 'localization_early.csv',
            'late': 'localization_late.csv'}
   for key, rows in tables.items():
-    anomaly.write_csv(os.path.join(run_dir, files[key]), anomaly.table_to_records(rows))
+    metrics_io.write_csv(os.path.join(run_dir, files[key]), anomaly.table_to_records(rows))
   in_sample = anomaly.detector_report(bias_captures)
   at_z = anomaly.detector_report(bias_captures, threshold=z_threshold)
   accumulated = anomaly.detector_report(bias_captures, accumulate='mean')
-  anomaly.write_json(os.path.join(run_dir, 'detector.json'), {
+  metrics_io.write_json(os.path.join(run_dir, 'detector.json'), {
       'score': score, 'early_rounds': early, 'late_rounds': late,
       'in_sample_1pct': in_sample, 'z_threshold': at_z, 'accumulated_mean': accumulated})
   if plots:
@@ -577,7 +575,7 @@ def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
       'accumulated_auc': accumulated['metrics']['auc'],
       'accumulated_tpr_at_fpr_1pct': accumulated['metrics']['tpr_at_fpr_1pct'],
   })
-  return anomaly.to_jsonable(summary)
+  return metrics_io.to_jsonable(summary)
 
 
 def rate_report(log: Sequence[Mapping[str, Any]], intended: float) -> Dict[str, Any]:
@@ -585,7 +583,7 @@ def rate_report(log: Sequence[Mapping[str, Any]], intended: float) -> Dict[str, 
   rates = np.array([r['rate'] for r in log], dtype=np.float64)
   if rates.size == 0:
     return {'intended_rate': intended, 'achieved_rate': None, 'calls': 0}
-  return anomaly.to_jsonable({
+  return metrics_io.to_jsonable({
       'intended_rate': intended, 'achieved_rate': float(rates.mean()),
       'achieved_rate_min': float(rates.min()), 'achieved_rate_max': float(rates.max()),
       'calls': int(rates.size),
@@ -642,7 +640,7 @@ def describe_sweep(settings: StudySettings, points: Sequence[SweepPoint]) -> str
 # ----------------------------------------------------------------------------- running
 
 
-def summary_path(settings: StudySettings, run: Run) -> str:
+def summary_path(settings: StudySettings, run: Setting) -> str:
   return os.path.join(settings.run_dir(run), SUMMARY_FILE)
 
 
@@ -652,42 +650,45 @@ _NOT_IN_FINGERPRINT = ('output_dir', 'keep_captures', 'verbose')
 
 def settings_fingerprint(settings: StudySettings) -> Dict[str, Any]:
   """The settings a run's results depend on (to tell a finished run from a stale one)."""
-  return anomaly.to_jsonable({k: v for k, v in dataclasses.asdict(settings).items()
-                              if k not in _NOT_IN_FINGERPRINT})
+  return metrics_io.to_jsonable({k: v for k, v in dataclasses.asdict(settings).items()
+                                 if k not in _NOT_IN_FINGERPRINT})
 
 
-def _check_same_settings(settings: StudySettings, run: Run, saved: Mapping[str, Any]) -> None:
+def _check_same_settings(settings: StudySettings, run: Setting, saved: Mapping[str, Any]) -> None:
+  """Raises ValueError if the run was made with other settings. A setting newer than the run
+  (absent from `saved`) counts as the same while it keeps its default."""
   current = settings_fingerprint(settings)
-  diff = sorted(k for k in current if saved.get(k) != current[k])
+  defaults = settings_fingerprint(StudySettings())
+  diff = sorted(k for k in current
+                if saved.get(k, defaults[k]) != current[k])
   if diff:
     raise ValueError(f'{settings.run_dir(run)} was made with different {", ".join(diff)}; '
                      'use a new --output_dir')
 
 
-def is_done(settings: StudySettings, run: Run) -> bool:
+def is_done(settings: StudySettings, run: Setting) -> bool:
   """Whether the run's summary exists; ValueError if it was made with other settings."""
   path = summary_path(settings, run)
   if not os.path.exists(path):
     return False
-  with open(path) as f:
-    _check_same_settings(settings, run, json.load(f).get('settings', {}))
+  _check_same_settings(settings, run, metrics_io.read_json(path).get('settings', {}))
   return True
 
 
-def _trained_info(settings: StudySettings, run: Run) -> Optional[Dict[str, Any]]:
+def _trained_info(settings: StudySettings, run: Setting) -> Optional[Dict[str, Any]]:
   """study_run.json of a run whose training finished with every round captured, else None."""
   run_dir = settings.run_dir(run)
   path = os.path.join(run_dir, STUDY_RUN_FILE)
-  if not (os.path.exists(path) and os.path.exists(os.path.join(run_dir, 'final.json')) and
-          len(anomaly.capture_files(os.path.join(run_dir, 'captures'))) == settings.rounds):
+  captures = anomaly.capture_files(os.path.join(run_dir, metrics_io.CAPTURES_DIR))
+  if not (os.path.exists(path) and os.path.exists(os.path.join(run_dir, metrics_io.FINAL_FILE))
+          and len(captures) == settings.rounds):
     return None
-  with open(path) as f:
-    info = json.load(f)
+  info = metrics_io.read_json(path)
   _check_same_settings(settings, run, info.get('settings', {}))
   return info
 
 
-def execute_run(settings: StudySettings, run: Run) -> Dict[str, Any]:
+def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
   """Trains (unless final.json and every capture already exist), analyzes and summarizes.
 
   Writes study_run.json (the run's setting and achieved rate) and summary.json (written last:
@@ -698,7 +699,8 @@ def execute_run(settings: StudySettings, run: Run) -> Dict[str, Any]:
   start = time.time()
   info = _trained_info(settings, run)
   if info is None:
-    shutil.rmtree(os.path.join(run_dir, 'captures'), ignore_errors=True)  # stale rounds
+    # Stale rounds of an interrupted run.
+    shutil.rmtree(os.path.join(run_dir, metrics_io.CAPTURES_DIR), ignore_errors=True)
     setup = prepare_run(settings, run)
     final = simulation.run_experiment(setup.config, setup)
     info = {'run': dataclasses.asdict(run), 'settings': settings_fingerprint(settings),
@@ -711,7 +713,7 @@ def execute_run(settings: StudySettings, run: Run) -> Dict[str, Any]:
             'partition': final.get('partition'),
             'train_seconds': time.time() - start,
             'attacker_calls': setup.task.log}
-    anomaly.write_json(os.path.join(run_dir, STUDY_RUN_FILE), info)
+    metrics_io.write_json(os.path.join(run_dir, STUDY_RUN_FILE), info)
   start = time.time()
   summary = analyze_run(run_dir, settings.early_rounds, settings.score, settings.z_threshold,
                         title=run.name)
@@ -726,18 +728,17 @@ def execute_run(settings: StudySettings, run: Run) -> Dict[str, Any]:
       'analysis_seconds': time.time() - start,
       'settings': settings_fingerprint(settings)})
   if not settings.keep_captures:
-    shutil.rmtree(os.path.join(run_dir, 'captures'), ignore_errors=True)
-  anomaly.write_json(summary_path(settings, run), summary)
+    shutil.rmtree(os.path.join(run_dir, metrics_io.CAPTURES_DIR), ignore_errors=True)
+  metrics_io.write_json(summary_path(settings, run), summary)
   return summary
 
 
-def load_summary(settings: StudySettings, run: Run) -> Dict[str, Any]:
-  with open(summary_path(settings, run)) as f:
-    return json.load(f)
+def load_summary(settings: StudySettings, run: Setting) -> Dict[str, Any]:
+  return metrics_io.read_json(summary_path(settings, run))
 
 
 def summary_rows(points: Sequence[SweepPoint],
-                 summaries: Mapping[Run, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+                 summaries: Mapping[Setting, Mapping[str, Any]]) -> List[Dict[str, Any]]:
   """One record per sweep point (task, partition, factor, value, seed), runs shared."""
   rows = []
   for p in points:
@@ -767,13 +768,12 @@ def format_table(rows: Sequence[Mapping[str, Any]],
 
 
 def _variable_aucs(run_dir: str) -> Dict[str, float]:
-  with open(os.path.join(run_dir, 'localization.csv')) as f:
-    return {r['variable']: float(r['auc']) if r['auc'] else float('nan')
-            for r in csv.DictReader(f)}
+  return {r['variable']: float(r['auc']) if r['auc'] else float('nan')
+          for r in metrics_io.read_csv(os.path.join(run_dir, 'localization.csv'))}
 
 
 def plot_factor_sweeps(settings: StudySettings, points: Sequence[SweepPoint],
-                       summaries: Mapping[Run, Mapping[str, Any]]) -> List[str]:
+                       summaries: Mapping[Setting, Mapping[str, Any]]) -> List[str]:
   """Per (task, partition, factor): AUC per variable (bars per value) and the bias AUC
   (all, early, late rounds) against the value. Returns the files written."""
   groups: Dict[Tuple[str, str, str, int], List[SweepPoint]] = {}
@@ -822,26 +822,24 @@ def plot_factor_sweeps(settings: StudySettings, points: Sequence[SweepPoint],
 
 def run_study(settings: StudySettings, points: Sequence[SweepPoint], log=print,
               run_missing: bool = True) -> List[Dict[str, Any]]:
-  """Runs every not-yet-done run of `points`, then writes summary.csv/json and the plots.
+  """Runs every not-yet-done run of `points` through the sweep engine (in this process), then
+  writes summary.csv/json and the plots.
 
   With run_missing=False nothing is trained: the summary covers the finished runs only (to
   tabulate a sweep that is still running, or runs that other processes finished).
   """
   settings.validate()
-  runs = unique_runs(points)
-  summaries: Dict[Run, Dict[str, Any]] = {}
-  for i, run in enumerate(runs, start=1):
-    if is_done(settings, run):
-      log(f'[{i}/{len(runs)}] {run.name}: done already, skipped')
-    elif not run_missing:
-      log(f'[{i}/{len(runs)}] {run.name}: not run, left out of the summary')
-      continue
-    else:
-      log(f'[{i}/{len(runs)}] {run.name}: running')
-      execute_run(settings, run)
-    summaries[run] = load_summary(settings, run)
+  runs = {run.name: run for run in unique_runs(points)}
+  records = [sweeps.in_process_run(name, dataclasses.asdict(run), settings.run_dir(run))
+             for name, run in runs.items()]
+  result = sweeps.run_in_process(
+      records, execute=lambda record: execute_run(settings, runs[record.name]),
+      is_finished=lambda record: is_done(settings, runs[record.name]),
+      run_missing=run_missing, log=log)
+  summaries = {runs[name]: load_summary(settings, runs[name])
+               for name, state in result.status.items() if state == sweeps.FINISHED}
   rows = summary_rows(points, summaries)
-  anomaly.write_csv(os.path.join(settings.output_dir, 'summary.csv'), rows)
-  anomaly.write_json(os.path.join(settings.output_dir, 'summary.json'), rows)
+  metrics_io.write_csv(os.path.join(settings.output_dir, metrics_io.SUMMARY_CSV), rows)
+  metrics_io.write_json(os.path.join(settings.output_dir, metrics_io.SUMMARY_JSON), rows)
   plot_factor_sweeps(settings, points, summaries)
   return rows
