@@ -9,6 +9,7 @@ import tensorflow_federated as tff
 
 from tests import tiny
 from tff_backdoor import anomaly
+from tff_backdoor import capture as capture_lib
 from tff_backdoor import process as process_lib
 from tff_backdoor import simulation
 from tff_backdoor.aggregators import registry
@@ -132,13 +133,13 @@ def test_a_round_whose_clients_share_a_seed_is_captured_by_rerunning_them(idx_di
   config = _config(idx_dir, tmp_path / 'normal', rounds=1)
   simulation.run_experiment(config)
   calls = []
-  rerun = simulation.capture_round
+  rerun = capture_lib.capture_round
 
   def counting_rerun(*args, **kwargs):
     calls.append(1)
     return rerun(*args, **kwargs)
   monkeypatch.setattr(simulation.process_lib, 'client_seeds', lambda data: [1] * len(data))
-  monkeypatch.setattr(simulation, 'capture_round', counting_rerun)
+  monkeypatch.setattr(capture_lib, 'capture_round', counting_rerun)
   simulation.run_experiment(_config(idx_dir, tmp_path / 'shared', rounds=1))
   assert calls == [1]
   a = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'normal' / 'captures'), 0))

@@ -7,7 +7,6 @@ streams (`streams`), the seeded model initializers and the seeded DP noise.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,15 +40,10 @@ class ExperimentSetup:
   schedule: Any
   keras_builder: Callable[[], tf.keras.Model]
   process: tff.learning.templates.LearningProcess
-  # Builds the client work `process` runs (for capture.capture_round); traced on first use.
-  client_work_fn: Callable[[], tff.learning.templates.ClientWorkProcess]
+  client_work: tff.learning.templates.ClientWorkProcess  # the process's (capture_round)
   eval_sets: Dict[str, ArrayPair]
   # `process` with `capture_updates=True` (same state type), built when --capture_rounds is set.
   capture_process: Optional[tff.learning.templates.LearningProcess] = None
-
-  @functools.cached_property
-  def client_work(self) -> tff.learning.templates.ClientWorkProcess:
-    return self.client_work_fn()
 
 
 def streams(seed: int) -> Dict[str, np.random.Generator]:
@@ -131,23 +125,25 @@ def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
-  """(process, a builder of its client work, capturing process or None) for the config."""
+  """(process, its client work, capturing process or None) for the config's FedAvg and defense.
+
+  Both processes share one client work, built here with the rest (before any eager model).
+  """
   fed_avg = config.fed_avg
   aggregator = defense_registry.build_defense(config.defense, fed_avg.clients_per_round,
                                               seed=config.run.seed)
-  args = dict(attack=attack_config(config), batch_size=fed_avg.batch_size,
-              model_aggregator=aggregator)
-  client = lambda: tff.learning.optimizers.build_sgdm(fed_avg.client_lr)
+  client_work = build_attacker_client_work(
+      model_fn, tff.learning.optimizers.build_sgdm(fed_avg.client_lr), attack_config(config),
+      fed_avg.batch_size)
   server = lambda: tff.learning.optimizers.build_sgdm(fed_avg.server_lr)
-  learning_process = process_lib.build_attacked_fed_avg(model_fn, client(), server(), **args)
-  client_work_fn = lambda: build_attacker_client_work(model_fn, client(), args['attack'],
-                                                      fed_avg.batch_size)
+  learning_process = process_lib.compose_fed_avg(model_fn, client_work, server(),
+                                                 model_aggregator=aggregator)
   capture_process = None
   if config.run.capture_rounds:  # remote workers cannot write into our output_dir
-    capture_process = process_lib.build_attacked_fed_avg(
-        model_fn, client(), server(), capture_updates=True, **args,
+    capture_process = process_lib.compose_fed_avg(
+        model_fn, client_work, server(), model_aggregator=aggregator, capture_updates=True,
         capture_spool_dir=None if config.run.workers else capture_lib.spool_dir(config))
-  return learning_process, client_work_fn, capture_process
+  return learning_process, client_work, capture_process
 
 
 def prepare(config: ExperimentConfig) -> ExperimentSetup:
@@ -171,9 +167,9 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)
   model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
-  learning_process, client_work_fn, capture_process = build_processes(config, model_fn)
+  learning_process, client_work, capture_process = build_processes(config, model_fn)
   eval_sets = {'test': data.test}
   if task is not None:
     eval_sets.update(task.eval_sets())
   return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
-                         learning_process, client_work_fn, eval_sets, capture_process)
+                         learning_process, client_work, eval_sets, capture_process)

@@ -67,6 +67,28 @@ def build_attacked_fed_avg(
   client's update (see `pop_captured_updates`); the state type is the same as without, so one
   state can go through either process, round by round.
   """
+  client_work = build_attacker_client_work(model_fn, client_optimizer_fn, attack, batch_size,
+                                           metrics_aggregator)
+  return compose_fed_avg(model_fn, client_work, server_optimizer_fn,
+                         model_aggregator=model_aggregator, capture_updates=capture_updates,
+                         capture_spool_dir=capture_spool_dir)
+
+
+def compose_fed_avg(
+    model_fn: ModelFn,
+    client_work: tff.learning.templates.ClientWorkProcess,
+    server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
+    *,
+    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    capture_updates: bool = False,
+    capture_spool_dir: Optional[str] = None,
+) -> tff.learning.templates.LearningProcess:
+  """FedAvg around a given client work (`build_attacked_fed_avg`'s second half).
+
+  For callers that keep the client work (e.g. to re-run clients, `capture_client_updates`):
+  Keras swaps a custom layer's base classes when a model is built in graph mode, so building
+  a second client work after an eager model exists would break that model.
+  """
   if server_optimizer_fn is None:
     server_optimizer_fn = tff.learning.optimizers.build_sgdm(1.0)
 
@@ -76,8 +98,6 @@ def build_attacked_fed_avg(
 
   weights_type = initial_model_weights_fn.type_signature.result
   distributor = tff.learning.templates.build_broadcast_process(weights_type)
-  client_work = build_attacker_client_work(model_fn, client_optimizer_fn, attack, batch_size,
-                                           metrics_aggregator)
   if capture_updates:
     client_work = with_update_capture(client_work, capture_spool_dir)
   factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
@@ -135,27 +155,9 @@ def with_update_capture(client_work: tff.learning.templates.ClientWorkProcess,
   control_type = data_type.member['control']
   update_type = client_work.next.type_signature.result.result.member.update
 
-  def seed_of(control):
-    return control.reduce(tf.zeros([], tf.int64), lambda _, c: c['seed'])
-
-  control_seed = tff.tensorflow.computation(seed_of, control_type)
+  control_seed = tff.tensorflow.computation(_seed_of, control_type)
   if spool_dir is not None:
-    num_variables = []
-
-    @tff.tensorflow.computation(update_type, control_type)
-    def spool(update, control):
-      prefix = tf.strings.join([spool_dir, '/', tf.strings.as_string(seed_of(control))])
-      tensors = tf.nest.flatten(update)
-      num_variables[:] = [len(tensors)]
-      writes = [tf.io.write_file(tf.strings.join([prefix, f'_{v}{SPOOL_SUFFIX}']),
-                                 tf.io.serialize_tensor(t)) for v, t in enumerate(tensors)]
-      with tf.control_dependencies(writes):
-        return tf.constant(1, tf.int32)
-
-    @tff.tensorflow.computation(np.int32)
-    def spool_record(written):
-      return collections.OrderedDict(spool_dir=tf.constant(spool_dir), written=written,
-                                     num_variables=tf.constant(num_variables[0]))
+    spool, spool_record = _spool_computations(spool_dir, update_type, control_type)
 
   @tff.federated_computation(state_type, weights_type, data_type)
   def next_fn(state, weights, client_data):
@@ -175,6 +177,34 @@ def with_update_capture(client_work: tff.learning.templates.ClientWorkProcess,
   return tff.learning.templates.ClientWorkProcess(
       client_work.initialize, next_fn, get_hparams_fn=client_work.get_hparams,
       set_hparams_fn=client_work.set_hparams)
+
+
+def _seed_of(control):
+  """A client's control seed (its control dataset holds one element)."""
+  return control.reduce(tf.zeros([], tf.int64), lambda _, c: c['seed'])
+
+
+def _spool_computations(spool_dir: str, update_type, control_type):
+  """(spool, spool_record): a client writes its update's tensors as `<seed>_<v>.tensor` files
+  into `spool_dir`; the server's record says where, how many clients and variables."""
+  num_variables = []
+
+  @tff.tensorflow.computation(update_type, control_type)
+  def spool(update, control):
+    prefix = tf.strings.join([spool_dir, '/', tf.strings.as_string(_seed_of(control))])
+    tensors = tf.nest.flatten(update)
+    num_variables[:] = [len(tensors)]
+    writes = [tf.io.write_file(tf.strings.join([prefix, f'_{v}{SPOOL_SUFFIX}']),
+                               tf.io.serialize_tensor(t)) for v, t in enumerate(tensors)]
+    with tf.control_dependencies(writes):
+      return tf.constant(1, tf.int32)
+
+  @tff.tensorflow.computation(np.int32)
+  def spool_record(written):
+    return collections.OrderedDict(spool_dir=tf.constant(spool_dir), written=written,
+                                   num_variables=tf.constant(num_variables[0]))
+
+  return spool, spool_record
 
 
 def client_seeds(client_data: Sequence[Mapping[str, Any]]) -> List[int]:
