@@ -33,11 +33,15 @@ METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
            ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
            ('collateral', 'collateral (final)'), ('flain_collateral', 'collateral after FLAIN'),
            ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'))
-# Read only where present (FLAIN re-applied in 'absolute' mode into RUN_DIR/flain_absolute/ by
-# experiments.apply_flain): a table shows them, the families' CSVs get them only if some run has.
-OPTIONAL_METRICS = (('flain_abs_test', 'main acc after FLAIN (absolute)'),
-                    ('flain_abs_backdoor', 'backdoor acc after FLAIN (absolute)'))
-FLAIN_ABSOLUTE_DIR = 'flain_absolute'
+# FLAIN re-applied after training by `experiments.apply_flain --output_subdir=DIR` (e.g. from a
+# warm start's pretraining init, in both threshold modes): read only where RUN_DIR/DIR exists,
+# so a family's CSV gets these columns only if some of its runs have them.
+POSTHOC_FLAIN = {'flain_origin_quantile': 'flain_origin', 'flain_origin_absolute': 'flain_abs'}
+OPTIONAL_METRICS = tuple(
+    (f'{prefix}_{key}', f'{title} after FLAIN ({sub})')
+    for sub, prefix in POSTHOC_FLAIN.items()
+    for key, title in (('test', 'main acc'), ('backdoor', 'backdoor acc'),
+                       ('collateral', 'collateral')))
 METRIC_TITLES = dict(METRICS + OPTIONAL_METRICS)
 
 
@@ -90,18 +94,20 @@ def summarize_run(directory: str, flags: Mapping[str, str],
       ('collateral', final, 'collateral_accuracy'),
       ('flain_collateral', after, 'collateral_accuracy'), ('seconds', final, 'seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
-  values.update(_absolute_flain(directory))
+  values.update(_posthoc_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory)
 
 
-def _absolute_flain(directory: str) -> Dict[str, Optional[float]]:
-  """The OPTIONAL_METRICS of RUN_DIR/flain_absolute/flain.json ({} when it is missing)."""
-  path = os.path.join(directory, FLAIN_ABSOLUTE_DIR, metrics_io.FLAIN_FILE)
-  if not os.path.exists(path):
-    return {}
-  after = metrics_io.read_json(path).get('after') or {}
-  return {'flain_abs_test': metrics_io.number(after.get('test_accuracy')),
-          'flain_abs_backdoor': metrics_io.number(after.get('backdoor_accuracy'))}
+def _posthoc_flain(directory: str) -> Dict[str, Optional[float]]:
+  """The OPTIONAL_METRICS of RUN_DIR/<POSTHOC_FLAIN dir>/flain.json (none when missing)."""
+  values = {}
+  for sub, prefix in POSTHOC_FLAIN.items():
+    path = os.path.join(directory, sub, metrics_io.FLAIN_FILE)
+    if os.path.exists(path):
+      after = metrics_io.read_json(path).get('after') or {}
+      for key in ('test', 'backdoor', 'collateral'):
+        values[f'{prefix}_{key}'] = metrics_io.number(after.get(f'{key}_accuracy'))
+  return values
 
 
 def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
@@ -433,10 +439,12 @@ _MATRIX_DEFENSES = (('none', 'none'), ('clip', 'clip'), ('adaptive clip', 'adapt
 _MATRIX_WHERE = {'malicious_fraction': '0.2', 'distributed_parts': '1'}
 
 
-def _matrix_table(metric: str, title: str, flain_metric: Optional[str] = None) -> CrossTable:
+def _matrix_table(metric: str, title: str, flain: bool = False) -> CrossTable:
+  """FLAIN columns: measured from the pretraining's round-0 model, and from the warm start."""
   columns = tuple((name, value, metric) for name, value in _MATRIX_DEFENSES)
-  if flain_metric:
-    columns += (('FLAIN', 'none', flain_metric),)
+  if flain:
+    columns += (('FLAIN', 'none', f'flain_origin_{metric}'),
+                ('FLAIN (warm-start init)', 'none', f'flain_{metric}'))
   return CrossTable(f'matrix_{metric}', f'Attack x defense matrix: {title}', ('task', 'attack'),
                     'defense', columns, where=_MATRIX_WHERE, heatmap=True)
 
@@ -445,14 +453,16 @@ MATRIX_TABLES = (
     _matrix_table('window_test', 'main accuracy over the attack rounds'),
     _matrix_table('window_backdoor', 'backdoor accuracy over the attack rounds'),
     _matrix_table('window_collateral', 'collateral rate over the attack rounds (targeted)'),
-    _matrix_table('test', 'main accuracy at the end', 'flain_test'),
-    _matrix_table('backdoor', 'backdoor accuracy at the end', 'flain_backdoor'),
-    _matrix_table('collateral', 'collateral rate at the end (targeted)', 'flain_collateral'))
+    _matrix_table('test', 'main accuracy at the end', flain=True),
+    _matrix_table('backdoor', 'backdoor accuracy at the end', flain=True),
+    _matrix_table('collateral', 'collateral rate at the end (targeted)', flain=True))
 
 # FLAIN on FEMNIST writers (femnist_attacks.grid): pixel trigger (distributed_parts 1) and DBA
-# (4 parts), data poisoning; FLAIN in both threshold modes (absolute: apply_flain afterwards).
-_FLAIN_FEMNIST_COLUMNS = (('FLAIN quantile', 'none', 'flain_{}'),
+# (4 parts), data poisoning; FLAIN in both threshold modes from the pretraining's round-0 model
+# (apply_flain afterwards), and quantile mode from the warm start (the run's own --flain).
+_FLAIN_FEMNIST_COLUMNS = (('FLAIN quantile', 'none', 'flain_origin_{}'),
                           ('FLAIN absolute', 'none', 'flain_abs_{}'),
+                          ('FLAIN quantile (warm-start init)', 'none', 'flain_{}'),
                           ('clip', 'clip', '{}'), ('weak DP', 'weak_dp', '{}'),
                           ('median', 'median', '{}'), ('Multi-Krum', 'multi_krum', '{}'))
 FLAIN_FEMNIST_TABLES = tuple(

@@ -319,7 +319,8 @@ def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
       for defense in dict(reproduction._MATRIX_DEFENSES).values():
         for seed in range(3):
           values = {'backdoor': 0.9 if defense == 'none' else 0.1 + 0.1 * seed, 'test': 0.8,
-                    'flain_backdoor': 0.05 if defense == 'none' else None}
+                    'flain_backdoor': 0.05 if defense == 'none' else None,
+                    'flain_origin_backdoor': 0.5 if defense == 'none' else None}
           flags = {'task': task, 'attack': attack, 'defense': defense, 'seed': str(seed),
                    'malicious_fraction': '0.2', 'distributed_parts': '1'}
           runs.append(reproduction.RunSummary('r', flags, values))
@@ -328,28 +329,30 @@ def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
               'r', dict(flags, malicious_fraction='0.4'), {'backdoor': 0.0, 'test': 0.0}))
   table = reproduction.MATRIX_TABLES[4]
   text, flat = reproduction.cross_markdown(runs, table)
-  assert len(flat) == 6 and text.splitlines()[2].endswith('| bias filter | FLAIN |')
+  assert len(flat) == 6
+  assert text.splitlines()[2].endswith('| bias filter | FLAIN | FLAIN (warm-start init) |')
   assert ('| pixel | boost | 3 | 0.900 ± 0.000 | 0.200 ± 0.100 |') in text
-  assert text.splitlines()[-1].endswith('| 0.200 ± 0.100 | 0.050 ± 0.000 |')
+  assert text.splitlines()[-1].endswith('| 0.200 ± 0.100 | 0.500 ± 0.000 | 0.050 ± 0.000 |')
   out = reproduction.render(runs, table, str(tmp_path))
   assert out[1].endswith('matrix_backdoor.csv') and out[2].endswith('matrix_backdoor.png')
   assert os.path.getsize(out[2]) > 10_000
 
 
-def test_flain_femnist_tables_read_the_absolute_mode_beside_the_run(tmp_path):
+def test_flain_femnist_tables_read_flain_applied_afterwards_beside_the_run(tmp_path):
   rows = [{'round': 0, 'test_accuracy': 0.9, 'backdoor_accuracy': 0.8}]
   flags = {'task': 'pixel', 'attack': 'data_poison', 'defense': 'none', 'seed': '0',
            'malicious_fraction': '0.2', 'distributed_parts': '4'}
   final = {'test_accuracy': 0.9, 'backdoor_accuracy': 0.8,
            'flain': {'after': {'test_accuracy': 0.85, 'backdoor_accuracy': 0.3}}}
   sweep = _sweep(tmp_path, [(flags, final, rows), (dict(flags, defense='clip'), final, rows)])
-  absolute = os.path.join(sweep, 'run0', reproduction.FLAIN_ABSOLUTE_DIR)
-  os.makedirs(absolute)
-  with open(os.path.join(absolute, 'flain.json'), 'w') as f:
-    json.dump({'after': {'test_accuracy': 0.7, 'backdoor_accuracy': 0.1}}, f)
+  for sub, backdoor in (('flain_origin_quantile', 0.2), ('flain_origin_absolute', 0.1)):
+    os.makedirs(os.path.join(sweep, 'run0', sub))
+    with open(os.path.join(sweep, 'run0', sub, 'flain.json'), 'w') as f:
+      json.dump({'after': {'test_accuracy': 0.7, 'backdoor_accuracy': backdoor}}, f)
   runs = reproduction.load_runs([sweep])
   text, flat = reproduction.cross_markdown(runs, reproduction.FLAIN_FEMNIST_TABLES[0])
-  assert text.splitlines()[-1] == ('| 4 | 0.2 | 1 | 0.800 | 0.300 | 0.100 | 0.800 | - | - | - |')
+  assert text.splitlines()[-1] == (
+      '| 4 | 0.2 | 1 | 0.800 | 0.200 | 0.100 | 0.300 | 0.800 | - | - | - |')
   assert flat[0]['FLAIN absolute mean'] == 0.1
   # Runs without the file: no absolute column in the families' aggregates.
   assert 'flain_abs_backdoor_mean' not in reproduction.aggregate_runs(runs[1:], 'x')
