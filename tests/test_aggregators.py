@@ -338,3 +338,8 @@ def test_build_defense_validates_and_is_weighted():
   for name in aggregators.DEFENSES:
     factory = aggregators.build_defense(aggregators.DefenseConfig(name=name), N, seed=0)
     assert isinstance(factory, tff.aggregators.WeightedAggregationFactory)
+
+
+def test_every_defense_name_has_one_builder():
+  from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
+  assert sorted(registry.DEFENSE_BUILDERS) == sorted(registry.DEFENSES)

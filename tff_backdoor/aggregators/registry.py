@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import tensorflow_federated as tff
 
@@ -17,6 +17,27 @@ from tff_backdoor.aggregators import nonfinite
 from tff_backdoor.aggregators import norm_statistics
 from tff_backdoor.aggregators import robust_rules
 from tff_backdoor.config import DEFENSES, DefenseConfig, validate_defense  # noqa: F401
+
+DefenseBuilder = Callable[[DefenseConfig, int, Optional[int]],
+                          tff.aggregators.WeightedAggregationFactory]
+
+# Defense name -> its factory from (config, clients_per_round, seed); one entry per DEFENSES.
+DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
+    'none': lambda c, n, seed: _common.default_mean_factory(),
+    'clip': lambda c, n, seed: clipping.norm_clipping_factory(c.clip_norm),
+    'adaptive_clip': lambda c, n, seed: clipping.adaptive_clipping_factory(
+        c.adaptive_quantile, c.adaptive_initial_norm, c.adaptive_learning_rate),
+    'zeroing': lambda c, n, seed: clipping.norm_zeroing_factory(c.zeroing_norm),
+    'clip_mean': lambda c, n, seed: clipping.AggregateClippingFactory(c.clip_norm),
+    'weak_dp': lambda c, n, seed: dp.weak_dp_factory(c.dp_sigma, c.clip_norm, n, seed),
+    'median': lambda c, n, seed: robust_rules.CoordinateMedianFactory(),
+    'trimmed_mean': lambda c, n, seed: robust_rules.TrimmedMeanFactory(c.trim_fraction),
+    'krum': lambda c, n, seed: robust_rules.KrumFactory(c.krum_f, c.krum_selected(n)),
+    'multi_krum': lambda c, n, seed: robust_rules.KrumFactory(c.krum_f, c.krum_selected(n)),
+    'bias_filter': lambda c, n, seed: bias_filter.BiasAnomalyFilterFactory(
+        c.bias_z_threshold, c.bias_index),
+}
+
 
 def build_defense(config: DefenseConfig, clients_per_round: int,
                   seed: Optional[int] = None) -> tff.aggregators.WeightedAggregationFactory:
@@ -37,30 +58,6 @@ def build_defense(config: DefenseConfig, clients_per_round: int,
   Raises:
     ValueError: If `validate_defense` rejects the configuration.
   """
-  validate_defense(config, clients_per_round)
-  name = config.name
-  if name == 'none':
-    defense = _common.default_mean_factory()
-  elif name == 'clip':
-    defense = clipping.norm_clipping_factory(config.clip_norm)
-  elif name == 'adaptive_clip':
-    defense = clipping.adaptive_clipping_factory(config.adaptive_quantile,
-                                                 config.adaptive_initial_norm,
-                                                 config.adaptive_learning_rate)
-  elif name == 'zeroing':
-    defense = clipping.norm_zeroing_factory(config.zeroing_norm)
-  elif name == 'clip_mean':
-    defense = clipping.AggregateClippingFactory(config.clip_norm)
-  elif name == 'weak_dp':
-    defense = dp.weak_dp_factory(config.dp_sigma, config.clip_norm, clients_per_round, seed)
-  elif name == 'median':
-    defense = robust_rules.CoordinateMedianFactory()
-  elif name == 'trimmed_mean':
-    defense = robust_rules.TrimmedMeanFactory(config.trim_fraction)
-  elif name in ('krum', 'multi_krum'):
-    defense = robust_rules.KrumFactory(config.krum_f, config.krum_selected(clients_per_round))
-  elif name == 'bias_filter':
-    defense = bias_filter.BiasAnomalyFilterFactory(config.bias_z_threshold, config.bias_index)
-  else:  # Unreachable: validate_defense checked the name.
-    raise ValueError(f'unknown defense {name!r}')
+  validate_defense(config, clients_per_round)  # Also rejects a name not in DEFENSE_BUILDERS.
+  defense = DEFENSE_BUILDERS[config.name](config, clients_per_round, seed)
   return nonfinite.NonFiniteGuardFactory(norm_statistics.add_client_norm_measurements(defense))

@@ -7,7 +7,7 @@ the idx test split is the evaluation set. EMNIST keeps its natural per-writer sp
 from __future__ import annotations
 
 import collections
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
@@ -86,13 +86,22 @@ def _check_request(dataset: str, partition: str, train_fraction: float) -> None:
                     'writers with num_clients')
 
 
+def _load_femnist(data_dir: Optional[str], **kwargs) -> FederatedData:
+  if not data_dir:
+    raise DataError('--dataset=femnist needs --data_dir (a LEAF folder with train/, test/)')
+  return femnist_lib.load_femnist(data_dir, **kwargs)
+
+
+# Writer data set -> its loader in the per-writer split (LEAF FEMNIST, TFF's EMNIST).
+_WRITER_LOADERS: Dict[str, Callable[..., FederatedData]] = {
+    'femnist': _load_femnist,
+    'emnist': lambda data_dir, **kwargs: emnist_lib.load_emnist(**kwargs),
+}
+
+
 def _load_writers(dataset: str, *, data_dir: Optional[str], **kwargs) -> FederatedData:
-  """A writer data set in its per-writer split (LEAF FEMNIST from data_dir, TFF's EMNIST)."""
-  if dataset == 'femnist':
-    if not data_dir:
-      raise DataError('--dataset=femnist needs --data_dir (a LEAF folder with train/, test/)')
-    return femnist_lib.load_femnist(data_dir, **kwargs)
-  return emnist_lib.load_emnist(**kwargs)
+  """A writer data set (one of NATURAL_DATASETS) in its per-writer split."""
+  return _WRITER_LOADERS[dataset](data_dir, **kwargs)
 
 
 def _load_centralised(dataset: str, data_dir: Optional[str], partition: str, num_clients: int,
