@@ -196,9 +196,9 @@ def test_resume_after_damaged_newest_checkpoint_gives_identical_metrics(tmp_path
 def test_resume_refuses_a_different_configuration(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   cfg = _config(idx_dir, tmp_path / 'run')
-  cfg.rounds = 1
+  cfg.fed_avg.rounds = 1
   simulation.run_experiment(cfg)
   other = _config(idx_dir, tmp_path / 'run', resume=True)
-  other.rounds, other.seed = 1, 6
+  other.fed_avg.rounds, other.run.seed = 1, 6
   with pytest.raises(ValueError, match='seed'):
     simulation.run_experiment(other)

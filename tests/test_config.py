@@ -123,3 +123,11 @@ def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
   assert result.returncode == 2, result.stderr
   assert len(lines) == 1 and len(lines[0]) < 200, result.stderr
   assert lines[0].startswith('error: ') and flag in lines[0]
+
+
+def test_an_old_flat_name_cannot_be_set_on_the_nested_config():
+  config = config_lib.ExperimentConfig()
+  with pytest.raises(AttributeError, match="no field 'rounds'"):
+    config.rounds = 1  # pylint: disable=attribute-defined-outside-init
+  config.fed_avg.rounds = 1
+  assert config.to_dict()['rounds'] == 1

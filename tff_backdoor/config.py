@@ -87,8 +87,17 @@ def check_fields(config: Any, prefix: str = '') -> None:
     check_field(field, getattr(config, field.name), prefix)
 
 
+class _Fields:
+  """Refuses to set an attribute that is not a field (e.g. an old flat name on a section)."""
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    if name not in getattr(self, '__dataclass_fields__', {}):
+      raise AttributeError(f'{type(self).__name__} has no field {name!r}')
+    super().__setattr__(name, value)
+
+
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(_Fields):
   """Where clients, test and server data come from (tff_backdoor.data.load_federated_data)."""
   dataset: str = option('fashion_mnist', 'Training data source.', choices=DATASETS)
   data_dir: Optional[str] = option(
@@ -120,7 +129,7 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class FedAvgConfig:
+class FedAvgConfig(_Fields):
   """The model and FedAvg's optimizers and sampling (models, training.build_attacked_fed_avg)."""
   model: str = option('sun_cnn', 'Keras model.', choices=MODELS)
   rounds: int = option(20, 'Federated rounds.', rule=AT_LEAST_ONE)
@@ -132,7 +141,7 @@ class FedAvgConfig:
 
 
 @dataclasses.dataclass
-class TaskConfig:
+class TaskConfig(_Fields):
   """What the attackers inject (attacks.tasks: TargetedTask, PixelTriggerTask)."""
   name: str = option('none', 'Backdoor: targeted (Sun et al.) or pixel (BadNets trigger).',
                      choices=TASKS, flag='task')
@@ -162,7 +171,7 @@ class TaskConfig:
 
 
 @dataclasses.dataclass
-class AttackerConfig:
+class AttackerConfig(_Fields):
   """How attackers build their update (attacks.client_work.AttackConfig and its data)."""
   mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
                      flag='attack')
@@ -180,7 +189,7 @@ class AttackerConfig:
 
 
 @dataclasses.dataclass
-class ScheduleConfig:
+class ScheduleConfig(_Fields):
   """When attackers take part (attacks.schedules)."""
   name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
   attack_every: int = option(1, 'fixed_frequency: one attacker every k.', rule=AT_LEAST_ONE)
@@ -220,18 +229,12 @@ class DefenseConfig:
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')
   clip_norm: float = option(3.0, 'clip, clip_mean, weak_dp: the L2 bound M.', rule=POSITIVE)
-  adaptive_quantile: float = option(0.5, 'adaptive_clip: target quantile of client norms.',
-                                    rule=OPEN_UNIT)
-  adaptive_initial_norm: float = option(1.0, "adaptive_clip: the first round's bound.",
-                                        rule=POSITIVE)
-  adaptive_learning_rate: float = option(0.2, 'adaptive_clip: learning rate of the bound.',
-                                         rule=POSITIVE)
-  zeroing_norm: float = option(3.0, 'zeroing: updates above this L2 norm are dropped.',
-                               rule=POSITIVE)
-  dp_sigma: float = option(0.025, 'weak_dp: noise std per coordinate of the mean.',
-                           rule=NONNEGATIVE)
-  trim_fraction: float = option(0.1, 'trimmed_mean: share trimmed at each end.',
-                                rule=BELOW_HALF)
+  adaptive_quantile: float = option(0.5, 'adaptive_clip: quantile of norms.', rule=OPEN_UNIT)
+  adaptive_initial_norm: float = option(1.0, 'adaptive_clip: first bound.', rule=POSITIVE)
+  adaptive_learning_rate: float = option(0.2, 'adaptive_clip: bound step.', rule=POSITIVE)
+  zeroing_norm: float = option(3.0, 'zeroing: drop updates above it.', rule=POSITIVE)
+  dp_sigma: float = option(0.025, 'weak_dp: noise std of the mean.', rule=NONNEGATIVE)
+  trim_fraction: float = option(0.1, 'trimmed_mean: share cut each end.', rule=BELOW_HALF)
   krum_f: int = option(1, 'krum, multi_krum: Byzantine clients tolerated.', rule=NONNEGATIVE)
   krum_m: int = option(0, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).',
                        rule=NONNEGATIVE)
@@ -272,7 +275,7 @@ def validate_defense(config: DefenseConfig, clients_per_round: int) -> None:
 
 
 @dataclasses.dataclass
-class FlainOptions:
+class FlainOptions(_Fields):
   """FLAIN on the final global model, with server-side auxiliary data (flain.FlainConfig)."""
   enabled: bool = option(False, 'Apply FLAIN to the final global model and report '
                          'main/backdoor accuracy before and after.', flag='flain')
@@ -293,7 +296,7 @@ class FlainOptions:
 
 
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(_Fields):
   """Seed, outputs, evaluation, execution and checkpoints of a run (training, evaluation)."""
   seed: int = option(0, 'Seed of every random choice.', rule=NONNEGATIVE)
   output_dir: str = option('/tmp/tff_backdoor_run', 'Where metrics and models are written.')
@@ -360,7 +363,7 @@ def from_flat_value(field: dataclasses.Field, value: Any) -> Any:
 
 
 @dataclasses.dataclass
-class ExperimentConfig:
+class ExperimentConfig(_Fields):
   """Everything one run needs, as one sub-config per concern (see SECTIONS).
 
   `from_flat(**kwargs)` takes today's flag names (`rounds=3, task='pixel', boost=0`, ...),
