@@ -7,7 +7,6 @@ streams (`streams`), the seeded model initializers and the seeded DP noise.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +17,7 @@ import tensorflow_federated as tff
 from tff_backdoor import capture as capture_lib
 from tff_backdoor import data as data_lib
 from tff_backdoor import flain as flain_lib
+from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor import process as process_lib
 from tff_backdoor.aggregators import registry as defense_registry
@@ -116,12 +116,12 @@ def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
 
 def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
   """A finished run's ExperimentConfig; also checks that its `required` files exist."""
-  for name in ('config.json', *required):
+  for name in (metrics_io.CONFIG_FILE, *required):
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
-  with open(os.path.join(run_dir, 'config.json')) as f:
-    return ExperimentConfig.from_dict(json.load(f))
+  return ExperimentConfig.from_dict(
+      metrics_io.read_json(os.path.join(run_dir, metrics_io.CONFIG_FILE)))
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
