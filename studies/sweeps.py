@@ -1000,3 +1000,10 @@ def iter_run_dirs(directory: str) -> Iterator[Tuple[str, str, Dict[str, str]]]:
   """(group label, run directory, flags) of each run listed in a sweep directory."""
   for run in load_sweep(directory)['runs']:
     yield run['group'], os.path.join(directory, run['name']), run['flags']
+
+
+def finished_run_dirs(directory: str, where: Mapping[str, str]) -> List[str]:
+  """The finished runs (final.json written) of a sweep whose grid flags match `where`."""
+  return [run_dir for _, run_dir, flags in iter_run_dirs(directory)
+          if all(str(flags.get(k)) == str(v) for k, v in where.items())
+          and os.path.exists(os.path.join(run_dir, metrics_io.FINAL_FILE))]

@@ -302,3 +302,17 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
   with open(os.path.join(out, sweeps.SWEEP_FILE)) as f:
     assert [r['group'] for r in json.load(f)['runs']] == ['defense=none'] * 2 + [
         'defense=clip'] * 2
+
+
+def test_finished_run_dirs_select_by_grid_flags_and_final_json(tmp_path):
+  entries = []
+  for i, (defense, done) in enumerate((('none', True), ('clip', True), ('none', False))):
+    os.makedirs(tmp_path / f'r{i}')
+    if done:
+      (tmp_path / f'r{i}' / 'final.json').write_text('{}')
+    entries.append({'name': f'r{i}', 'flags': {'defense': defense, 'seed': '0'},
+                    'group': 'g', 'status': 'finished' if done else 'running'})
+  (tmp_path / sweeps.SWEEP_FILE).write_text(json.dumps({'runs': entries}))
+  assert sweeps.finished_run_dirs(str(tmp_path), {'defense': 'none'}) == [
+      os.path.join(str(tmp_path), 'r0')]
+  assert len(sweeps.finished_run_dirs(str(tmp_path), {})) == 2
