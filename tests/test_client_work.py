@@ -157,3 +157,8 @@ def test_invalid_attack_config_is_rejected():
     AttackConfig('nope').validate()
   with pytest.raises(ValueError, match='norm_bound'):
     AttackConfig('norm_bounded', norm_bound=-1.0).validate()
+
+
+def test_every_attack_mode_has_one_attacker():
+  from tff_backdoor.attacks import client_work  # pylint: disable=g-import-not-at-top
+  assert sorted(client_work.ATTACKERS) == sorted(client_work.ATTACK_MODES)

@@ -26,6 +26,7 @@ updated incrementally from the cached inputs, so only the layers after it are re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -290,47 +291,43 @@ class _Evaluator:
     return int(np.sum(pred == labels))
 
 
-def apply_flain(model: tf.keras.Model,
-                initial_weights: Sequence[np.ndarray],
-                aux_x: np.ndarray,
-                aux_y: np.ndarray,
-                config: FlainConfig = FlainConfig()) -> Tuple[tf.keras.Model, FlainReport]:
-  """Runs FLAIN on the final global `model`; returns a new defended model and a report.
-
-  `initial_weights` are the round-0 global weights in `model.get_weights()` order; aux_x/aux_y a
-  small clean labelled set held by the server. `model` is never modified; the returned clone is
-  not compiled. Raises ValueError on a bad layer, empty aux data, mismatched or non-finite weights.
-  """
-  started = time.perf_counter()
-  targets0 = target_layers(model, config.layer)
-  aux_x, aux_y = _check_aux(aux_x, aux_y)
-  final, initial = _check_weights(model, initial_weights)
-  n = len(aux_y)
-
+def _kernels(model: tf.keras.Model, targets: Sequence[tf.keras.layers.Layer],
+             final: Sequence[np.ndarray], initial: Sequence[np.ndarray]
+             ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """The target layers' final kernels W and their flips W_init - (W - W_init), as float64."""
   ids = [id(v) for v in model.weights]
-  kernel_idx = [ids.index(id(l.kernel)) for l in targets0]
+  kernel_idx = [ids.index(id(l.kernel)) for l in targets]
   w_final = [final[i].astype(np.float64) for i in kernel_idx]
   w_init = [initial[i].astype(np.float64) for i in kernel_idx]
-  w_flip = [w0 - (w1 - w0) for w0, w1 in zip(w_init, w_final)]  # W_init - D.
+  return w_final, [w0 - (w1 - w0) for w0, w1 in zip(w_init, w_final)]
 
-  clone = tf.keras.models.clone_model(model)
-  clone.set_weights(final)
-  targets = [clone.get_layer(l.name) for l in targets0]
-  names = tuple(l.name for l in targets)
 
-  inputs = _layer_inputs(clone, targets, aux_x, config.batch_size)
-  acts = [x.reshape(-1, x.shape[-1]).mean(axis=0) for x in inputs]  # a_j per layer.
-  order = [np.argsort(a, kind='stable') for a in acts]
-  sorted_acts = [a[o] for a, o in zip(acts, order)]
-  evaluator = _Evaluator(clone, targets, inputs[0], w_final[0], aux_x, aux_y, config.batch_size)
-  del inputs
+def _thresholds(acts: Sequence[np.ndarray], mode: str, k: float) -> List[float]:
+  """Each layer's activation threshold at k: k itself ('absolute') or the k-quantile."""
+  if mode == 'absolute':
+    return [k] * len(acts)
+  return [float(np.quantile(a, min(max(k, 0.0), 1.0))) for a in acts]
 
-  def thresholds(k: float) -> List[float]:
-    if config.threshold_mode == 'absolute':
-      return [k] * len(acts)
-    return [float(np.quantile(a, min(max(k, 0.0), 1.0))) for a in acts]
 
-  correct_before = evaluator.correct(w_final)
+@dataclasses.dataclass
+class _Search:
+  """Where the k search stopped: the flipped kernels, counts per layer, aux correct count."""
+  state: List[np.ndarray]
+  counts: List[int]
+  correct: int
+  k: float
+  stopped: bool
+  steps_done: int
+  num_evaluations: int
+  trajectory: List[Tuple[float, int, float]]
+
+
+def _search(evaluator: '_Evaluator', config: FlainConfig, sorted_acts: Sequence[np.ndarray],
+            order: Sequence[np.ndarray], thresholds: Callable[[float], List[float]],
+            w_final: Sequence[np.ndarray], w_flip: Sequence[np.ndarray], correct_before: int,
+            n: int) -> _Search:
+  """Raises k step by step, flipping the rows of the least active neurons, until the aux
+  accuracy drops by `config.tolerance` or k reaches k_max."""
   k0, step = config.effective_k0, config.effective_step
   trajectory: List[Tuple[float, int, float]] = []
   state = [w.copy() for w in w_final]  # Flipped sets only grow with k: update rows in place.
@@ -363,13 +360,58 @@ def apply_flain(model: tf.keras.Model,
       break
   if trajectory[-1][0] != float(k):
     trajectory.append((float(k), int(sum(counts)), correct / n))
+  return _Search(state, counts, correct, k, stopped, steps_done, num_evaluations, trajectory)
 
+
+def _rescale(names: Sequence[str], state: Sequence[np.ndarray], w_final: Sequence[np.ndarray],
+             rescale: bool) -> Dict[str, float]:
+  """Scales each flipped kernel (in place) back to its final norm; returns the factors."""
   scales = {}
   for name, w, w1 in zip(names, state, w_final):
     norm = np.linalg.norm(w)
-    scale = float(np.linalg.norm(w1) / norm) if config.rescale and norm > 0 else 1.0
+    scale = float(np.linalg.norm(w1) / norm) if rescale and norm > 0 else 1.0
     w *= scale
     scales[name] = scale
+  return scales
+
+
+def apply_flain(model: tf.keras.Model,
+                initial_weights: Sequence[np.ndarray],
+                aux_x: np.ndarray,
+                aux_y: np.ndarray,
+                config: FlainConfig = FlainConfig()) -> Tuple[tf.keras.Model, FlainReport]:
+  """Runs FLAIN on the final global `model`; returns a new defended model and a report.
+
+  `initial_weights` are the round-0 global weights in `model.get_weights()` order; aux_x/aux_y a
+  small clean labelled set held by the server. `model` is never modified; the returned clone is
+  not compiled. Raises ValueError on a bad layer, empty aux data, mismatched or non-finite weights.
+  """
+  started = time.perf_counter()
+  targets0 = target_layers(model, config.layer)
+  aux_x, aux_y = _check_aux(aux_x, aux_y)
+  final, initial = _check_weights(model, initial_weights)
+  n = len(aux_y)
+
+  w_final, w_flip = _kernels(model, targets0, final, initial)
+
+  clone = tf.keras.models.clone_model(model)
+  clone.set_weights(final)
+  targets = [clone.get_layer(l.name) for l in targets0]
+  names = tuple(l.name for l in targets)
+
+  inputs = _layer_inputs(clone, targets, aux_x, config.batch_size)
+  acts = [x.reshape(-1, x.shape[-1]).mean(axis=0) for x in inputs]  # a_j per layer.
+  order = [np.argsort(a, kind='stable') for a in acts]
+  sorted_acts = [a[o] for a, o in zip(acts, order)]
+  evaluator = _Evaluator(clone, targets, inputs[0], w_final[0], aux_x, aux_y, config.batch_size)
+  del inputs
+
+  thresholds = functools.partial(_thresholds, acts, config.threshold_mode)
+  correct_before = evaluator.correct(w_final)
+  search = _search(evaluator, config, sorted_acts, order, thresholds, w_final, w_flip,
+                   correct_before, n)
+  state, counts, correct, k = search.state, search.counts, search.correct, search.k
+  scales = _rescale(names, state, w_final, config.rescale)
   correct_after = evaluator.correct(state)
   for layer, w in zip(targets, state):
     layer.kernel.assign(w.astype(layer.kernel.dtype.as_numpy_dtype))
@@ -377,11 +419,11 @@ def apply_flain(model: tf.keras.Model,
   report = FlainReport(
       layers=names,
       threshold_mode=config.threshold_mode,
-      k0=k0,
-      step=step,
+      k0=config.effective_k0,
+      step=config.effective_step,
       threshold=float(k),
       activation_thresholds={nm: float(t) for nm, t in zip(names, thresholds(k))},
-      stopped_by_tolerance=stopped,
+      stopped_by_tolerance=search.stopped,
       num_flipped=int(sum(counts)),
       flipped_indices={nm: sorted(int(j) for j in o[:c])
                        for nm, o, c in zip(names, order, counts)},
@@ -389,9 +431,9 @@ def apply_flain(model: tf.keras.Model,
       aux_accuracy_at_stop=correct / n,
       aux_accuracy_after=correct_after / n,
       kernel_scale=scales,
-      trajectory=trajectory,
-      num_k_steps=steps_done,
-      num_evaluations=num_evaluations,
+      trajectory=search.trajectory,
+      num_k_steps=search.steps_done,
+      num_evaluations=search.num_evaluations,
       num_aux=n,
       seconds=time.perf_counter() - started)
   return clone, report

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -91,6 +92,133 @@ def _global_norm(structure) -> tf.Tensor:
   return tf.linalg.global_norm(tf.nest.flatten(structure))
 
 
+class _LocalTraining:
+  """A client's model with local SGD, reset and delta: the steps every mode is made of."""
+
+  def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel],
+               optimizer: tff.learning.optimizers.Optimizer):
+    self.model = model_fn()
+    self.weights = tff.learning.models.ModelWeights.from_model(self.model)
+    self.optimizer = optimizer
+    dropout_layers = models_lib.stateless_dropout_layers(self.model)
+    # Set before every forward pass; not a model weight (see models.StatelessDropout).
+    self.mask_seed = (tf.Variable(tf.zeros([2], tf.int64), trainable=False,
+                                  name='dropout_mask_seed') if dropout_layers else None)
+    for layer in dropout_layers:
+      layer.bind_seed(self.mask_seed)
+
+  def _step(self, pass_key, state, batch):
+    """One SGD step (TFF's reduce loop body); batch `step` masks with fold_in(pass_key, step)."""
+    num_examples, optimizer_state, step = state
+    trainable = self.weights.trainable
+    set_seed = [] if self.mask_seed is None else [self.mask_seed.assign(
+        tf.random.experimental.stateless_fold_in(pass_key, step))]
+    with tf.control_dependencies(set_seed), tf.GradientTape() as tape:
+      output = self.model.forward_pass(batch, training=True)
+    gradients = tape.gradient(output.loss, trainable)
+    optimizer_state, updated = self.optimizer.next(
+        optimizer_state, tuple(tf.nest.flatten(trainable)), tuple(tf.nest.flatten(gradients)))
+    updated = tf.nest.pack_sequence_as(trainable, updated)
+    tf.nest.map_structure(lambda v, t: v.assign(t), trainable, updated)
+    if output.num_examples is None:
+      num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
+    else:
+      num_examples += tf.cast(output.num_examples, tf.int64)
+    return num_examples, optimizer_state, step + 1
+
+  def train(self, data, optimizer_hparams, pass_key):
+    """Local SGD over `data` from the current weights; returns the number of examples.
+
+    `pass_key` ([2] int64) keys this pass's dropout masks.
+    """
+    specs = tuple(tf.TensorSpec(v.shape, v.dtype)
+                  for v in tf.nest.flatten(self.weights.trainable))
+    optimizer_state = self.optimizer.set_hparams(self.optimizer.initialize(specs),
+                                                 optimizer_hparams)
+    num_examples, _, _ = data.reduce(
+        (tf.zeros([], tf.int64), optimizer_state, tf.zeros([], tf.int64)),
+        functools.partial(self._step, pass_key))
+    return num_examples
+
+  def reset(self, initial_weights) -> None:
+    tf.nest.map_structure(lambda v, t: v.assign(t), self.weights, initial_weights)
+
+  def delta(self, initial_weights):
+    return tf.nest.map_structure(tf.subtract, initial_weights.trainable, self.weights.trainable)
+
+
+@dataclasses.dataclass
+class _ClientPass:
+  """What one client's update is computed from (inside the traced `client_update`)."""
+  local: _LocalTraining
+  initial_weights: object
+  benign: tf.data.Dataset
+  malicious: tf.data.Dataset
+  seed: tf.Tensor
+  hparams: object
+  client_key: tf.Tensor
+
+  def pass_key(self, index: int) -> tf.Tensor:
+    """Key of the client's `index`-th training pass (distinct per pass of one client)."""
+    return tf.random.experimental.stateless_fold_in(self.client_key, index)
+
+  def train(self, data, index: int):
+    return self.local.train(data, self.hparams, self.pass_key(index))
+
+  def restart(self) -> None:
+    self.local.reset(self.initial_weights)
+
+  def delta(self):
+    return self.local.delta(self.initial_weights)
+
+
+def _honest(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  del attack, batch_size
+  c.restart()
+  num_examples = c.train(c.benign, 0)
+  return c.delta(), num_examples
+
+
+def _data_poison(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  del attack
+  c.restart()
+  mixed = c.benign.unbatch().concatenate(c.malicious.unbatch())
+  mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=c.seed, reshuffle_each_iteration=False)
+  num_examples = c.train(mixed.batch(batch_size), 0)
+  return c.delta(), num_examples
+
+
+def _boost(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  delta_b, num_examples = _honest(c, attack, batch_size)
+  c.restart()
+  c.train(c.malicious, 1)
+  delta_m = c.delta()
+  update = tf.nest.map_structure(lambda b, m: b + attack.boost * m, delta_b, delta_m)
+  return update, num_examples
+
+
+def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  del batch_size
+  c.restart()
+  num_examples = c.train(c.benign, 0)
+  c.restart()
+  trainable = c.local.weights.trainable
+  for i in range(attack.projection_rounds):
+    c.train(c.benign, 1 + 2 * i)
+    c.train(c.malicious, 2 + 2 * i)
+    d = c.delta()
+    scale = tf.minimum(1.0, tf.math.divide_no_nan(
+        tf.constant(attack.norm_bound, tf.float32), _global_norm(d)))
+    tf.nest.map_structure(lambda v, w0, dd: v.assign(w0 - scale * dd),
+                          trainable, c.initial_weights.trainable, d)
+  update = tf.nest.map_structure(lambda d: attack.boost * d, c.delta())
+  return update, num_examples
+
+
+# Attack mode -> the malicious client's (update, number of examples); one per ATTACK_MODES.
+ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded}
+
+
 def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
                         optimizer: tff.learning.optimizers.Optimizer,
                         attack: AttackConfig,
@@ -101,103 +229,18 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   `data_poison` mode (the other modes use the client's batches as given).
   """
   attack.validate()
-  model = model_fn()
-  model_weights = tff.learning.models.ModelWeights.from_model(model)
-  dropout_layers = models_lib.stateless_dropout_layers(model)
-  # Set before every forward pass; not a model weight (see models.StatelessDropout).
-  mask_seed = (tf.Variable(tf.zeros([2], tf.int64), trainable=False, name='dropout_mask_seed')
-               if dropout_layers else None)
-  for layer in dropout_layers:
-    layer.bind_seed(mask_seed)
-
-  def train(data, optimizer_hparams, pass_key):
-    """Local SGD over `data` from the current weights (TFF's reduce loop); returns #examples.
-
-    `pass_key` ([2] int64) keys this pass's dropout masks: batch `step` uses
-    fold_in(pass_key, step).
-    """
-    def reduce_fn(state, batch):
-      num_examples, optimizer_state, step = state
-      if mask_seed is None:
-        set_seed = []
-      else:
-        set_seed = [mask_seed.assign(
-            tf.random.experimental.stateless_fold_in(pass_key, step))]
-      with tf.control_dependencies(set_seed), tf.GradientTape() as tape:
-        output = model.forward_pass(batch, training=True)
-      gradients = tape.gradient(output.loss, model_weights.trainable)
-      optimizer_state, updated = optimizer.next(
-          optimizer_state, tuple(tf.nest.flatten(model_weights.trainable)),
-          tuple(tf.nest.flatten(gradients)))
-      updated = tf.nest.pack_sequence_as(model_weights.trainable, updated)
-      tf.nest.map_structure(lambda v, t: v.assign(t), model_weights.trainable, updated)
-      if output.num_examples is None:
-        num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
-      else:
-        num_examples += tf.cast(output.num_examples, tf.int64)
-      return num_examples, optimizer_state, step + 1
-
-    specs = tuple(tf.TensorSpec(v.shape, v.dtype)
-                  for v in tf.nest.flatten(model_weights.trainable))
-    optimizer_state = optimizer.set_hparams(optimizer.initialize(specs), optimizer_hparams)
-    num_examples, _, _ = data.reduce(
-        (tf.zeros([], tf.int64), optimizer_state, tf.zeros([], tf.int64)), reduce_fn)
-    return num_examples
-
-  def reset(initial_weights):
-    tf.nest.map_structure(lambda v, t: v.assign(t), model_weights, initial_weights)
-
-  def delta(initial_weights):
-    return tf.nest.map_structure(tf.subtract, initial_weights.trainable, model_weights.trainable)
+  local = _LocalTraining(model_fn, optimizer)
+  model = local.model
 
   @tf.function
   def client_update(initial_weights, client_data, optimizer_hparams):
-    benign, malicious = client_data['benign'], client_data['malicious']
     control = client_data['control'].get_single_element()
-    client_key = tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)])
-
-    def pass_key(index: int) -> tf.Tensor:
-      """Key of the client's `index`-th training pass (distinct per pass of one client)."""
-      return tf.random.experimental.stateless_fold_in(client_key, index)
-
-    def honest():
-      reset(initial_weights)
-      num_examples = train(benign, optimizer_hparams, pass_key(0))
-      return delta(initial_weights), num_examples
-
-    def data_poison():
-      reset(initial_weights)
-      mixed = benign.unbatch().concatenate(malicious.unbatch())
-      mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=control['seed'],
-                            reshuffle_each_iteration=False)
-      num_examples = train(mixed.batch(batch_size), optimizer_hparams, pass_key(0))
-      return delta(initial_weights), num_examples
-
-    def boost():
-      delta_b, num_examples = honest()
-      reset(initial_weights)
-      train(malicious, optimizer_hparams, pass_key(1))
-      delta_m = delta(initial_weights)
-      update = tf.nest.map_structure(lambda b, m: b + attack.boost * m, delta_b, delta_m)
-      return update, num_examples
-
-    def norm_bounded():
-      reset(initial_weights)
-      num_examples = train(benign, optimizer_hparams, pass_key(0))
-      reset(initial_weights)
-      for i in range(attack.projection_rounds):
-        train(benign, optimizer_hparams, pass_key(1 + 2 * i))
-        train(malicious, optimizer_hparams, pass_key(2 + 2 * i))
-        d = delta(initial_weights)
-        scale = tf.minimum(1.0, tf.math.divide_no_nan(
-            tf.constant(attack.norm_bound, tf.float32), _global_norm(d)))
-        tf.nest.map_structure(lambda v, w0, dd: v.assign(w0 - scale * dd),
-                              model_weights.trainable, initial_weights.trainable, d)
-      update = tf.nest.map_structure(lambda d: attack.boost * d, delta(initial_weights))
-      return update, num_examples
-
-    attacker = {'data_poison': data_poison, 'boost': boost, 'norm_bounded': norm_bounded}
-    update, num_examples = tf.cond(control['is_malicious'], attacker[attack.mode], honest)
+    client = _ClientPass(local, initial_weights, client_data['benign'], client_data['malicious'],
+                         control['seed'], optimizer_hparams,
+                         tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)]))
+    update, num_examples = tf.cond(control['is_malicious'],
+                                   lambda: ATTACKERS[attack.mode](client, attack, batch_size),
+                                   lambda: _honest(client, attack, batch_size))
     update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
@@ -210,6 +253,53 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
             model.report_local_unfinalized_metrics(), stats)
 
   return client_update
+
+
+def _hparams_computations(optimizer: tff.learning.optimizers.Optimizer):
+  """(init_fn, get_hparams_fn, set_hparams_fn): the state is the client optimizer's hparams."""
+  initial_hparams = optimizer.get_hparams(
+      optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32)))
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value(initial_hparams, tff.SERVER)
+
+  state_type = init_fn.type_signature.result.member
+
+  @tff.tensorflow.computation(state_type)
+  def get_hparams_fn(state):
+    return state
+
+  @tff.tensorflow.computation(state_type, state_type)
+  def set_hparams_fn(state, hparams):
+    del state
+    return hparams
+
+  return init_fn, get_hparams_fn, set_hparams_fn
+
+
+def _norm_summary():
+  """(per-client stats -> summable parts, summed parts -> the norm measurements) computations."""
+
+  @tff.tensorflow.computation(tff.StructWithPythonType(
+      [('is_malicious', np.float32), ('update_norm', np.float32)], collections.OrderedDict))
+  def norm_stats(stats):
+    malicious = stats['is_malicious']
+    return collections.OrderedDict(
+        attackers=malicious,
+        honest=1.0 - malicious,
+        honest_norm=(1.0 - malicious) * stats['update_norm'],
+        malicious_norm=malicious * stats['update_norm'])
+
+  @tff.tensorflow.computation(norm_stats.type_signature.result)
+  def summarize(sums):
+    return collections.OrderedDict(
+        num_attackers=tf.cast(tf.round(sums['attackers']), tf.int32),
+        mean_honest_update_norm=tf.math.divide_no_nan(sums['honest_norm'], sums['honest']),
+        mean_malicious_update_norm=tf.math.divide_no_nan(sums['malicious_norm'],
+                                                         sums['attackers']))
+
+  return norm_stats, summarize
 
 
 def build_attacker_client_work(
@@ -233,48 +323,15 @@ def build_attacker_client_work(
   element_type = tff.types.tensorflow_to_type(model.input_spec)
   data_type = client_data_type(element_type)
   weights_type = tff.learning.models.weights_type_from_model(model)
-  initial_hparams = optimizer.get_hparams(
-      optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32)))
-
-  @tff.federated_computation
-  def init_fn():
-    return tff.federated_value(initial_hparams, tff.SERVER)
-
+  init_fn, get_hparams_fn, set_hparams_fn = _hparams_computations(optimizer)
   state_type = init_fn.type_signature.result.member
-
-  @tff.tensorflow.computation(state_type)
-  def get_hparams_fn(state):
-    return state
-
-  @tff.tensorflow.computation(state_type, state_type)
-  def set_hparams_fn(state, hparams):
-    del state
-    return hparams
 
   @tff.tensorflow.computation(state_type, weights_type, data_type)
   def client_update_computation(hparams, initial_weights, client_data):
     client_update = build_client_update(model_fn, optimizer, attack, batch_size)
     return client_update(initial_weights, client_data, hparams)
 
-  @tff.tensorflow.computation(tff.StructWithPythonType(
-      [('is_malicious', np.float32), ('update_norm', np.float32)], collections.OrderedDict))
-  def norm_stats(stats):
-    malicious = stats['is_malicious']
-    return collections.OrderedDict(
-        attackers=malicious,
-        honest=1.0 - malicious,
-        honest_norm=(1.0 - malicious) * stats['update_norm'],
-        malicious_norm=malicious * stats['update_norm'])
-
-  stats_type = norm_stats.type_signature.result
-
-  @tff.tensorflow.computation(stats_type)
-  def summarize(sums):
-    return collections.OrderedDict(
-        num_attackers=tf.cast(tf.round(sums['attackers']), tf.int32),
-        mean_honest_update_norm=tf.math.divide_no_nan(sums['honest_norm'], sums['honest']),
-        mean_malicious_update_norm=tf.math.divide_no_nan(sums['malicious_norm'],
-                                                         sums['attackers']))
+  norm_stats, summarize = _norm_summary()
 
   @tff.federated_computation(
       init_fn.type_signature.result,
