@@ -202,7 +202,33 @@ class ScheduleConfig(_Fields):
                                unset=0, rule=NONNEGATIVE)
 
 
+# The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
+# each default. One row a field: a defense's new parameter is a new row.
+DEFENSE_PARAMETERS = (
+    ('clip_norm', 3.0, POSITIVE, 'clip, clip_mean, weak_dp: the L2 bound M.'),
+    ('adaptive_quantile', 0.5, OPEN_UNIT, 'adaptive_clip: quantile of norms.'),
+    ('adaptive_initial_norm', 1.0, POSITIVE, 'adaptive_clip: first bound.'),
+    ('adaptive_learning_rate', 0.2, POSITIVE, 'adaptive_clip: bound step.'),
+    ('zeroing_norm', 3.0, POSITIVE, 'zeroing: drop updates above it.'),
+    ('dp_sigma', 0.025, NONNEGATIVE, 'weak_dp: noise std of the mean.'),
+    ('trim_fraction', 0.1, BELOW_HALF, 'trimmed_mean: share cut each end.'),
+    ('krum_f', 1, NONNEGATIVE, 'krum, multi_krum: Byzantine clients tolerated.'),
+    ('krum_m', 0, NONNEGATIVE, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).'),
+    ('bias_z_threshold', 3.5, POSITIVE, 'bias_filter: robust z-score cut-off.'),
+    ('bias_index', -1, None, 'bias_filter: index of the bias tensor in the update.'),
+)
+
+
+def _with_parameters(cls: type) -> type:
+  """Adds a field (annotation and `option`) per DEFENSE_PARAMETERS row, before @dataclass."""
+  for name, default, rule, help_text in DEFENSE_PARAMETERS:
+    cls.__annotations__[name] = type(default).__name__  # 'float' / 'int', as `field_type` reads
+    setattr(cls, name, option(default, help_text, rule=rule))
+  return cls
+
+
 @dataclasses.dataclass(frozen=True)
+@_with_parameters
 class DefenseConfig:
   """Which defense aggregates the updates, and its parameters (aggregators.registry).
 
@@ -228,18 +254,7 @@ class DefenseConfig:
   """
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')
-  clip_norm: float = option(3.0, 'clip, clip_mean, weak_dp: the L2 bound M.', rule=POSITIVE)
-  adaptive_quantile: float = option(0.5, 'adaptive_clip: quantile of norms.', rule=OPEN_UNIT)
-  adaptive_initial_norm: float = option(1.0, 'adaptive_clip: first bound.', rule=POSITIVE)
-  adaptive_learning_rate: float = option(0.2, 'adaptive_clip: bound step.', rule=POSITIVE)
-  zeroing_norm: float = option(3.0, 'zeroing: drop updates above it.', rule=POSITIVE)
-  dp_sigma: float = option(0.025, 'weak_dp: noise std of the mean.', rule=NONNEGATIVE)
-  trim_fraction: float = option(0.1, 'trimmed_mean: share cut each end.', rule=BELOW_HALF)
-  krum_f: int = option(1, 'krum, multi_krum: Byzantine clients tolerated.', rule=NONNEGATIVE)
-  krum_m: int = option(0, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).',
-                       rule=NONNEGATIVE)
-  bias_z_threshold: float = option(3.5, 'bias_filter: robust z-score cut-off.', rule=POSITIVE)
-  bias_index: int = option(-1, 'bias_filter: index of the bias tensor in the update.')
+  # then one field per DEFENSE_PARAMETERS row, in its order: clip_norm, ..., bias_index
 
   def krum_selected(self, clients_per_round: int) -> int:
     """m for this config: 1 for 'krum', else `krum_m`, or n - f if `krum_m` is 0."""

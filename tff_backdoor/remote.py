@@ -282,6 +282,60 @@ def _first_sentence(error: BaseException, limit: int = 160) -> str:
   return line if len(line) <= limit else line[:limit] + '...'
 
 
+class _OutageWatch:
+  """The part of `_watched_stub`'s class that does not need TFF: a mixin before TFF's stub."""
+
+  def __init__(self, channel, address: str, unavailable_timeout_s: Optional[float]):
+    super().__init__(channel)
+    self._address = address
+    self._unavailable_timeout_s = unavailable_timeout_s
+    self._down_since: Optional[float] = None
+
+  def _watch(self, call, request, can_give_up: bool = True):
+    """`call(request)`, logging an outage and raising ConnectionError once it lasts too long."""
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow_federated.python.core.impl.executors import executors_errors
+    try:
+      response = call(request)
+    except executors_errors.RetryableError as e:
+      now = time.monotonic()
+      if self._down_since is None:
+        self._down_since = now
+        logging.warning('TFF worker %s is unavailable; retrying (gives up after %s s)',
+                        self._address, self._unavailable_timeout_s)
+      if (can_give_up and self._unavailable_timeout_s is not None and
+          now - self._down_since > self._unavailable_timeout_s):
+        raise ConnectionError(f'TFF worker {self._address} has been unavailable for '
+                              f'{now - self._down_since:.0f} s; giving up') from e
+      raise
+    if self._down_since is not None:
+      logging.warning('TFF worker %s answers again', self._address)
+      self._down_since = None
+    return response
+
+
+# The stub's calls, each watched, and whether an outage may end it with ConnectionError: TFF's
+# clean-up catches only gRPC and retryable errors from the two dispose calls.
+_STUB_CALLS = {'get_executor': True, 'create_value': True, 'create_struct': True,
+               'create_call': True, 'create_selection': True, 'compute': True,
+               'dispose': False, 'dispose_executor': False}
+
+
+def _watched_call(name: str, can_give_up: bool):
+  """The `_OutageWatch` method that sends `name` to TFF's stub through `_watch`."""
+  def call(self, request):
+    return self._watch(getattr(super(_OutageWatch, self), name), request, can_give_up)
+  call.__name__ = call.__qualname__ = name
+  return call
+
+
+for _name, _can_give_up in _STUB_CALLS.items():
+  setattr(_OutageWatch, _name, _watched_call(_name, _can_give_up))
+
+
+_watched_stub_class = None
+
+
 def _watched_stub(channel, worker: Worker, unavailable_timeout_s: Optional[float]):
   """TFF's gRPC stub to one worker, which reports outages instead of retrying silently.
 
@@ -290,64 +344,13 @@ def _watched_stub(channel, worker: Worker, unavailable_timeout_s: Optional[float
   warning when a worker stops answering and, once it has been down `unavailable_timeout_s`,
   raises ConnectionError (not retried by TFF) naming it. None keeps TFF's retry forever.
   """
-  # pylint: disable=g-import-not-at-top
-  import tensorflow_federated as tff
-  from tensorflow_federated.python.core.impl.executors import executors_errors
-  # pylint: enable=g-import-not-at-top
-  address = worker_address(worker)
-
-  class WatchedStub(tff.framework.RemoteExecutorGrpcStub):
-    """See `_watched_stub`."""
-
-    def __init__(self):
-      super().__init__(channel)
-      self._down_since: Optional[float] = None
-
-    def _watch(self, call, request, can_give_up: bool = True):
-      try:
-        response = call(request)
-      except executors_errors.RetryableError as e:
-        now = time.monotonic()
-        if self._down_since is None:
-          self._down_since = now
-          logging.warning('TFF worker %s is unavailable; retrying (gives up after %s s)',
-                          address, unavailable_timeout_s)
-        if (can_give_up and unavailable_timeout_s is not None and
-            now - self._down_since > unavailable_timeout_s):
-          raise ConnectionError(f'TFF worker {address} has been unavailable for '
-                                f'{now - self._down_since:.0f} s; giving up') from e
-        raise
-      if self._down_since is not None:
-        logging.warning('TFF worker %s answers again', address)
-        self._down_since = None
-      return response
-
-    def get_executor(self, request):
-      return self._watch(super().get_executor, request)
-
-    def create_value(self, request):
-      return self._watch(super().create_value, request)
-
-    def create_struct(self, request):
-      return self._watch(super().create_struct, request)
-
-    def create_call(self, request):
-      return self._watch(super().create_call, request)
-
-    def create_selection(self, request):
-      return self._watch(super().create_selection, request)
-
-    def compute(self, request):
-      return self._watch(super().compute, request)
-
-    # TFF's clean-up catches only gRPC and retryable errors from these two.
-    def dispose(self, request):
-      return self._watch(super().dispose, request, can_give_up=False)
-
-    def dispose_executor(self, request):
-      return self._watch(super().dispose_executor, request, can_give_up=False)
-
-  return WatchedStub()
+  global _watched_stub_class
+  if _watched_stub_class is None:  # defined on first use, so that importing skips TFF
+    import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+    _watched_stub_class = type(
+        'WatchedStub', (_OutageWatch, tff.framework.RemoteExecutorGrpcStub),
+        {'__doc__': 'See `_watched_stub`.', '__module__': __name__})
+  return _watched_stub_class(channel, worker_address(worker), unavailable_timeout_s)
 
 
 def context_on_worker(stub, stream_structs: bool = False, *, sync: bool = False,
