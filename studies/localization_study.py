@@ -506,6 +506,60 @@ def _detections(report: Mapping[str, Any]) -> Tuple[Optional[int], float]:
   return (max(waits) if len(waits) == len(first) else None), detected
 
 
+def _plot_run(run_dir: str, rows: Sequence[Any], bias_captures: Sequence[Any], bias: str,
+              score: str, z_threshold: float, title: str) -> None:
+  """analyze_run's three figures: AUC per variable, per-round AUC, the bias scores."""
+  prefix = f'{title}: ' if title else ''
+  anomaly_plots.plot_localization_auc(
+      rows, os.path.join(run_dir, 'localization_auc.png'),
+      title=f'{prefix}AUC per variable ({score}, all rounds)')
+  bias_row = [r for r in rows if r.variable == bias]
+  others = [r for r in rows if r.variable != bias]
+  anomaly_plots.plot_round_auc(bias_row + others, os.path.join(run_dir, 'round_auc.png'),
+                               top=4, title=f'{prefix}per-round AUC')
+  anomaly_plots.plot_bias_scores(bias_captures, os.path.join(run_dir, 'bias_scores.png'),
+                                 threshold=z_threshold,
+                                 title=f'{prefix}final-layer bias score')
+
+
+def _localization_summary(tables: Mapping[str, Sequence[Any]], bias: str) -> Dict[str, Any]:
+  """The bias variable's AUC and rank, and the top variable, in all/early/late rounds."""
+  summary: Dict[str, Any] = {}
+  for key, suffix in (('all', ''), ('early', '_early'), ('late', '_late')):
+    rows = tables[key]
+    bias_rows = [r for r in rows if r.variable == bias]
+    summary[f'bias_auc{suffix}'] = bias_rows[0].auc if bias_rows else float('nan')
+    summary[f'bias_rank{suffix}'] = _rank_of(rows, bias)
+    summary[f'top_variable{suffix}'] = _top_variables(rows)
+    summary[f'top_auc{suffix}'] = rows[0].auc if rows else float('nan')
+  summary['bias_score_ratio'] = next((r.ratio for r in tables['all'] if r.variable == bias),
+                                     float('nan'))
+  return summary
+
+
+def _detector_summary(in_sample: Mapping[str, Any], at_z: Mapping[str, Any],
+                      accumulated: Mapping[str, Any], z_threshold: float) -> Dict[str, Any]:
+  """The bias detector's AUC, TPR/FPR and rounds to detection at 1% FPR and at the z cut."""
+  metrics = in_sample['metrics']
+  rtd, detected = _detections(in_sample)
+  rtd_z, detected_z = _detections(at_z)
+  return {
+      'detector_auc': metrics['auc'],
+      'tpr_at_fpr_1pct': metrics['tpr_at_fpr_1pct'],
+      'tpr_at_fpr_5pct': metrics['tpr_at_fpr_5pct'],
+      'fpr_at_fpr_1pct': in_sample['fpr_at_threshold'],
+      'threshold_1pct': in_sample['threshold'],
+      'rounds_to_detection': rtd, 'attackers_detected': detected,
+      'z_threshold': z_threshold,
+      'tpr_at_z': at_z['tpr_at_threshold'], 'fpr_at_z': at_z['fpr_at_threshold'],
+      'honest_clients_flagged_at_z': at_z['honest_clients_flagged_fraction'],
+      'rounds_to_detection_z': rtd_z, 'attackers_detected_z': detected_z,
+      'bilgin_auc': in_sample['bilgin_metrics']['auc'],
+      'accumulated_auc': accumulated['metrics']['auc'],
+      'accumulated_tpr_at_fpr_1pct': accumulated['metrics']['tpr_at_fpr_1pct'],
+  }
+
+
 def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
                 z_threshold: float = DEFAULT_Z_THRESHOLD, plots: bool = True,
                 title: str = '') -> Dict[str, Any]:
@@ -533,48 +587,13 @@ def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
       'score': score, 'early_rounds': early, 'late_rounds': late,
       'in_sample_1pct': in_sample, 'z_threshold': at_z, 'accumulated_mean': accumulated})
   if plots:
-    prefix = f'{title}: ' if title else ''
-    anomaly_plots.plot_localization_auc(
-        tables['all'], os.path.join(run_dir, 'localization_auc.png'),
-        title=f'{prefix}AUC per variable ({score}, all rounds)')
-    bias_row = [r for r in tables['all'] if r.variable == bias]
-    others = [r for r in tables['all'] if r.variable != bias]
-    anomaly_plots.plot_round_auc(bias_row + others, os.path.join(run_dir, 'round_auc.png'),
-                                 top=4, title=f'{prefix}per-round AUC')
-    anomaly_plots.plot_bias_scores(bias_captures, os.path.join(run_dir, 'bias_scores.png'),
-                                   threshold=z_threshold,
-                                   title=f'{prefix}final-layer bias score')
+    _plot_run(run_dir, tables['all'], bias_captures, bias, score, z_threshold, title)
   summary: Dict[str, Any] = {'bias_variable': bias, 'score': score,
                              'captured_rounds': len(rounds),
                              'num_variables': len(tables['all']),
                              'variables': list(round_scores[0].scores)}
-  for key, suffix in (('all', ''), ('early', '_early'), ('late', '_late')):
-    rows = tables[key]
-    bias_rows = [r for r in rows if r.variable == bias]
-    summary[f'bias_auc{suffix}'] = bias_rows[0].auc if bias_rows else float('nan')
-    summary[f'bias_rank{suffix}'] = _rank_of(rows, bias)
-    summary[f'top_variable{suffix}'] = _top_variables(rows)
-    summary[f'top_auc{suffix}'] = rows[0].auc if rows else float('nan')
-  summary['bias_score_ratio'] = next((r.ratio for r in tables['all'] if r.variable == bias),
-                                     float('nan'))
-  metrics = in_sample['metrics']
-  rtd, detected = _detections(in_sample)
-  rtd_z, detected_z = _detections(at_z)
-  summary.update({
-      'detector_auc': metrics['auc'],
-      'tpr_at_fpr_1pct': metrics['tpr_at_fpr_1pct'],
-      'tpr_at_fpr_5pct': metrics['tpr_at_fpr_5pct'],
-      'fpr_at_fpr_1pct': in_sample['fpr_at_threshold'],
-      'threshold_1pct': in_sample['threshold'],
-      'rounds_to_detection': rtd, 'attackers_detected': detected,
-      'z_threshold': z_threshold,
-      'tpr_at_z': at_z['tpr_at_threshold'], 'fpr_at_z': at_z['fpr_at_threshold'],
-      'honest_clients_flagged_at_z': at_z['honest_clients_flagged_fraction'],
-      'rounds_to_detection_z': rtd_z, 'attackers_detected_z': detected_z,
-      'bilgin_auc': in_sample['bilgin_metrics']['auc'],
-      'accumulated_auc': accumulated['metrics']['auc'],
-      'accumulated_tpr_at_fpr_1pct': accumulated['metrics']['tpr_at_fpr_1pct'],
-  })
+  summary.update(_localization_summary(tables, bias))
+  summary.update(_detector_summary(in_sample, at_z, accumulated, z_threshold))
   return metrics_io.to_jsonable(summary)
 
 

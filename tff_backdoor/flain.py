@@ -375,6 +375,40 @@ def _rescale(names: Sequence[str], state: Sequence[np.ndarray], w_final: Sequenc
   return scales
 
 
+def _activation_order(inputs: Sequence[np.ndarray]):
+  """Per target layer: the mean input activations a_j, their stable ascending order, sorted a."""
+  acts = [x.reshape(-1, x.shape[-1]).mean(axis=0) for x in inputs]  # a_j per layer.
+  order = [np.argsort(a, kind='stable') for a in acts]
+  return acts, order, [a[o] for a, o in zip(acts, order)]
+
+
+def _report(config: FlainConfig, names: Sequence[str], order: Sequence[np.ndarray],
+            thresholds: Callable, search: _Search, scales: Dict[str, float],
+            corrects: Tuple[int, int, int], n: int, started: float) -> FlainReport:
+  """The FlainReport of a finished search (correct aux predictions before, at stop, after)."""
+  correct_before, correct_at_stop, correct_after = corrects
+  return FlainReport(
+      layers=names,
+      threshold_mode=config.threshold_mode,
+      k0=config.effective_k0,
+      step=config.effective_step,
+      threshold=float(search.k),
+      activation_thresholds={nm: float(t) for nm, t in zip(names, thresholds(search.k))},
+      stopped_by_tolerance=search.stopped,
+      num_flipped=int(sum(search.counts)),
+      flipped_indices={nm: sorted(int(j) for j in o[:c])
+                       for nm, o, c in zip(names, order, search.counts)},
+      aux_accuracy_before=correct_before / n,
+      aux_accuracy_at_stop=correct_at_stop / n,
+      aux_accuracy_after=correct_after / n,
+      kernel_scale=scales,
+      trajectory=search.trajectory,
+      num_k_steps=search.steps_done,
+      num_evaluations=search.num_evaluations,
+      num_aux=n,
+      seconds=time.perf_counter() - started)
+
+
 def apply_flain(model: tf.keras.Model,
                 initial_weights: Sequence[np.ndarray],
                 aux_x: np.ndarray,
@@ -400,9 +434,7 @@ def apply_flain(model: tf.keras.Model,
   names = tuple(l.name for l in targets)
 
   inputs = _layer_inputs(clone, targets, aux_x, config.batch_size)
-  acts = [x.reshape(-1, x.shape[-1]).mean(axis=0) for x in inputs]  # a_j per layer.
-  order = [np.argsort(a, kind='stable') for a in acts]
-  sorted_acts = [a[o] for a, o in zip(acts, order)]
+  acts, order, sorted_acts = _activation_order(inputs)
   evaluator = _Evaluator(clone, targets, inputs[0], w_final[0], aux_x, aux_y, config.batch_size)
   del inputs
 
@@ -410,30 +442,12 @@ def apply_flain(model: tf.keras.Model,
   correct_before = evaluator.correct(w_final)
   search = _search(evaluator, config, sorted_acts, order, thresholds, w_final, w_flip,
                    correct_before, n)
-  state, counts, correct, k = search.state, search.counts, search.correct, search.k
+  state = search.state
   scales = _rescale(names, state, w_final, config.rescale)
   correct_after = evaluator.correct(state)
   for layer, w in zip(targets, state):
     layer.kernel.assign(w.astype(layer.kernel.dtype.as_numpy_dtype))
 
-  report = FlainReport(
-      layers=names,
-      threshold_mode=config.threshold_mode,
-      k0=config.effective_k0,
-      step=config.effective_step,
-      threshold=float(k),
-      activation_thresholds={nm: float(t) for nm, t in zip(names, thresholds(k))},
-      stopped_by_tolerance=search.stopped,
-      num_flipped=int(sum(counts)),
-      flipped_indices={nm: sorted(int(j) for j in o[:c])
-                       for nm, o, c in zip(names, order, counts)},
-      aux_accuracy_before=correct_before / n,
-      aux_accuracy_at_stop=correct / n,
-      aux_accuracy_after=correct_after / n,
-      kernel_scale=scales,
-      trajectory=search.trajectory,
-      num_k_steps=search.steps_done,
-      num_evaluations=search.num_evaluations,
-      num_aux=n,
-      seconds=time.perf_counter() - started)
+  report = _report(config, names, order, thresholds, search, scales,
+                   (correct_before, search.correct, correct_after), n, started)
   return clone, report

@@ -55,6 +55,7 @@ import argparse
 import atexit
 import collections
 import concurrent.futures
+import functools
 import importlib.util
 import os
 import signal
@@ -62,6 +63,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
@@ -387,8 +389,9 @@ def context_on_worker(stub, stream_structs: bool = False, *, sync: bool = False,
       transform_result=tensorflow_computation.transform_result)
 
 
-def _make_context_class():
-  """Defines RemoteExecutionContext on first use, so that importing this module skips TFF."""
+@functools.lru_cache(maxsize=None)
+def _tff() -> types.SimpleNamespace:
+  """TFF and the (partly private) TFF modules the remote context uses, imported on first use."""
   # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff
   from tensorflow_federated.python.common_libs import async_utils
@@ -401,135 +404,148 @@ def _make_context_class():
   from tensorflow_federated.python.core.impl.types import type_analysis
   from tensorflow_federated.python.core.impl.types import type_conversions
   # pylint: enable=g-import-not-at-top
+  return types.SimpleNamespace(
+      tff=tff, async_utils=async_utils, mergeable_comp_compiler=mergeable_comp_compiler,
+      tensorflow_computation=tensorflow_computation, mergeable_lib=mergeable_lib,
+      cardinalities_utils=cardinalities_utils, type_analysis=type_analysis,
+      type_conversions=type_conversions)
 
-  def server_only(type_spec) -> bool:
-    """True if a result has no per-client part, so one `after_merge` call computes it."""
-    return type_analysis.contains_only(
-        type_spec, lambda t: not isinstance(t, tff.FederatedType) or t.all_equal)
 
-  class RemoteExecutionContext(tff.framework.SyncContext):
-    """Splits each computation's clients over remote workers, in TFF's mergeable form.
+def _server_only(type_spec) -> bool:
+  """True if a result has no per-client part, so one `after_merge` call computes it."""
+  tff = _tff().tff
+  return _tff().type_analysis.contains_only(
+      type_spec, lambda t: not isinstance(t, tff.FederatedType) or t.all_equal)
 
-    Runs TFF's `MergeableCompForm` itself instead of TFF's MergeableCompExecutionContext,
-    for two reasons measured with TFF 0.87: (1) that context awaits every worker on one
-    event loop, but `RemoteExecutor` makes blocking gRPC calls, so its subrounds run one
-    after another; here each worker has its own thread and event loop, so they run at the
-    same time. (2) It merges partial aggregates, and concatenates per-client results, in the
-    order the workers finish; here both follow the client order, so results do not depend
-    on worker speed (per-client outputs stay aligned with their inputs).
 
-    `stats` counts invocations by route: 'mergeable' (split over the workers), 'one_worker'
-    (no clients in the argument), 'not_mergeable' (run whole on the first worker).
-    """
+class _RemoteContext:
+  """Splits each computation's clients over remote workers, in TFF's mergeable form.
 
-    def __init__(self, workers: Sequence[Worker], channels: Sequence[Any],
-                 num_subrounds: Optional[int], non_mergeable: str, stream_structs: bool,
-                 unavailable_timeout_s: Optional[float]):
-      self.workers = list(workers)
-      self._channels = list(channels)
-      self._contexts = [
-          context_on_worker(_watched_stub(c, w, unavailable_timeout_s), stream_structs)
-          for c, w in zip(self._channels, self.workers)]
-      self._runners = [async_utils.AsyncThreadRunner() for _ in self._contexts]
-      self._pool = concurrent.futures.ThreadPoolExecutor(
-          max_workers=len(self._contexts), thread_name_prefix='tff_worker')
-      self._num_subrounds = num_subrounds  # None: one share per client.
-      self._non_mergeable = non_mergeable
-      self._forms: Dict[Any, Any] = {}  # Computation -> MergeableCompForm, or None.
-      self.stats = {'mergeable': 0, 'one_worker': 0, 'not_mergeable': 0}
+  Runs TFF's `MergeableCompForm` itself instead of TFF's MergeableCompExecutionContext,
+  for two reasons measured with TFF 0.87: (1) that context awaits every worker on one
+  event loop, but `RemoteExecutor` makes blocking gRPC calls, so its subrounds run one
+  after another; here each worker has its own thread and event loop, so they run at the
+  same time. (2) It merges partial aggregates, and concatenates per-client results, in the
+  order the workers finish; here both follow the client order, so results do not depend
+  on worker speed (per-client outputs stay aligned with their inputs).
 
-    def _form(self, comp):
-      if comp not in self._forms:
-        try:
-          self._forms[comp] = mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
-        except Exception as e:  # pylint: disable=broad-except
-          reason = _first_sentence(e)
-          if self._non_mergeable == 'error':
-            raise ValueError(f'computation {comp.type_signature} is not mergeable, so it '
-                             f'cannot be split over workers: {reason}') from e
-          logging.warning('Not mergeable, running whole on worker %s: %s (%s)',
-                          worker_address(self.workers[0]), comp.type_signature, reason)
-          self._forms[comp] = None
-      return self._forms[comp]
+  `stats` counts invocations by route: 'mergeable' (split over the workers), 'one_worker'
+  (no clients in the argument), 'not_mergeable' (run whole on the first worker).
+  """
 
-    def _num_clients(self, comp, arg) -> Optional[int]:
-      """Clients in `arg` (0 if none); None if TFF cannot tell (the mergeable path raises)."""
-      if arg is None:
-        return 0
+  def __init__(self, workers: Sequence[Worker], channels: Sequence[Any],
+               num_subrounds: Optional[int], non_mergeable: str, stream_structs: bool,
+               unavailable_timeout_s: Optional[float]):
+    self.workers = list(workers)
+    self._channels = list(channels)
+    self._contexts = [
+        context_on_worker(_watched_stub(c, w, unavailable_timeout_s), stream_structs)
+        for c, w in zip(self._channels, self.workers)]
+    self._runners = [_tff().async_utils.AsyncThreadRunner() for _ in self._contexts]
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=len(self._contexts), thread_name_prefix='tff_worker')
+    self._num_subrounds = num_subrounds  # None: one share per client.
+    self._non_mergeable = non_mergeable
+    self._forms: Dict[Any, Any] = {}  # Computation -> MergeableCompForm, or None.
+    self.stats = {'mergeable': 0, 'one_worker': 0, 'not_mergeable': 0}
+
+  def _form(self, comp):
+    if comp not in self._forms:
       try:
-        cardinalities = cardinalities_utils.infer_cardinalities(
-            arg, comp.type_signature.parameter)
-      except (TypeError, ValueError):
-        return None
-      return cardinalities.get(tff.CLIENTS) or 0
+        self._forms[comp] = _tff().mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = _first_sentence(e)
+        if self._non_mergeable == 'error':
+          raise ValueError(f'computation {comp.type_signature} is not mergeable, so it '
+                           f'cannot be split over workers: {reason}') from e
+        logging.warning('Not mergeable, running whole on worker %s: %s (%s)',
+                        worker_address(self.workers[0]), comp.type_signature, reason)
+        self._forms[comp] = None
+    return self._forms[comp]
 
-    def _on(self, index: int, comp, arg):
-      """Runs `comp(arg)` on worker `index`, from any thread."""
-      return self._runners[index].run_coro_and_return_result(
-          self._contexts[index].invoke(comp, arg))
+  def _num_clients(self, comp, arg) -> Optional[int]:
+    """Clients in `arg` (0 if none); None if TFF cannot tell (the mergeable path raises)."""
+    if arg is None:
+      return 0
+    try:
+      cardinalities = _tff().cardinalities_utils.infer_cardinalities(
+          arg, comp.type_signature.parameter)
+    except (TypeError, ValueError):
+      return None
+    return cardinalities.get(_tff().tff.CLIENTS) or 0
 
-    def _map_shares(self, comp, args: Sequence[Any]) -> List[Any]:
-      """`comp` on every arg, each sent to the next free worker; results in `args` order."""
-      queue = collections.deque(enumerate(args))
-      results: List[Any] = [None] * len(args)
-      lock = threading.Lock()
-      failed = threading.Event()
+  def _on(self, index: int, comp, arg):
+    """Runs `comp(arg)` on worker `index`, from any thread."""
+    return self._runners[index].run_coro_and_return_result(
+        self._contexts[index].invoke(comp, arg))
 
-      def drain(index: int) -> None:
-        while not failed.is_set():
-          with lock:
-            if not queue:
-              return
-            i, arg = queue.popleft()
-          try:
-            results[i] = self._on(index, comp, arg)
-          except BaseException:
-            failed.set()
-            raise
+  def _map_shares(self, comp, args: Sequence[Any]) -> List[Any]:
+    """`comp` on every arg, each sent to the next free worker; results in `args` order."""
+    queue = collections.deque(enumerate(args))
+    results: List[Any] = [None] * len(args)
+    lock = threading.Lock()
+    failed = threading.Event()
 
-      futures = [self._pool.submit(drain, w) for w in range(min(len(self._contexts), len(args)))]
-      for future in futures:
-        future.result()  # Re-raises a worker's error.
-      return results
+    def drain(index: int) -> None:
+      while not failed.is_set():
+        with lock:
+          if not queue:
+            return
+          i, arg = queue.popleft()
+        try:
+          results[i] = self._on(index, comp, arg)
+        except BaseException:
+          failed.set()
+          raise
 
-    def _invoke_mergeable(self, form, arg, num_clients: Optional[int]):
-      """up_to_merge on each share, merges in share order, then after_merge."""
-      num_shares = self._num_subrounds or num_clients or len(self.workers)
-      shares = mergeable_lib.MergeableCompExecutionContextValue(
-          arg, form.up_to_merge.type_signature.parameter, num_shares).value()
-      partials = self._map_shares(form.up_to_merge, shares)
-      merged = partials[0]
-      for partial in partials[1:]:
-        merged = self._on(0, form.merge, tff.structure.Struct.unnamed(merged, partial))
-      result_type = form.after_merge.type_signature.result
-      after_args = [tff.structure.Struct.unnamed(share, merged) for share in shares]
-      if server_only(result_type):
-        result = self._on(0, form.after_merge, after_args[0])
-      else:
-        result = mergeable_lib._repackage_partitioned_values(  # pylint: disable=protected-access
-            self._map_shares(form.after_merge, after_args), result_type_spec=result_type)
-      return tensorflow_computation.transform_result(
-          type_conversions.type_to_py_container(result, result_type))
+    futures = [self._pool.submit(drain, w) for w in range(min(len(self._contexts), len(args)))]
+    for future in futures:
+      future.result()  # Re-raises a worker's error.
+    return results
 
-    def invoke(self, comp, arg):
-      num_clients = self._num_clients(comp, arg)
-      if num_clients != 0:
-        form = self._form(comp)
-        if form is not None:
-          self.stats['mergeable'] += 1
-          return self._invoke_mergeable(form, arg, num_clients)
-        self.stats['not_mergeable'] += 1
-      else:
-        self.stats['one_worker'] += 1
-      return self._on(0, comp, arg)
+  def _invoke_mergeable(self, form, arg, num_clients: Optional[int]):
+    """up_to_merge on each share, merges in share order, then after_merge."""
+    t = _tff()
+    num_shares = self._num_subrounds or num_clients or len(self.workers)
+    shares = t.mergeable_lib.MergeableCompExecutionContextValue(
+        arg, form.up_to_merge.type_signature.parameter, num_shares).value()
+    partials = self._map_shares(form.up_to_merge, shares)
+    merged = partials[0]
+    for partial in partials[1:]:
+      merged = self._on(0, form.merge, t.tff.structure.Struct.unnamed(merged, partial))
+    result_type = form.after_merge.type_signature.result
+    after_args = [t.tff.structure.Struct.unnamed(share, merged) for share in shares]
+    if _server_only(result_type):
+      result = self._on(0, form.after_merge, after_args[0])
+    else:
+      result = t.mergeable_lib._repackage_partitioned_values(  # pylint: disable=protected-access
+          self._map_shares(form.after_merge, after_args), result_type_spec=result_type)
+    return t.tensorflow_computation.transform_result(
+        t.type_conversions.type_to_py_container(result, result_type))
 
-    def close(self) -> None:
-      """Stops the threads and closes the gRPC channels (the context is unusable after)."""
-      self._pool.shutdown(wait=True)
-      for channel in self._channels:
-        channel.close()
+  def invoke(self, comp, arg):
+    num_clients = self._num_clients(comp, arg)
+    if num_clients != 0:
+      form = self._form(comp)
+      if form is not None:
+        self.stats['mergeable'] += 1
+        return self._invoke_mergeable(form, arg, num_clients)
+      self.stats['not_mergeable'] += 1
+    else:
+      self.stats['one_worker'] += 1
+    return self._on(0, comp, arg)
 
-  return RemoteExecutionContext
+  def close(self) -> None:
+    """Stops the threads and closes the gRPC channels (the context is unusable after)."""
+    self._pool.shutdown(wait=True)
+    for channel in self._channels:
+      channel.close()
+
+
+def _make_context_class():
+  """RemoteExecutionContext (`_RemoteContext` as a TFF SyncContext), made on first use."""
+  return type('RemoteExecutionContext', (_RemoteContext, _tff().tff.framework.SyncContext),
+              {'__doc__': _RemoteContext.__doc__, '__module__': __name__})
 
 
 _context_class = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -97,6 +97,35 @@ def _relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int, 
   return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), indices
 
 
+def _choose_targets(client_arrays: Mapping[str, Arrays], num_tasks: int, source_class: int,
+                    min_samples_per_client: int, rng: np.random.Generator) -> List[str]:
+  """`num_tasks` client ids (sorted, drawn by `rng`) among those with enough source images."""
+  least = max(1, min_samples_per_client)
+  eligible = sorted(cid for cid, (_, y) in client_arrays.items()
+                    if np.sum(np.asarray(y).reshape(-1) == source_class) >= least)
+  if num_tasks < 1 or num_tasks > len(eligible):
+    raise ValueError(f'num_tasks={num_tasks} must be in [1, {len(eligible)}] (clients holding '
+                     f'at least {least} images of class {source_class})')
+  return sorted(str(c) for c in rng.choice(eligible, size=num_tasks, replace=False))
+
+
+def _heldout_set(relabelled: Callable, chosen: Sequence[str],
+                 heldout_arrays: Optional[Mapping[str, Arrays]]) -> Optional[Arrays]:
+  """The target clients' held-out source images, relabelled; None if they have none."""
+  present = [cid for cid in chosen if cid in (heldout_arrays or {})]
+  if not present:
+    return None
+  heldout, _ = relabelled(heldout_arrays, present, 0)
+  return None if heldout[0].shape[0] == 0 else heldout
+
+
+def _collateral_set(relabelled: Callable, chosen: Sequence[str],
+                    collateral_arrays: Optional[Mapping[str, Arrays]]) -> Optional[Arrays]:
+  """Every other client's held-out source images, relabelled; None if there are none."""
+  others = sorted(cid for cid in (collateral_arrays or {}) if cid not in chosen)
+  return relabelled(collateral_arrays, others, 0)[0] if others else None
+
+
 class TargetedTask(BackdoorTask):
   """Sun et al.'s targeted task: chosen clients' source-class images relabelled target_class.
 
@@ -170,28 +199,13 @@ class TargetedTask(BackdoorTask):
     _check_class('target_class', target_class, num_classes)
     if source_class == target_class:
       raise ValueError(f'source_class and target_class must differ (both {source_class})')
-    least = max(1, min_samples_per_client)
-    eligible = sorted(cid for cid, (_, y) in client_arrays.items()
-                      if np.sum(np.asarray(y).reshape(-1) == source_class) >= least)
-    if num_tasks < 1 or num_tasks > len(eligible):
-      raise ValueError(f'num_tasks={num_tasks} must be in [1, {len(eligible)}] (clients holding '
-                       f'at least {least} images of class {source_class})')
     rng = np.random.default_rng(seed)
-    chosen = sorted(str(c) for c in rng.choice(eligible, size=num_tasks, replace=False))
+    chosen = _choose_targets(client_arrays, num_tasks, source_class, min_samples_per_client, rng)
     relabelled = functools.partial(_relabelled, source_class=source_class,
                                    target_class=target_class, rng=rng)
     malicious, indices = relabelled(client_arrays, chosen, samples_per_client)
-    heldout = None
-    if heldout_arrays is not None:
-      present = [cid for cid in chosen if cid in heldout_arrays]
-      if present:
-        heldout, _ = relabelled(heldout_arrays, present, 0)
-        if heldout[0].shape[0] == 0:
-          heldout = None
-    collateral = None
-    if collateral_arrays is not None:
-      others = sorted(cid for cid in collateral_arrays if cid not in chosen)
-      collateral, _ = relabelled(collateral_arrays, others, 0) if others else (None, None)
+    heldout = _heldout_set(relabelled, chosen, heldout_arrays)
+    collateral = _collateral_set(relabelled, chosen, collateral_arrays)
     return cls(chosen, source_class, target_class, malicious,
                {cid: int(i.size) for cid, i in indices.items()}, heldout, keep_honest_copies,
                malicious_indices=indices if samples_per_client else None,
