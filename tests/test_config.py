@@ -78,6 +78,12 @@ def test_registry_names_agree_with_their_builders():
   assert tuple(config_lib.PATTERNS) == tuple(tasks.PATTERNS)
 
 
+def test_setup_registries_cover_their_choices():
+  from tff_backdoor import experiment_setup
+  assert sorted(experiment_setup.TASK_BUILDERS) == sorted(config_lib.TASKS)
+  assert sorted(experiment_setup.SCHEDULE_BUILDERS) == sorted(config_lib.SCHEDULES)
+
+
 def _python(code):
   env = dict(os.environ)
   env.pop('TF_CPP_MIN_LOG_LEVEL', None)

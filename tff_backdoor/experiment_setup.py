@@ -24,7 +24,7 @@ from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
-from tff_backdoor.config import ExperimentConfig
+from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
 
 ArrayPair = Tuple[np.ndarray, np.ndarray]
 
@@ -61,21 +61,23 @@ def attack_config(config: ExperimentConfig) -> AttackConfig:
                       norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds)
 
 
-def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
-               clients: Dict[str, ArrayPair], seed: int) -> Optional[tasks_lib.BackdoorTask]:
-  """The backdoor task named by the config (None for --task=none)."""
-  task = config.task
-  if task.name == 'none':
-    return None
-  if task.name == 'targeted':
-    return tasks_lib.TargetedTask.build(
-        clients, num_tasks=task.num_tasks, source_class=task.source_class,
-        target_class=task.target_class, seed=seed,
-        keep_honest_copies=task.keep_honest_copies, num_classes=data.num_classes,
-        samples_per_client=task.samples_per_client or 0,
-        min_samples_per_client=task.min_samples,
-        heldout_arrays=data.test_by_client,
-        collateral_arrays=data.test_by_client or {'': data.test})
+def _targeted_task(task: TaskConfig, data: data_lib.FederatedData,
+                   clients: Dict[str, ArrayPair], seed: int) -> tasks_lib.TargetedTask:
+  """--task=targeted: Sun et al.'s target clients, chosen (seeded) among `clients`."""
+  return tasks_lib.TargetedTask.build(
+      clients, num_tasks=task.num_tasks, source_class=task.source_class,
+      target_class=task.target_class, seed=seed,
+      keep_honest_copies=task.keep_honest_copies, num_classes=data.num_classes,
+      samples_per_client=task.samples_per_client or 0,
+      min_samples_per_client=task.min_samples,
+      heldout_arrays=data.test_by_client,
+      collateral_arrays=data.test_by_client or {'': data.test})
+
+
+def _pixel_task(task: TaskConfig, data: data_lib.FederatedData,
+                clients: Dict[str, ArrayPair], seed: int) -> tasks_lib.PixelTriggerTask:
+  """--task=pixel: a BadNets trigger, evaluated on the stamped test images."""
+  del clients, seed  # the trigger is fixed; attackers poison their own data
   value = task.trigger_value
   if value is None:  # (F)EMNIST: ink 0 on background 1, where a "white" square would be invisible.
     value = 1.0 - float(data.partition_report.get('background_value', 0.0))
@@ -86,21 +88,57 @@ def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
       distributed_parts=task.distributed_parts, num_classes=data.num_classes)
 
 
+TaskBuilder = Callable[[TaskConfig, data_lib.FederatedData, Dict[str, ArrayPair], int],
+                       Optional[tasks_lib.BackdoorTask]]
+
+# Task name -> the backdoor task from (task config, data, client arrays, seed); one entry per
+# config.TASKS (a test checks).
+TASK_BUILDERS: Dict[str, TaskBuilder] = {
+    'none': lambda task, data, clients, seed: None,
+    'targeted': _targeted_task,
+    'pixel': _pixel_task,
+}
+
+
+def _rounds(schedule: ScheduleConfig) -> Dict[str, Any]:
+  """The attack window every schedule but 'none' takes."""
+  return dict(start_round=schedule.start, stop_round=schedule.stop)
+
+
+ScheduleBuilder = Callable[[ScheduleConfig, Sequence[str], int], schedules_lib.Schedule]
+
+# Schedule name -> the schedule from (schedule config, client ids, seed); one entry per
+# config.SCHEDULES (a test checks).
+SCHEDULE_BUILDERS: Dict[str, ScheduleBuilder] = {
+    'none': lambda s, ids, seed: schedules_lib.build_schedule('none'),
+    'fixed_frequency': lambda s, ids, seed: schedules_lib.build_schedule(
+        'fixed_frequency', attack_every=s.attack_every, **_rounds(s)),
+    'random_fraction': lambda s, ids, seed: schedules_lib.build_schedule(
+        'random_fraction', malicious_fraction=s.malicious_fraction, client_ids=ids, seed=seed,
+        **_rounds(s)),
+    'fixed_per_round': lambda s, ids, seed: schedules_lib.build_schedule(
+        'fixed_per_round', malicious_fraction=s.malicious_fraction, client_ids=ids,
+        attackers_per_round=s.attackers_per_round, seed=seed, **_rounds(s)),
+}
+
+
+def _builder(registry: Dict[str, Any], kind: str, name: str) -> Any:
+  """`registry[name]`, or a one-line ValueError that lists the names."""
+  if name not in registry:
+    raise ValueError(f'unknown {kind} {name!r}; choose one of {", ".join(registry)}')
+  return registry[name]
+
+
+def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
+               clients: Dict[str, ArrayPair], seed: int) -> Optional[tasks_lib.BackdoorTask]:
+  """The backdoor task named by the config (None for --task=none)."""
+  return _builder(TASK_BUILDERS, 'task', config.task.name)(config.task, data, clients, seed)
+
+
 def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: int):
   """The attacker schedule named by the config."""
-  schedule = config.schedule
-  params: Dict[str, Any] = dict(start_round=schedule.start, stop_round=schedule.stop)
-  if schedule.name == 'fixed_frequency':
-    params.update(attack_every=schedule.attack_every)
-  elif schedule.name == 'random_fraction':
-    params.update(malicious_fraction=schedule.malicious_fraction, client_ids=client_ids,
-                  seed=seed)
-  elif schedule.name == 'fixed_per_round':
-    params.update(malicious_fraction=schedule.malicious_fraction, client_ids=client_ids,
-                  attackers_per_round=schedule.attackers_per_round, seed=seed)
-  elif schedule.name == 'none':
-    params = {}
-  return schedules_lib.build_schedule(schedule.name, **params)
+  return _builder(SCHEDULE_BUILDERS, 'schedule', config.schedule.name)(
+      config.schedule, client_ids, seed)
 
 
 def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
