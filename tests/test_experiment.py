@@ -168,20 +168,14 @@ def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, 
 
 
 def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  result = subprocess.run([sys.executable, '-m', 'experiments.apply_flain', str(tmp_path),
-                           f'--output_dir={tmp_path / "out"}'],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert result.returncode != 0 and len(lines) == 1, result.stderr
+  code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path),
+                                    f'--output_dir={tmp_path / "out"}')
+  assert code != 0 and len(lines) == 1, lines
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
 
 
 def test_apply_flain_program_sweep_mode_takes_a_subdir_and_no_run_dirs(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  result = subprocess.run([sys.executable, '-m', 'experiments.apply_flain',
-                           f'--sweep_dir={tmp_path}', f'--output_dir={tmp_path / "out"}'],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert result.returncode != 0 and lines == [
-      'error: --sweep_dir takes --output_subdir and no run directories'], result.stderr
+  code, lines = tiny.program_stderr('experiments.apply_flain', f'--sweep_dir={tmp_path}',
+                                    f'--output_dir={tmp_path / "out"}')
+  assert code != 0 and lines == [
+      'error: --sweep_dir takes --output_subdir and no run directories'], lines

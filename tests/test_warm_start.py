@@ -170,12 +170,10 @@ def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):
 
 
 def test_cli_reports_a_bad_init_from_in_one_line(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor',
-                           f'--init_from={tmp_path / "missing"}', f'--output_dir={tmp_path}'],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert result.returncode != 0 and len(lines) == 1, result.stderr
+  code, lines = tiny.program_stderr('experiments.emnist_backdoor',
+                                    f'--init_from={tmp_path / "missing"}',
+                                    f'--output_dir={tmp_path}')
+  assert code != 0 and len(lines) == 1, lines
   assert lines[0].startswith('error:') and 'init_from' in lines[0]
 
 

@@ -1,5 +1,9 @@
 """Tiny models and synthetic client data shared by the unit tests (fast on 2 CPU cores)."""
 import collections
+import os
+import subprocess
+import sys
+from typing import List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -7,6 +11,7 @@ import tensorflow as tf
 from tff_backdoor import models
 from tff_backdoor import process
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
 
@@ -60,3 +65,11 @@ def run_config(idx_dir: str, output_dir, **overrides):
               server_holdout=20, output_dir=str(output_dir), verbose=False, tensorboard=False)
   base.update(overrides)
   return simulation.ExperimentConfig.from_flat(**base)
+
+
+def program_stderr(module: str, *args: str) -> Tuple[int, List[str]]:
+  """(exit code, non-blank stderr lines) of `python -m module args` run from the repository."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
+                          text=True, env=env, timeout=300)
+  return result.returncode, [l for l in result.stderr.splitlines() if l.strip()]
