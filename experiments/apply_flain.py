@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
+from tff_backdoor import metrics_io
 
 flags.DEFINE_string('output_dir', None, 'Where flain.json and flain_model.keras are written '
                     '(not the run directory); one run directory only.')
@@ -44,7 +45,7 @@ def _sweep_runs() -> list:
     cli.fail(f"--where={FLAGS.where!r}: use 'flag=value;flag=value'")
   runs = cli.run_or_fail(lambda: sweeps.finished_run_dirs(FLAGS.sweep_dir, where))
   return [d for d in runs
-          if not os.path.exists(os.path.join(d, FLAGS.output_subdir, 'flain.json'))]
+          if not os.path.exists(os.path.join(d, FLAGS.output_subdir, metrics_io.FLAIN_FILE))]
 
 
 def main(argv):
