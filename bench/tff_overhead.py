@@ -27,9 +27,8 @@ from typing import Dict, List, Sequence
 from absl import app
 from absl import flags
 
-import numpy as np
-
 from bench import common
+from bench import cost_model
 from bench import fedavg_throughput as throughput
 from tff_backdoor import cli
 
@@ -39,17 +38,6 @@ flags.DEFINE_list('examples', ['20', '100'], 'Examples per client of the cut cel
 FLAGS = flags.FLAGS
 
 BATCH_SIZE = 20
-FULL = 'full'
-
-
-def _cells(xs, ys, clients: Sequence[int], examples: Sequence[int]) -> Dict[str, tuple]:
-  """name -> (xs, ys) of every cut cell, and the whole round as FULL."""
-  cells = collections.OrderedDict()
-  for c in clients:
-    for e in examples:
-      cells[f'{c}x{e}'] = ([x[:e] for x in xs[:c]], [y[:e] for y in ys[:c]])
-  cells[FULL] = (xs, ys)
-  return cells
 
 
 def _time(fn, repeats: int) -> List[float]:
@@ -62,15 +50,6 @@ def _time(fn, repeats: int) -> List[float]:
   return out
 
 
-def _fit(cells: Dict[str, tuple], best: Dict[str, float]) -> Dict[str, float]:
-  """Least squares of best seconds on [1, clients, examples] over the cut cells."""
-  names = [n for n in best if n != FULL]
-  design = np.array([[1.0, len(cells[n][1]), sum(len(y) for y in cells[n][1])] for n in names])
-  coef, *_ = np.linalg.lstsq(design, np.array([best[n] for n in names]), rcond=None)
-  return {'per_round_s': round(float(coef[0]), 4), 'per_client_ms': round(1e3 * coef[1], 2),
-          'per_example_ms': round(1e3 * coef[2], 4)}
-
-
 def run(clients: Sequence[int], examples: Sequence[int], variants: Sequence[str],
         repeats: int, data_dir, seed: int) -> Dict:
   """Times Keras and the TFF variants on every cell; returns the report with the fits."""
@@ -79,7 +58,7 @@ def run(clients: Sequence[int], examples: Sequence[int], variants: Sequence[str]
       raise ValueError(f'--variants: unknown variant {name!r}')
   variants = [v for v in variants if v != 'keras']  # Keras is the reference, always timed
   xs, ys, summary = throughput.load_setting('femnist_sun', 0, 0, 0, data_dir, seed)
-  cells = _cells(xs, ys, clients, examples)
+  cells = cost_model.cells(xs, ys, clients, examples)
   times = {v: {} for v in ('keras', *variants)}
   for cell, (cx, cy) in cells.items():  # Keras first: no TFF worker alive yet
     times['keras'][cell] = _time(
@@ -100,9 +79,9 @@ def run(clients: Sequence[int], examples: Sequence[int], variants: Sequence[str]
                                 'median_s': round(statistics.median(t), 3),
                                 'ratio_to_keras_best': round(best[c] / min(times['keras'][c]), 3)}
                             for c, t in per_cell.items()},
-                  'fit': _fit(cells, best)}
-    common.log(f'{v}: {results[v]["fit"]}; whole round best {best[FULL]:.2f}s '
-               f'({results[v]["cells"][FULL]["ratio_to_keras_best"]:.3f}x Keras best)')
+                  'fit': cost_model.fit(cells, best)}
+    common.log(f'{v}: {results[v]["fit"]}; whole round best {best[cost_model.FULL]:.2f}s '
+               f'({results[v]["cells"][cost_model.FULL]["ratio_to_keras_best"]:.3f}x Keras best)')
   return {'setting': {**summary, 'batch_size': BATCH_SIZE, 'repeats': repeats,
                       'cells': {c: [len(y), sum(len(v) for v in y)] for c, (_, y) in cells.items()}},
           'results': results}
