@@ -8,9 +8,9 @@ writers, the Sun CNN, batch 20) and cuts it into cells: the first C writers, eac
 first E examples of its training order, for every C in `--clients` and E in `--examples`,
 plus the whole round (30 writers, all their examples: the cell the issue's bar is about).
 Each cell is timed for plain Keras `fit` on the same examples (always, all cells first,
-before any TFF worker exists) and then for the TFF variants (round robin over cells and variants, one
-learning process per variant for all cells). Best-of and median per cell, and a least-squares
-fit per variant of the best times
+before any TFF worker exists), then for each TFF variant in turn (`--repeats` rounds after a
+warm-up; one learning process per variant serves all cells). Best-of and median per cell, and
+a least-squares fit per variant of the best times
 
     seconds = per_round + per_client * clients + per_example * examples
 
@@ -35,6 +35,9 @@ from tff_backdoor import cli
 # --variants, --repeats, --data_dir, --seed and --output are bench.fedavg_throughput's flags.
 flags.DEFINE_list('clients', ['1', '10', '30'], 'Clients per round of the cut cells.')
 flags.DEFINE_list('examples', ['20', '100'], 'Examples per client of the cut cells.')
+for _name in ('clients', 'examples'):
+  flags.register_validator(_name, lambda v: all(x.isdigit() and int(x) > 0 for x in v),
+                           message='a list of positive integers')
 FLAGS = flags.FLAGS
 
 BATCH_SIZE = 20
