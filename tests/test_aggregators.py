@@ -33,7 +33,11 @@ OVERRIDES = {
     'krum': {},
     'multi_krum': {'krum_m': 3},
     'bias_filter': {},
+    'sun_mean': {},
+    'sun_dp': {},  # Clip at 3, no noise (the authors' default mul_factor 0).
 }
+# Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
+UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
 
 
 def _updates(seed: int, n: int = N):
@@ -120,6 +124,8 @@ REFERENCES = {
     'krum': lambda u, w: _krum(u, 1, 1)[0],
     'multi_krum': lambda u, w: _krum(u, 1, 3)[0],
     'bias_filter': _bias_filter,
+    'sun_mean': lambda u, w: [sum(x) / N for x in zip(*u)],
+    'sun_dp': lambda u, w: [sum(x) / N for x in zip(*[_clip(c, 3.0) for c in u])],
 }
 
 
@@ -186,7 +192,8 @@ def test_nonfinite_clients_never_reach_the_aggregate(name):
   poisoned[4][2] = np.array([0.0, np.inf, 1.0], np.float32)
   bad_weights = list(weights)
   bad_weights[5] = np.float32(np.nan)
-  overrides = {} if name == 'weak_dp' else None  # Weak DP with its noise: must match too.
+  # The DP defenses with their noise: must match too.
+  overrides = {'weak_dp': {}, 'sun_dp': {'sum_noise_stddev': 0.1}}.get(name)
   result, measurements = _run(name, poisoned, bad_weights, overrides)
   keep = [i for i in range(N) if i not in (1, 4, 5)]
   expected, _ = _run(name, [updates[i] for i in keep], [weights[i] for i in keep], overrides)
@@ -202,8 +209,8 @@ def test_round_with_all_weights_zero_is_finite(name):
   updates, _ = _updates(seed=3)
   result, measurements = _run(name, updates, [np.float32(0.0)] * N)
   assert measurements['client_count'] == 0
-  if name == 'weak_dp':  # Ignores weights: the (noise-free here) clipped unweighted mean.
-    expected = REFERENCES['weak_dp'](updates, None)
+  if name in UNWEIGHTED:  # Ignore weights: the (noise-free here) clipped unweighted mean.
+    expected = REFERENCES[name](updates, None)
   else:
     expected = [np.zeros(s) for s in SHAPES]
   for got, want in zip(result, expected):

@@ -26,6 +26,7 @@ OLD_CONFIG = {
     'norm_bound': 0.33, 'projection_rounds': 5, 'malicious_epochs': 0,
     'malicious_batch_size': 0, 'schedule': 'fixed_frequency', 'attack_every': 1,
     'malicious_fraction': 0.1, 'attackers_per_round': 1, 'attack_start': 0, 'attack_stop': 0,
+    'sample_with_replacement': False,
     'defense': dataclasses.asdict(config_lib.DefenseConfig()), 'seed': 0,
     'output_dir': '/tmp/b', 'eval_every': 1, 'eval_batch_size': 500, 'eval_subset': 4000,
     'workers': '', 'num_subrounds': 0, 'checkpoint_every': 0, 'keep_checkpoints': 2,

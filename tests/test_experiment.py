@@ -53,6 +53,11 @@ def test_run_writes_metrics_files_and_is_deterministic(idx_dir, tmp_path):
   assert any(n.startswith('events') for n in os.listdir(tmp_path / 'a' / 'tensorboard'))
   for name in ('config.json', 'final.json', 'initial_weights.npz', 'final_model.keras'):
     assert os.path.exists(tmp_path / 'a' / name)
+  with open(tmp_path / 'a' / 'config.json') as f:
+    saved = json.load(f)  # what ran it is recorded, and the config still reads back
+  assert {'onednn', 'intra_op_threads', 'cpu_model'} <= set(saved['execution'])
+  assert simulation.ExperimentConfig.from_dict(saved).to_dict() == _config(
+      idx_dir, tmp_path / 'a').to_dict()
   other = simulation.run_experiment(_config(idx_dir, tmp_path / 'c', seed=4, rounds=1))
   assert other['test_loss'] != rows_a[0]['test_loss']  # a different seed changes the run
 

@@ -197,3 +197,35 @@ def test_build_schedule():
     sch.build_schedule('sometimes')
   with pytest.raises(ValueError, match='bad parameters'):
     sch.build_schedule('fixed_frequency', every=3)
+
+
+def test_with_replacement_draws_iid_and_the_last_draw_attacks():
+  ids = [f'c{i}' for i in range(4)]
+  plain = sch.FixedFrequency(attack_every=1)
+  iid = sch.FixedFrequency(attack_every=1, with_replacement=True)
+  rng = np.random.default_rng(3)
+  rounds = [iid.sample_round(r, ids, 4, rng) for r in range(200)]
+  # With 4 draws from 4 clients, a round without a repeat has probability 4!/4^4 = 0.094.
+  repeats = sum(len({p.client_id for p in ps}) < 4 for ps in rounds)
+  assert 150 < repeats < 200
+  assert all(sum(p.is_attacker for p in ps) == 1 for ps in rounds)
+  # The attacker is the last draw of the same rng stream.
+  rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+  drawn = [str(c) for c in rng_b.choice(np.asarray(sorted(ids), dtype=object), 4, replace=True)]
+  attackers = [p.client_id for p in iid.sample_round(0, ids, 4, rng_a) if p.is_attacker]
+  assert attackers == [drawn[-1]]
+  # Without replacement, never a repeat (the default is unchanged).
+  rng = np.random.default_rng(3)
+  assert all(len({p.client_id for p in plain.sample_round(r, ids, 4, rng)}) == 4
+             for r in range(50))
+
+
+def test_build_schedule_passes_with_replacement():
+  for name, params in (('none', {}), ('random_fraction', {'malicious_fraction': 0.5}),
+                       ('fixed_per_round', {'malicious_fraction': 0.5,
+                                            'attackers_per_round': 1})):
+    schedule = sch.build_schedule(name, with_replacement=True, **params)
+    assert schedule.with_replacement
+    rng = np.random.default_rng(0)
+    rounds = [schedule.sample_round(r, ['a', 'b', 'c', 'd'], 3, rng) for r in range(60)]
+    assert any(len({p.client_id for p in ps}) < 3 for ps in rounds)

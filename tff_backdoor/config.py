@@ -21,7 +21,8 @@ SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  #
 PATTERNS = ('square', 'plus')  # attacks.tasks.PixelTriggerTask
 THRESHOLD_MODES = ('quantile', 'absolute')  # flain
 DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
-            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter')  # aggregators.registry
+            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean',
+            'sun_dp')  # aggregators.registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,17 +201,23 @@ class ScheduleConfig(_Fields):
                       rule=NONNEGATIVE)
   stop: Optional[int] = option(None, 'Round attacks stop (0 = never).', flag='attack_stop',
                                unset=0, rule=NONNEGATIVE)
+  with_replacement: bool = option(
+      False, "Draw each round's clients uniformly with replacement, as Sun et al.'s code does "
+      '(a client can appear twice; the attacker of a fixed_frequency round is the last drawn).',
+      flag='sample_with_replacement')
 
 
 # The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
 # each default. One row a field: a defense's new parameter is a new row.
 DEFENSE_PARAMETERS = (
-    ('clip_norm', 3.0, POSITIVE, 'clip, clip_mean, weak_dp: the L2 bound M.'),
+    ('clip_norm', 3.0, POSITIVE, 'clip, clip_mean, weak_dp, sun_dp: the L2 bound M.'),
     ('adaptive_quantile', 0.5, OPEN_UNIT, 'adaptive_clip: quantile of norms.'),
     ('adaptive_initial_norm', 1.0, POSITIVE, 'adaptive_clip: first bound.'),
     ('adaptive_learning_rate', 0.2, POSITIVE, 'adaptive_clip: bound step.'),
     ('zeroing_norm', 3.0, POSITIVE, 'zeroing: drop updates above it.'),
     ('dp_sigma', 0.025, NONNEGATIVE, 'weak_dp: noise std of the mean.'),
+    ('sum_noise_stddev', 0.0, NONNEGATIVE,
+     "sun_dp: noise std of the SUM (Sun et al.'s mul_factor)."),
     ('trim_fraction', 0.1, BELOW_HALF, 'trimmed_mean: share cut each end.'),
     ('krum_f', 1, NONNEGATIVE, 'krum, multi_krum: Byzantine clients tolerated.'),
     ('krum_m', 0, NONNEGATIVE, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).'),
@@ -244,6 +251,10 @@ class DefenseConfig:
     'zeroing' compare two reactions (shrink vs drop) to the same bound.
   * `dp_sigma` = 0.025: std of the Gaussian noise added to each coordinate of the averaged
     update; a small ("weak DP") level, to be swept in experiments.
+  * `sum_noise_stddev` = 0.0: 'sun_dp' is the aggregation of Sun et al.'s script (unweighted
+    mean of updates clipped to `clip_norm`, noise on the sum); their `mul_factor` defaults to
+    0 (clipping only) and so does this. 'sun_mean' is the same without a bound, their runs
+    "without defense".
   * `trim_fraction` = 0.1: drop the 10% largest and 10% smallest values of each coordinate.
   * `krum_f` = 1: Byzantine clients Krum tolerates (needs clients_per_round > 2 f + 2).
   * `krum_m` = 0: number of updates Multi-Krum averages; 0 means n - f (every client but the
@@ -348,6 +359,8 @@ class RunConfig(_Fields):
   verbose: bool = option(True, 'Print progress and a summary.', is_flag=False)
 
 
+EXECUTION_KEY = 'execution'  # config.json's record of the execution settings (not a flag)
+
 SECTIONS = (('data', DataConfig), ('fed_avg', FedAvgConfig), ('task', TaskConfig),
             ('attack', AttackerConfig), ('schedule', ScheduleConfig),
             ('defense', DefenseConfig), ('flain', FlainOptions), ('run', RunConfig))
@@ -414,8 +427,12 @@ class ExperimentConfig(_Fields):
 
   @classmethod
   def from_dict(cls, values: Dict[str, Any]) -> 'ExperimentConfig':
-    """The inverse of `to_dict` (a run's config.json); unknown keys are an error."""
-    return cls.from_flat(**values)
+    """The inverse of `to_dict` (a run's config.json); unknown keys are an error.
+
+    `execution` (what ran the run: oneDNN, threads, CPU; `runtime.execution_settings`) is
+    a record, not a setting, and is skipped.
+    """
+    return cls.from_flat(**{k: v for k, v in values.items() if k != EXECUTION_KEY})
 
   def to_dict(self) -> Dict[str, Any]:
     """The flat config.json mapping: today's keys, None written as each key's unset spelling."""
@@ -466,6 +483,9 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError(f'--attack_stop={schedule.stop} must be after '
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
+  if schedule.with_replacement and run.capture_rounds:
+    raise ValueError('--capture_rounds needs distinct clients in a round: drop '
+                     '--sample_with_replacement')
   if run.workers:
     from tff_backdoor import remote  # pylint: disable=g-import-not-at-top  (TF-free)
     remote.parse_workers(run.workers)

@@ -27,7 +27,7 @@ from tff_backdoor import progress as progress_lib
 from tff_backdoor import run_summary
 from tff_backdoor import runtime
 from tff_backdoor import warm_start
-from tff_backdoor.config import ExperimentConfig
+from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
 from tff_backdoor.experiment_setup import ExperimentSetup
 
 # Keys of config.json that may differ when a run is resumed.
@@ -188,7 +188,8 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   first_round, meta = 0, {}
   if run.resume:
     state, first_round, meta = resume_state(config, state, streams)
-  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.CONFIG_FILE), config.to_dict())
+  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.CONFIG_FILE),
+                        {**config.to_dict(), EXECUTION_KEY: runtime.execution_settings()})
   writer = metrics_io.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
                                     keep_rounds_before=first_round)
   np.savez(os.path.join(run.output_dir, 'initial_weights.npz'), *initial_weights)

@@ -101,8 +101,9 @@ TASK_BUILDERS: Dict[str, TaskBuilder] = {
 
 
 def _rounds(schedule: ScheduleConfig) -> Dict[str, Any]:
-  """The attack window every schedule but 'none' takes."""
-  return dict(start_round=schedule.start, stop_round=schedule.stop)
+  """The attack window and the sampling every schedule but 'none' takes."""
+  return dict(start_round=schedule.start, stop_round=schedule.stop,
+              with_replacement=schedule.with_replacement)
 
 
 ScheduleBuilder = Callable[[ScheduleConfig, Sequence[str], int], schedules_lib.Schedule]
@@ -110,7 +111,8 @@ ScheduleBuilder = Callable[[ScheduleConfig, Sequence[str], int], schedules_lib.S
 # Schedule name -> the schedule from (schedule config, client ids, seed); one entry per
 # config.SCHEDULES (a test checks).
 SCHEDULE_BUILDERS: Dict[str, ScheduleBuilder] = {
-    'none': lambda s, ids, seed: schedules_lib.build_schedule('none'),
+    'none': lambda s, ids, seed: schedules_lib.build_schedule(
+        'none', with_replacement=s.with_replacement),
     'fixed_frequency': lambda s, ids, seed: schedules_lib.build_schedule(
         'fixed_frequency', attack_every=s.attack_every, **_rounds(s)),
     'random_fraction': lambda s, ids, seed: schedules_lib.build_schedule(

@@ -18,9 +18,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import platform
 import signal
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 _WORKER_NAME = 'worker_binary'
 _at_exit: List[bool] = []  # whether stop_workers_at_exit registered its hook
@@ -32,6 +33,45 @@ def quiet_tensorflow_logs() -> None:
   Call it before TensorFlow is imported (workers inherit it at launch).
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def fast_path_defaults() -> None:
+  """TF_ENABLE_ONEDNN_OPTS=1 unless set, before TensorFlow is imported (workers inherit it).
+
+  TF 2.14 turns its oneDNN kernels on by default only on CPUs with AVX-512-class features;
+  measured on the Sun CNN, they are faster on both kinds of CPU this project runs on (AMD
+  AVX2: about 2x; AMD with AVX-512: vanilla TFF round 1.34 s on vs 2.75 s off; BUILD_NOTES).
+  `TF_ENABLE_ONEDNN_OPTS=0` in the environment still turns them off. oneDNN and Eigen give
+  different float results, so `execution_settings` records which one ran.
+  """
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def execution_settings() -> Dict[str, Any]:
+  """What decides this process's float results and speed, for the run's config.json.
+
+  oneDNN on or off (as TensorFlow reports it), TF's intra/inter-op thread settings (0 = TF's
+  default, one per core), the cores and the CPU model. Same seed, same settings, same CPU:
+  same numbers; another CPU may print other digits.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return {'onednn': bool(_pywrap_util_port.IsMklEnabled()),
+          'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
+          'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
+          'cpu_count': os.cpu_count(), 'cpu_model': _cpu_model(),
+          'tensorflow': tf.__version__}
 
 
 def stop_workers_at_exit() -> None:

@@ -13,6 +13,7 @@ normalization, DP event) is TF-Privacy's and TFF's code, assembled as `gaussian_
 from __future__ import annotations
 
 import collections
+import math
 from typing import Optional
 
 import dp_accounting
@@ -49,6 +50,16 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
     """
     super().__init__(l2_norm_clip, stddev)
     self._seed = seed
+
+  def preprocess_record_impl(self, params, record):
+    """The parent's clipping, except that an infinite bound leaves the record as it is.
+
+    `tf.clip_by_global_norm` with an infinite bound returns NaN (inf * 0), so "a bound that
+    never binds" (Sun et al.'s aggregation without defense) skips the clipping instead.
+    """
+    if math.isinf(self._l2_norm_clip):
+      return record, _common.global_l2_norm(record)
+    return super().preprocess_record_impl(params, record)
 
   def _noise_generator(self, specs=None) -> tfp.tree_aggregation.GaussianNoiseGenerator:
     return tfp.tree_aggregation.GaussianNoiseGenerator(self._stddev, specs, self._seed)
@@ -142,8 +153,63 @@ def weak_dp_factory(noise_stddev: float, clip_norm: float, clients_per_round: in
   noise_multiplier = noise_stddev * clients_per_round / clip_norm
   dp_factory = tff.aggregators.as_weighted_aggregator(
       seeded_gaussian_fixed(noise_multiplier, clients_per_round, clip_norm, seed))
-  clip_norm = float(clip_norm)
-  noise_stddev = float(noise_stddev)
+  return _with_clip_measurements(dp_factory, float(clip_norm),
+                                 noise_stddev=_common.NORM_TF_TYPE(noise_stddev))
+
+
+def sun_aggregation_factory(clip_norm: Optional[float], sum_noise_stddev: float,
+                            clients_per_round: int, seed: Optional[int] = None
+                            ) -> tff.aggregators.WeightedAggregationFactory:
+  """The aggregation of Sun et al.'s own training script: TF-Privacy's Gaussian average query.
+
+  Their loop always aggregates with TF-Privacy's `GaussianAverageQuery(l2_norm_clip,
+  sum_stddev, denominator)` (since removed; it was `NormalizedQuery(GaussianSumQuery)`): each update clipped to `l2_norm_clip` (default 1.0), the clipped updates
+  summed, Gaussian noise of std `sum_stddev` (their `mul_factor`, default 0) added to the SUM,
+  the result divided by the clients per round. The mean is UNWEIGHTED, which is why a boost
+  of clients_per_round replaces the model; their runs "without defense" are this query with a
+  bound that never binds (`clip_norm=None` here). That is this factory: `tfp.NormalizedQuery`
+  over `SeededGaussianSumQuery` (seeded noise) inside TFF's `DifferentiallyPrivateFactory`,
+  i.e. `GaussianAverageQuery`'s exact composition. Weights are ignored; a client zeroed by
+  `NonFiniteGuardFactory` adds zero and still counts in the denominator.
+
+  Unlike `weak_dp_factory`, whose sigma is the noise on the AVERAGE, `sum_noise_stddev` is
+  the noise on the sum (the noise on the average is `sum_noise_stddev / clients_per_round`).
+
+  Measurements: TFF's DP measurements, `sum_noise_stddev`, and with a finite bound
+  `clipped_count` and `clipping_norm`.
+
+  Args:
+    clip_norm: L2 bound of each update (> 0), or None for no bound (the authors' no defense).
+    sum_noise_stddev: Std of the Gaussian noise added to each coordinate of the sum (>= 0).
+    clients_per_round: The denominator of the average.
+    seed: Seed of the noise (the experiment's `--seed`); None draws it from the clock.
+
+  Returns:
+    A `tff.aggregators.WeightedAggregationFactory`.
+  """
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f'clip_norm must be positive or None, found {clip_norm}')
+  if sum_noise_stddev < 0:
+    raise ValueError(f'sum_noise_stddev must be nonnegative, found {sum_noise_stddev}')
+  if clients_per_round <= 0:
+    raise ValueError(f'clients_per_round must be positive, found {clients_per_round}')
+  bound = math.inf if clip_norm is None else float(clip_norm)
+  query = tfp.NormalizedQuery(
+      SeededGaussianSumQuery(l2_norm_clip=bound, stddev=float(sum_noise_stddev), seed=seed),
+      denominator=float(clients_per_round))
+  dp_factory = tff.aggregators.as_weighted_aggregator(
+      tff.aggregators.DifferentiallyPrivateFactory(query))
+  return _with_clip_measurements(dp_factory, clip_norm,
+                                 sum_noise_stddev=_common.NORM_TF_TYPE(sum_noise_stddev))
+
+
+def _with_clip_measurements(dp_factory: tff.aggregators.WeightedAggregationFactory,
+                            clip_norm: Optional[float], **constants
+                            ) -> tff.aggregators.WeightedAggregationFactory:
+  """`dp_factory` that also reports `clipped_count` and `clipping_norm` (finite bound) and
+  the server-side `constants`."""
+  if clip_norm is not None:
+    constants = dict(clipping_norm=_common.NORM_TF_TYPE(clip_norm), **constants)
 
   def client_measurement_fn(value, weight):
     del weight  # Ignored by the mechanism.
@@ -157,11 +223,8 @@ def weak_dp_factory(noise_stddev: float, clip_norm: float, clients_per_round: in
 
   def server_measurement_fn(result):
     del result  # Only constants are reported.
-    return tff.federated_value(
-        collections.OrderedDict(clipping_norm=_common.NORM_TF_TYPE(clip_norm),
-                                noise_stddev=_common.NORM_TF_TYPE(noise_stddev)),
-        tff.SERVER)
+    return tff.federated_value(collections.OrderedDict(constants), tff.SERVER)
 
-  return tff.aggregators.add_measurements(dp_factory,
-                                          client_measurement_fn=client_measurement_fn,
-                                          server_measurement_fn=server_measurement_fn)
+  return tff.aggregators.add_measurements(
+      dp_factory, server_measurement_fn=server_measurement_fn,
+      client_measurement_fn=None if clip_norm is None else client_measurement_fn)

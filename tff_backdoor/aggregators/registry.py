@@ -36,6 +36,9 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     'multi_krum': lambda c, n, seed: robust_rules.KrumFactory(c.krum_f, c.krum_selected(n)),
     'bias_filter': lambda c, n, seed: bias_filter.BiasAnomalyFilterFactory(
         c.bias_z_threshold, c.bias_index),
+    'sun_mean': lambda c, n, seed: dp.sun_aggregation_factory(None, 0.0, n, seed),
+    'sun_dp': lambda c, n, seed: dp.sun_aggregation_factory(c.clip_norm, c.sum_noise_stddev, n,
+                                                            seed),
 }
 
 

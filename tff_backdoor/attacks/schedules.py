@@ -7,7 +7,9 @@ with no attacker (uniformly from every client, malicious ones included, all hone
 
 Conventions:
 - sampling is `rng.choice(sorted ids, k, replace=False)`, so the same rng state gives the same
-  participants; the ids are deduplicated first;
+  participants; the ids are deduplicated first. With `with_replacement=True` it is
+  `replace=True`, as in Sun et al.'s code (each round draws writer ids uniformly with
+  replacement), so a client can appear twice in a round;
 - the result is sorted by client id, so a participant's position says nothing about whether
   it attacks;
 - a fixed malicious set (RandomFraction, FixedPerRound) is a pure function of the sorted
@@ -47,11 +49,12 @@ def _check_rng(rng: np.random.Generator) -> None:
     raise TypeError(f'rng must be a numpy.random.Generator, got {type(rng).__name__}')
 
 
-def _choose(ids: Sequence[str], k: int, rng: np.random.Generator) -> List[str]:
-  """k distinct ids drawn uniformly from `ids` (already sorted)."""
+def _choose(ids: Sequence[str], k: int, rng: np.random.Generator,
+            replace: bool = False) -> List[str]:
+  """k ids drawn uniformly from `ids` (already sorted): distinct, or iid with `replace`."""
   if k == 0:
     return []
-  return [str(c) for c in rng.choice(np.asarray(ids, dtype=object), size=k, replace=False)]
+  return [str(c) for c in rng.choice(np.asarray(ids, dtype=object), size=k, replace=replace)]
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -64,13 +67,15 @@ class Schedule(abc.ABC):
 
   name: str = 'schedule'
 
-  def __init__(self, start_round: int = 0, stop_round: Optional[int] = None):
+  def __init__(self, start_round: int = 0, stop_round: Optional[int] = None,
+               with_replacement: bool = False):
     if start_round < 0:
       raise ValueError(f'start_round must be >= 0, got {start_round}')
     if stop_round is not None and stop_round <= start_round:
       raise ValueError(f'stop_round={stop_round} must be > start_round={start_round}')
     self.start_round = int(start_round)
     self.stop_round = None if stop_round is None else int(stop_round)
+    self.with_replacement = bool(with_replacement)
 
   @property
   def malicious_clients(self) -> Tuple[str, ...]:
@@ -88,11 +93,11 @@ class Schedule(abc.ABC):
 
   def _uniform(self, client_ids: Sequence[str], clients_per_round: int,
                rng: np.random.Generator) -> List[str]:
-    """Validated uniform sample without replacement from the sorted population."""
+    """Validated uniform sample (with replacement if so built) from the sorted population."""
     _check_rng(rng)
     ids = _population(client_ids)
     self._check_k(clients_per_round, len(ids))
-    return _choose(ids, clients_per_round, rng)
+    return _choose(ids, clients_per_round, rng, self.with_replacement)
 
   @staticmethod
   def _check_k(clients_per_round: int, population: int) -> None:
@@ -129,14 +134,15 @@ class FixedFrequency(Schedule):
   Clients are sampled uniformly; in rounds with round_num % attack_every == offset (default
   attack_every // 2, as in the authors' code) the first drawn client (a uniform choice, since
   the draw order is random) is the attacker, attacker_index 0; its own data is its benign
-  data. The sampled set is the same as NoAttack's for the same rng state.
+  data. With replacement it is the last drawn, as in the authors' code (the same law: the
+  draws are iid). The sampled set is the same as NoAttack's for the same rng state.
   """
 
   name = 'fixed_frequency'
 
   def __init__(self, attack_every: int, offset: Optional[int] = None, start_round: int = 0,
-               stop_round: Optional[int] = None):
-    super().__init__(start_round, stop_round)
+               stop_round: Optional[int] = None, with_replacement: bool = False):
+    super().__init__(start_round, stop_round, with_replacement)
     if attack_every < 1:
       raise ValueError(f'attack_every must be >= 1, got {attack_every}')
     offset = attack_every // 2 if offset is None else offset
@@ -153,6 +159,8 @@ class FixedFrequency(Schedule):
     drawn = self._uniform(client_ids, clients_per_round, rng)
     if not self.is_attack_round(round_num):
       return self._honest(drawn)
+    if self.with_replacement:
+      return sorted(self._honest(drawn[:-1]) + [Participant(drawn[-1], True, 0)])
     return sorted([Participant(drawn[0], True, 0)] + self._honest(drawn[1:]))
 
 
@@ -168,8 +176,8 @@ class _FixedMaliciousSet(Schedule):
                malicious_count: Optional[int] = None,
                client_ids: Optional[Sequence[str]] = None,
                num_clients_hint: Optional[int] = None, seed: int = 0, start_round: int = 0,
-               stop_round: Optional[int] = None):
-    super().__init__(start_round, stop_round)
+               stop_round: Optional[int] = None, with_replacement: bool = False):
+    super().__init__(start_round, stop_round, with_replacement)
     if (malicious_fraction is None) == (malicious_count is None):
       raise ValueError('give exactly one of malicious_fraction and malicious_count')
     if malicious_fraction is not None:
@@ -235,10 +243,10 @@ class RandomFraction(_FixedMaliciousSet):
 
   def __init__(self, malicious_fraction: float, client_ids: Optional[Sequence[str]] = None,
                num_clients_hint: Optional[int] = None, seed: int = 0, start_round: int = 0,
-               stop_round: Optional[int] = None):
+               stop_round: Optional[int] = None, with_replacement: bool = False):
     super().__init__(malicious_fraction=malicious_fraction, client_ids=client_ids,
                      num_clients_hint=num_clients_hint, seed=seed, start_round=start_round,
-                     stop_round=stop_round)
+                     stop_round=stop_round, with_replacement=with_replacement)
 
   def sample_round(self, round_num: int, client_ids: Sequence[str], clients_per_round: int,
                    rng: np.random.Generator) -> List[Participant]:
@@ -267,13 +275,14 @@ class FixedPerRound(_FixedMaliciousSet):
                malicious_count: Optional[int] = None,
                client_ids: Optional[Sequence[str]] = None,
                num_clients_hint: Optional[int] = None, seed: int = 0, start_round: int = 0,
-               stop_round: Optional[int] = None):
+               stop_round: Optional[int] = None, with_replacement: bool = False):
     if attackers_per_round < 1:
       raise ValueError(f'attackers_per_round must be >= 1, got {attackers_per_round}')
     self.attackers_per_round = int(attackers_per_round)
     super().__init__(malicious_fraction=malicious_fraction, malicious_count=malicious_count,
                      client_ids=client_ids, num_clients_hint=num_clients_hint, seed=seed,
-                     start_round=start_round, stop_round=stop_round)
+                     start_round=start_round, stop_round=stop_round,
+                     with_replacement=with_replacement)
 
   def _validate_malicious(self) -> None:
     if self.attackers_per_round > len(self._malicious):
@@ -297,8 +306,8 @@ class FixedPerRound(_FixedMaliciousSet):
     if num_honest > len(honest_ids):
       raise ValueError(f'{num_honest} honest clients needed per round but only '
                        f'{len(honest_ids)} are honest')
-    attackers = _choose(self._malicious, self.attackers_per_round, rng)
-    honest = _choose(honest_ids, num_honest, rng)
+    attackers = _choose(self._malicious, self.attackers_per_round, rng, self.with_replacement)
+    honest = _choose(honest_ids, num_honest, rng, self.with_replacement)
     return sorted([Participant(c, True, self._attacker_index(c)) for c in attackers] +
                   self._honest(honest))
 
