@@ -67,6 +67,16 @@ class Family:
   curves: bool = False  # also write FAMILY_curves.png (accuracy per round, mean ± std)
 
 
+@dataclasses.dataclass(frozen=True)
+class PlateauCheck:
+  """Has the main task stopped improving? Mean test accuracy of the runs matching `where`
+  over the last two windows of `window` evaluated rounds, and the change between them."""
+  key: str
+  title: str
+  where: Mapping[str, str]
+  window: int = 10
+
+
 def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
   """Mean test and backdoor accuracy and collateral rate over the evaluated rounds >= `start`."""
   out = {}
@@ -328,11 +338,34 @@ def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
           f'{sum(seconds) / 3600:.2f} run-hours')
 
 
+def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
+  """One line: mean ± std over seeds of the test accuracy in each of the last two windows."""
+  windows = []
+  for run in [r for r in runs if _matches(r, check.where)]:
+    accuracy = [metrics_io.number(row.get('test_accuracy'))
+                for row in plots.load_run(run.directory).rows]
+    accuracy = [a for a in accuracy if a is not None]
+    if len(accuracy) >= 2 * check.window:
+      windows.append((np.mean(accuracy[-2 * check.window:-check.window]),
+                      np.mean(accuracy[-check.window:])))
+  if not windows:
+    return f'**{check.title}**: no finished run yet'
+  (before, before_std), (last, last_std) = (sweeps.mean_std([w[i] for w in windows])
+                                            for i in (0, 1))
+  spread = lambda std: '' if std is None else f' ± {std:.3f}'
+  return (f'**{check.title}** ({len(windows)} seeds): main accuracy {before:.3f}'
+          f'{spread(before_std)} over the {check.window} evaluated rounds before the last '
+          f'{check.window}, {last:.3f}{spread(last_std)} over the last {check.window}: '
+          f'change {last - before:+.3f}')
+
+
 def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = None) -> List[str]:
-  """Markdown of a Family or CrossTable, then the PNG/CSV paths written to output_dir.
+  """Markdown of a Family, CrossTable or PlateauCheck, then the PNG/CSV paths written.
 
   A spec with no finished run yet (a sweep still running) gives one line saying so.
   """
+  if isinstance(spec, PlateauCheck):
+    return [plateau_markdown(runs, spec)]
   if isinstance(spec, CrossTable):
     if not cross_rows(runs, spec.row_flags, spec.column_flag, spec.where):
       return [f'**{spec.title}**: no finished run yet']
@@ -411,6 +444,55 @@ SUN_FEMNIST_30_FAMILIES = (Family(
                  dict(_BOOST_30, attack='norm_bounded', defense='none'))),
     metrics=_FEMNIST_METRICS, curves=True),)
 
+# Sun et al. at the authors' code defaults (experiments/grids/sun_authors.grid, issue 27):
+# 30 target writers, the authors' unweighted aggregation ('sun_mean' without a bound, 'sun_dp'
+# with one), writers drawn with replacement, 60 rounds. The same families at 30 writers a
+# round (sun_authors_30.grid) for the defense claims and the fraction.
+SUN_AUTHORS_BASE = {'schedule': 'fixed_frequency', 'attack_every': '1',
+                    'malicious_fraction': '0.1', 'num_tasks': '30', 'attack': 'boost',
+                    'defense': 'sun_mean', 'clip_norm': '1', 'sum_noise_stddev': '0'}
+_AUTHORS_NO_ATTACK = ('no attacker', dict(SUN_AUTHORS_BASE, schedule='none'))
+_AUTHORS_BOOST = ('boosted attacker every round, no defense', SUN_AUTHORS_BASE)
+_AUTHORS_NORM_BOUNDED = ('norm-bounded attacker every round, no defense',
+                         dict(SUN_AUTHORS_BASE, attack='norm_bounded'))
+_AUTHORS_FRACTION = Family(
+    'sun_authors_a_fraction', '(a) Random sampling: boosted attackers are a fraction of the '
+    '293 writers, sampled at their natural rate', 'malicious_fraction',
+    dict(SUN_AUTHORS_BASE, schedule='random_fraction'), references=(_AUTHORS_NO_ATTACK,),
+    metrics=_FEMNIST_METRICS, curves=True)
+_AUTHORS_DEFENSES = (
+    Family('sun_authors_c_clip_boost', '(c) Norm bound M of the authors\' aggregation: '
+           'boosted attacker every round', 'clip_norm',
+           dict(SUN_AUTHORS_BASE, defense='sun_dp'),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
+           curves=True),
+    Family('sun_authors_c_clip_norm_bounded', '(c) Norm bound M of the authors\' aggregation: '
+           'norm-bounded attacker (radius 0.33, boosted by the clients per round) every round',
+           'clip_norm', dict(SUN_AUTHORS_BASE, defense='sun_dp', attack='norm_bounded'),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST, _AUTHORS_NORM_BOUNDED),
+           metrics=_FEMNIST_METRICS, curves=True),
+    Family('sun_authors_d_noise', '(d) Weak DP of the authors\' aggregation: M = 1, Gaussian '
+           'noise of std sigma on the SUM; boosted attacker every round', 'sum_noise_stddev',
+           dict(SUN_AUTHORS_BASE, defense='sun_dp'),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
+           curves=True))
+SUN_AUTHORS_FAMILIES = (
+    PlateauCheck('sun_authors_plateau', 'Has the clean run plateaued?',
+                 dict(SUN_AUTHORS_BASE, schedule='none')),
+    *_AUTHORS_DEFENSES,
+    Family('sun_authors_b_tasks', '(b) Number of tasks (target writers whose 7s, labelled 1, '
+           'form the malicious batch); boosted attacker every round, no defense', 'num_tasks',
+           SUN_AUTHORS_BASE, references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS,
+           curves=True),
+    Family('sun_authors_a_frequency', '(a) Fixed frequency: one boosted attacker every k-th '
+           'round, no defense', 'attack_every', SUN_AUTHORS_BASE,
+           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True),
+    _AUTHORS_FRACTION)
+SUN_AUTHORS_30_FAMILIES = tuple(
+    dataclasses.replace(f, key=f.key.replace('sun_authors_', 'sun_authors_30_', 1),
+                        title=f.title + ' (30 writers a round)')
+    for f in (SUN_AUTHORS_FAMILIES[0], *_AUTHORS_DEFENSES, _AUTHORS_FRACTION))
+
 # ----------------------------------------------------------------------------- FLAIN
 
 _DEFENSE_COLUMNS = (('clip', 'clip'), ('weak DP', 'weak_dp'), ('median', 'median'),
@@ -476,7 +558,8 @@ FLAIN_FEMNIST_TABLES = tuple(
         ('test', 'FLAIN on FEMNIST writers, main-task (test) accuracy of the final model')))
 
 FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
-            'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'flain': FLAIN_TABLES,
+            'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'sun_authors': SUN_AUTHORS_FAMILIES,
+            'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'flain': FLAIN_TABLES,
             'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES}
 
 

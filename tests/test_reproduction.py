@@ -366,3 +366,51 @@ def test_the_30_writer_family_selects_its_grid():
   references, rows = reproduction.family_rows(fake, reproduction.SUN_FEMNIST_30_FAMILIES[0])
   assert [r['label'] for r in rows] == ['1', '3'] and all(r['n'] == 1 for r in rows)
   assert [r['n'] for r in references] == [1, 1, 1]
+
+
+AUTHORS_ROWS = {'sun_authors_c_clip_boost': ['0.3', '1', '3'],
+                'sun_authors_c_clip_norm_bounded': ['0.3', '1', '3'],
+                'sun_authors_d_noise': ['0', '0.005', '0.025', '0.1'],
+                'sun_authors_b_tasks': ['1', '3', '10', '30', '100'],
+                'sun_authors_a_frequency': ['1', '3', '10'],
+                'sun_authors_a_fraction': ['0.01', '0.03', '0.1']}
+
+
+@pytest.mark.parametrize('grid,families,prefix', [
+    ('sun_authors.grid', reproduction.SUN_AUTHORS_FAMILIES, 'sun_authors_'),
+    ('sun_authors_30.grid', reproduction.SUN_AUTHORS_30_FAMILIES, 'sun_authors_30_')])
+def test_authors_families_select_every_cell_of_their_grid_with_3_seeds(grid, families, prefix):
+  from studies import sweeps  # pylint: disable=g-import-not-at-top
+  configs = sweeps.expand(sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid)))
+  fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
+  checked = 0
+  for family in families:
+    if isinstance(family, reproduction.PlateauCheck):
+      assert sum(reproduction._matches(r, family.where) for r in fake) == 3
+      continue
+    references, rows = reproduction.family_rows(fake, family)
+    key = family.key.replace(prefix, 'sun_authors_')
+    assert [r['label'] for r in rows] == AUTHORS_ROWS[key], family.key
+    assert all(r['n'] == 3 for r in rows + references), family.key
+    assert len(references) == len(family.references)
+    checked += len(rows)
+  used = {r.name for f in families if isinstance(f, reproduction.Family)
+          for group in reproduction.family_groups(fake, f) for _, rs in group for r in rs}
+  assert len(used) == len(configs)  # every run of the grid is in some table
+  assert checked > 0
+
+
+def test_plateau_check_compares_the_last_two_windows(tmp_path):
+  flat, rising = [0.5] * 10 + [0.9] * 20, [0.1 * i / 3 for i in range(30)]
+  sweep = _sweep(tmp_path, [
+      ({'schedule': 'none', 'seed': '0'}, {'test_accuracy': 0.9}, _rows(flat, [0.0] * 30)),
+      ({'schedule': 'none', 'seed': '1'}, {'test_accuracy': 0.9}, _rows(flat, [0.0] * 30)),
+      ({'schedule': 'x', 'seed': '0'}, {'test_accuracy': 0.9}, _rows(rising, [0.0] * 30))])
+  runs = reproduction.load_runs([sweep])
+  line = reproduction.render(runs, reproduction.PlateauCheck('p', 'Plateau?',
+                                                             {'schedule': 'none'}))[0]
+  assert line.startswith('**Plateau?** (2 seeds)') and line.endswith('change +0.000')
+  line = reproduction.plateau_markdown(runs, reproduction.PlateauCheck('p', 'P', {'schedule': 'x'}))
+  assert 'change +0.333' in line
+  assert 'no finished run' in reproduction.plateau_markdown(
+      runs, reproduction.PlateauCheck('p', 'P', {'schedule': 'y'}))
