@@ -38,10 +38,10 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
   every model it wraps; `--verbosity=0` brings them back), quiets TensorFlow's C++ logs, turns
   SIGTERM into an exit and stops this process's TFF workers at exit (`runtime`).
   """
-  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top  (TF-free)
+  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top  (TF-free)
   logging.set_verbosity(logging.WARNING)
-  runtime.quiet_tensorflow_logs()
-  runtime.stop_workers_at_exit()
+  contexts.quiet_tensorflow_logs()
+  contexts.stop_workers_at_exit()
   exit_on_sigterm()
   try:
     return flags.FLAGS(argv)
