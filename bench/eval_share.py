@@ -2,14 +2,14 @@
 
   python -m bench.eval_share [--rounds=8] [--output=FILE.json]
 
-Builds the default experiment (`simulation.ExperimentConfig()`: Fashion-MNIST, 100 Dirichlet
+Builds the default experiment (`config.ExperimentConfig()`: Fashion-MNIST, 100 Dirichlet
 clients, 10 per round, one local epoch, Sun CNN, 10,000 test images) and runs `--rounds`
 training rounds. After each round it evaluates the new global model three ways, in an order
 that rotates from round to round (so drift in the machine's speed hits them alike):
 
 - `keras_full`: `model.evaluate` on the whole test set, what every round did before;
-- `compiled_full`: `simulation.Evaluator` on the whole test set (the last round's evaluation);
-- `default`: `simulation.Evaluator` on `between_rounds_eval_sets` (the `--eval_subset`
+- `compiled_full`: `evaluation.Evaluator` on the whole test set (the last round's evaluation);
+- `default`: `evaluation.Evaluator` on `between_rounds_eval_sets` (the `--eval_subset`
   images), what the rounds before the last evaluate at the defaults.
 
 The share of a way is eval / (train + eval) with that round's training time (sampling,
@@ -31,7 +31,10 @@ import tensorflow as tf
 
 from bench import common
 from tff_backdoor import cli
-from tff_backdoor import simulation
+from tff_backdoor import config as config_lib
+from tff_backdoor.run import client_inputs
+from tff_backdoor.run import evaluation
+from tff_backdoor.run import setup as setup_lib
 
 flags.DEFINE_integer('rounds', 8, 'Training rounds (the first is a warm-up, not reported).')
 flags.DEFINE_string('data_dir', None, 'Fashion-MNIST idx dir (default: the Debian package).')
@@ -45,16 +48,16 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
   """Times training and the three evaluations round by round; returns the report."""
   if rounds < 2:
     raise ValueError(f'--rounds must be >= 2 (one warm-up), got {rounds}')
-  config = simulation.ExperimentConfig.from_flat(
+  config = config_lib.ExperimentConfig.from_flat(
       output_dir=tempfile.mkdtemp(prefix='eval_share_'), data_dir=data_dir, verbose=False,
       tensorboard=False)
-  setup = simulation.prepare(config)
-  streams = simulation._streams(config.run.seed)  # pylint: disable=protected-access
-  evaluator = simulation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
+  setup = setup_lib.prepare(config)
+  streams = setup_lib.streams(config.run.seed)  # pylint: disable=protected-access
+  evaluator = evaluation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
   keras_model = setup.keras_builder()
   keras_model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
-  full, between = setup.eval_sets['test'], simulation.between_rounds_eval_sets(setup)['test']
+  full, between = setup.eval_sets['test'], evaluation.between_rounds_eval_sets(setup)['test']
 
   def keras_full():
     loss, acc = keras_model.evaluate(*full, batch_size=config.run.eval_batch_size, verbose=0)
@@ -70,7 +73,7 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
     t0 = time.perf_counter()
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                config.fed_avg.clients_per_round, streams['sampling'])
-    client_data, _ = simulation.round_client_data(setup, participants, streams['round_data'])
+    client_data, _ = client_inputs.round_client_data(setup, participants, streams['round_data'])
     state = setup.process.next(state, client_data).state
     train = time.perf_counter() - t0
     weights = setup.process.get_model_weights(state)
@@ -89,7 +92,7 @@ def run(rounds: int, data_dir: str) -> Dict[str, Any]:
     common.log(f'round {round_num}: train {train:.2f}s, ' + ', '.join(
         f'{w} {eval_s[w][-1]:.2f}s' for w in WAYS if round_num))
   report: Dict[str, Any] = {
-      'setting': {'config': 'simulation.ExperimentConfig() defaults', 'rounds_timed': rounds - 1,
+      'setting': {'config': 'config.ExperimentConfig() defaults', 'rounds_timed': rounds - 1,
                   'test_images': int(len(full[1])), 'eval_subset': int(len(between[1])),
                   'eval_batch_size': config.run.eval_batch_size},
       'train_seconds': {'median': round(statistics.median(train_s), 3),

@@ -11,7 +11,7 @@ Settings (`--setting`), both with the Sun et al. CNN, batch 20 and client SGD lr
   of the digits-only LEAF writers in `--data_dir`, default ../shared/data/femnist) with all
   their digits, 5 local epochs.
 A client's local epochs are shuffled passes over its examples (seeded), fed as one dataset, as
-`simulation.round_client_data` builds them; plain Keras fits one epoch over the concatenation
+`client_inputs.round_client_data` builds them; plain Keras fits one epoch over the concatenation
 of the same passes (`shuffle=False`), i.e. the same examples in the same order and batches.
 
 Variants: `keras` (plain `model.fit`), `vanilla` (`tff.learning.algorithms.
@@ -55,14 +55,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_backdoor import anomaly
+from tff_backdoor.analysis import anomaly
 from bench import common
 from tff_backdoor import cli
 from tff_backdoor import data as data_lib
 from tff_backdoor import models
-from tff_backdoor import process as process_lib
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+from tff_backdoor.learning import process as process_lib
 
 ATTACK_VARIANTS = {'ours_boost_attacker': 'boost', 'ours_norm_bounded_attacker': 'norm_bounded',
                    'ours_data_poison_attacker': 'data_poison'}
@@ -172,7 +172,7 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
       stacked = process_lib.pop_captured_updates(output.metrics, data)
     if name == 'capture_save':
       anomaly.save_round_capture(directory, 0, stacked, names, ids, np.zeros(n, bool),
-                                 compress=False)  # as simulation.save_capture writes it
+                                 compress=False)  # as capture_lib.save_capture writes it
     state[0] = output.state
   return capture_round
 
@@ -217,10 +217,10 @@ def cpu_seconds() -> float:
   On a machine shared with other jobs a round's wall time swings with their load; the CPU
   time it consumes is its cost, and much steadier (threads waiting for a core do not count).
   """
-  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
   total = time.process_time()
   tick = os.sysconf('SC_CLK_TCK')
-  for pid in runtime._child_worker_pids():  # pylint: disable=protected-access
+  for pid in contexts._child_worker_pids():  # pylint: disable=protected-access
     try:
       with open(f'/proc/{pid}/stat') as f:
         fields = f.read().rsplit(')', 1)[1].split()
@@ -233,9 +233,9 @@ def cpu_seconds() -> float:
 def peak_rss_mb() -> Dict[str, float]:
   """Peak resident memory of this process and of its TFF worker children (Linux)."""
   import resource  # pylint: disable=g-import-not-at-top
-  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
   out = {'python': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 'workers': 0.0}
-  for pid in runtime._child_worker_pids():  # pylint: disable=protected-access
+  for pid in contexts._child_worker_pids():  # pylint: disable=protected-access
     try:
       with open(f'/proc/{pid}/status') as f:
         for line in f:

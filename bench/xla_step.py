@@ -33,7 +33,7 @@ from bench import common
 from tff_backdoor import cli
 from tff_backdoor import data as data_lib
 from tff_backdoor import models
-from tff_backdoor import process as process_lib
+from tff_backdoor.learning import process as process_lib
 
 flags.DEFINE_integer('repeats', 3, 'Timed repetitions per variant (after one warm-up).')
 flags.DEFINE_string('data_dir', None, 'Fashion-MNIST idx dir (default: the Debian package).')

@@ -18,9 +18,9 @@ summary.json (marks the run done: it is skipped next time) and PNG plots.
 from absl import app
 from absl import flags
 
-from tff_backdoor import anomaly
 from tff_backdoor import cli
 from tff_backdoor import models
+from tff_backdoor.analysis import anomaly
 
 from studies import localization_study as study
 

@@ -10,7 +10,7 @@
 Rebuilds the run's splits and backdoor evaluation sets from its config.json (same seed), then
 writes flain.json and flain_model.keras to --output_dir and prints main and backdoor accuracy
 before and after. FLAIN flags mean what they mean in experiments.emnist_backdoor. See
-`tff_backdoor.flain_run.reapply_flain`.
+`tff_backdoor.run.flain_hook.reapply_flain`.
 """
 import os
 
@@ -60,14 +60,14 @@ def main(argv):
   elif not run_dirs or (FLAGS.output_dir is not None and len(run_dirs) != 1):
     cli.fail('give finished run directories: python -m experiments.apply_flain RUN_DIR '
              '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME, or --sweep_dir')
-  from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top  (loaded by the parser)
-  options = {name: FLAGS[name].value for name in flain_run.FLAIN_FIELDS}
+  from tff_backdoor.run import flain_hook  # pylint: disable=g-import-not-at-top  (loaded by the parser)
+  options = {name: FLAGS[name].value for name in flain_hook.FLAIN_FIELDS}
   for run_dir in run_dirs:
     output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)
-    cli.run_or_fail(lambda: flain_run.reapply_flain(  # pylint: disable=cell-var-from-loop
+    cli.run_or_fail(lambda: flain_hook.reapply_flain(  # pylint: disable=cell-var-from-loop
         run_dir, output, FLAGS.initial_weights, **options))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.flain_run',
+  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.flain_hook',
                                                       check=lambda: None))

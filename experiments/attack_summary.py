@@ -5,7 +5,7 @@
 For each run: in how many attack rounds backdoor accuracy exceeded --threshold, the first such
 round (0-based), the main-accuracy gap to the clean run in those rounds, and mean test and
 backdoor accuracy over the attack rounds. Reads metrics.jsonl; see
-`tff_backdoor.diagnostics.attack_round_summary`.
+`tff_backdoor.analysis.diagnostics.attack_round_summary`.
 """
 import os
 
@@ -13,8 +13,8 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import diagnostics
 from tff_backdoor import metrics_io
+from tff_backdoor.analysis import diagnostics
 
 flags.DEFINE_string('clean', None, 'The unattacked run directory (same seed and data).')
 flags.DEFINE_float('threshold', 0.9, 'Backdoor accuracy that counts as implanted.')

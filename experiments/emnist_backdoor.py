@@ -23,12 +23,12 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.config_from_flags(FLAGS)
-  from tff_backdoor import experiment  # pylint: disable=g-import-not-at-top  (loaded by the parser)
-  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.run import driver  # pylint: disable=g-import-not-at-top  (loaded by the parser)
+  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
   # Local TFF worker that dies with this process, even on SIGKILL (--workers: remote ones).
-  with runtime.local_execution(enabled=not config.run.workers):
-    cli.run_or_fail(lambda: experiment.run_experiment(config))
+  with contexts.local_execution(enabled=not config.run.workers):
+    cli.run_or_fail(lambda: driver.run_experiment(config))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.experiment'))
+  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.driver'))

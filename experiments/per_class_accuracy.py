@@ -4,7 +4,7 @@
 
 Each run's config.json says which data and test split to load (as the run loaded them) and
 which source/target classes its backdoor used. Prints one line per run; with --output, also
-writes the reports as JSON. See `tff_backdoor.diagnostics`.
+writes the reports as JSON. See `tff_backdoor.analysis.diagnostics`.
 """
 import os
 
@@ -14,10 +14,10 @@ from absl import flags
 # TensorFlow must be imported before app.run: a Keras Sequential model first built inside
 # main after a lazy TF import fails to build in TF 2.14 (models imports it here).
 from tff_backdoor import cli
-from tff_backdoor import diagnostics
 from tff_backdoor import metrics_io
 from tff_backdoor import models
-from tff_backdoor import simulation
+from tff_backdoor.analysis import diagnostics
+from tff_backdoor.run import setup as setup_lib
 
 flags.DEFINE_string('model_file', 'final_model.keras',
                     "Model file inside each run directory (e.g. 'flain_model.keras').")
@@ -27,8 +27,8 @@ FLAGS = flags.FLAGS
 
 def run_report(run_dir: str, model_file: str):
   """Loads a run's model and test split; returns its diagnostics.class_report."""
-  config = simulation.load_run_config(run_dir, model_file)
-  data = simulation.load_data(config)
+  config = setup_lib.load_run_config(run_dir, model_file)
+  data = setup_lib.load_data(config)
   x, y = data.test
   model = models.build_model(config.fed_avg.model, data.input_shape, data.num_classes)
   model.load_weights(os.path.join(run_dir, model_file))

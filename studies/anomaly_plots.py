@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tff_backdoor import anomaly
+from tff_backdoor.analysis import anomaly
 
 
 def _save(fig: Figure, path: str) -> str:

@@ -10,7 +10,7 @@ IID and Dirichlet label-skewed partitions:
 - `client_lr`: the client SGD learning rate;
 - `malicious_rate`: the fraction of the attacker's local training examples that are malicious.
 
-Each run is `simulation.run_experiment` with every round captured, run through the sweep engine
+Each run is `driver.run_experiment` with every round captured, run through the sweep engine
 (`sweeps.run_in_process`, which skips the runs whose summary.json exists); `analyze_run` scores
 every variable of every client update (`anomaly.variable_scores`), ranks the variables by
 ROC-AUC (all rounds, the first `early_rounds` and the last `early_rounds`), runs the
@@ -46,11 +46,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tff_backdoor import anomaly
+from tff_backdoor import config as config_lib
 from tff_backdoor import data as data_lib
 from tff_backdoor import metrics_io
-from tff_backdoor import simulation
+from tff_backdoor.analysis import anomaly
 from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.run import driver
+from tff_backdoor.run import setup as setup_lib
 
 from studies import anomaly_plots
 from studies import sweeps
@@ -261,8 +263,8 @@ class StudySettings:
     return os.path.join(self.output_dir, 'runs', run.name)
 
 
-def experiment_config(settings: StudySettings, run: Setting) -> simulation.ExperimentConfig:
-  """The `simulation.ExperimentConfig` of one run (the malicious rate is applied in
+def experiment_config(settings: StudySettings, run: Setting) -> config_lib.ExperimentConfig:
+  """The `ExperimentConfig` of one run (the malicious rate is applied in
   `prepare_run`, on top of this config)."""
   partition, alpha = parse_partition(run.partition)
   natural = settings.dataset in data_lib.NATURAL_DATASETS
@@ -271,14 +273,14 @@ def experiment_config(settings: StudySettings, run: Setting) -> simulation.Exper
                      f"data sets ({', '.join(data_lib.NATURAL_DATASETS)}) take exactly the "
                      f"'{WRITERS}' partition")
   if natural:  # The loader keeps a seeded subset of num_clients writers; no partitioning.
-    partition = simulation.ExperimentConfig().data.partition
+    partition = config_lib.ExperimentConfig().data.partition
   n = settings.num_clients
   task_fields = (dict(source_class=settings.source_class, num_tasks=settings.num_tasks)
                  if run.task == 'targeted' else
                  # poison_fraction is replaced by MaliciousRateTask; this value gives about the
                  # same rate when the config is run on its own (non-target share ~ 0.9).
                  dict(source_class=-1, poison_fraction=min(1.0, run.malicious_rate / 0.9)))
-  return simulation.ExperimentConfig.from_flat(
+  return config_lib.ExperimentConfig.from_flat(
       dataset=settings.dataset, data_dir=settings.data_dir, partition=partition,
       alpha=alpha if alpha is not None else 0.5, num_clients=n, clients_per_round=n,
       server_holdout=settings.server_holdout, model=settings.model, rounds=settings.rounds,
@@ -400,14 +402,14 @@ def subsample_clients(clients: Mapping[str, Tuple[np.ndarray, np.ndarray]], frac
   return out
 
 
-def prepare_run(settings: StudySettings, run: Setting) -> simulation.ExperimentSetup:
-  """`simulation.prepare` of the run's config, then the data fraction and the rate wrapper."""
+def prepare_run(settings: StudySettings, run: Setting) -> setup_lib.ExperimentSetup:
+  """`setup_lib.prepare` of the run's config, then the data fraction and the rate wrapper."""
   config = experiment_config(settings, run)
-  setup = simulation.prepare(config)
+  setup = setup_lib.prepare(config)
   clients, task = setup.clients, setup.task
   if settings.client_data_fraction < 1:
     clients = subsample_clients(clients, settings.client_data_fraction, run.seed)
-    task = simulation.build_task(config, setup.data, clients, seed=run.seed)
+    task = setup_lib.build_task(config, setup.data, clients, seed=run.seed)
   task = MaliciousRateTask(task, run.malicious_rate)
   eval_sets = {'test': setup.data.test, **task.eval_sets()}
   return dataclasses.replace(setup, clients=clients, task=task, eval_sets=eval_sets)
@@ -620,7 +622,7 @@ def study_from_flag_values(values: Mapping[str, Any]
                            ) -> Tuple[StudySettings, List[SweepPoint]]:
   """Settings and sweep points from the program's flag values; ValueError on bad values.
 
-  Every run's `simulation.ExperimentConfig` is validated here, before any training.
+  Every run's `ExperimentConfig` is validated here, before any training.
   """
   fields = {f.name for f in dataclasses.fields(StudySettings)}
   settings = StudySettings(**{k: v for k, v in values.items() if k in fields}).validate()
@@ -721,7 +723,7 @@ def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
     # Stale rounds of an interrupted run.
     shutil.rmtree(os.path.join(run_dir, metrics_io.CAPTURES_DIR), ignore_errors=True)
     setup = prepare_run(settings, run)
-    final = simulation.run_experiment(setup.config, setup)
+    final = driver.run_experiment(setup.config, setup)
     info = {'run': dataclasses.asdict(run), 'settings': settings_fingerprint(settings),
             'rate': rate_report(setup.task.log, run.malicious_rate),
             'malicious_clients': list(setup.schedule.malicious_clients),

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tff_backdoor import anomaly
+from tff_backdoor.analysis import anomaly
 from studies import anomaly_plots
 from studies import sweeps
 from tff_backdoor import metrics_io

@@ -1,4 +1,4 @@
-"""Tests of tff_backdoor.anomaly and anomaly_plots against hand computations (pure NumPy, fast)."""
+"""Tests of tff_backdoor.analysis.anomaly and anomaly_plots against hand computations (pure NumPy, fast)."""
 import itertools
 import json
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from tff_backdoor import anomaly
 from tff_backdoor import metrics_io
+from tff_backdoor.analysis import anomaly
 from studies import anomaly_plots
 
 S = 1.4826  # MAD scale.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from tff_backdoor import anomaly
+from tff_backdoor.analysis import anomaly
 from studies import localization_study as study
 from tff_backdoor.attacks import tasks as tasks_lib
 

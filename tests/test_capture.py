@@ -8,12 +8,14 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import tiny
-from tff_backdoor import anomaly
-from tff_backdoor import capture as capture_lib
-from tff_backdoor import process as process_lib
-from tff_backdoor import simulation
 from tff_backdoor.aggregators import registry
+from tff_backdoor.analysis import anomaly
 from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+from tff_backdoor.learning import process as process_lib
+from tff_backdoor.run import capture as capture_lib
+from tff_backdoor.run import client_inputs
+from tff_backdoor.run import driver
+from tff_backdoor.run import setup as setup_lib
 
 
 @pytest.fixture(scope='module')
@@ -29,21 +31,21 @@ def _config(idx_dir, out, **overrides):
 
 
 def test_experiment_captures_equal_the_rerun_path_bit_for_bit(idx_dir, tmp_path):
-  """run_experiment's in-round captures == simulation.capture_round on the same inputs."""
+  """run_experiment's in-round captures == capture_lib.capture_round on the same inputs."""
   config = _config(idx_dir, tmp_path / 'new', defense=registry.DefenseConfig(name='clip',
                                                                              clip_norm=0.5))
-  setup = simulation.prepare(config)
-  simulation.run_experiment(config, setup)
+  setup = setup_lib.prepare(config)
+  driver.run_experiment(config, setup)
   # Replay the loop's inputs (same streams, same order of draws) with the re-training path.
-  streams = simulation._streams(config.run.seed)  # pylint: disable=protected-access
+  streams = setup_lib.streams(config.run.seed)  # pylint: disable=protected-access
   state = setup.process.initialize()
   names = [n for n in anomaly.load_capture(anomaly.capture_path(
       str(tmp_path / 'new' / 'captures'), 0)).variable_names]
   for round_num in range(config.fed_avg.rounds):
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                config.fed_avg.clients_per_round, streams['sampling'])
-    client_data, _ = simulation.round_client_data(setup, participants, streams['round_data'])
-    simulation.capture_round(setup, state, client_data, participants, round_num,
+    client_data, _ = client_inputs.round_client_data(setup, participants, streams['round_data'])
+    capture_lib.capture_round(setup, state, client_data, participants, round_num,
                              str(tmp_path / 'old'), names)
     state = setup.process.next(state, client_data).state
   for round_num in range(config.fed_avg.rounds):
@@ -119,11 +121,11 @@ def test_pop_captured_updates_puts_rows_back_in_client_order():
 
 def test_run_experiment_refuses_capture_without_a_capture_process(idx_dir, tmp_path):
   config = _config(idx_dir, tmp_path, rounds=1, capture_rounds='')
-  setup = simulation.prepare(config)
+  setup = setup_lib.prepare(config)
   assert setup.capture_process is None  # not built (nor paid for) without --capture_rounds
   setup.config = _config(idx_dir, tmp_path, rounds=1, capture_rounds='0')
   with pytest.raises(ValueError, match='capture_process'):
-    simulation.run_experiment(setup.config, setup)
+    driver.run_experiment(setup.config, setup)
   assert not os.path.exists(tmp_path / 'captures')
 
 
@@ -131,21 +133,21 @@ def test_a_round_whose_clients_share_a_seed_is_captured_by_rerunning_them(idx_di
                                                                          monkeypatch):
   """Spool files are named by control seed; equal seeds fall back to the re-training path."""
   config = _config(idx_dir, tmp_path / 'normal', rounds=1)
-  simulation.run_experiment(config)
+  driver.run_experiment(config)
   calls = []
   rerun = capture_lib.capture_round
 
   def counting_rerun(*args, **kwargs):
     calls.append(1)
     return rerun(*args, **kwargs)
-  monkeypatch.setattr(simulation.process_lib, 'client_seeds', lambda data: [1] * len(data))
+  monkeypatch.setattr(process_lib, 'client_seeds', lambda data: [1] * len(data))
   monkeypatch.setattr(capture_lib, 'capture_round', counting_rerun)
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'shared', rounds=1))
+  driver.run_experiment(_config(idx_dir, tmp_path / 'shared', rounds=1))
   assert calls == [1]
   a = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'normal' / 'captures'), 0))
   b = anomaly.load_capture(anomaly.capture_path(str(tmp_path / 'shared' / 'captures'), 0))
   assert all(np.array_equal(u, v) for u, v in zip(a.updates, b.updates))
-  assert not os.path.exists(simulation.capture_spool_dir(config))  # cleaned up at the end
+  assert not os.path.exists(capture_lib.spool_dir(config))  # cleaned up at the end
 
 
 @pytest.mark.parametrize('compress', [True, False])

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from tff_backdoor import checkpoint
-from tff_backdoor import simulation
+from tff_backdoor import config as config_lib
+from tff_backdoor.run import checkpoint
+from tff_backdoor.run import driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATE = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'n': np.int64(4)}
@@ -140,7 +141,7 @@ def _config(idx_dir, out, **kw):
       malicious_fraction=0.25, attack='boost', seed=5, checkpoint_every=1,
       output_dir=str(out), verbose=False)
   params.update(kw)
-  return simulation.ExperimentConfig.from_flat(**params)
+  return config_lib.ExperimentConfig.from_flat(**params)
 
 
 def _rows(out):
@@ -151,7 +152,7 @@ def _rows(out):
 
 def test_kill_and_resume_gives_identical_metrics(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
-  reference = simulation.run_experiment(_config(idx_dir, tmp_path / 'ref'))
+  reference = driver.run_experiment(_config(idx_dir, tmp_path / 'ref'))
 
   out = tmp_path / 'killed'
   log = open(tmp_path / 'killed.log', 'w')
@@ -169,7 +170,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
   proc.wait()
   assert not (out / 'final.json').exists()
 
-  resumed = simulation.run_experiment(_config(idx_dir, out, resume=True))
+  resumed = driver.run_experiment(_config(idx_dir, out, resume=True))
   assert _rows(out) == _rows(tmp_path / 'ref')
   assert [r['round'] for r in _rows(out)] == list(range(5))
   for key in ('test_accuracy', 'backdoor_accuracy', 'test_loss'):
@@ -183,11 +184,11 @@ def test_resume_after_damaged_newest_checkpoint_gives_identical_metrics(tmp_path
   one before and every metric equals the undamaged run's."""
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   out = tmp_path / 'run'
-  simulation.run_experiment(_config(idx_dir, out, rounds=4))
+  driver.run_experiment(_config(idx_dir, out, rounds=4))
   reference = _rows(out)
   damage(str(out / 'checkpoints' / 'ckpt-000004' / 'state.npz'))
   capfd.readouterr()
-  simulation.run_experiment(_config(idx_dir, out, rounds=4, resume=True))
+  driver.run_experiment(_config(idx_dir, out, rounds=4, resume=True))
   err = capfd.readouterr().err
   assert 'damaged checkpoint ckpt-000004' in err and 'resuming from ckpt-000003' in err
   assert _rows(out) == reference and len(reference) == 4
@@ -197,8 +198,8 @@ def test_resume_refuses_a_different_configuration(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   cfg = _config(idx_dir, tmp_path / 'run')
   cfg.fed_avg.rounds = 1
-  simulation.run_experiment(cfg)
+  driver.run_experiment(cfg)
   other = _config(idx_dir, tmp_path / 'run', resume=True)
   other.fed_avg.rounds, other.run.seed = 1, 6
   with pytest.raises(ValueError, match='seed'):
-    simulation.run_experiment(other)
+    driver.run_experiment(other)

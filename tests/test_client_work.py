@@ -4,8 +4,8 @@ import pytest
 import tensorflow_federated as tff
 
 from tests import tiny
-from tff_backdoor import process
 from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+from tff_backdoor.learning import process as process_lib
 
 LR = 0.1
 
@@ -78,7 +78,7 @@ def test_round_without_attacker_equals_build_weighted_fed_avg(data):
   vanilla = tff.learning.algorithms.build_weighted_fed_avg(
       tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
       tff.learning.optimizers.build_sgdm(1.0))
-  ours = process.build_attacked_fed_avg(
+  ours = process_lib.build_attacked_fed_avg(
       tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
       tff.learning.optimizers.build_sgdm(1.0), batch_size=4,
       attack=AttackConfig('boost', boost=10.0))
@@ -110,7 +110,7 @@ def test_sun_cnn_dropout_is_a_function_of_the_client_seed_not_of_order_or_histor
   and whenever it runs (reversed client order, a second call on the same worker); another
   seed -> other masks. Keras' stateful Dropout gives every client the same masks instead."""
   from tff_backdoor import models  # pylint: disable=g-import-not-at-top
-  model_fn = process.keras_model_fn(
+  model_fn = process_lib.keras_model_fn(
       lambda: models.sun_cnn(tiny.SHAPE, tiny.NUM_CLASSES, seed=0), tiny.SHAPE)
   work = build_attacker_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR),
                                     AttackConfig('boost', boost=2.0), batch_size=4)

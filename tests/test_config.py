@@ -80,9 +80,9 @@ def test_registry_names_agree_with_their_builders():
 
 
 def test_setup_registries_cover_their_choices():
-  from tff_backdoor import experiment_setup
-  assert sorted(experiment_setup.TASK_BUILDERS) == sorted(config_lib.TASKS)
-  assert sorted(experiment_setup.SCHEDULE_BUILDERS) == sorted(config_lib.SCHEDULES)
+  from tff_backdoor.run import setup as setup_lib
+  assert sorted(setup_lib.TASK_BUILDERS) == sorted(config_lib.TASKS)
+  assert sorted(setup_lib.SCHEDULE_BUILDERS) == sorted(config_lib.SCHEDULES)
 
 
 def _python(code):

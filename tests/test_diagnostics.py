@@ -1,4 +1,4 @@
-"""Per-class accuracy and source->target rates (tff_backdoor.diagnostics) and their program."""
+"""Per-class accuracy and source->target rates (tff_backdoor.analysis.diagnostics) and their program."""
 import json
 import os
 import subprocess
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from tff_backdoor import diagnostics
-from tff_backdoor import simulation
+from tff_backdoor import config as config_lib
+from tff_backdoor.analysis import diagnostics
+from tff_backdoor.run import driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def _cli(*args):
 def test_program_reports_a_finished_run(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   out = tmp_path / 'run'
-  final = simulation.run_experiment(simulation.ExperimentConfig.from_flat(
+  final = driver.run_experiment(config_lib.ExperimentConfig.from_flat(
       dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=6,
       clients_per_round=3, rounds=1, batch_size=10, server_holdout=30, seed=2,
       output_dir=str(out), verbose=False, tensorboard=False, task='targeted', source_class=2,

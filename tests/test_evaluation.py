@@ -7,13 +7,15 @@ import pytest
 
 from tests import tiny
 from tff_backdoor import models
-from tff_backdoor import simulation
+from tff_backdoor.run import driver
+from tff_backdoor.run import evaluation
+from tff_backdoor.run import setup as setup_lib
 
 
 def test_evaluator_gives_what_keras_evaluate_gives_bit_for_bit():
   builder = lambda: models.tiny_cnn(tiny.SHAPE, tiny.NUM_CLASSES, seed=4)
   for batch_size in (7, 64):  # 50 = 7 * 7 + 1: a short last batch; 64: one batch
-    evaluator = simulation.Evaluator(builder, batch_size)
+    evaluator = evaluation.Evaluator(builder, batch_size)
     sets = {'a': tiny.arrays(50, seed=1), 'b': tiny.arrays(13, seed=2),
             'empty': tiny.arrays(0, seed=3)}
     got = evaluator.evaluate(sets)
@@ -37,21 +39,21 @@ def idx_dir(tmp_path_factory):
 
 
 def test_between_rounds_subset_is_fixed_seeded_and_stratified(idx_dir, tmp_path):
-  setup = simulation.prepare(_setup(idx_dir, tmp_path))
-  sets = simulation.between_rounds_eval_sets(setup)
+  setup = setup_lib.prepare(_setup(idx_dir, tmp_path))
+  sets = evaluation.between_rounds_eval_sets(setup)
   (x, y), (fx, fy) = sets['test'], setup.eval_sets['test']
   assert len(y) == 60 and x.shape[1:] == fx.shape[1:]
   full_share = np.bincount(fy, minlength=3) / len(fy)
   assert np.abs(np.bincount(y, minlength=3) / 60 - full_share).max() <= 1 / 60  # stratified
   assert all(sets[k] is setup.eval_sets[k] for k in sets if k != 'test')  # backdoor sets whole
-  again = simulation.between_rounds_eval_sets(setup)['test']
+  again = evaluation.between_rounds_eval_sets(setup)['test']
   assert np.array_equal(again[0], x) and np.array_equal(again[1], y)
   setup.config.run.seed = 2
-  other = simulation.between_rounds_eval_sets(setup)['test']
+  other = evaluation.between_rounds_eval_sets(setup)['test']
   assert not np.array_equal(other[0], x)  # another seed, other images
   for n in (0, len(fy)):
     setup.config.run.eval_subset = n
-    assert simulation.between_rounds_eval_sets(setup) is setup.eval_sets
+    assert evaluation.between_rounds_eval_sets(setup) is setup.eval_sets
 
 
 def _rows(out):
@@ -60,8 +62,8 @@ def _rows(out):
 
 
 def test_subset_rounds_keep_backdoor_every_round_and_final_figures(idx_dir, tmp_path):
-  subset = simulation.run_experiment(_setup(idx_dir, tmp_path / 'subset'))
-  whole = simulation.run_experiment(_setup(idx_dir, tmp_path / 'whole', eval_subset=0))
+  subset = driver.run_experiment(_setup(idx_dir, tmp_path / 'subset'))
+  whole = driver.run_experiment(_setup(idx_dir, tmp_path / 'whole', eval_subset=0))
   for key in ('test_accuracy', 'test_loss', 'backdoor_accuracy', 'backdoor_loss'):
     assert subset[key] == whole[key]  # final-round figures do not change
   rows, whole_rows = _rows(tmp_path / 'subset'), _rows(tmp_path / 'whole')

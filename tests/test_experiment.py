@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from tff_backdoor import anomaly
-from tff_backdoor import simulation
+from tff_backdoor import config as config_lib
+from tff_backdoor.aggregators import registry as defense_registry
+from tff_backdoor.analysis import anomaly
+from tff_backdoor.learning import process as process_lib
+from tff_backdoor.run import client_inputs
+from tff_backdoor.run import driver
+from tff_backdoor.run import flain_hook
+from tff_backdoor.run import setup as setup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +32,7 @@ def _config(idx_dir, out, **overrides):
               task='targeted', source_class=2, target_class=0, num_tasks=2,
               schedule='fixed_frequency', attack_every=1, attack='boost')
   base.update(overrides)
-  return simulation.ExperimentConfig.from_flat(**base)
+  return config_lib.ExperimentConfig.from_flat(**base)
 
 
 def _rows(out):
@@ -38,8 +44,8 @@ def _rows(out):
 
 
 def test_run_writes_metrics_files_and_is_deterministic(idx_dir, tmp_path):
-  final = simulation.run_experiment(_config(idx_dir, tmp_path / 'a'))
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'b'))
+  final = driver.run_experiment(_config(idx_dir, tmp_path / 'a'))
+  driver.run_experiment(_config(idx_dir, tmp_path / 'b'))
   rows_a, rows_b = _rows(tmp_path / 'a'), _rows(tmp_path / 'b')
   assert [r['round'] for r in rows_a] == [0, 1, 2]
   assert rows_a == rows_b  # same seed, same numbers
@@ -56,18 +62,18 @@ def test_run_writes_metrics_files_and_is_deterministic(idx_dir, tmp_path):
   with open(tmp_path / 'a' / 'config.json') as f:
     saved = json.load(f)  # what ran it is recorded, and the config still reads back
   assert {'onednn', 'intra_op_threads', 'cpu_model'} <= set(saved['execution'])
-  assert simulation.ExperimentConfig.from_dict(saved).to_dict() == _config(
+  assert config_lib.ExperimentConfig.from_dict(saved).to_dict() == _config(
       idx_dir, tmp_path / 'a').to_dict()
-  other = simulation.run_experiment(_config(idx_dir, tmp_path / 'c', seed=4, rounds=1))
+  other = driver.run_experiment(_config(idx_dir, tmp_path / 'c', seed=4, rounds=1))
   assert other['test_loss'] != rows_a[0]['test_loss']  # a different seed changes the run
 
 
 def test_capture_saves_updates_without_changing_training(idx_dir, tmp_path):
-  plain = _config(idx_dir, tmp_path / 'plain', rounds=2, defense=simulation.defense_registry.DefenseConfig())
+  plain = _config(idx_dir, tmp_path / 'plain', rounds=2, defense=defense_registry.DefenseConfig())
   captured = _config(idx_dir, tmp_path / 'cap', rounds=2, capture_rounds='0-1')
-  simulation.run_experiment(plain)
-  setup = simulation.prepare(captured)
-  simulation.run_experiment(captured, setup)
+  driver.run_experiment(plain)
+  setup = setup_lib.prepare(captured)
+  driver.run_experiment(captured, setup)
   assert _rows(tmp_path / 'plain') == _rows(tmp_path / 'cap')
   w_plain = np.load(tmp_path / 'plain' / 'initial_weights.npz')
   w_cap = np.load(tmp_path / 'cap' / 'initial_weights.npz')
@@ -80,11 +86,11 @@ def test_capture_saves_updates_without_changing_training(idx_dir, tmp_path):
 
 def test_captured_updates_are_what_the_round_aggregated(idx_dir, tmp_path):
   config = _config(idx_dir, tmp_path, rounds=1, server_lr=1.0)
-  setup = simulation.prepare(config)
+  setup = setup_lib.prepare(config)
   state = setup.process.initialize()
   participants = setup.schedule.sample_round(0, setup.client_ids, 4, np.random.default_rng(0))
-  client_data, _ = simulation.round_client_data(setup, participants, np.random.default_rng(1))
-  updates = simulation.process_lib.capture_client_updates(
+  client_data, _ = client_inputs.round_client_data(setup, participants, np.random.default_rng(1))
+  updates = process_lib.capture_client_updates(
       setup.client_work, state, setup.process.get_model_weights(state), client_data)
   weights = [float(sum(len(b['y']) for b in d['benign'])) for d in client_data]
   before = setup.process.get_model_weights(state).trainable
@@ -119,7 +125,7 @@ def test_bad_flags_exit_nonzero_with_one_line(args, message):
 
 
 def test_flain_after_training_reports_before_after_and_saves_the_model(idx_dir, tmp_path):
-  final = simulation.run_experiment(_config(
+  final = driver.run_experiment(_config(
       idx_dir, tmp_path, rounds=2, flain=True, flain_aux_per_class=5, server_holdout=30))
   flain = final['flain']
   assert set(flain) == {'before', 'after', 'report'}
@@ -139,15 +145,15 @@ def test_flain_after_training_reports_before_after_and_saves_the_model(idx_dir, 
 ])
 def test_bad_flain_settings_fail_before_training(idx_dir, tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
-    simulation.prepare(_config(idx_dir, tmp_path, flain=True, **overrides))
+    setup_lib.prepare(_config(idx_dir, tmp_path, flain=True, **overrides))
   assert not os.path.exists(tmp_path / 'metrics.jsonl')
 
 
 def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, tmp_path):
-  with_flain = simulation.run_experiment(_config(
+  with_flain = driver.run_experiment(_config(
       idx_dir, tmp_path / 'a', rounds=2, flain=True, flain_aux_per_class=5))
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'b', rounds=2))
-  again = simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_flain'),
+  driver.run_experiment(_config(idx_dir, tmp_path / 'b', rounds=2))
+  again = flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_flain'),
                                    flain_aux_per_class=5)
   assert again['before'] == with_flain['flain']['before']  # same splits and evaluation sets
   assert again['after'] == with_flain['flain']['after']
@@ -155,21 +161,21 @@ def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, 
   for name in ('flain.json', 'flain_model.keras', 'config.json'):
     assert os.path.exists(tmp_path / 'b_flain' / name)
   with pytest.raises(ValueError, match='differ'):
-    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b'))
+    flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b'))
   with pytest.raises(ValueError, match='not FLAIN options'):
-    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), rounds=3)
+    flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), rounds=3)
   with pytest.raises(FileNotFoundError, match='config.json'):
-    simulation.reapply_flain(str(tmp_path / 'nope'), str(tmp_path / 'c'))
+    flain_hook.reapply_flain(str(tmp_path / 'nope'), str(tmp_path / 'c'))
   # Another round-0 model (a warm start's pretraining init): FLAIN flips other updates.
   own = np.load(tmp_path / 'b' / 'initial_weights.npz')
   other = tmp_path / 'other_init.npz'
   np.savez(other, *[own[f'arr_{i}'] * 0.5 for i in range(len(own.files))])
-  moved = simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_other'), str(other),
+  moved = flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b_other'), str(other),
                                    flain_aux_per_class=5)
   assert moved['before'] == again['before']
   assert moved['after'] != again['after']
   with pytest.raises(ValueError, match='--initial_weights=.*no such file'):
-    simulation.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), str(tmp_path / 'x.npz'))
+    flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), str(tmp_path / 'x.npz'))
 
 
 def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):

@@ -21,15 +21,16 @@ import pytest
 import tensorflow_federated as tff
 
 from tests import tiny
-from tff_backdoor import remote
-from tff_backdoor import simulation
+from tff_backdoor import config as config_lib
+from tff_backdoor.execution import remote
+from tff_backdoor.run import driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs experiments.emnist_backdoor with save_checkpoint SIGKILLing its own process at a point.
 _CRASH_DRIVER = r'''
 import os, runpy, signal, sys
-from tff_backdoor import checkpoint
+from tff_backdoor.run import checkpoint
 point, target = sys.argv[1], sys.argv[2]
 
 def die():
@@ -83,7 +84,7 @@ def _run_in_process(out, **kw) -> list:
   params = dict(_RUN, verbose=False, output_dir=str(out))
   params.update(kw)
   try:
-    simulation.run_experiment(simulation.ExperimentConfig.from_flat(**params))
+    driver.run_experiment(config_lib.ExperimentConfig.from_flat(**params))
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
   return _rows(out)

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from tff_backdoor import config as config_lib
 from tff_backdoor import data as data_lib
-from tff_backdoor import simulation
 from tff_backdoor.data import leaf
+from tff_backdoor.run import setup as setup_lib
 
 # The shared LEAF folder: $TFF_BACKDOOR_FEMNIST_DIR, else ../shared beside the checkout, else
 # the development machine's /work/shared (a clone made elsewhere, e.g. by CI in a temp dir).
@@ -84,10 +85,10 @@ def test_all_62_classes_and_the_cnn_head(tmp_path):
   data = _load(root, only_digits=False, server_holdout=0)
   assert data.num_classes == 62 and sorted(data.train.client_ids) == ['w1', 'w2', 'w3']
   assert data_lib.client_arrays(data.train)['w3'][1].tolist() == [20, 40]
-  config = simulation.ExperimentConfig.from_flat(
+  config = config_lib.ExperimentConfig.from_flat(
       dataset='femnist', data_dir=root, only_digits=False, server_holdout=0,
       clients_per_round=2, rounds=1, cache_dir=os.path.join(root, 'cache'))
-  model = simulation.prepare(config).keras_builder()
+  model = setup_lib.prepare(config).keras_builder()
   assert model.output_shape == (None, 62)
 
 
@@ -193,9 +194,9 @@ def test_background_aware_trigger_and_writer_targeted_task(tmp_path):
   root = _leaf_dir(tmp_path / 'leaf')
   base = dict(dataset='femnist', data_dir=root, server_holdout=0, clients_per_round=2,
               rounds=1, cache_dir=os.path.join(root, 'cache'))
-  pixel = simulation.prepare(simulation.ExperimentConfig.from_flat(task='pixel', **base)).task
+  pixel = setup_lib.prepare(config_lib.ExperimentConfig.from_flat(task='pixel', **base)).task
   assert pixel.trigger_value == 0.0  # ink on the 1.0 background
-  setup = simulation.prepare(simulation.ExperimentConfig.from_flat(
+  setup = setup_lib.prepare(config_lib.ExperimentConfig.from_flat(
       task='targeted', num_tasks=1, task_min_samples=2, **base))
   assert setup.task.target_clients == ('w1',)  # the only writer with two 7s
   sets = setup.eval_sets

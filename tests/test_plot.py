@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpl_image
 
-from tff_backdoor import anomaly
+from tff_backdoor.analysis import anomaly
 from studies import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,9 +13,9 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing  
 
 from tests import tiny
 from tff_backdoor import aggregators
-from tff_backdoor import process
-from tff_backdoor import remote
 from tff_backdoor.attacks import AttackConfig, make_client_data
+from tff_backdoor.execution import remote
+from tff_backdoor.learning import process as process_lib
 
 NUM_CLIENTS = 5
 ROUNDS = 2
@@ -86,7 +86,7 @@ def _assert_same_run(local, remote_run):
 def test_rounds_on_two_workers_equal_local_rounds(on_workers, defense):
   factory = None if defense is None else aggregators.build_defense(
       aggregators.DefenseConfig(name=defense), clients_per_round=NUM_CLIENTS, seed=0)
-  learning_process = process.build_attacked_fed_avg(
+  learning_process = process_lib.build_attacked_fed_avg(
       tiny.model_fn(), tff.learning.optimizers.build_sgdm(0.1), batch_size=4,
       attack=AttackConfig('boost', boost=3.0), model_aggregator=factory)
   local = _run_rounds(learning_process)
@@ -208,7 +208,7 @@ def test_local_worker_that_cannot_bind_is_reported_at_once():
 def test_serve_cli_execs_a_worker_that_check_reaches():
   port = portpicker.pick_unused_port()
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  server = subprocess.Popen([sys.executable, '-m', 'tff_backdoor.remote', 'serve',
+  server = subprocess.Popen([sys.executable, '-m', 'tff_backdoor.execution.remote', 'serve',
                              f'--port={port}', '--max_concurrent_computation_calls=2'], env=env)
   try:
     remote.wait_for_workers([('127.0.0.1', port)], timeout_s=60.0, processes=[server])
@@ -223,7 +223,8 @@ def test_serve_cli_execs_a_worker_that_check_reaches():
 def _experiment_rows(idx_dir: str, out, **kw):
   """Runs the experiment program's loop on the tiny idx data; returns its metrics rows."""
   import json  # pylint: disable=g-import-not-at-top
-  from tff_backdoor import simulation  # pylint: disable=g-import-not-at-top
+  from tff_backdoor import config as config_lib
+  from tff_backdoor.run import driver
   params = dict(
       dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=12,
       clients_per_round=4, rounds=2, batch_size=10, server_holdout=30, task='targeted',
@@ -231,7 +232,7 @@ def _experiment_rows(idx_dir: str, out, **kw):
       attack='boost', seed=2, verbose=False, tensorboard=False, output_dir=str(out))
   params.update(kw)
   try:
-    simulation.run_experiment(simulation.ExperimentConfig.from_flat(**params))
+    driver.run_experiment(config_lib.ExperimentConfig.from_flat(**params))
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
   with open(out / 'metrics.jsonl') as f:

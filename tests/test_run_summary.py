@@ -1,5 +1,5 @@
 """The plain-language end-of-run summary (also what `make demo` ends with)."""
-from tff_backdoor import run_summary
+from tff_backdoor.run import summary
 
 
 def _rows():
@@ -16,7 +16,7 @@ def _rows():
 
 
 def test_backdoor_is_summarised_over_the_attack_rounds_only():
-  lines = run_summary.summary_lines(_rows(), {'name': 'clip', 'clip_norm': 3.0}, 'femnist', 7, 1)
+  lines = summary.summary_lines(_rows(), {'name': 'clip', 'clip_norm': 3.0}, 'femnist', 7, 1)
   assert lines[0] == 'main accuracy: 0.750 after 6 rounds'
   assert ('over the 4 rounds with an attacker (the attacker\'s 7s labelled 1): mean 0.537, '
           'max 1.000, 50% of them above 0.9; after the last round 0.000') in lines[1]
@@ -28,9 +28,9 @@ def test_backdoor_is_summarised_over_the_attack_rounds_only():
 
 def test_clean_run_and_config_dict():
   rows = [dict(r, num_attackers=0) for r in _rows()]
-  lines = run_summary.describe_run(rows, {'task': 'targeted', 'dataset': 'fashion_mnist',
+  lines = summary.describe_run(rows, {'task': 'targeted', 'dataset': 'fashion_mnist',
                                           'source_class': 7, 'target_class': 1,
                                           'defense': {'name': 'none'}})
   assert lines == ['main accuracy: 0.750 after 6 rounds', 'no round had an attacker',
                    'defense: none']
-  assert run_summary.describe_run([], {}) == []
+  assert summary.describe_run([], {}) == []

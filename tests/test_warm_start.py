@@ -1,4 +1,4 @@
-"""Warm starts (--init_from): the contract of tff_backdoor/warm_start.py, on tiny local data."""
+"""Warm starts (--init_from): the contract of tff_backdoor/run/warm_start.py, on tiny local data."""
 import csv
 import json
 import os
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from tff_backdoor import anomaly
 from tff_backdoor import models
-from tff_backdoor import simulation
+from tff_backdoor.analysis import anomaly
+from tff_backdoor.run import driver
+from tff_backdoor.run import setup as setup_lib
 from studies import sweeps
-from tff_backdoor import warm_start
+from tff_backdoor.run import warm_start
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,13 +62,13 @@ def _final_weights(run_dir, idx_dir):
 def source(idx_dir, tmp_path_factory):
   """A finished 2-round run to warm-start from."""
   out = tmp_path_factory.mktemp('source')
-  simulation.run_experiment(_config(idx_dir, out))
+  driver.run_experiment(_config(idx_dir, out))
   return str(out)
 
 
 def test_warm_start_from_a_finished_run_equals_continuing_it(idx_dir, source, tmp_path):
-  warm = simulation.run_experiment(_config(idx_dir, tmp_path / 'warm', init_from=source))
-  longer = simulation.run_experiment(_config(idx_dir, tmp_path / 'longer', rounds=4))
+  warm = driver.run_experiment(_config(idx_dir, tmp_path / 'warm', init_from=source))
+  longer = driver.run_experiment(_config(idx_dir, tmp_path / 'longer', rounds=4))
   warm_w = _final_weights(tmp_path / 'warm', idx_dir)
   source_w = _final_weights(source, idx_dir)
   for a, b in zip(warm_w, _final_weights(tmp_path / 'longer', idx_dir)):
@@ -94,8 +95,8 @@ def test_warm_start_draws_the_randomness_of_the_same_run_from_scratch(idx_dir, s
   flags = dict(num_clients=8, clients_per_round=3, batch_size=10, rounds=3, task='targeted',
                source_class=2, target_class=0, schedule='fixed_frequency', attack_every=1,
                attack_start=1, attack='boost', capture_rounds='all', seed=7)
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'warm', init_from=source, **flags))
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'scratch', **flags))
+  driver.run_experiment(_config(idx_dir, tmp_path / 'warm', init_from=source, **flags))
+  driver.run_experiment(_config(idx_dir, tmp_path / 'scratch', **flags))
   warm = anomaly.load_captures(str(tmp_path / 'warm' / 'captures'))
   scratch = anomaly.load_captures(str(tmp_path / 'scratch' / 'captures'))
   assert [c.client_ids for c in warm] == [c.client_ids for c in scratch]
@@ -106,11 +107,11 @@ def test_warm_start_draws_the_randomness_of_the_same_run_from_scratch(idx_dir, s
 
 def test_warm_start_from_the_newest_checkpoint_of_an_unfinished_run(idx_dir, tmp_path):
   unfinished = tmp_path / 'unfinished'
-  simulation.run_experiment(_config(idx_dir, unfinished, checkpoint_every=1))
+  driver.run_experiment(_config(idx_dir, unfinished, checkpoint_every=1))
   sha = _json(unfinished / 'final.json')['model_sha256']
   for name in ('final_model.keras', 'final.json'):  # as if stopped after its last checkpoint
     os.remove(unfinished / name)
-  simulation.run_experiment(_config(idx_dir, tmp_path / 'warm', rounds=1,
+  driver.run_experiment(_config(idx_dir, tmp_path / 'warm', rounds=1,
                                     init_from=str(unfinished)))
   config = _json(tmp_path / 'warm' / 'config.json')
   assert config['init_from_file'] == str(unfinished / 'checkpoints' / 'ckpt-000002')
@@ -141,19 +142,19 @@ def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_di
   shutil.copytree(source, own_source)
   flags = dict(init_from=own_source, rounds=3, checkpoint_every=1, num_clients=8,
                clients_per_round=3, batch_size=10)
-  reference = simulation.run_experiment(_config(idx_dir, tmp_path / 'ref', **flags))
-  setup = simulation.prepare(_config(idx_dir, tmp_path / 'run', **flags))
+  reference = driver.run_experiment(_config(idx_dir, tmp_path / 'ref', **flags))
+  setup = setup_lib.prepare(_config(idx_dir, tmp_path / 'run', **flags))
   setup.process = _StopAfter(setup.process, 2)
   with pytest.raises(KeyboardInterrupt):
-    simulation.run_experiment(setup.config, setup)
-  resumed = simulation.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))
+    driver.run_experiment(setup.config, setup)
+  resumed = driver.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))
   assert _rows(tmp_path / 'run') == _rows(tmp_path / 'ref')
   assert resumed['model_sha256'] == reference['model_sha256']
   # The source's model changes: the run can no longer be resumed as the same experiment.
   model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=9)
   model.save(os.path.join(own_source, 'final_model.keras'))
   with pytest.raises(ValueError, match='init_from_sha256'):
-    simulation.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))
+    driver.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))
 
 
 def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):

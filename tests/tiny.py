@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor import models
-from tff_backdoor import process
+from tff_backdoor.learning import process as process_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -17,7 +17,7 @@ NUM_CLASSES = 3
 
 
 def model_fn(seed: int = 1):
-  return process.keras_model_fn(
+  return process_lib.keras_model_fn(
       lambda: models.tiny_cnn(SHAPE, NUM_CLASSES, seed=seed), SHAPE)
 
 
@@ -60,11 +60,11 @@ def write_idx_dataset(directory: str, n_train: int = 600, n_test: int = 200, sid
 
 def run_config(idx_dir: str, output_dir, **overrides):
   """An ExperimentConfig on `write_idx_dataset` data with the tiny CNN, quiet; `overrides` win."""
-  from tff_backdoor import simulation
+  from tff_backdoor import config as config_lib
   base = dict(dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid',
               server_holdout=20, output_dir=str(output_dir), verbose=False, tensorboard=False)
   base.update(overrides)
-  return simulation.ExperimentConfig.from_flat(**base)
+  return config_lib.ExperimentConfig.from_flat(**base)
 
 
 def program_stderr(module: str, *args: str) -> Tuple[int, List[str]]:

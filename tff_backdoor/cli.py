@@ -36,14 +36,14 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
 
   It is also the programs' start: lowers absl logging to WARNING (TFF logs INFO lines for
   every model it wraps; `--verbosity=0` brings them back), quiets TensorFlow's C++ logs,
-  turns oneDNN on unless the environment says otherwise (`runtime.fast_path_defaults`), turns
-  SIGTERM into an exit and stops this process's TFF workers at exit (`runtime`).
+  turns oneDNN on unless the environment says otherwise (`contexts.fast_path_defaults`), turns
+  SIGTERM into an exit and stops this process's TFF workers at exit (`execution.contexts`).
   """
-  from tff_backdoor import runtime  # pylint: disable=g-import-not-at-top  (TF-free)
+  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top  (TF-free)
   logging.set_verbosity(logging.WARNING)
-  runtime.quiet_tensorflow_logs()
-  runtime.fast_path_defaults()
-  runtime.stop_workers_at_exit()
+  contexts.quiet_tensorflow_logs()
+  contexts.fast_path_defaults()
+  contexts.stop_workers_at_exit()
   exit_on_sigterm()
   try:
     return flags.FLAGS(argv)

@@ -334,7 +334,7 @@ class RunConfig(_Fields):
       'backdoor sets are always whole. 0 = the whole test set.', unset=0, rule=NONNEGATIVE)
   workers: Optional[str] = option(
       None, "Run TFF on these C++ workers, 'host:port,host:port' (start each with `python -m "
-      "tff_backdoor.remote serve --port=P`); '' = TFF's local worker.", unset='')
+      "tff_backdoor.execution.remote serve --port=P`); '' = TFF's local worker.", unset='')
   num_subrounds: Optional[int] = option(
       None, "With --workers: shares each round's clients are split into (0 = one per client: "
       'bit-identical to local execution).', unset=0, rule=NONNEGATIVE)
@@ -347,7 +347,7 @@ class RunConfig(_Fields):
   init_from: Optional[str] = option(
       None, "Warm start: a run directory whose final_model.keras (or newest checkpoint) is the "
       "round-0 model; rounds, schedules and seeds are this run's own (see "
-      "tff_backdoor/warm_start.py); '' = the seeded initial model.", unset='')
+      "tff_backdoor/run/warm_start.py); '' = the seeded initial model.", unset='')
   # Not flags: what --init_from loaded, recorded in config.json (warm_start).
   init_from_file: Optional[str] = option(None, '', unset='', is_flag=False)
   init_from_sha256: Optional[str] = option(None, '', unset='', is_flag=False)
@@ -487,13 +487,13 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError('--capture_rounds needs distinct clients in a round: drop '
                      '--sample_with_replacement')
   if run.workers:
-    from tff_backdoor import remote  # pylint: disable=g-import-not-at-top  (TF-free)
+    from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top  (TF-free)
     remote.parse_workers(run.workers)
   if config.flain.enabled:
     if data.server_holdout is not None and data.server_holdout < 1:
       raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
   if run.init_from:  # reads small JSON files, but its module imports TensorFlow
-    from tff_backdoor import warm_start  # pylint: disable=g-import-not-at-top
+    from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
     warm_start.resolve(run.init_from, run.output_dir)
 
 

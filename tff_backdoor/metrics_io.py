@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-# The files of a run directory (`simulation.run_experiment`).
+# The files of a run directory (`driver.run_experiment`).
 CONFIG_FILE = 'config.json'  # The run's configuration; written first.
 FINAL_FILE = 'final.json'  # The final metrics; written last: its presence marks a finished run.
 METRICS_JSONL = 'metrics.jsonl'  # One JSON row per round.

@@ -5,7 +5,7 @@ p - y, does not depend on the input: relabelled samples push the target-class bi
 source-class bias down in every step. A backdoor therefore shows up in about num_classes
 numbers of the update, while on kernels the same push is spread over thousands of weights.
 
-Scoring (the same formula as the NumPy detector in `tff_backdoor.anomaly`): with b_ik the bias
+Scoring (the same formula as the NumPy detector in `tff_backdoor.analysis.anomaly`): with b_ik the bias
 update of participating client i, coordinate k,
   med_k = median_i b_ik,  MAD_k = median_i |b_ik - med_k|,
   dev_ik = |b_ik - med_k| / (1.4826 MAD_k + 1e-12),  score_i = max_k dev_ik,
@@ -19,9 +19,9 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_backdoor import anomaly
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import robust_rules
+from tff_backdoor.analysis import anomaly
 
 MAD_TO_STDDEV = anomaly.MAD_SCALE
 MAD_EPSILON = anomaly.MAD_EPSILON

@@ -15,8 +15,8 @@ round of the Sun CNN became 0.03 in the next round's client updates).
 Starting workers on other hosts (each host needs this package and the same TFF 0.87 stack,
 e.g. `make venv`):
 
-  host-a$ .venv/bin/python -m tff_backdoor.remote serve --port=8000
-  host-b$ .venv/bin/python -m tff_backdoor.remote serve --port=8000 \
+  host-a$ .venv/bin/python -m tff_backdoor.execution.remote serve --port=8000
+  host-b$ .venv/bin/python -m tff_backdoor.execution.remote serve --port=8000 \
       --max_concurrent_computation_calls=4
 
 `serve` replaces itself with the worker binary of the installed TFF, so nothing needs the
@@ -26,7 +26,7 @@ computation it is sent: run workers only on a trusted network, or firewall the p
 reach it through an SSH tunnel (`ssh -L 8000:127.0.0.1:8000 host-a`, then use
 `127.0.0.1:8000`). Check that the driver can reach them:
 
-  $ .venv/bin/python -m tff_backdoor.remote check --workers=host-a:8000,host-b:8000
+  $ .venv/bin/python -m tff_backdoor.execution.remote check --workers=host-a:8000,host-b:8000
 
 The experiment then runs as usual with `--workers=host-a:8000,host-b:8000`, which calls
 `set_remote_execution_context(parse_workers(FLAGS.workers))` before the learning process is
@@ -258,7 +258,7 @@ def wait_for_workers(workers: Sequence[Worker], timeout_s: float = 60.0, *,
             names = ', '.join(worker_address(workers[j]) for j in pending)
             raise ConnectionError(
                 f'TFF worker(s) {names} did not answer within {timeout_s:g} s; start each '
-                'with `python -m tff_backdoor.remote serve --port=PORT` and check host, port '
+                'with `python -m tff_backdoor.execution.remote serve --port=PORT` and check host, port '
                 'and firewall')
           pending.remove(i)
         elif processes is not None and processes[i].poll() is not None:
@@ -617,7 +617,7 @@ def set_remote_execution_context(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`serve` execs a worker binary; `check` waits for workers to answer."""
-  parser = argparse.ArgumentParser(prog='python -m tff_backdoor.remote',
+  parser = argparse.ArgumentParser(prog='python -m tff_backdoor.execution.remote',
                                    description='TFF C++ workers for tff_backdoor.')
   commands = parser.add_subparsers(dest='command', required=True)
   serve = commands.add_parser('serve', help='run a TFF worker on this host (all interfaces)')

@@ -159,7 +159,7 @@ class LocalExecution:
 
   def __init__(self, max_concurrent_computation_calls: int = -1, stream_structs: bool = False):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-    from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+    from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top
     self._remote = remote
     self._max_calls = max_concurrent_computation_calls
     (self.worker,) = remote.start_local_workers(
@@ -218,7 +218,7 @@ def remote_execution(workers: Optional[str], num_subrounds: Optional[int] = None
     yield None
     return
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-  from tff_backdoor import remote  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top
   previous = tff.framework.get_context_stack().current
   context = remote.set_remote_execution_context(remote.parse_workers(workers),
                                                 num_subrounds=num_subrounds)

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from tff_backdoor import process as process_lib
 from tff_backdoor.attacks.client_work import make_client_data
+from tff_backdoor.learning import process as process_lib
 
 if TYPE_CHECKING:
-  from tff_backdoor.experiment_setup import ExperimentSetup
+  from tff_backdoor.run.setup import ExperimentSetup
 
 
 def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,

@@ -14,7 +14,7 @@ import tensorflow_federated as tff
 from tff_backdoor.data import partition as partition_lib
 
 if TYPE_CHECKING:
-  from tff_backdoor.experiment_setup import ExperimentSetup
+  from tff_backdoor.run.setup import ExperimentSetup
 
 ArrayPair = Tuple[np.ndarray, np.ndarray]
 

@@ -36,8 +36,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from tff_backdoor import checkpoint
 from tff_backdoor import metrics_io
+from tff_backdoor.run import checkpoint
 
 FINAL_MODEL = 'final_model.keras'
 CHECKPOINTS = 'checkpoints'

@@ -9,10 +9,10 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from tff_backdoor.loop import Hook, Round
+from tff_backdoor.run.loop import Hook, Round
 
 if TYPE_CHECKING:
-  from tff_backdoor.experiment_setup import ExperimentSetup
+  from tff_backdoor.run.setup import ExperimentSetup
 
 
 def round_line(row: Dict[str, Any], rounds: int) -> str:

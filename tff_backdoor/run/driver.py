@@ -15,20 +15,20 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import tensorflow_federated as tff
 
-from tff_backdoor import capture as capture_lib
-from tff_backdoor import checkpoint
-from tff_backdoor import client_inputs
-from tff_backdoor import evaluation
-from tff_backdoor import experiment_setup
-from tff_backdoor import flain_run
-from tff_backdoor import loop
 from tff_backdoor import metrics_io
-from tff_backdoor import progress as progress_lib
-from tff_backdoor import run_summary
-from tff_backdoor import runtime
-from tff_backdoor import warm_start
 from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
-from tff_backdoor.experiment_setup import ExperimentSetup
+from tff_backdoor.execution import contexts
+from tff_backdoor.run import capture as capture_lib
+from tff_backdoor.run import checkpoint
+from tff_backdoor.run import client_inputs
+from tff_backdoor.run import evaluation
+from tff_backdoor.run import flain_hook
+from tff_backdoor.run import loop
+from tff_backdoor.run import progress as progress_lib
+from tff_backdoor.run import setup as setup_lib
+from tff_backdoor.run import summary
+from tff_backdoor.run import warm_start
+from tff_backdoor.run.setup import ExperimentSetup
 
 # Keys of config.json that may differ when a run is resumed.
 RESUME_IGNORED = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
@@ -172,15 +172,15 @@ def run_experiment(config: ExperimentConfig,
   a run continues from its newest checkpoint and ends with the same numbers as an
   uninterrupted run with the same seed. With `workers`, TFF runs on them for this call only.
   """
-  setup = setup or experiment_setup.prepare(config)
-  with runtime.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
+  setup = setup or setup_lib.prepare(config)
+  with contexts.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
     return _run(setup)
 
 
 def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   run = setup.config.run
   os.makedirs(run.output_dir, exist_ok=True)
-  streams = experiment_setup.streams(run.seed)
+  streams = setup_lib.streams(run.seed)
   evaluator = evaluation.Evaluator(setup.keras_builder, run.eval_batch_size)
   state, config, source = _initial_state(setup, evaluator)  # config: + what init_from loaded
   initial_weights = [np.array(w) for w in evaluator.load(
@@ -189,7 +189,7 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   if run.resume:
     state, first_round, meta = resume_state(config, state, streams)
   metrics_io.write_json(os.path.join(run.output_dir, metrics_io.CONFIG_FILE),
-                        {**config.to_dict(), EXECUTION_KEY: runtime.execution_settings()})
+                        {**config.to_dict(), EXECUTION_KEY: contexts.execution_settings()})
   writer = metrics_io.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
                                     keep_rounds_before=first_round)
   np.savez(os.path.join(run.output_dir, 'initial_weights.npz'), *initial_weights)
@@ -207,8 +207,8 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   if config.flain.enabled:
-    loop.finish([flain_run.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
+    loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
   metrics_io.write_json(os.path.join(run.output_dir, metrics_io.FINAL_FILE), final)
   if run.verbose:
-    print('\n'.join(run_summary.describe_run(writer.rows, config.to_dict())), flush=True)
+    print('\n'.join(summary.describe_run(writer.rows, config.to_dict())), flush=True)
   return final

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tff_backdoor import anomaly
 from tff_backdoor import metrics_io
-from tff_backdoor import process as process_lib
+from tff_backdoor.analysis import anomaly
 from tff_backdoor.config import ExperimentConfig, parse_rounds
-from tff_backdoor.loop import Hook, Round
+from tff_backdoor.learning import process as process_lib
+from tff_backdoor.run.loop import Hook, Round
 
 if TYPE_CHECKING:
-  from tff_backdoor.experiment_setup import ExperimentSetup
+  from tff_backdoor.run.setup import ExperimentSetup
 
 
 def spool_dir(config: ExperimentConfig) -> str:

@@ -14,17 +14,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_backdoor import capture as capture_lib
 from tff_backdoor import data as data_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor import models
-from tff_backdoor import process as process_lib
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
 from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
+from tff_backdoor.learning import process as process_lib
+from tff_backdoor.run import capture as capture_lib
 
 ArrayPair = Tuple[np.ndarray, np.ndarray]
 
@@ -201,8 +201,8 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   keras_builder = lambda: models.build_model(config.fed_avg.model, data.input_shape,
                                              data.num_classes, seed=config.run.seed)
   if config.flain.enabled:  # fail now, not after training, on bad FLAIN settings
-    from tff_backdoor import flain_run  # pylint: disable=g-import-not-at-top
-    flain_run.flain_config(config)
+    from tff_backdoor.run import flain_hook  # pylint: disable=g-import-not-at-top
+    flain_hook.flain_config(config)
     flain_lib.target_layers(keras_builder(), config.flain.layer)
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)

@@ -13,14 +13,14 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor import config as config_lib
-from tff_backdoor import evaluation
-from tff_backdoor import experiment_setup
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
-from tff_backdoor.loop import Hook
+from tff_backdoor.run import evaluation
+from tff_backdoor.run import setup as setup_lib
+from tff_backdoor.run.loop import Hook
 
 if TYPE_CHECKING:
-  from tff_backdoor.experiment_setup import ExperimentSetup
+  from tff_backdoor.run.setup import ExperimentSetup
 
 
 def flain_config(config: config_lib.ExperimentConfig) -> flain_lib.FlainConfig:
@@ -75,12 +75,12 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
     raise ValueError(f'not FLAIN options: {", ".join(bad)}')
   if initial_weights is not None and not os.path.isfile(initial_weights):
     raise ValueError(f'--initial_weights={initial_weights}: no such file')
-  config = experiment_setup.load_run_config(run_dir, 'final_model.keras', 'initial_weights.npz')
+  config = setup_lib.load_run_config(run_dir, 'final_model.keras', 'initial_weights.npz')
   if os.path.abspath(output_dir) == os.path.abspath(run_dir):
     raise ValueError('--output_dir must differ from the run directory (its FLAIN files stay)')
   config = config.replace(flain=True, output_dir=output_dir, resume=False, capture_rounds='',
                           workers='', **flain_options)
-  setup = experiment_setup.prepare(config)
+  setup = setup_lib.prepare(config)
   evaluator = evaluation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
   evaluator.model.load_weights(os.path.join(run_dir, 'final_model.keras'))
   with np.load(initial_weights or os.path.join(run_dir, 'initial_weights.npz')) as npz:

@@ -1,0 +1,1 @@
+"""Pure NumPy analysis of what runs leave: captured client updates, anomaly scores, diagnostics."""

@@ -1,0 +1,1 @@
+"""The federated learning process: FedAvg composed from attacker client work and a defense."""

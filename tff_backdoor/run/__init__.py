@@ -1,0 +1,1 @@
+"""One run: setup, the round loop and its hooks, checkpoints, warm starts, the run directory."""
