@@ -55,14 +55,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_backdoor.analysis import anomaly
+
+from tff_backdoor.analysis import captures as captures_lib
 from bench import common
 from tff_backdoor import cli
 from tff_backdoor import data as data_lib
 from tff_backdoor import models
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+from tff_backdoor.learning import client_datasets
 from tff_backdoor.learning import process as process_lib
+from tff_backdoor.learning import update_capture
 
 ATTACK_VARIANTS = {'ours_boost_attacker': 'boost', 'ours_norm_bounded_attacker': 'norm_bounded',
                    'ours_data_poison_attacker': 'data_poison'}
@@ -96,7 +99,7 @@ LR = 0.1
 
 def _client_datasets(xs, ys, batch_size):
   """The clients' datasets, built as the experiments build them (process.client_dataset)."""
-  return [process_lib.client_dataset(x, y, batch_size) for x, y in zip(xs, ys)]
+  return [client_datasets.client_dataset(x, y, batch_size) for x, y in zip(xs, ys)]
 
 
 def _keras_epoch(x, y, batch_size, seed):
@@ -163,15 +166,15 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
   def capture_round():  # a --capture_rounds round: every client's update reaches Python
     data = inputs()
     if name == 'capture_rerun':  # the old way: run every client's training again
-      updates = process_lib.capture_client_updates(
+      updates = update_capture.capture_client_updates(
           client_work, state[0], ours.get_model_weights(state[0]), data)
       stacked = [np.stack([u[v] for u in updates]) for v in range(len(names))]
       output = ours.next(state[0], data)
     else:
       output = ours.next(state[0], data)
-      stacked = process_lib.pop_captured_updates(output.metrics, data)
+      stacked = update_capture.pop_captured_updates(output.metrics, data)
     if name == 'capture_save':
-      anomaly.save_round_capture(directory, 0, stacked, names, ids, np.zeros(n, bool),
+      captures_lib.save_round_capture(directory, 0, stacked, names, ids, np.zeros(n, bool),
                                  compress=False)  # as capture_lib.save_capture writes it
     state[0] = output.state
   return capture_round
@@ -217,10 +220,10 @@ def cpu_seconds() -> float:
   On a machine shared with other jobs a round's wall time swings with their load; the CPU
   time it consumes is its cost, and much steadier (threads waiting for a core do not count).
   """
-  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.execution import workers  # pylint: disable=g-import-not-at-top
   total = time.process_time()
   tick = os.sysconf('SC_CLK_TCK')
-  for pid in contexts._child_worker_pids():  # pylint: disable=protected-access
+  for pid in workers._child_worker_pids():  # pylint: disable=protected-access
     try:
       with open(f'/proc/{pid}/stat') as f:
         fields = f.read().rsplit(')', 1)[1].split()
@@ -233,9 +236,9 @@ def cpu_seconds() -> float:
 def peak_rss_mb() -> Dict[str, float]:
   """Peak resident memory of this process and of its TFF worker children (Linux)."""
   import resource  # pylint: disable=g-import-not-at-top
-  from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.execution import workers  # pylint: disable=g-import-not-at-top
   out = {'python': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 'workers': 0.0}
-  for pid in contexts._child_worker_pids():  # pylint: disable=protected-access
+  for pid in workers._child_worker_pids():  # pylint: disable=protected-access
     try:
       with open(f'/proc/{pid}/status') as f:
         for line in f:

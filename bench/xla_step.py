@@ -33,6 +33,7 @@ from bench import common
 from tff_backdoor import cli
 from tff_backdoor import data as data_lib
 from tff_backdoor import models
+from tff_backdoor.learning import client_datasets
 from tff_backdoor.learning import process as process_lib
 
 flags.DEFINE_integer('repeats', 3, 'Timed repetitions per variant (after one warm-up).')
@@ -95,7 +96,7 @@ def _tff_round(xs, ys, jit: bool) -> Callable[[], Any]:
     return tff.learning.models.ModelWeights.from_model(model_fn())
 
   start = initial_weights()
-  return lambda: round_fn(start, [process_lib.client_dataset(a, b, BATCH)
+  return lambda: round_fn(start, [client_datasets.client_dataset(a, b, BATCH)
                                   for a, b in zip(xs, ys)])
 
 

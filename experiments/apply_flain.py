@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import metrics_io
+from tff_backdoor.run import rundir
 
 flags.DEFINE_string('output_dir', None, 'Where flain.json and flain_model.keras are written '
                     '(not the run directory); one run directory only.')
@@ -38,14 +38,14 @@ FLAGS = flags.FLAGS
 
 def _sweep_runs() -> list:
   """--sweep_dir's finished runs matching --where that lack RUN_DIR/--output_subdir."""
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
   try:
     where = dict(item.split('=', 1) for item in FLAGS.where.split(';') if item.strip())
   except ValueError:
     cli.fail(f"--where={FLAGS.where!r}: use 'flag=value;flag=value'")
-  runs = cli.run_or_fail(lambda: sweeps.finished_run_dirs(FLAGS.sweep_dir, where))
+  runs = cli.run_or_fail(lambda: sweep_results.finished_run_dirs(FLAGS.sweep_dir, where))
   return [d for d in runs
-          if not os.path.exists(os.path.join(d, FLAGS.output_subdir, metrics_io.FLAIN_FILE))]
+          if not os.path.exists(os.path.join(d, FLAGS.output_subdir, rundir.FLAIN_FILE))]
 
 
 def main(argv):
@@ -60,7 +60,8 @@ def main(argv):
   elif not run_dirs or (FLAGS.output_dir is not None and len(run_dirs) != 1):
     cli.fail('give finished run directories: python -m experiments.apply_flain RUN_DIR '
              '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME, or --sweep_dir')
-  from tff_backdoor.run import flain_hook  # pylint: disable=g-import-not-at-top  (loaded by the parser)
+  # pylint: disable-next=g-import-not-at-top  (loaded by the parser)
+  from tff_backdoor.run import flain_hook
   options = {name: FLAGS[name].value for name in flain_hook.FLAIN_FIELDS}
   for run_dir in run_dirs:
     output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)

@@ -13,8 +13,8 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import metrics_io
 from tff_backdoor.analysis import diagnostics
+from tff_backdoor.run import rundir
 
 flags.DEFINE_string('clean', None, 'The unattacked run directory (same seed and data).')
 flags.DEFINE_float('threshold', 0.9, 'Backdoor accuracy that counts as implanted.')
@@ -23,10 +23,10 @@ FLAGS = flags.FLAGS
 
 
 def _rows(run_dir: str):
-  path = os.path.join(run_dir, metrics_io.METRICS_JSONL)
+  path = os.path.join(run_dir, rundir.METRICS_JSONL)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: is {run_dir} a run directory?')
-  return metrics_io.read_rows(run_dir)
+  return rundir.read_rows(run_dir)
 
 
 def _line(run_dir, s) -> str:

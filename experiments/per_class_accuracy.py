@@ -17,9 +17,10 @@ from tff_backdoor import cli
 from tff_backdoor import metrics_io
 from tff_backdoor import models
 from tff_backdoor.analysis import diagnostics
+from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
 
-flags.DEFINE_string('model_file', 'final_model.keras',
+flags.DEFINE_string('model_file', rundir.FINAL_MODEL,
                     "Model file inside each run directory (e.g. 'flain_model.keras').")
 flags.DEFINE_string('output', None, 'Also write the reports here as JSON.')
 FLAGS = flags.FLAGS

@@ -22,8 +22,10 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
-from tff_backdoor import metrics_io
+from tff_backdoor.run import rundir
 
+from studies import sweep_grid
+from studies import sweep_plan
 from studies import sweeps
 
 flags.DEFINE_multi_string('grid', [], "Grid 'flag=v1,v2;flag2=v3,...' (cartesian product); "
@@ -39,13 +41,13 @@ flags.DEFINE_string('pretrain_flags', None, 'Run one shared pretraining first, '
 flags.DEFINE_string('output_dir', None, 'Sweep directory: one subdirectory per configuration '
                     'plus the results tables.')
 flags.DEFINE_integer('parallel', 1, 'Configurations run at the same time.')
-flags.DEFINE_string('program', sweeps.DEFAULT_PROGRAM,
+flags.DEFINE_string('program', sweep_plan.DEFAULT_PROGRAM,
                     'Module of the absl program to sweep, run as `python -m PROGRAM`.')
 flags.DEFINE_string('seed_flag', 'seed', 'Grid flag averaged over in results.csv/md.')
 flags.DEFINE_string('output_flag', 'output_dir', "The program's output directory flag.")
-flags.DEFINE_string('done_file', metrics_io.FINAL_FILE, 'File a finished run leaves in its '
+flags.DEFINE_string('done_file', rundir.FINAL_FILE, 'File a finished run leaves in its '
                     'directory; its numbers fill the results tables.')
-flags.DEFINE_list('metrics', list(sweeps.DEFAULT_METRICS), 'Entries of --done_file in the '
+flags.DEFINE_list('metrics', list(sweep_plan.DEFAULT_METRICS), 'Entries of --done_file in the '
                   "tables ('.' for nested keys); those absent from every run are left out.")
 flags.DEFINE_bool('dry_run', False, 'List each configuration, its state and command; run '
                   'nothing.')
@@ -56,14 +58,14 @@ FLAGS = flags.FLAGS
 
 
 def _spec(extra_flags):
-  grids = [sweeps.parse_grid(g) for g in FLAGS.grid]
+  grids = [sweep_grid.parse_grid(g) for g in FLAGS.grid]
   if FLAGS.grid_file:
-    grids += sweeps.read_grid_file(FLAGS.grid_file)
-  return sweeps.SweepSpec(
+    grids += sweep_grid.read_grid_file(FLAGS.grid_file)
+  return sweep_plan.SweepSpec(
       output_dir=FLAGS.output_dir, grids=grids,
-      base_flags=sweeps.parse_base_flags(FLAGS.base_flags, extra_flags),
+      base_flags=sweep_grid.parse_base_flags(FLAGS.base_flags, extra_flags),
       pretrain_flags=(None if FLAGS.pretrain_flags is None else
-                      sweeps.parse_base_flags(FLAGS.pretrain_flags)),
+                      sweep_grid.parse_base_flags(FLAGS.pretrain_flags)),
       program=FLAGS.program, seed_flag=FLAGS.seed_flag, output_flag=FLAGS.output_flag,
       done_file=FLAGS.done_file, metrics=tuple(FLAGS.metrics)).validate()
 

@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tff_backdoor.analysis import anomaly
+from tff_backdoor.analysis import captures as captures_lib
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -58,7 +59,7 @@ def plot_round_auc(rows: Sequence[anomaly.LocalizationRow], path: str, top: int 
   return _save(fig, path)
 
 
-def plot_bias_scores(data: Union[anomaly.ClientRoundScores, Iterable[anomaly.RoundCapture]],
+def plot_bias_scores(data: Union[anomaly.ClientRoundScores, Iterable[captures_lib.RoundCapture]],
                      path: str, threshold: Optional[float] = None,
                      accumulate: anomaly.Accumulate = False, log_scale: bool = True,
                      title: Optional[str] = None) -> str:

@@ -19,16 +19,8 @@ with the fixed robust-z threshold of the `bias_filter` defense (3.5, not tuned o
 its FPR is the honest one), and writes CSV/JSON tables and PNG plots. `summarize` gathers one
 row per (task, partition, factor, value, seed).
 
-Malicious data rate r (`MaliciousRateTask`): an attacker holding n examples trains, every
-round, on m = round(r * n) malicious and n - m benign examples (a seeded subset of its own
-data), so r = m / (n_benign + m) exactly and the attacker's example count (its FedAvg weight
-under data_poison) equals an honest client's.
-- targeted: the m malicious examples are drawn from the task's fixed relabelled set (the
-  source-class images of `num_tasks` chosen clients) without replacement when it is large
-  enough, else the set is repeated (like extra malicious epochs) and the rest drawn;
-- pixel (source_class -1 = every class but the target): m of the attacker's non-target images
-  get the trigger and the target label; if it has fewer than m, all are poisoned and the benign
-  part shrinks so that the rate is still r (the attacker then trains on fewer than n).
+The malicious data rate factor wraps the run's task in `attacks.malicious_rate.MaliciousRateTask`
+(attackers train at a fixed share of malicious examples; see there).
 The achieved counts of every attacker in every round are recorded in `study_run.json`.
 """
 from __future__ import annotations
@@ -50,11 +42,14 @@ from tff_backdoor import config as config_lib
 from tff_backdoor import data as data_lib
 from tff_backdoor import metrics_io
 from tff_backdoor.analysis import anomaly
-from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.analysis import captures as captures_lib
+from tff_backdoor.attacks import malicious_rate
 from tff_backdoor.run import driver
+from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
 
 from studies import anomaly_plots
+from studies import sweep_plan
 from studies import sweeps
 
 FACTORS = ('num_malicious', 'client_lr', 'malicious_rate')
@@ -69,9 +64,8 @@ DEFAULT_PARTITIONS = ('iid', 'dirichlet0.5', 'dirichlet0.1')
 WRITERS = 'writers'  # The natural partition of femnist/emnist: one client per writer.
 # The bias_filter defense's default cut-off (Iglewicz and Hoaglin's modified z-score 3.5).
 DEFAULT_Z_THRESHOLD = 3.5
-SUMMARY_FILE = metrics_io.SUMMARY_JSON
+SUMMARY_FILE = rundir.SUMMARY_JSON
 STUDY_RUN_FILE = 'study_run.json'
-Arrays = Tuple[np.ndarray, np.ndarray]
 
 # Columns of the printed summary table: (key, header, format).
 PRINT_COLUMNS = (
@@ -140,7 +134,7 @@ def check_value(factor: str, value: float, num_clients: int = 10) -> float:
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """One configuration of the study: a task, a partition, a seed and the three factor values
-  (the sweep engine's record of its run is a `sweeps.Run`)."""
+  (the sweep engine's record of its run is a `sweep_plan.Run`)."""
   task: str
   partition: str
   seed: int
@@ -295,95 +289,6 @@ def experiment_config(settings: StudySettings, run: Setting) -> config_lib.Exper
       **task_fields).validate()
 
 
-def rate_counts(n_local: int, rate: float, n_candidates: Optional[int] = None
-                ) -> Tuple[int, int]:
-  """(malicious, benign) example counts for an attacker holding `n_local` examples.
-
-  m = round(rate * n_local) (at least 1), benign = n_local - m. `n_candidates` caps m (the
-  pixel task can only poison non-target images); when it binds, benign is shrunk to
-  round(m * (1 - rate) / rate) so that m / (m + benign) stays at `rate`.
-  """
-  if not 0 < rate <= 1:
-    raise ValueError(f'malicious rate must be in (0, 1], got {rate}')
-  if n_local < 1:
-    return 0, 0
-  m = max(1, int(math.floor(rate * n_local + 0.5)))
-  benign = n_local - m
-  if n_candidates is not None and m > n_candidates:
-    m = int(n_candidates)
-    benign = min(n_local - m, int(math.floor(m * (1 - rate) / rate + 0.5)))
-  return m, benign
-
-
-class MaliciousRateTask(tasks_lib.BackdoorTask):
-  """Wraps a targeted or pixel task so that attackers train at a fixed malicious data rate.
-
-  See the module docstring. Honest data and evaluation sets are the wrapped task's; every
-  `attacker_data` call is logged in `log` (client, local size, benign, malicious, distinct
-  malicious, achieved rate).
-  """
-
-  def __init__(self, base: tasks_lib.BackdoorTask, rate: float):
-    if not isinstance(base, (tasks_lib.TargetedTask, tasks_lib.PixelTriggerTask)):
-      raise TypeError(f'MaliciousRateTask wraps a TargetedTask or PixelTriggerTask, got '
-                      f'{type(base).__name__}')
-    rate_counts(1, rate)  # validates the rate
-    self.base = base
-    self.rate = float(rate)
-    self.name = f'{base.name}@rate{rate:.4g}'
-    self.target_class = base.target_class
-    self.log: List[Dict[str, Any]] = []
-    self._pixel = isinstance(base, tasks_lib.PixelTriggerTask)
-
-  def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> Arrays:
-    return self.base.honest_data(client_id, x, y)
-
-  def eval_sets(self) -> Dict[str, Arrays]:
-    return self.base.eval_sets()
-
-  def attacker_data(self, client_id: str, x: np.ndarray, y: np.ndarray, attacker_index: int,
-                    rng: np.random.Generator) -> Tuple[Arrays, Arrays]:
-    """((benign_x, benign_y), (mal_x, mal_y)) at the configured rate; logs the counts."""
-    if self._pixel:
-      out, distinct = self._pixel_data(x, y, attacker_index, rng)
-    else:
-      out, distinct = self._targeted_data(client_id, x, y, rng)
-    (bx, by), (mx, my) = out
-    total = len(by) + len(my)
-    self.log.append({'client_id': str(client_id), 'n_local': int(len(y)),
-                     'n_benign': int(len(by)), 'n_malicious': int(len(my)),
-                     'n_malicious_distinct': int(distinct),
-                     'rate': len(my) / total if total else float('nan')})
-    return out
-
-  def _targeted_data(self, client_id: str, x: np.ndarray, y: np.ndarray,
-                     rng: np.random.Generator) -> Tuple[Tuple[Arrays, Arrays], int]:
-    bx, by = self.base.honest_data(client_id, x, y)
-    (_, _), (pool_x, pool_y) = self.base.attacker_data(client_id, x, y, 0, rng)
-    m, benign = rate_counts(len(by), self.rate)
-    keep = np.sort(rng.choice(len(by), size=benign, replace=False))
-    pool = len(pool_y)
-    if pool == 0:
-      raise ValueError('the targeted task has no malicious example')
-    if m <= pool:
-      picked = rng.choice(pool, size=m, replace=False)
-    else:
-      picked = np.concatenate([np.tile(np.arange(pool), m // pool),
-                               rng.choice(pool, size=m % pool, replace=False)])
-    return ((bx[keep], by[keep]), (pool_x[picked], pool_y[picked])), min(m, pool)
-
-  def _pixel_data(self, x: np.ndarray, y: np.ndarray, attacker_index: int,
-                  rng: np.random.Generator) -> Tuple[Tuple[Arrays, Arrays], int]:
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int32).reshape(-1)
-    candidates = np.flatnonzero(self.base.is_source(y))
-    m, benign = rate_counts(len(y), self.rate, n_candidates=len(candidates))
-    chosen = np.sort(rng.choice(candidates, size=m, replace=False))
-    rest = np.setdiff1d(np.arange(len(y)), chosen)
-    kept = np.sort(rng.choice(rest, size=benign, replace=False))
-    return ((x[kept], y[kept]), self.base.poison(x[chosen], attacker_index)), m
-
-
 def subsample_clients(clients: Mapping[str, Tuple[np.ndarray, np.ndarray]], fraction: float,
                       seed: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   """Each client keeps a seeded random round(fraction * n) of its examples (at least 1).
@@ -410,7 +315,7 @@ def prepare_run(settings: StudySettings, run: Setting) -> setup_lib.ExperimentSe
   if settings.client_data_fraction < 1:
     clients = subsample_clients(clients, settings.client_data_fraction, run.seed)
     task = setup_lib.build_task(config, setup.data, clients, seed=run.seed)
-  task = MaliciousRateTask(task, run.malicious_rate)
+  task = malicious_rate.MaliciousRateTask(task, run.malicious_rate)
   eval_sets = {'test': setup.data.test, **task.eval_sets()}
   return dataclasses.replace(setup, clients=clients, task=task, eval_sets=eval_sets)
 
@@ -428,17 +333,17 @@ class RoundScores:
 
 
 def score_captures(directory: str, bias_variable: Optional[str] = None
-                   ) -> Tuple[List[RoundScores], List[anomaly.RoundCapture]]:
+                   ) -> Tuple[List[RoundScores], List[captures_lib.RoundCapture]]:
   """One pass over the capture files: every variable's scores, and the bias-only captures.
 
   Only one round's full update is in memory at a time.
   """
   scores, bias_captures = [], []
-  for capture in anomaly.iter_captures(directory):
+  for capture in captures_lib.iter_captures(directory):
     name = bias_variable or anomaly.default_bias_variable(capture.variable_names)
     scores.append(RoundScores(capture.round_num, list(capture.client_ids),
                               np.asarray(capture.malicious), anomaly.variable_scores(capture)))
-    bias_captures.append(anomaly.RoundCapture(
+    bias_captures.append(captures_lib.RoundCapture(
         capture.round_num, [np.array(capture.variable(name))], [name],
         list(capture.client_ids), np.asarray(capture.malicious)))
   if not scores:
@@ -571,7 +476,7 @@ def analyze_run(run_dir: str, early_rounds: int = 5, score: str = 'linf',
   localization_late.csv, detector.json, and with `plots` localization_auc.png,
   round_auc.png, bias_scores.png.
   """
-  round_scores, bias_captures = score_captures(os.path.join(run_dir, metrics_io.CAPTURES_DIR))
+  round_scores, bias_captures = score_captures(os.path.join(run_dir, rundir.CAPTURES_DIR))
   bias = bias_captures[0].variable_names[0]
   rounds = [r.round_num for r in round_scores]
   early, late = early_late_rounds(rounds, early_rounds)
@@ -700,8 +605,8 @@ def _trained_info(settings: StudySettings, run: Setting) -> Optional[Dict[str, A
   """study_run.json of a run whose training finished with every round captured, else None."""
   run_dir = settings.run_dir(run)
   path = os.path.join(run_dir, STUDY_RUN_FILE)
-  captures = anomaly.capture_files(os.path.join(run_dir, metrics_io.CAPTURES_DIR))
-  if not (os.path.exists(path) and os.path.exists(os.path.join(run_dir, metrics_io.FINAL_FILE))
+  captures = captures_lib.capture_files(os.path.join(run_dir, rundir.CAPTURES_DIR))
+  if not (os.path.exists(path) and os.path.exists(os.path.join(run_dir, rundir.FINAL_FILE))
           and len(captures) == settings.rounds):
     return None
   info = metrics_io.read_json(path)
@@ -721,9 +626,9 @@ def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
   info = _trained_info(settings, run)
   if info is None:
     # Stale rounds of an interrupted run.
-    shutil.rmtree(os.path.join(run_dir, metrics_io.CAPTURES_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir, rundir.CAPTURES_DIR), ignore_errors=True)
     setup = prepare_run(settings, run)
-    final = driver.run_experiment(setup.config, setup)
+    final = driver.run_prepared(setup)
     info = {'run': dataclasses.asdict(run), 'settings': settings_fingerprint(settings),
             'rate': rate_report(setup.task.log, run.malicious_rate),
             'malicious_clients': list(setup.schedule.malicious_clients),
@@ -749,7 +654,7 @@ def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
       'analysis_seconds': time.time() - start,
       'settings': settings_fingerprint(settings)})
   if not settings.keep_captures:
-    shutil.rmtree(os.path.join(run_dir, metrics_io.CAPTURES_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir, rundir.CAPTURES_DIR), ignore_errors=True)
   metrics_io.write_json(summary_path(settings, run), summary)
   return summary
 
@@ -858,9 +763,9 @@ def run_study(settings: StudySettings, points: Sequence[SweepPoint], log=print,
       is_finished=lambda record: is_done(settings, runs[record.name]),
       run_missing=run_missing, log=log)
   summaries = {runs[name]: load_summary(settings, runs[name])
-               for name, state in result.status.items() if state == sweeps.FINISHED}
+               for name, state in result.status.items() if state == sweep_plan.FINISHED}
   rows = summary_rows(points, summaries)
-  metrics_io.write_csv(os.path.join(settings.output_dir, metrics_io.SUMMARY_CSV), rows)
-  metrics_io.write_json(os.path.join(settings.output_dir, metrics_io.SUMMARY_JSON), rows)
+  metrics_io.write_csv(os.path.join(settings.output_dir, rundir.SUMMARY_CSV), rows)
+  metrics_io.write_json(os.path.join(settings.output_dir, rundir.SUMMARY_JSON), rows)
   plot_factor_sweeps(settings, points, summaries)
   return rows

@@ -24,10 +24,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tff_backdoor.analysis import anomaly
-from studies import anomaly_plots
-from studies import sweeps
 from tff_backdoor import metrics_io
+from tff_backdoor.analysis import anomaly
+from tff_backdoor.analysis import captures as captures_lib
+from tff_backdoor.run import rundir
+
+from studies import anomaly_plots
+from studies import sweep_plan
+from studies import sweep_results
 
 BANDS = ('minmax', 'std', 'none')
 CURVE_METRICS = (('test_accuracy', 'main (test) accuracy'),
@@ -45,7 +49,7 @@ class RunData:
 
   @property
   def has_captures(self) -> bool:
-    return bool(anomaly.capture_files(os.path.join(self.directory, metrics_io.CAPTURES_DIR)))
+    return bool(captures_lib.capture_files(os.path.join(self.directory, rundir.CAPTURES_DIR)))
 
 
 @dataclasses.dataclass
@@ -60,23 +64,23 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 
 
 def _is_run(directory: str) -> bool:
-  return any(os.path.exists(os.path.join(directory, f)) for f in (metrics_io.METRICS_JSONL,
-                                                                metrics_io.FINAL_FILE))
+  return any(os.path.exists(os.path.join(directory, f)) for f in (rundir.METRICS_JSONL,
+                                                                rundir.FINAL_FILE))
 
 
 def load_run(directory: str, name: Optional[str] = None) -> RunData:
   directory = os.path.abspath(directory)
-  return RunData(name or os.path.basename(directory), directory, metrics_io.read_rows(directory),
-                 _read_json(os.path.join(directory, metrics_io.FINAL_FILE)))
+  return RunData(name or os.path.basename(directory), directory, rundir.read_rows(directory),
+                 _read_json(os.path.join(directory, rundir.FINAL_FILE)))
 
 
 def find_groups(path: str) -> Tuple[str, List[Group]]:
   """('run' | 'sweep' | 'runs', groups) for a run, sweep or parent directory of runs."""
   if not os.path.isdir(path):
     raise ValueError(f'no such directory: {path}')
-  if os.path.exists(os.path.join(path, sweeps.SWEEP_FILE)):
+  if os.path.exists(os.path.join(path, sweep_plan.SWEEP_FILE)):
     groups: Dict[str, Group] = {}
-    for label, directory, _ in sweeps.iter_run_dirs(path):
+    for label, directory, _ in sweep_results.iter_run_dirs(path):
       if _is_run(directory):
         groups.setdefault(label, Group(label, [])).runs.append(load_run(directory))
     if not groups:
@@ -208,7 +212,7 @@ def plot_flain(groups: Sequence[Group], path: str, title: Optional[str] = None
 
 
 def _bias_variable(capture_dir: str) -> str:
-  first = anomaly.capture_files(capture_dir)[0]
+  first = captures_lib.capture_files(capture_dir)[0]
   with np.load(first, allow_pickle=False) as data:
     names = [str(v) for v in data['variable_names']]
   return anomaly.default_bias_variable(names)
@@ -216,11 +220,11 @@ def _bias_variable(capture_dir: str) -> str:
 
 def plot_anomaly(run: RunData, output_dir: str, suffix: str = '') -> List[str]:
   """AUC-per-variable and bias-score plots of a run's captures ([] without captures)."""
-  capture_dir = os.path.join(run.directory, metrics_io.CAPTURES_DIR)
-  if not anomaly.capture_files(capture_dir):
+  capture_dir = os.path.join(run.directory, rundir.CAPTURES_DIR)
+  if not captures_lib.capture_files(capture_dir):
     return []
   files = []
-  rows = anomaly.localization_table(anomaly.iter_captures(capture_dir))
+  rows = anomaly.localization_table(captures_lib.iter_captures(capture_dir))
   files.append(anomaly_plots.plot_localization_auc(
       rows, os.path.join(output_dir, f'anomaly_auc{suffix}.png'),
       title=f'{run.name}: where the backdoor shows (AUC per variable)'))
@@ -229,7 +233,7 @@ def plot_anomaly(run: RunData, output_dir: str, suffix: str = '') -> List[str]:
   except ValueError:  # No bias variable in this model.
     return files
   files.append(anomaly_plots.plot_bias_scores(
-      anomaly.load_captures(capture_dir, variables=[bias]),
+      captures_lib.load_captures(capture_dir, variables=[bias]),
       os.path.join(output_dir, f'bias_scores{suffix}.png'),
       title=f'{run.name}: {bias} score, attackers vs honest'))
   return files

@@ -22,9 +22,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tff_backdoor import metrics_io
+from tff_backdoor.run import rundir
 
 from studies import plots
-from studies import sweeps
+from studies import sweep_plan
+
+# (key, column title) of the per-run numbers a table can show.
+from studies import sweep_results
+
+# (key, column title) of the per-run numbers a table can show.
 
 # (key, column title) of the per-run numbers a table can show.
 METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
@@ -95,7 +101,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
   final = run.final
   if final is None:
     return None
-  config_path = os.path.join(directory, metrics_io.CONFIG_FILE)
+  config_path = os.path.join(directory, rundir.CONFIG_FILE)
   config = metrics_io.read_json(config_path) if os.path.exists(config_path) else {}
   after = (final.get('flain') or {}).get('after') or {}
   values = {key: metrics_io.number(record.get(name)) for key, record, name in (
@@ -112,7 +118,7 @@ def _posthoc_flain(directory: str) -> Dict[str, Optional[float]]:
   """The OPTIONAL_METRICS of RUN_DIR/<POSTHOC_FLAIN dir>/flain.json (none when missing)."""
   values = {}
   for sub, prefix in POSTHOC_FLAIN.items():
-    path = os.path.join(directory, sub, metrics_io.FLAIN_FILE)
+    path = os.path.join(directory, sub, rundir.FLAIN_FILE)
     if os.path.exists(path):
       after = metrics_io.read_json(path).get('after') or {}
       for key in ('test', 'backdoor', 'collateral'):
@@ -124,9 +130,9 @@ def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
   """Every finished run of the given sweep directories."""
   runs = []
   for sweep_dir in sweep_dirs:
-    if not os.path.exists(os.path.join(sweep_dir, sweeps.SWEEP_FILE)):
-      raise ValueError(f'{sweep_dir} is not a sweep directory (no {sweeps.SWEEP_FILE})')
-    for _, directory, flags in sweeps.iter_run_dirs(sweep_dir):
+    if not os.path.exists(os.path.join(sweep_dir, sweep_plan.SWEEP_FILE)):
+      raise ValueError(f'{sweep_dir} is not a sweep directory (no {sweep_plan.SWEEP_FILE})')
+    for _, directory, flags in sweep_results.iter_run_dirs(sweep_dir):
       summary = summarize_run(directory, flags)
       if summary is not None:
         runs.append(summary)
@@ -144,7 +150,7 @@ def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
                                                          for r in runs)]
   for key in [k for k, _ in METRICS] + present:
     values = [r.values[key] for r in runs if r.values.get(key) is not None]
-    row[f'{key}_mean'], row[f'{key}_std'] = sweeps.mean_std(values)
+    row[f'{key}_mean'], row[f'{key}_std'] = sweep_results.mean_std(values)
   return row
 
 
@@ -330,7 +336,7 @@ def plot_cross_heatmap(flat: Sequence[Mapping[str, Any]], table: CrossTable, pat
 
 def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
   """One line on what a set of runs cost: count, mean ± std per run, total hours."""
-  mean, std = sweeps.mean_std(list(seconds))
+  mean, std = sweep_results.mean_std(list(seconds))
   if mean is None:
     return f'{label}: no finished run'
   spread = '' if std is None else f' ± {std:.0f}'
@@ -350,7 +356,7 @@ def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
                       np.mean(accuracy[-check.window:])))
   if not windows:
     return f'**{check.title}**: no finished run yet'
-  (before, before_std), (last, last_std) = (sweeps.mean_std([w[i] for w in windows])
+  (before, before_std), (last, last_std) = (sweep_results.mean_std([w[i] for w in windows])
                                             for i in (0, 1))
   spread = lambda std: '' if std is None else f' ± {std:.3f}'
   return (f'**{check.title}** ({len(windows)} seeds): main accuracy {before:.3f}'
@@ -576,10 +582,10 @@ def read_study_rows(study_dirs: Sequence[str]) -> List[Dict[str, str]]:
   """The summary.csv rows of anomaly-localization studies, each with its run directory."""
   rows = []
   for study in study_dirs:
-    path = os.path.join(study, metrics_io.SUMMARY_CSV)
+    path = os.path.join(study, rundir.SUMMARY_CSV)
     if not os.path.exists(path):
       raise ValueError(f'{study} is not an anomaly-localization study (no '
-                       f'{metrics_io.SUMMARY_CSV})')
+                       f'{rundir.SUMMARY_CSV})')
     rows.extend(dict(row, run_dir=os.path.join(study, 'runs', row['run']))
                 for row in metrics_io.read_csv(path))
   return rows
@@ -598,7 +604,7 @@ def _floats(rows: Sequence[Mapping[str, str]], column: str) -> List[float]:
 
 
 def _stat_cell(values: Sequence[float], digits: int = 3) -> str:
-  mean, std = sweeps.mean_std(values)
+  mean, std = sweep_results.mean_std(values)
   if mean is None:
     return '-'
   return f'{mean:.{digits}f}' + ('' if std is None else f' ± {std:.{digits}f}')
@@ -641,7 +647,8 @@ def bilgin_localization(rows: Sequence[Mapping[str, str]], window: str = 'early'
     cells = [_stat_cell(aucs[(task, partition)].get(v, [])) for v in variables]
     lines.append('| ' + ' | '.join([task, partition, str(len(runs)), *cells]) + ' |')
     flat.append({'task': task, 'partition': partition, 'seeds': len(runs),
-                 **{v: sweeps.mean_std(aucs[(task, partition)].get(v, []))[0] for v in variables}})
+                 **{v: sweep_results.mean_std(aucs[(task, partition)].get(v, []))[0]
+                    for v in variables}})
   title = (f'**Bilgin: ROC-AUC of each variable\'s anomaly score, attacker vs honest updates, '
            f'{window or "all"} rounds, baseline runs (mean ± std over seeds)**')
   return title + '\n\n' + '\n'.join(lines), flat
@@ -667,7 +674,7 @@ def bilgin_factor_table(rows: Sequence[Mapping[str, str]], factor: str
     value = key[2] if _sort_key(key[2])[0] else f'{float(key[2]):.4g}'
     lines.append('| ' + ' | '.join([key[0], key[1], value, str(len(runs)), *cells]) + ' |')
     flat.append({'task': key[0], 'partition': key[1], factor: key[2], 'seeds': len(runs),
-                 **{c: sweeps.mean_std(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
+                 **{c: sweep_results.mean_std(_floats(runs, c))[0] for c, _ in BILGIN_COLUMNS}})
   title = f'**Bilgin factor sweep: {factor} (the other two factors at the baseline)**'
   return title + '\n\n' + '\n'.join(lines), flat
 
@@ -737,7 +744,7 @@ def plot_bilgin_factor(rows: Sequence[Mapping[str, str]], factor: str, path: str
         runs = [r for r in chosen if r['task'] == task and r['partition'] == partition]
         values = sorted({r['value'] for r in runs}, key=_sort_key)
         points = [(float(v),
-                   *sweeps.mean_std(_floats([r for r in runs if r['value'] == v], metric)))
+                   *sweep_results.mean_std(_floats([r for r in runs if r['value'] == v], metric)))
                   for v in values]
         points = [p for p in points if p[1] is not None]  # metric missing from these runs
         if points:

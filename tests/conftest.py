@@ -13,6 +13,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
   signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from tff_backdoor.execution import contexts  # noqa: E402
+from tff_backdoor.execution import workers  # noqa: E402
 
-contexts.stop_workers_at_exit()  # no TFF worker outlives the test session
+workers.stop_workers_at_exit()  # no TFF worker outlives the test session

@@ -342,11 +342,17 @@ def test_validate_defense_lists_valid_names_and_accepts_defaults():
 def test_build_defense_validates_and_is_weighted():
   with pytest.raises(ValueError, match='too large'):
     aggregators.build_defense(aggregators.DefenseConfig(name='krum', krum_f=2), 6)
+  same = [np.full(s, 0.1, np.float32) for s in SHAPES]  # norm 0.36, inside every bound
+  weights = list(np.linspace(1.0, 3.0, N, dtype=np.float32))
   for name in aggregators.DEFENSES:
-    factory = aggregators.build_defense(aggregators.DefenseConfig(name=name), N, seed=0)
-    assert isinstance(factory, tff.aggregators.WeightedAggregationFactory)
+    process = _process(name, **OVERRIDES[name])  # built by build_defense
+    # Weighted: the round takes a weight per client, and N equal updates average to that one.
+    assert process.next.type_signature.parameter[2] == tff.FederatedType(WEIGHT_TYPE, tff.CLIENTS)
+    result = process.next(process.initialize(), [same] * N, weights).result
+    for got, want in zip(result, same):
+      np.testing.assert_allclose(got, want, **TOL)
 
 
 def test_every_defense_name_has_one_builder():
   from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
-  assert sorted(registry.DEFENSE_BUILDERS) == sorted(registry.DEFENSES)
+  assert sorted(registry.DEFENSE_BUILDERS) == sorted(aggregators.DEFENSES)

@@ -1,4 +1,4 @@
-"""Tests of tff_backdoor.analysis.anomaly and anomaly_plots against hand computations (pure NumPy, fast)."""
+"""Tests of analysis.anomaly and anomaly_plots against hand computations (pure NumPy, fast)."""
 import itertools
 import json
 import os
@@ -6,8 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from tests import pictures
 from tff_backdoor import metrics_io
 from tff_backdoor.analysis import anomaly
+from tff_backdoor.analysis import captures as captures_lib
+
 from studies import anomaly_plots
 
 S = 1.4826  # MAD scale.
@@ -30,7 +33,7 @@ B_SCALE = np.array([S * 1.0, S * 1.0, S * 0.5])
 def _capture(round_num, updates, malicious, names=None, ids=None):
   names = names or [f'v{i}' for i in range(len(updates))]
   ids = ids or [f'c{i}' for i in range(len(malicious))]
-  return anomaly.RoundCapture(round_num, [np.asarray(u) for u in updates], names, ids,
+  return captures_lib.RoundCapture(round_num, [np.asarray(u) for u in updates], names, ids,
                               np.asarray(malicious, dtype=bool))
 
 
@@ -217,7 +220,7 @@ def _detector_captures():
     bias = np.vstack([honest, [[0.2 + m_shift, -m_shift, 0.]], [[0.1, 0., .2]]])
     kernel = np.zeros((6, 2, 3))
     updates = [kernel, np.zeros((6, 2)), kernel, bias]
-    caps.append(anomaly.RoundCapture(r, updates, NAMES, ['h0', 'h1', 'h2', 'h3', 'm', 'n'],
+    caps.append(captures_lib.RoundCapture(r, updates, NAMES, ['h0', 'h1', 'h2', 'h3', 'm', 'n'],
                                      np.array([0, 0, 0, 0, 1, 1], bool)))
   return caps
 
@@ -289,12 +292,12 @@ def test_save_load_round_trip(tmp_path):
   written = {}
   for r in (12, 3):  # Written out of order.
     updates = [rng.normal(size=(3, 2, 2)).astype(np.float32), rng.normal(size=(3, 4))]
-    path = anomaly.save_round_capture(str(tmp_path), r, updates, ['k', 'b'],
+    path = captures_lib.save_round_capture(str(tmp_path), r, updates, ['k', 'b'],
                                       ['x', 'y', 'z'], [False, True, False])
     written[r] = updates
     assert os.path.basename(path) == f'round_{r:04d}.npz'
   assert sorted(os.listdir(tmp_path)) == ['round_0003.npz', 'round_0012.npz']
-  caps = anomaly.load_captures(str(tmp_path))
+  caps = captures_lib.load_captures(str(tmp_path))
   assert [c.round_num for c in caps] == [3, 12]
   for c in caps:
     assert c.variable_names == ['k', 'b'] and c.client_ids == ['x', 'y', 'z']
@@ -302,20 +305,20 @@ def test_save_load_round_trip(tmp_path):
     for got, want in zip(c.updates, written[c.round_num]):
       assert got.dtype == want.dtype
       np.testing.assert_array_equal(got, want)
-  only_b = anomaly.load_captures(str(tmp_path), variables=['b'], rounds=[12])
+  only_b = captures_lib.load_captures(str(tmp_path), variables=['b'], rounds=[12])
   assert len(only_b) == 1 and only_b[0].variable_names == ['b']
   np.testing.assert_array_equal(only_b[0].variable('b'), written[12][1])
-  explicit = anomaly.save_round_capture(str(tmp_path / 'x.npz'), 5, [np.zeros((1, 2))], ['b'],
+  explicit = captures_lib.save_round_capture(str(tmp_path / 'x.npz'), 5, [np.zeros((1, 2))], ['b'],
                                         ['a'], [True])
-  assert anomaly.load_capture(explicit).round_num == 5
+  assert captures_lib.load_capture(explicit).round_num == 5
 
 
 def test_save_rejects_inconsistent_shapes(tmp_path):
   with pytest.raises(ValueError):
-    anomaly.save_round_capture(str(tmp_path), 0, [np.zeros((2, 3))], ['b'], ['a', 'b', 'c'],
+    captures_lib.save_round_capture(str(tmp_path), 0, [np.zeros((2, 3))], ['b'], ['a', 'b', 'c'],
                                [0, 0, 1])
   with pytest.raises(ValueError):
-    anomaly.save_round_capture(str(tmp_path), 0, [np.zeros((2, 3))], ['b', 'c'], ['a', 'b'],
+    captures_lib.save_round_capture(str(tmp_path), 0, [np.zeros((2, 3))], ['b', 'c'], ['a', 'b'],
                                [0, 1])
   assert os.listdir(tmp_path) == []
 
@@ -337,20 +340,15 @@ def test_records_csv_and_json(tmp_path):
 # ----------------------------------------------------------------------------- plots
 
 
-def _assert_png(path):
-  with open(path, 'rb') as f:
-    head = f.read(8)
-  assert head == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 1000
-
-
 # Log-axis tick labels go through matplotlib's mathtext, which trips pyparsing 3.3 deprecations.
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')
 def test_plots_write_png_files(tmp_path):
   rows = anomaly.localization_table(_planted_captures())
-  _assert_png(anomaly_plots.plot_localization_auc(rows, str(tmp_path / 'auc.png')))
-  _assert_png(anomaly_plots.plot_round_auc(rows, str(tmp_path / 'round_auc.png')))
+  pictures.check_png(anomaly_plots.plot_localization_auc(rows, str(tmp_path / 'auc.png')))
+  pictures.check_png(anomaly_plots.plot_round_auc(rows, str(tmp_path / 'round_auc.png')))
   caps = _detector_captures()
-  _assert_png(anomaly_plots.plot_bias_scores(caps, str(tmp_path / 'bias.png'), threshold=5.0))
+  pictures.check_png(anomaly_plots.plot_bias_scores(caps, str(tmp_path / 'bias.png'),
+                                                    threshold=5.0))
   table = anomaly.client_round_scores(caps, accumulate=True)
-  _assert_png(anomaly_plots.plot_bias_scores(table, str(tmp_path / 'bias_acc.png'),
+  pictures.check_png(anomaly_plots.plot_bias_scores(table, str(tmp_path / 'bias_acc.png'),
                                              log_scale=False))

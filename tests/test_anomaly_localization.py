@@ -12,8 +12,11 @@ import pytest
 
 from tests import tiny
 from tff_backdoor.analysis import anomaly
-from studies import localization_study as study
+from tff_backdoor.analysis import captures as captures_lib
+from tff_backdoor.attacks import malicious_rate
 from tff_backdoor.attacks import tasks as tasks_lib
+
+from studies import localization_study as study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +120,7 @@ def test_experiment_config_of_the_baseline_and_of_a_sweep_point():
     (100, 0.5, 20, (20, 20)),  # cap binds: benign shrinks to keep the rate
 ])
 def test_rate_counts(n, rate, candidates, expected):
-  assert study.rate_counts(n, rate, candidates) == expected
+  assert malicious_rate.rate_counts(n, rate, candidates) == expected
 
 
 def _clients(seed=0, n=200, num_classes=4):
@@ -134,7 +137,7 @@ def test_targeted_rate_task_trains_at_the_intended_rate(rate):
   clients = _clients()
   base = tasks_lib.TargetedTask.build(clients, num_tasks=1, source_class=2, target_class=1,
                                       seed=0, num_classes=4)
-  task = study.MaliciousRateTask(base, rate)
+  task = malicious_rate.MaliciousRateTask(base, rate)
   x, y = clients['c0']
   rng = np.random.default_rng(1)
   (bx, by), (mx, my) = task.attacker_data('c0', x, y, 0, rng)
@@ -161,7 +164,7 @@ def test_pixel_rate_task_trains_at_the_intended_rate(rate):
   test_x, test_y = clients['c2']
   base = tasks_lib.PixelTriggerTask(test_x, test_y, target_class=1, source_class=None,
                                     trigger_size=2, trigger_value=1.0, num_classes=4)
-  task = study.MaliciousRateTask(base, rate)
+  task = malicious_rate.MaliciousRateTask(base, rate)
   (bx, by), (mx, my) = task.attacker_data('c1', x, y, 0, np.random.default_rng(0))
   non_target = int(np.sum(y != 1))
   if rate == 1.0:
@@ -179,9 +182,9 @@ def test_rate_task_rejects_bad_inputs():
   base = tasks_lib.TargetedTask.build(clients, num_tasks=1, source_class=2, target_class=1,
                                       num_classes=4)
   with pytest.raises(ValueError, match='rate'):
-    study.MaliciousRateTask(base, 0.0)
+    malicious_rate.MaliciousRateTask(base, 0.0)
   with pytest.raises(TypeError):
-    study.MaliciousRateTask(object(), 0.1)
+    malicious_rate.MaliciousRateTask(object(), 0.1)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -196,7 +199,7 @@ def _write_captures(directory, rounds=4, n=6, seed=0):
     malicious[r % n] = True
     updates = [rng.normal(size=(n, *s)) for s in shapes]
     updates[3][malicious] += 10.0 if r < 2 else 0.0  # the bias stands out early only
-    anomaly.save_round_capture(str(directory), r, updates, names,
+    captures_lib.save_round_capture(str(directory), r, updates, names,
                                [f'c{i}' for i in range(n)], malicious)
   return names
 
@@ -208,7 +211,7 @@ def test_localization_rows_equal_anomaly_localization_table(tmp_path, score):
   assert [c.variable_names for c in bias] == [['logits/bias']] * 4
   for rounds in (None, [0, 1], [3]):
     ours = study.localization_rows(scores, score, rounds)
-    ref = anomaly.localization_table(anomaly.load_captures(str(tmp_path)), score, rounds)
+    ref = anomaly.localization_table(captures_lib.load_captures(str(tmp_path)), score, rounds)
     assert [r.variable for r in ours] == [r.variable for r in ref]
     for a, b in zip(ours, ref):
       np.testing.assert_allclose([a.auc, a.mean_malicious, a.mean_honest, a.ratio],
@@ -329,7 +332,7 @@ def test_pixel_dirichlet_run_keeps_captures_at_the_intended_rate(idx_dir, tmp_pa
                               values={'malicious_rate': [0.5]})
   rows = study.run_study(settings, points, log=lambda _: None)
   run_dir = settings.run_dir(points[0].run)
-  captures = anomaly.load_captures(os.path.join(run_dir, 'captures'))
+  captures = captures_lib.load_captures(os.path.join(run_dir, 'captures'))
   assert [c.round_num for c in captures] == [0, 1]
   assert all(c.num_clients == 10 and c.malicious.sum() == 1 for c in captures)
   with open(os.path.join(run_dir, study.STUDY_RUN_FILE)) as f:

@@ -160,5 +160,6 @@ def test_invalid_attack_config_is_rejected():
 
 
 def test_every_attack_mode_has_one_attacker():
+  from tff_backdoor import config as config_lib  # pylint: disable=g-import-not-at-top
   from tff_backdoor.attacks import client_work  # pylint: disable=g-import-not-at-top
-  assert sorted(client_work.ATTACKERS) == sorted(client_work.ATTACK_MODES)
+  assert tuple(client_work.ATTACKERS) == client_work.ATTACK_MODES == config_lib.ATTACK_MODES

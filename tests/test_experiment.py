@@ -10,8 +10,8 @@ import pytest
 from tests import tiny
 from tff_backdoor import config as config_lib
 from tff_backdoor.aggregators import registry as defense_registry
-from tff_backdoor.analysis import anomaly
-from tff_backdoor.learning import process as process_lib
+from tff_backdoor.analysis import captures as captures_lib
+from tff_backdoor.learning import update_capture
 from tff_backdoor.run import client_inputs
 from tff_backdoor.run import driver
 from tff_backdoor.run import flain_hook
@@ -51,7 +51,8 @@ def test_run_writes_metrics_files_and_is_deterministic(idx_dir, tmp_path):
   assert rows_a == rows_b  # same seed, same numbers
   assert all(r['num_attackers'] == 1 for r in rows_a)
   assert rows_a[-1]['test_accuracy'] == final['test_accuracy']
-  assert 0.0 <= final['backdoor_accuracy'] <= 1.0
+  assert final['backdoor_accuracy'] == rows_a[-1]['backdoor_accuracy']  # the last round, whole
+  assert final['backdoor_loss'] == rows_a[-1]['backdoor_loss'] > 0
   assert rows_a[0]['mean_malicious_update_norm'] > rows_a[0]['mean_honest_update_norm']
   with open(tmp_path / 'a' / 'metrics.csv') as f:
     header = f.readline().strip().split(',')
@@ -73,12 +74,12 @@ def test_capture_saves_updates_without_changing_training(idx_dir, tmp_path):
   captured = _config(idx_dir, tmp_path / 'cap', rounds=2, capture_rounds='0-1')
   driver.run_experiment(plain)
   setup = setup_lib.prepare(captured)
-  driver.run_experiment(captured, setup)
+  driver.run_prepared(setup)
   assert _rows(tmp_path / 'plain') == _rows(tmp_path / 'cap')
   w_plain = np.load(tmp_path / 'plain' / 'initial_weights.npz')
   w_cap = np.load(tmp_path / 'cap' / 'initial_weights.npz')
   assert all(np.array_equal(w_plain[k], w_cap[k]) for k in w_plain.files)
-  captures = anomaly.load_captures(str(tmp_path / 'cap' / 'captures'))
+  captures = captures_lib.load_captures(str(tmp_path / 'cap' / 'captures'))
   assert [c.round_num for c in captures] == [0, 1]
   assert all(c.num_clients == 4 and c.malicious.sum() == 1 for c in captures)
   assert captures[0].variable_names[-1] == 'logits/bias'
@@ -90,7 +91,7 @@ def test_captured_updates_are_what_the_round_aggregated(idx_dir, tmp_path):
   state = setup.process.initialize()
   participants = setup.schedule.sample_round(0, setup.client_ids, 4, np.random.default_rng(0))
   client_data, _ = client_inputs.round_client_data(setup, participants, np.random.default_rng(1))
-  updates = process_lib.capture_client_updates(
+  updates = update_capture.capture_client_updates(
       setup.client_work, state, setup.process.get_model_weights(state), client_data)
   weights = [float(sum(len(b['y']) for b in d['benign'])) for d in client_data]
   before = setup.process.get_model_weights(state).trainable

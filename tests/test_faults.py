@@ -22,7 +22,7 @@ import tensorflow_federated as tff
 
 from tests import tiny
 from tff_backdoor import config as config_lib
-from tff_backdoor.execution import remote
+from tff_backdoor.execution import workers as workers_lib
 from tff_backdoor.run import driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,7 +195,7 @@ def test_sun_cnn_survives_a_worker_killed_and_restarted_mid_run(idx_dir, tmp_pat
   run = dict(model='sun_cnn', rounds=4, num_clients=8, batch_size=5, client_lr=0.2,
              checkpoint_every=0, data_dir=idx_dir)
   local = _run_in_process(tmp_path / 'local', **run)
-  workers = remote.start_local_workers(2)
+  workers = workers_lib.start_local_workers(2)
   result, out = {}, tmp_path / 'remote'
 
   def drive():
@@ -217,11 +217,11 @@ def test_sun_cnn_survives_a_worker_killed_and_restarted_mid_run(idx_dir, tmp_pat
     workers[1].kill()
     workers[1].wait()
     time.sleep(1.0)  # The run sees the worker down (and retries).
-    workers[1] = remote.start_local_workers(1, ports=[port])[0]
+    workers[1] = workers_lib.start_local_workers(1, ports=[port])[0]
     thread.join(timeout=300)
     assert not thread.is_alive(), 'the run did not finish after the worker came back'
   finally:
-    remote.stop_workers(workers)
+    workers_lib.stop_workers(workers)
   assert 'error' not in result, result.get('error')
   rows = result['rows']
   assert len(rows) == 4 and rows == local

@@ -156,7 +156,7 @@ def test_cached_evaluation_matches_full_forward_pass():
   y = rng.integers(0, 5, 300)
   layer = model.get_layer('dense_features')
   kernel = layer.kernel.numpy().astype(np.float64)
-  evaluator = flain._Evaluator(model, [layer], x, kernel, x, y, batch_size=64)
+  evaluator = flain._AuxAccuracy(model, [layer], x, kernel, x, y, batch_size=64)
   for rows in ([0, 3], [1], None):  # Incremental row updates, then a whole-kernel change.
     kernel = kernel.copy()
     kernel[rows if rows is not None else slice(None)] *= -1.5

@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-from matplotlib import image as mpl_image
 
-from tff_backdoor.analysis import anomaly
+from tests import pictures
+from tff_backdoor.analysis import captures as captures_lib
+
 from studies import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def _write_run(directory, test_acc, backdoor_acc=None, flain=None, captures=False,
@@ -43,17 +43,9 @@ def _write_run(directory, test_acc, backdoor_acc=None, flain=None, captures=Fals
       kernel = rng.normal(size=(5, 3, 2))
       bias = rng.normal(scale=0.01, size=(5, 3))
       bias[0] += 5.0  # The attacker's final-layer bias stands out.
-      anomaly.save_round_capture(os.path.join(directory, 'captures'), r, [kernel, bias],
+      captures_lib.save_round_capture(os.path.join(directory, 'captures'), r, [kernel, bias],
                                  ['conv/kernel', 'logits/bias'],
                                  [f'c{i}' for i in range(5)], malicious)
-
-
-def _check_png(path):
-  with open(path, 'rb') as f:
-    assert f.read(8) == PNG_MAGIC
-  pixels = mpl_image.imread(path)
-  assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-  assert pixels.std() > 0.01  # Not a blank canvas.
 
 
 def test_single_run_writes_curves_flain_and_anomaly_plots(tmp_path):
@@ -65,7 +57,7 @@ def test_single_run_writes_curves_flain_and_anomaly_plots(tmp_path):
   assert names == ['anomaly_auc.png', 'bias_scores.png', 'curves.png', 'flain.png']
   assert all(os.path.dirname(f) == str(run / 'plots') for f in files)
   for f in files:
-    _check_png(f)
+    pictures.check_png(f)
 
 
 def test_sweep_groups_seeds_and_skips_missing_outputs(tmp_path):
@@ -87,7 +79,7 @@ def test_sweep_groups_seeds_and_skips_missing_outputs(tmp_path):
   out = tmp_path / 'pngs'
   files = plots.plot_all(str(sweep), str(out), band='std')
   assert [os.path.basename(f) for f in files] == ['curves.png']  # No FLAIN, no captures.
-  _check_png(files[0])
+  pictures.check_png(files[0])
 
 
 def test_aggregate_mean_and_bands_over_seeds():

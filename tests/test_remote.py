@@ -15,6 +15,7 @@ from tests import tiny
 from tff_backdoor import aggregators
 from tff_backdoor.attacks import AttackConfig, make_client_data
 from tff_backdoor.execution import remote
+from tff_backdoor.execution import workers as workers_lib
 from tff_backdoor.learning import process as process_lib
 
 NUM_CLIENTS = 5
@@ -23,12 +24,12 @@ ROUNDS = 2
 
 @pytest.fixture(scope='module')
 def workers():
-  started = remote.start_local_workers(2)
+  started = workers_lib.start_local_workers(2)
   try:
     yield [w.address for w in started]
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
-    remote.stop_workers(started)
+    workers_lib.stop_workers(started)
 
 
 @pytest.fixture
@@ -147,17 +148,17 @@ def _sum(x):
 
 
 def test_worker_that_dies_is_named_instead_of_retried_forever():
-  (worker,) = remote.start_local_workers(1)
+  (worker,) = workers_lib.start_local_workers(1)
   context = None
   try:
     context = remote.set_remote_execution_context([worker.address], unavailable_timeout_s=0)
     assert _sum([1.0, 2.0]) == 3.0
-    remote.stop_workers([worker])
+    workers_lib.stop_workers([worker])
     with pytest.raises(ConnectionError, match=f'127.0.0.1:{worker.port} has been unavailable'):
       _sum([1.0, 2.0])
   finally:
     tff.backends.native.set_sync_local_cpp_execution_context()
-    remote.stop_workers([worker])
+    workers_lib.stop_workers([worker])
     if context is not None:
       context.close()
 
@@ -168,7 +169,7 @@ def test_worker_that_dies_is_named_instead_of_retried_forever():
     ('[::1]:9000', [('::1', 9000)]),
 ])
 def test_parse_workers(spec, expected):
-  assert remote.parse_workers(spec) == expected
+  assert workers_lib.parse_workers(spec) == expected
 
 
 @pytest.mark.parametrize('spec,message', [
@@ -186,7 +187,7 @@ def test_parse_workers(spec, expected):
 ])
 def test_parse_workers_errors_are_one_line(spec, message):
   with pytest.raises(ValueError, match=message) as error:
-    remote.parse_workers(spec)
+    workers_lib.parse_workers(spec)
   assert '\n' not in str(error.value)
 
 
@@ -202,21 +203,21 @@ def test_local_worker_that_cannot_bind_is_reported_at_once():
     busy.listen()
     port = busy.getsockname()[1]
     with pytest.raises(RuntimeError, match=f'127.0.0.1:{port} exited'):
-      remote.start_local_workers(1, ports=[port], timeout_s=30.0)
+      workers_lib.start_local_workers(1, ports=[port], timeout_s=30.0)
 
 
 def test_serve_cli_execs_a_worker_that_check_reaches():
   port = portpicker.pick_unused_port()
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  server = subprocess.Popen([sys.executable, '-m', 'tff_backdoor.execution.remote', 'serve',
+  server = subprocess.Popen([sys.executable, '-m', 'tff_backdoor.execution.workers', 'serve',
                              f'--port={port}', '--max_concurrent_computation_calls=2'], env=env)
   try:
-    remote.wait_for_workers([('127.0.0.1', port)], timeout_s=60.0, processes=[server])
-    assert remote.main(['check', f'--workers=127.0.0.1:{port}', '--timeout_s=5']) == 0
+    workers_lib.wait_for_workers([('127.0.0.1', port)], timeout_s=60.0, processes=[server])
+    assert workers_lib.main(['check', f'--workers=127.0.0.1:{port}', '--timeout_s=5']) == 0
     with open(f'/proc/{server.pid}/cmdline', 'rb') as f:  # exec'd: the binary, not Python.
-      assert f.read().split(b'\0')[0] == remote.worker_binary_path().encode()
+      assert f.read().split(b'\0')[0] == workers_lib.worker_binary_path().encode()
   finally:
-    remote.stop_workers([server])
+    workers_lib.stop_workers([server])
   assert server.returncode is not None
 
 

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests import pictures
+
 from studies import reproduction
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ def _write_run(directory, final, rows, attack_start):
 
 
 def _sweep(tmp_path, runs):
-  """runs: [(flags, final, rows)]; writes sweep.json like sweeps.write_outputs."""
+  """runs: [(flags, final, rows)]; writes sweep.json like sweep_results.write_outputs."""
   entries = []
   for i, (flags, final, rows) in enumerate(runs):
     name = f'run{i}'
@@ -84,8 +86,7 @@ def test_family_markdown_and_plot(tmp_path):
   assert lines[4] == '| clean (reference) | 1 | 0.000 | 5 |'
   assert lines[5] == '| 2 | 2 | 0.600 ± 0.141 | 10 ± 1 |'
   path = reproduction.plot_family(runs, FAMILY, str(tmp_path / 'out' / 'f.png'))
-  with open(path, 'rb') as f:
-    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  pictures.check_png(path)
   empty = reproduction.Family('e', 'nothing', 'k', {'a': 'absent'})
   with pytest.raises(ValueError, match="no finished run of family 'e'"):
     reproduction.family_markdown(runs, empty)
@@ -131,9 +132,10 @@ def test_window_means_skip_unevaluated_rounds():
     ('sun.grid', reproduction.SUN_FAMILIES),
     ('sun_femnist.grid', reproduction.SUN_FEMNIST_FAMILIES)])
 def test_sun_families_select_what_the_sun_grid_runs(grid, families):
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  grids = sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid))
-  configs = sweeps.expand(grids)
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
+  grids = sweep_grid.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid))
+  configs = sweep_grid.expand(grids)
   assert len(configs) == 3 * (18 + (grid == 'sun_femnist.grid'))  # configurations x 3 seeds
   fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
   for family in families:
@@ -157,8 +159,9 @@ def test_program_prints_tables_and_rejects_bad_input(tmp_path):
 
 
 def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  configs = sweeps.expand(sweeps.read_grid_file(
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
+  configs = sweep_grid.expand(sweep_grid.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun.grid')))
   runs = [(c, {'test_accuracy': 0.8, 'backdoor_accuracy': 0.5, 'seconds': 60.0},
            _rows([0.5, 0.6, 0.7], [0.0, 0.4, 0.6])) for c in configs]
@@ -175,8 +178,9 @@ def test_program_writes_every_sun_table_plot_and_csv(tmp_path):
 
 
 def test_femnist_families_show_the_collateral_rate_and_curves(tmp_path):
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  configs = sweeps.expand(sweeps.read_grid_file(
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
+  configs = sweep_grid.expand(sweep_grid.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun_femnist.grid')))
   rows = [dict(r, collateral_accuracy=c) for r, c in
           zip(_rows([0.5, 0.6, 0.7], [0.0, 0.4, 0.6]), (0.1, 0.2, 0.3))]
@@ -196,8 +200,9 @@ def test_femnist_families_show_the_collateral_rate_and_curves(tmp_path):
 
 
 def test_flain_tables_have_flain_and_every_defense_column(tmp_path):
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  configs = sweeps.expand(sweeps.read_grid_file(
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
+  configs = sweep_grid.expand(sweep_grid.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'flain.grid')))
   assert len(configs) == 4 * 4 * 6 * 3 + 4 * 3
   runs = []
@@ -359,8 +364,9 @@ def test_flain_femnist_tables_read_flain_applied_afterwards_beside_the_run(tmp_p
 
 
 def test_the_30_writer_family_selects_its_grid():
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  configs = sweeps.expand(sweeps.read_grid_file(
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  from studies import sweep_results  # pylint: disable=g-import-not-at-top
+  configs = sweep_grid.expand(sweep_grid.read_grid_file(
       os.path.join(REPO, 'experiments', 'grids', 'sun_femnist_30.grid')))
   fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
   references, rows = reproduction.family_rows(fake, reproduction.SUN_FEMNIST_30_FAMILIES[0])
@@ -380,8 +386,9 @@ AUTHORS_ROWS = {'sun_authors_c_clip_boost': ['0.3', '1', '3'],
     ('sun_authors.grid', reproduction.SUN_AUTHORS_FAMILIES, 'sun_authors_'),
     ('sun_authors_30.grid', reproduction.SUN_AUTHORS_30_FAMILIES, 'sun_authors_30_')])
 def test_authors_families_select_every_cell_of_their_grid_with_3_seeds(grid, families, prefix):
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
-  configs = sweeps.expand(sweeps.read_grid_file(os.path.join(REPO, 'experiments', 'grids', grid)))
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  configs = sweep_grid.expand(sweep_grid.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', grid)))
   fake = [reproduction.RunSummary(str(i), c, {'test': 0.5}) for i, c in enumerate(configs)]
   checked = 0
   for family in families:

@@ -9,6 +9,10 @@ import sys
 import pytest
 
 from tests import tiny
+
+from studies import sweep_grid
+from studies import sweep_plan
+from studies import sweep_results
 from studies import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,11 +55,11 @@ def _final_mtimes(directory):
 
 
 def test_parse_grid_axes_values_whitespace_and_quotes():
-  assert sweeps.parse_grid('defense=none,clip;seed=0,1') == [
+  assert sweep_grid.parse_grid('defense=none,clip;seed=0,1') == [
       ('defense', ('none', 'clip')), ('seed', ('0', '1'))]
-  assert sweeps.parse_grid(' --defense = none , clip ;seed=0; ') == [
+  assert sweep_grid.parse_grid(' --defense = none , clip ;seed=0; ') == [
       ('defense', ('none', 'clip')), ('seed', ('0',))]
-  assert sweeps.parse_grid('capture_rounds="0-9,20",all;flain_layer="";x="a;b"') == [
+  assert sweep_grid.parse_grid('capture_rounds="0-9,20",all;flain_layer="";x="a;b"') == [
       ('capture_rounds', ('0-9,20', 'all')), ('flain_layer', ('',)), ('x', ('a;b',))]
 
 
@@ -73,8 +77,8 @@ def test_parse_grid_axes_values_whitespace_and_quotes():
     ('x=a"b"', 'misplaced double quote'),
 ])
 def test_malformed_grids_raise_one_line_errors(spec, message):
-  with pytest.raises(sweeps.GridError, match=message) as info:
-    sweeps.parse_grid(spec)
+  with pytest.raises(sweep_grid.GridError, match=message) as info:
+    sweep_grid.parse_grid(spec)
   assert '\n' not in str(info.value)
 
 
@@ -82,55 +86,55 @@ def test_grid_file_lines_comments_and_separators(tmp_path):
   path = tmp_path / 'grid.txt'
   path.write_text('# baseline\ndefense=none\nseed=0,1\n\n---\ndefense=clip;clip_norm=1,3\n'
                   'seed=0,1  \n')
-  grids = sweeps.read_grid_file(str(path))
+  grids = sweep_grid.read_grid_file(str(path))
   assert grids == [[('defense', ('none',)), ('seed', ('0', '1'))],
                    [('defense', ('clip',)), ('clip_norm', ('1', '3')), ('seed', ('0', '1'))]]
-  configs = sweeps.expand(grids)
+  configs = sweep_grid.expand(grids)
   assert len(configs) == 2 + 4
   assert configs[0] == {'defense': 'none', 'seed': '0'}
   assert configs[2] == {'defense': 'clip', 'clip_norm': '1', 'seed': '0'}
   path.write_text('seed=0,1\n\nseed=2\n')
-  with pytest.raises(sweeps.GridError, match=r'grid.txt:3: flag .seed. appears twice'):
-    sweeps.read_grid_file(str(path))
-  with pytest.raises(sweeps.GridError, match='cannot read'):
-    sweeps.read_grid_file(str(tmp_path / 'missing.txt'))
+  with pytest.raises(sweep_grid.GridError, match=r'grid.txt:3: flag .seed. appears twice'):
+    sweep_grid.read_grid_file(str(path))
+  with pytest.raises(sweep_grid.GridError, match='cannot read'):
+    sweep_grid.read_grid_file(str(tmp_path / 'missing.txt'))
 
 
 def test_expand_is_the_ordered_union_without_duplicates():
-  grids = [sweeps.parse_grid('a=1,2;b=x,y'), sweeps.parse_grid('b=y;a=2'),
-           sweeps.parse_grid('a=3')]
-  assert sweeps.expand(grids) == [{'a': '1', 'b': 'x'}, {'a': '1', 'b': 'y'},
+  grids = [sweep_grid.parse_grid('a=1,2;b=x,y'), sweep_grid.parse_grid('b=y;a=2'),
+           sweep_grid.parse_grid('a=3')]
+  assert sweep_grid.expand(grids) == [{'a': '1', 'b': 'x'}, {'a': '1', 'b': 'y'},
                                   {'a': '2', 'b': 'x'}, {'a': '2', 'b': 'y'}, {'a': '3'}]
 
 
 def test_run_names_are_deterministic_safe_and_distinct():
-  assert sweeps.run_name({'defense': 'clip', 'seed': '1'}) == 'defense=clip,seed=1'
-  names = {sweeps.run_name({'data_dir': v}) for v in ('/a/b', '_a_b', 'a b', '..', '')}
+  assert sweep_grid.run_name({'defense': 'clip', 'seed': '1'}) == 'defense=clip,seed=1'
+  names = {sweep_grid.run_name({'data_dir': v}) for v in ('/a/b', '_a_b', 'a b', '..', '')}
   assert len(names) == 5
   assert all('/' not in n and ' ' not in n and n != 'data_dir=..' for n in names)
-  assert sweeps.run_name({'data_dir': '/a/b'}) == sweeps.run_name({'data_dir': '/a/b'})
-  assert len(sweeps.run_name({f'flag{i}': 'x' * 40 for i in range(20)})) <= 200
+  assert sweep_grid.run_name({'data_dir': '/a/b'}) == sweep_grid.run_name({'data_dir': '/a/b'})
+  assert len(sweep_grid.run_name({f'flag{i}': 'x' * 40 for i in range(20)})) <= 200
 
 
 def test_base_flags_and_spec_validation():
-  assert sweeps.parse_base_flags("--a=1 --b='x y' --flain", ['--c=2']) == [
+  assert sweep_grid.parse_base_flags("--a=1 --b='x y' --flain", ['--c=2']) == [
       '--a=1', '--b=x y', '--flain', '--c=2']
-  with pytest.raises(sweeps.GridError, match="unexpected '3'"):
-    sweeps.parse_base_flags('--rounds 3')
-  with pytest.raises(sweeps.GridError, match='cannot split'):
-    sweeps.parse_base_flags("--a='x")
-  grid = [sweeps.parse_grid('seed=0,1')]
-  with pytest.raises(sweeps.GridError, match='remove it from the grid'):
-    sweeps.SweepSpec('out', [sweeps.parse_grid('output_dir=a,b')]).validate()
-  with pytest.raises(sweeps.GridError, match='remove it from --base_flags'):
-    sweeps.SweepSpec('out', grid, base_flags=['--output_dir=x']).validate()
-  with pytest.raises(sweeps.GridError, match='empty grid'):
-    sweeps.SweepSpec('out', []).validate()
+  with pytest.raises(sweep_grid.GridError, match="unexpected '3'"):
+    sweep_grid.parse_base_flags('--rounds 3')
+  with pytest.raises(sweep_grid.GridError, match='cannot split'):
+    sweep_grid.parse_base_flags("--a='x")
+  grid = [sweep_grid.parse_grid('seed=0,1')]
+  with pytest.raises(sweep_grid.GridError, match='remove it from the grid'):
+    sweep_plan.SweepSpec('out', [sweep_grid.parse_grid('output_dir=a,b')]).validate()
+  with pytest.raises(sweep_grid.GridError, match='remove it from --base_flags'):
+    sweep_plan.SweepSpec('out', grid, base_flags=['--output_dir=x']).validate()
+  with pytest.raises(sweep_grid.GridError, match='empty grid'):
+    sweep_plan.SweepSpec('out', []).validate()
   with pytest.raises(ValueError, match='unknown --program=experiments.nope'):
-    sweeps.resolve_program('experiments.nope')
+    sweep_plan.resolve_program('experiments.nope')
   with pytest.raises(ValueError, match='unknown --program=nonexistent_pkg.mod'):
-    sweeps.resolve_program('nonexistent_pkg.mod')
-  assert sweeps.resolve_program('experiments.emnist_backdoor') == REPO
+    sweep_plan.resolve_program('nonexistent_pkg.mod')
+  assert sweep_plan.resolve_program('experiments.emnist_backdoor') == REPO
 
 
 def test_config_mismatches_follow_flag_semantics():
@@ -138,12 +142,12 @@ def test_config_mismatches_follow_flag_semantics():
             'output_dir': '/old/place', 'defense': {'name': 'clip', 'clip_norm': 3.0}}
   same = ['--rounds=2', '--client_lr=0.10', '--flain', '--defense=clip', '--clip_norm=3',
           '--verbosity=1', '--output_dir=/new/place']
-  assert sweeps.config_mismatches(config, same, ignore=('output_dir',)) == []
-  assert sweeps.config_mismatches(config, ['--rounds=3', '--rounds=2']) == []  # Last wins.
+  assert sweep_plan.config_mismatches(config, same, ignore=('output_dir',)) == []
+  assert sweep_plan.config_mismatches(config, ['--rounds=3', '--rounds=2']) == []  # Last wins.
   for args, flag in ((['--clip_norm=1'], 'clip_norm'), (['--defense=none'], 'defense'),
                      (['--noflain'], 'flain'), (['--flain=false'], 'flain'),
                      (['--data_dir=/x'], 'data_dir'), (['--rounds=two'], 'rounds')):
-    diffs = sweeps.config_mismatches(config, args)
+    diffs = sweep_plan.config_mismatches(config, args)
     assert len(diffs) == 1 and diffs[0].startswith(f'--{flag}:'), (args, diffs)
 
 
@@ -161,7 +165,7 @@ def fake_program(tmp_path, monkeypatch):
 
 def test_failures_are_reported_without_stopping_others_and_rerun(tmp_path, fake_program):
   out = str(tmp_path / 'sweep')
-  spec = sweeps.SweepSpec(out, [sweeps.parse_grid('mode=a,crash,b;seed=1,2,3')],
+  spec = sweep_plan.SweepSpec(out, [sweep_grid.parse_grid('mode=a,crash,b;seed=1,2,3')],
                           base_flags=['--scale=2'], program=fake_program,
                           metrics=('test_accuracy', 'extra.x', 'missing.metric'))
   lines = []
@@ -170,21 +174,21 @@ def test_failures_are_reported_without_stopping_others_and_rerun(tmp_path, fake_
   assert sorted(result.failed) == [f'mode=crash,seed={s}' for s in (1, 2, 3)]
   assert all('exit code 3: error: mode crash is not supported' in why
              for why in result.failed.values())
-  assert sum(s == sweeps.FINISHED for s in result.status.values()) == 6
+  assert sum(s == sweep_plan.FINISHED for s in result.status.values()) == 6
   assert any(l.startswith('3 configuration(s) failed') for l in lines)
-  with open(os.path.join(out, 'mode=crash,seed=2', sweeps.LOG_FILE)) as f:
+  with open(os.path.join(out, 'mode=crash,seed=2', sweep_plan.LOG_FILE)) as f:
     log = f.read()
   assert '--mode=crash --seed=2' in log and 'error: mode crash' in log
 
-  rows = _read_csv(os.path.join(out, sweeps.RESULTS_CSV))
+  rows = _read_csv(os.path.join(out, sweep_plan.RESULTS_CSV))
   assert [(r['mode'], r['n_seeds']) for r in rows] == [('a', '3'), ('crash', '0'), ('b', '3')]
   assert float(rows[0]['test_accuracy_mean']) == pytest.approx(0.4)  # (0.2 + 0.4 + 0.6) / 3
   assert float(rows[0]['test_accuracy_std']) == pytest.approx(0.2)
   assert float(rows[2]['extra_x_mean']) == 1.5
   assert 'missing_metric_mean' not in rows[0]  # Absent from every run: left out.
-  runs = _read_csv(os.path.join(out, sweeps.RUNS_CSV))
+  runs = _read_csv(os.path.join(out, sweep_plan.RUNS_CSV))
   assert len(runs) == 9 and {r['status'] for r in runs} == {'finished', 'failed'}
-  with open(os.path.join(out, sweeps.RESULTS_MD)) as f:
+  with open(os.path.join(out, sweep_plan.RESULTS_MD)) as f:
     md = f.read()
   assert '| a | 3 | 0.4000 ± 0.2000 | 1.5000 ± 0.0000 |' in md
 
@@ -196,11 +200,11 @@ def test_failures_are_reported_without_stopping_others_and_rerun(tmp_path, fake_
 
 def test_mismatched_or_foreign_directories_block_the_sweep(tmp_path, fake_program):
   out = str(tmp_path / 'sweep')
-  grid = [sweeps.parse_grid('mode=a;seed=1,2')]
-  spec = sweeps.SweepSpec(out, grid, base_flags=['--scale=2'], program=fake_program)
+  grid = [sweep_grid.parse_grid('mode=a;seed=1,2')]
+  spec = sweep_plan.SweepSpec(out, grid, base_flags=['--scale=2'], program=fake_program)
   assert sweeps.run_sweep(spec, out=lambda s: None).exit_code == 0
   before = _final_mtimes(out)
-  other = sweeps.SweepSpec(out, grid, base_flags=['--scale=3'], program=fake_program)
+  other = sweep_plan.SweepSpec(out, grid, base_flags=['--scale=3'], program=fake_program)
   with pytest.raises(ValueError, match=r"2 run directories .* --scale: 2.0 in config.json, "
                                        r"'3' requested.*--replace_mismatched"):
     sweeps.run_sweep(other, out=lambda s: None)
@@ -213,12 +217,12 @@ def test_mismatched_or_foreign_directories_block_the_sweep(tmp_path, fake_progra
   with open(os.path.join(fresh, 'mode=a,seed=1', 'notes.txt'), 'w') as f:
     f.write('mine')
   with pytest.raises(ValueError, match='not made by a sweep'):
-    sweeps.run_sweep(sweeps.SweepSpec(fresh, grid, program=fake_program), out=lambda s: None)
+    sweeps.run_sweep(sweep_plan.SweepSpec(fresh, grid, program=fake_program), out=lambda s: None)
 
 
 def test_dry_run_lists_commands_and_touches_nothing(tmp_path, fake_program):
   out = str(tmp_path / 'sweep')
-  spec = sweeps.SweepSpec(out, [sweeps.parse_grid('mode=a,b;seed=1')], program=fake_program,
+  spec = sweep_plan.SweepSpec(out, [sweep_grid.parse_grid('mode=a,b;seed=1')], program=fake_program,
                           base_flags=['--scale=2'])
   lines = []
   result = sweeps.run_sweep(spec, dry_run=True, out=lines.append)
@@ -250,11 +254,11 @@ def test_sweep_program_gives_one_line_error_for_a_malformed_grid(tmp_path):
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   out = str(tmp_path / 'sweep')
-  spec = sweeps.SweepSpec(out, [sweeps.parse_grid('defense=none,clip;seed=0,1')],
-                          base_flags=sweeps.parse_base_flags(TINY_FLAGS.format(idx_dir)))
+  spec = sweep_plan.SweepSpec(out, [sweep_grid.parse_grid('defense=none,clip;seed=0,1')],
+                          base_flags=sweep_grid.parse_base_flags(TINY_FLAGS.format(idx_dir)))
 
   def interrupt(run, state):  # Same path as Ctrl-C: stop the running children.
-    assert state == sweeps.FINISHED, run.name
+    assert state == sweep_plan.FINISHED, run.name
     raise KeyboardInterrupt
 
   first = sweeps.run_sweep(spec, parallel=2, on_finish=interrupt, out=lambda s: None)
@@ -262,11 +266,11 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
   finished = _final_mtimes(out)
   assert 1 <= len(finished) < 4
   # Unfinished directories (the interrupted child, or a crash) are redone from scratch.
-  for run in sweeps.plan(spec):
+  for run in sweep_plan.plan(spec):
     if run.name not in finished:
       os.makedirs(run.directory, exist_ok=True)
-      if not os.path.exists(os.path.join(run.directory, sweeps.RUN_RECORD)):
-        with open(os.path.join(run.directory, sweeps.RUN_RECORD), 'w') as f:
+      if not os.path.exists(os.path.join(run.directory, sweep_plan.RUN_RECORD)):
+        with open(os.path.join(run.directory, sweep_plan.RUN_RECORD), 'w') as f:
           f.write('{}')
       with open(os.path.join(run.directory, 'stale.txt'), 'w') as f:
         f.write('left by a crash')
@@ -287,19 +291,19 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert config['seed'] == int(run.flags['seed']) and config['rounds'] == 2
     with open(os.path.join(run.directory, 'final.json')) as f:
       finals[run.name] = json.load(f)
-    with open(os.path.join(run.directory, sweeps.LOG_FILE)) as f:
+    with open(os.path.join(run.directory, sweep_plan.LOG_FILE)) as f:
       assert 'round    2/2' in f.read()
 
-  rows = _read_csv(os.path.join(out, sweeps.RESULTS_CSV))
+  rows = _read_csv(os.path.join(out, sweep_plan.RESULTS_CSV))
   assert [(r['defense'], r['n_seeds']) for r in rows] == [('none', '2'), ('clip', '2')]
   for row in rows:
     for metric in ('test_accuracy', 'backdoor_accuracy'):
       values = [finals[f'defense={row["defense"]},seed={s}'][metric] for s in (0, 1)]
       assert float(row[f'{metric}_mean']) == pytest.approx(statistics.mean(values))
       assert float(row[f'{metric}_std']) == pytest.approx(statistics.stdev(values), abs=1e-12)
-  runs = _read_csv(os.path.join(out, sweeps.RUNS_CSV))
+  runs = _read_csv(os.path.join(out, sweep_plan.RUNS_CSV))
   assert [r['status'] for r in runs] == ['finished'] * 4
-  with open(os.path.join(out, sweeps.SWEEP_FILE)) as f:
+  with open(os.path.join(out, sweep_plan.SWEEP_FILE)) as f:
     assert [r['group'] for r in json.load(f)['runs']] == ['defense=none'] * 2 + [
         'defense=clip'] * 2
 
@@ -312,7 +316,7 @@ def test_finished_run_dirs_select_by_grid_flags_and_final_json(tmp_path):
       (tmp_path / f'r{i}' / 'final.json').write_text('{}')
     entries.append({'name': f'r{i}', 'flags': {'defense': defense, 'seed': '0'},
                     'group': 'g', 'status': 'finished' if done else 'running'})
-  (tmp_path / sweeps.SWEEP_FILE).write_text(json.dumps({'runs': entries}))
-  assert sweeps.finished_run_dirs(str(tmp_path), {'defense': 'none'}) == [
+  (tmp_path / sweep_plan.SWEEP_FILE).write_text(json.dumps({'runs': entries}))
+  assert sweep_results.finished_run_dirs(str(tmp_path), {'defense': 'none'}) == [
       os.path.join(str(tmp_path), 'r0')]
-  assert len(sweeps.finished_run_dirs(str(tmp_path), {})) == 2
+  assert len(sweep_results.finished_run_dirs(str(tmp_path), {})) == 2

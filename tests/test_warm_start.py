@@ -11,11 +11,14 @@ import pytest
 
 from tests import tiny
 from tff_backdoor import models
-from tff_backdoor.analysis import anomaly
+from tff_backdoor.analysis import captures as captures_lib
 from tff_backdoor.run import driver
 from tff_backdoor.run import setup as setup_lib
-from studies import sweeps
 from tff_backdoor.run import warm_start
+
+from studies import sweep_grid
+from studies import sweep_plan
+from studies import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,8 +100,8 @@ def test_warm_start_draws_the_randomness_of_the_same_run_from_scratch(idx_dir, s
                attack_start=1, attack='boost', capture_rounds='all', seed=7)
   driver.run_experiment(_config(idx_dir, tmp_path / 'warm', init_from=source, **flags))
   driver.run_experiment(_config(idx_dir, tmp_path / 'scratch', **flags))
-  warm = anomaly.load_captures(str(tmp_path / 'warm' / 'captures'))
-  scratch = anomaly.load_captures(str(tmp_path / 'scratch' / 'captures'))
+  warm = captures_lib.load_captures(str(tmp_path / 'warm' / 'captures'))
+  scratch = captures_lib.load_captures(str(tmp_path / 'scratch' / 'captures'))
   assert [c.client_ids for c in warm] == [c.client_ids for c in scratch]
   assert [c.malicious.tolist() for c in warm] == [c.malicious.tolist() for c in scratch]
   assert [r['num_attackers'] for r in _rows(tmp_path / 'warm')] == [0, 1, 1]  # from round 1
@@ -146,7 +149,7 @@ def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_di
   setup = setup_lib.prepare(_config(idx_dir, tmp_path / 'run', **flags))
   setup.process = _StopAfter(setup.process, 2)
   with pytest.raises(KeyboardInterrupt):
-    driver.run_experiment(setup.config, setup)
+    driver.run_prepared(setup)
   resumed = driver.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))
   assert _rows(tmp_path / 'run') == _rows(tmp_path / 'ref')
   assert resumed['model_sha256'] == reference['model_sha256']
@@ -159,12 +162,12 @@ def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_di
 
 def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):
   with pytest.raises(ValueError, match='no such run directory'):
-    _config(idx_dir, tmp_path / 'a', init_from=str(tmp_path / 'nope')).validate()
+    warm_start.check_source(_config(idx_dir, tmp_path / 'a', init_from=str(tmp_path / 'nope')))
   with pytest.raises(ValueError, match='output_dir of this run'):
-    _config(idx_dir, source, init_from=source).validate()
+    warm_start.check_source(_config(idx_dir, source, init_from=source))
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(ValueError, match='neither final_model.keras nor a checkpoint'):
-    _config(idx_dir, tmp_path / 'a', init_from=str(tmp_path / 'empty')).validate()
+    warm_start.check_source(_config(idx_dir, tmp_path / 'a', init_from=str(tmp_path / 'empty')))
   other = models.build_model('sun_cnn', (28, 28, 1), 10, seed=0)
   with pytest.raises(ValueError, match='does not fit'):
     warm_start.load(source, other)
@@ -213,7 +216,7 @@ def fake_program(tmp_path, monkeypatch):
 
 
 def _spec(out, program, pretrain_flags, grid='mode=a,b;seed=1,2'):
-  return sweeps.SweepSpec(str(out), [sweeps.parse_grid(grid)], base_flags=['--rounds=5'],
+  return sweep_plan.SweepSpec(str(out), [sweep_grid.parse_grid(grid)], base_flags=['--rounds=5'],
                           program=program, pretrain_flags=pretrain_flags)
 
 
@@ -224,8 +227,8 @@ def test_sweep_runs_one_pretraining_first_and_warm_starts_every_configuration(tm
   result = sweeps.run_sweep(_spec(out, fake_program, ['--rounds=9', '--mode=clean']),
                             parallel=2, out=lambda s: None,
                             on_finish=lambda run, state: started.append(run.name))
-  assert result.exit_code == 0 and result.pretrain_status == sweeps.FINISHED
-  assert started[0] == sweeps.PRETRAIN and len(started) == 5  # first, and once
+  assert result.exit_code == 0 and result.pretrain_status == sweep_plan.FINISHED
+  assert started[0] == sweep_plan.PRETRAIN and len(started) == 5  # first, and once
   pre = _json(out / 'pretrain' / 'config.json')
   assert pre['rounds'] == '9' and pre['mode'] == 'clean'  # pretrain flags override base flags
   sha = _json(out / 'pretrain' / 'final.json')['model_sha256']
@@ -233,8 +236,8 @@ def test_sweep_runs_one_pretraining_first_and_warm_starts_every_configuration(tm
     config = _json(out / name / 'config.json')
     assert config['init_from'] == str(out / 'pretrain') and config['init_from_sha256'] == sha
     assert config['rounds'] == '5'
-  assert _json(out / sweeps.SWEEP_FILE)['pretrain']['status'] == sweeps.FINISHED
-  assert len(_read_rows(out / sweeps.RUNS_CSV)) == 4  # the pretraining is not a table row
+  assert _json(out / sweep_plan.SWEEP_FILE)['pretrain']['status'] == sweep_plan.FINISHED
+  assert len(_read_rows(out / sweep_plan.RUNS_CSV)) == 4  # the pretraining is not a table row
   again = sweeps.run_sweep(_spec(out, fake_program, ['--rounds=9', '--mode=clean']),
                            out=lambda s: None)
   assert again.ran == [] and len(again.skipped) == 4
@@ -245,7 +248,7 @@ def test_sweep_runs_one_pretraining_first_and_warm_starts_every_configuration(tm
   with pytest.raises(ValueError, match='pretrain'):
     sweeps.run_sweep(other, out=lambda s: None)
   redone = sweeps.run_sweep(other, replace_mismatched=True, out=lambda s: None)
-  assert redone.pretrain_status == sweeps.FINISHED and len(redone.ran) == 4
+  assert redone.pretrain_status == sweep_plan.FINISHED and len(redone.ran) == 4
   new_sha = _json(out / 'pretrain' / 'final.json')['model_sha256']
   assert new_sha != sha
   assert _json(out / 'mode=a,seed=1' / 'config.json')['init_from_sha256'] == new_sha
@@ -255,19 +258,19 @@ def test_a_failed_pretraining_runs_no_configuration(tmp_path, fake_program):
   out = tmp_path / 'sweep'
   lines = []
   result = sweeps.run_sweep(_spec(out, fake_program, ['--mode=crash']), out=lines.append)
-  assert result.exit_code == 1 and result.pretrain_status == sweeps.FAILED
-  assert list(result.failed) == [sweeps.PRETRAIN] and result.ran == []
-  assert set(result.status.values()) == {sweeps.NOT_RUN}
+  assert result.exit_code == 1 and result.pretrain_status == sweep_plan.FAILED
+  assert list(result.failed) == [sweep_plan.PRETRAIN] and result.ran == []
+  assert set(result.status.values()) == {sweep_plan.NOT_RUN}
   assert not (out / 'mode=a,seed=1').exists()
   assert any('pretrain' in l and 'mode crash' in l for l in lines)
 
 
 def test_pretraining_and_init_from_do_not_mix(tmp_path, fake_program):
-  with pytest.raises(sweeps.GridError, match='init_from'):
+  with pytest.raises(sweep_grid.GridError, match='init_from'):
     _spec(tmp_path, fake_program, [], grid='init_from=a,b').validate()
-  with pytest.raises(sweeps.GridError, match='output_dir'):
+  with pytest.raises(sweep_grid.GridError, match='output_dir'):
     _spec(tmp_path, fake_program, ['--output_dir=x']).validate()
-  plain = sweeps.plan(_spec(tmp_path, fake_program, None))
+  plain = sweep_plan.plan(_spec(tmp_path, fake_program, None))
   assert not any('init_from' in a for run in plain for a in run.args)  # no pretraining
 
 

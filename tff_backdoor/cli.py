@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from tff_backdoor import config as config_lib  # TensorFlow-free
+from tff_backdoor import options
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -37,13 +38,14 @@ def one_line_flags_parser(argv: List[str]) -> List[str]:
   It is also the programs' start: lowers absl logging to WARNING (TFF logs INFO lines for
   every model it wraps; `--verbosity=0` brings them back), quiets TensorFlow's C++ logs,
   turns oneDNN on unless the environment says otherwise (`contexts.fast_path_defaults`), turns
-  SIGTERM into an exit and stops this process's TFF workers at exit (`execution.contexts`).
+  SIGTERM into an exit and stops this process's TFF workers at exit (`execution.workers`).
   """
   from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top  (TF-free)
+  from tff_backdoor.execution import workers  # pylint: disable=g-import-not-at-top  (TF-free)
   logging.set_verbosity(logging.WARNING)
   contexts.quiet_tensorflow_logs()
   contexts.fast_path_defaults()
-  contexts.stop_workers_at_exit()
+  workers.stop_workers_at_exit()
   exit_on_sigterm()
   try:
     return flags.FLAGS(argv)
@@ -71,8 +73,8 @@ def checked_flags_parser(*heavy_modules: str,
 
 def _define(field: dataclasses.Field, flag_values: flags.FlagValues) -> None:
   """One absl flag for a config field, typed from its annotation, defaulting to its flat value."""
-  name, kind = config_lib.flag_name(field), config_lib.field_type(field)
-  default = config_lib.to_flat_value(field, field.default)
+  name, kind = options.flag_name(field), options.field_type(field)
+  default = options.to_flat_value(field, field.default)
   help_text = field.metadata['help'] or f'See tff_backdoor.config ({field.name}).'
   if field.metadata['choices']:
     flags.DEFINE_enum(name, default, list(field.metadata['choices']), help_text,
@@ -90,7 +92,7 @@ def define_config_flags(sections: Sequence[str] = tuple(n for n, _ in config_lib
   kinds = dict(config_lib.SECTIONS)
   for section in sections:
     for field in dataclasses.fields(kinds[section]):
-      if field.metadata['is_flag'] and config_lib.flag_name(field) not in skip:
+      if field.metadata['is_flag'] and options.flag_name(field) not in skip:
         _define(field, flag_values)
 
 
@@ -104,13 +106,17 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
   flat, defense = {}, {}
   for section, cls in config_lib.SECTIONS:
     for field in dataclasses.fields(cls):
-      name = config_lib.flag_name(field)
+      name = options.flag_name(field)
       if name in values and field.metadata['is_flag']:
         target = defense if section == 'defense' else flat
         target[field.name if section == 'defense' else name] = values[name]
   try:
-    return config_lib.ExperimentConfig.from_flat(
+    config = config_lib.ExperimentConfig.from_flat(
         defense=config_lib.DefenseConfig(**defense), **flat).validate()
+    if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
+      from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
+      warm_start.check_source(config)
+    return config
   except ValueError as e:
     fail(str(e))
 

@@ -1,104 +1,35 @@
 """One run's configuration: typed sub-configs whose fields carry their flag, help and rule.
 
-TensorFlow-free, so a program checks its flags before it imports TensorFlow. `flags_lib`
-declares one absl flag per field from this metadata; `ExperimentConfig.to_dict` / `from_flat`
-keep the flat `config.json` keys (and their 0 / -1 / '' spellings of "unset") of older runs.
-Each sub-config names the module it configures.
+TensorFlow-free, so a program checks its flags before it imports TensorFlow. Each section is
+one concern; a reusable piece owns its own section (`aggregators.defense_config.DefenseConfig`)
+and this module composes them. `cli` declares one absl flag per field from the metadata
+(`tff_backdoor.options`); `ExperimentConfig.to_dict` / `from_flat` keep the flat `config.json`
+keys (and their 0 / -1 / '' spellings of "unset") of older runs. Each sub-config names the
+module it configures.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
+from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
+from tff_backdoor.execution import workers
+from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, UNIT_INTERVAL
+from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
+from tff_backdoor.options import from_flat_value, to_flat_value
 
 # Names of the registries whose builders import TensorFlow (tests check they agree).
 MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
-ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')  # attacks.client_work
-TASKS = ('none', 'targeted', 'pixel')  # attacks.tasks
+ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')  # attacks.client_work.ATTACKERS
+TASKS = ('none', 'targeted', 'pixel')  # run.setup.TASK_BUILDERS
 SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
-PATTERNS = ('square', 'plus')  # attacks.tasks.PixelTriggerTask
-THRESHOLD_MODES = ('quantile', 'absolute')  # flain
-DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
-            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean',
-            'sun_dp')  # aggregators.registry
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """A one-field constraint: `check(value)` is True when the value is allowed."""
-  text: str
-  check: Callable[[Any], bool]
-
-
-POSITIVE = Rule('> 0', lambda v: math.isfinite(v) and v > 0)
-NONNEGATIVE = Rule('>= 0', lambda v: v >= 0)
-AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
-UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
-OPEN_UNIT = Rule('in (0, 1)', lambda v: 0 < v < 1)
-BELOW_HALF = Rule('in [0, 0.5)', lambda v: 0 <= v < 0.5)
-
-
-def option(default: Any, help_text: str, *, rule: Optional[Rule] = None,
-           choices: Sequence[str] = (), flag: Optional[str] = None, unset: Any = None,
-           negative_unset: bool = False, is_flag: bool = True) -> Any:
-  """A dataclass field with its flag's name, help text, rule and choices in its metadata.
-
-  `unset` is the flat spelling (config.json, flags) of None for this field, e.g. 0 for
-  "never"; `negative_unset` also reads any negative number as None, as older runs did.
-  """
-  return dataclasses.field(default=default, metadata=dict(
-      help=help_text, rule=rule, choices=tuple(choices), flag=flag, unset=unset,
-      negative_unset=negative_unset, is_flag=is_flag))
-
-
-def flag_name(field: dataclasses.Field) -> str:
-  return field.metadata.get('flag') or field.name
-
-
-def field_type(field: dataclasses.Field) -> type:
-  """bool, int, float or str: the flag type of a field (from its annotation)."""
-  text = str(field.type)
-  for name, kind in (('bool', bool), ('int', int), ('float', float)):
-    if text in (name, f'Optional[{name}]'):
-      return kind
-  return str
-
-
-def check_field(field: dataclasses.Field, value: Any, prefix: str = '') -> None:
-  """Raises ValueError, `{prefix}{flag} must be ..., got v`, if `value` breaks the field's rule."""
-  if value is None:
-    return
-  name, kind = prefix + flag_name(field), field_type(field)
-  if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                               or (kind is int and int(value) != value)):
-    raise ValueError(f'{name} must be an integer, got {value!r}' if kind is int
-                     else f'{name} must be a number, got {value!r}')
-  choices, rule = field.metadata.get('choices'), field.metadata.get('rule')
-  if choices and value not in choices:
-    raise ValueError(f'unknown {name}={value!r}; choose one of {", ".join(choices)}')
-  if rule is not None and not rule.check(value):  # NaN fails every rule
-    raise ValueError(f'{name} must be {rule.text}, got {value}')
-
-
-def check_fields(config: Any, prefix: str = '') -> None:
-  """`check_field` on every field of a sub-config."""
-  for field in dataclasses.fields(config):
-    check_field(field, getattr(config, field.name), prefix)
-
-
-class _Fields:
-  """Refuses to set an attribute that is not a field (e.g. an old flat name on a section)."""
-
-  def __setattr__(self, name: str, value: Any) -> None:
-    if name not in getattr(self, '__dataclass_fields__', {}):
-      raise AttributeError(f'{type(self).__name__} has no field {name!r}')
-    super().__setattr__(name, value)
+PATTERNS = ('square', 'plus')  # attacks.tasks.PATTERNS
+THRESHOLD_MODES = ('quantile', 'absolute')  # flain.MODE_DEFAULTS
 
 
 @dataclasses.dataclass
-class DataConfig(_Fields):
+class DataConfig(Fields):
   """Where clients, test and server data come from (tff_backdoor.data.load_federated_data)."""
   dataset: str = option('fashion_mnist', 'Training data source.', choices=DATASETS)
   data_dir: Optional[str] = option(
@@ -130,8 +61,8 @@ class DataConfig(_Fields):
 
 
 @dataclasses.dataclass
-class FedAvgConfig(_Fields):
-  """The model and FedAvg's optimizers and sampling (models, training.build_attacked_fed_avg)."""
+class FedAvgConfig(Fields):
+  """The model and FedAvg's optimizers and sampling (models, learning.process)."""
   model: str = option('sun_cnn', 'Keras model.', choices=MODELS)
   rounds: int = option(20, 'Federated rounds.', rule=AT_LEAST_ONE)
   clients_per_round: int = option(10, 'Clients sampled per round.', rule=AT_LEAST_ONE)
@@ -142,7 +73,7 @@ class FedAvgConfig(_Fields):
 
 
 @dataclasses.dataclass
-class TaskConfig(_Fields):
+class TaskConfig(Fields):
   """What the attackers inject (attacks.tasks: TargetedTask, PixelTriggerTask)."""
   name: str = option('none', 'Backdoor: targeted (Sun et al.) or pixel (BadNets trigger).',
                      choices=TASKS, flag='task')
@@ -172,7 +103,7 @@ class TaskConfig(_Fields):
 
 
 @dataclasses.dataclass
-class AttackerConfig(_Fields):
+class AttackerConfig(Fields):
   """How attackers build their update (attacks.client_work.AttackConfig and its data)."""
   mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
                      flag='attack')
@@ -190,7 +121,7 @@ class AttackerConfig(_Fields):
 
 
 @dataclasses.dataclass
-class ScheduleConfig(_Fields):
+class ScheduleConfig(Fields):
   """When attackers take part (attacks.schedules)."""
   name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
   attack_every: int = option(1, 'fixed_frequency: one attacker every k.', rule=AT_LEAST_ONE)
@@ -207,101 +138,8 @@ class ScheduleConfig(_Fields):
       flag='sample_with_replacement')
 
 
-# The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
-# each default. One row a field: a defense's new parameter is a new row.
-DEFENSE_PARAMETERS = (
-    ('clip_norm', 3.0, POSITIVE, 'clip, clip_mean, weak_dp, sun_dp: the L2 bound M.'),
-    ('adaptive_quantile', 0.5, OPEN_UNIT, 'adaptive_clip: quantile of norms.'),
-    ('adaptive_initial_norm', 1.0, POSITIVE, 'adaptive_clip: first bound.'),
-    ('adaptive_learning_rate', 0.2, POSITIVE, 'adaptive_clip: bound step.'),
-    ('zeroing_norm', 3.0, POSITIVE, 'zeroing: drop updates above it.'),
-    ('dp_sigma', 0.025, NONNEGATIVE, 'weak_dp: noise std of the mean.'),
-    ('sum_noise_stddev', 0.0, NONNEGATIVE,
-     "sun_dp: noise std of the SUM (Sun et al.'s mul_factor)."),
-    ('trim_fraction', 0.1, BELOW_HALF, 'trimmed_mean: share cut each end.'),
-    ('krum_f', 1, NONNEGATIVE, 'krum, multi_krum: Byzantine clients tolerated.'),
-    ('krum_m', 0, NONNEGATIVE, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).'),
-    ('bias_z_threshold', 3.5, POSITIVE, 'bias_filter: robust z-score cut-off.'),
-    ('bias_index', -1, None, 'bias_filter: index of the bias tensor in the update.'),
-)
-
-
-def _with_parameters(cls: type) -> type:
-  """Adds a field (annotation and `option`) per DEFENSE_PARAMETERS row, before @dataclass."""
-  for name, default, rule, help_text in DEFENSE_PARAMETERS:
-    cls.__annotations__[name] = type(default).__name__  # 'float' / 'int', as `field_type` reads
-    setattr(cls, name, option(default, help_text, rule=rule))
-  return cls
-
-
-@dataclasses.dataclass(frozen=True)
-@_with_parameters
-class DefenseConfig:
-  """Which defense aggregates the updates, and its parameters (aggregators.registry).
-
-  Only the fields of the chosen defense are used. Every default has a concrete type (no
-  None), so that command-line flags can be typed from them. Defaults:
-  * `clip_norm` = 3.0: the bound M with which Sun et al. (2019) mitigate the attacks at almost
-    no cost on EMNIST; also the clip of 'weak_dp' and 'clip_mean'.
-  * `adaptive_quantile` = 0.5, `adaptive_learning_rate` = 0.2: TFF's defaults for adaptive
-    clipping (the median of client norms); `adaptive_initial_norm` = 1.0, the first round's
-    bound, of the order of M = 3 (TFF starts at 0.1; the bound moves by at most a factor
-    exp(0.2) a round, so a far-off start costs many rounds).
-  * `zeroing_norm` = 3.0: the same bound as the default `clip_norm`, so that 'clip' and
-    'zeroing' compare two reactions (shrink vs drop) to the same bound.
-  * `dp_sigma` = 0.025: std of the Gaussian noise added to each coordinate of the averaged
-    update; a small ("weak DP") level, to be swept in experiments.
-  * `sum_noise_stddev` = 0.0: 'sun_dp' is the aggregation of Sun et al.'s script (unweighted
-    mean of updates clipped to `clip_norm`, noise on the sum); their `mul_factor` defaults to
-    0 (clipping only) and so does this. 'sun_mean' is the same without a bound, their runs
-    "without defense".
-  * `trim_fraction` = 0.1: drop the 10% largest and 10% smallest values of each coordinate.
-  * `krum_f` = 1: Byzantine clients Krum tolerates (needs clients_per_round > 2 f + 2).
-  * `krum_m` = 0: number of updates Multi-Krum averages; 0 means n - f (every client but the
-    f worst-scored), the usual choice; 'krum' always uses 1.
-  * `bias_z_threshold` = 3.5: Iglewicz and Hoaglin's outlier cut-off for robust z-scores
-    (see `BiasAnomalyFilterFactory`); `bias_index` = -1: the last tensor of the update, the
-    logits bias of a Keras model.
-  """
-  name: str = option('none', 'Defense applied while aggregating client updates.',
-                     choices=DEFENSES, flag='defense')
-  # then one field per DEFENSE_PARAMETERS row, in its order: clip_norm, ..., bias_index
-
-  def krum_selected(self, clients_per_round: int) -> int:
-    """m for this config: 1 for 'krum', else `krum_m`, or n - f if `krum_m` is 0."""
-    if self.name == 'krum':
-      return 1
-    return self.krum_m if self.krum_m else clients_per_round - self.krum_f
-
-
-def validate_defense(config: DefenseConfig, clients_per_round: int) -> None:
-  """Raises ValueError, with a one-line message, if `config` cannot run with this many clients.
-
-  Every numeric field is checked against its rule whatever the defense (a bad value is a
-  mistake even if unused); Krum's constraints on the number of clients only for Krum.
-  """
-  if config.name not in DEFENSES:
-    raise ValueError(f'unknown defense {config.name!r}; choose one of: {", ".join(DEFENSES)}')
-  if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int) or (
-      clients_per_round < 1):
-    raise ValueError(f'clients_per_round must be a positive integer, got {clients_per_round!r}')
-  for field in dataclasses.fields(config):
-    if field.name != 'name':
-      check_field(field, getattr(config, field.name))
-  if config.name in ('krum', 'multi_krum'):
-    n, f = clients_per_round, config.krum_f
-    if not n > 2 * f + 2:
-      raise ValueError(f'krum_f={f} is too large for clients_per_round={n}: Krum needs '
-                       f'clients_per_round > 2*krum_f + 2')
-    if config.name == 'krum' and config.krum_m not in (0, 1):
-      raise ValueError(f"krum_m={config.krum_m} is for 'multi_krum'; 'krum' selects 1 update")
-    m = config.krum_selected(n)
-    if not 1 <= m <= n - f:
-      raise ValueError(f'krum_m={m} must be in [1, clients_per_round - krum_f] = [1, {n - f}]')
-
-
 @dataclasses.dataclass
-class FlainOptions(_Fields):
+class FlainOptions(Fields):
   """FLAIN on the final global model, with server-side auxiliary data (flain.FlainConfig)."""
   enabled: bool = option(False, 'Apply FLAIN to the final global model and report '
                          'main/backdoor accuracy before and after.', flag='flain')
@@ -322,7 +160,7 @@ class FlainOptions(_Fields):
 
 
 @dataclasses.dataclass
-class RunConfig(_Fields):
+class RunConfig(Fields):
   """Seed, outputs, evaluation, execution and checkpoints of a run (training, evaluation)."""
   seed: int = option(0, 'Seed of every random choice.', rule=NONNEGATIVE)
   output_dir: str = option('/tmp/tff_backdoor_run', 'Where metrics and models are written.')
@@ -334,7 +172,7 @@ class RunConfig(_Fields):
       'backdoor sets are always whole. 0 = the whole test set.', unset=0, rule=NONNEGATIVE)
   workers: Optional[str] = option(
       None, "Run TFF on these C++ workers, 'host:port,host:port' (start each with `python -m "
-      "tff_backdoor.execution.remote serve --port=P`); '' = TFF's local worker.", unset='')
+      "tff_backdoor.execution.workers serve --port=P`); '' = TFF's local worker.", unset='')
   num_subrounds: Optional[int] = option(
       None, "With --workers: shares each round's clients are split into (0 = one per client: "
       'bit-identical to local execution).', unset=0, rule=NONNEGATIVE)
@@ -374,24 +212,8 @@ def flat_fields() -> Iterator[Tuple[str, str, dataclasses.Field]]:
         yield section, flag_name(field), field
 
 
-def to_flat_value(field: dataclasses.Field, value: Any) -> Any:
-  return field.metadata['unset'] if value is None and field.metadata['unset'] is not None \
-      else value
-
-
-def from_flat_value(field: dataclasses.Field, value: Any) -> Any:
-  """None for a flat "unset" spelling (0, -1, '', or any negative where older runs said so)."""
-  unset = field.metadata['unset']
-  if unset is None or value is None or isinstance(value, bool):
-    return value
-  if value == unset or (field.metadata['negative_unset'] and isinstance(value, (int, float))
-                        and value < 0):
-    return None
-  return value
-
-
 @dataclasses.dataclass
-class ExperimentConfig(_Fields):
+class ExperimentConfig(Fields):
   """Everything one run needs, as one sub-config per concern (see SECTIONS).
 
   `from_flat(**kwargs)` takes today's flag names (`rounds=3, task='pixel', boost=0`, ...),
@@ -487,14 +309,10 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError('--capture_rounds needs distinct clients in a round: drop '
                      '--sample_with_replacement')
   if run.workers:
-    from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top  (TF-free)
-    remote.parse_workers(run.workers)
+    workers.parse_workers(run.workers)
   if config.flain.enabled:
     if data.server_holdout is not None and data.server_holdout < 1:
       raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
-  if run.init_from:  # reads small JSON files, but its module imports TensorFlow
-    from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
-    warm_start.resolve(run.init_from, run.output_dir)
 
 
 def parse_rounds(spec: Optional[str], total_rounds: int) -> set:

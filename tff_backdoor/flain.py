@@ -33,11 +33,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tff_backdoor.config import THRESHOLD_MODES  # noqa: F401  (re-exported)
-
 ALL_DENSE = 'all_dense'
 # Per mode (k0, step) used when FlainConfig leaves them None. 'absolute' = authors' FMNIST values.
 MODE_DEFAULTS = {'quantile': (0.0, 0.005), 'absolute': (0.0005, 0.0001)}
+THRESHOLD_MODES = tuple(MODE_DEFAULTS)  # config.THRESHOLD_MODES without TensorFlow (tested)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +244,7 @@ def _downstream(model: tf.keras.Model, layer: tf.keras.layers.Layer
   return lambda t: sub(t, training=False)
 
 
-class _Evaluator:
+class _AuxAccuracy:
   """Counts correct auxiliary predictions of `clone` with given kernels of the target layers.
 
   Fast path: the first target's pre-activation is kept from its cached inputs and updated only on
@@ -322,7 +321,7 @@ class _Search:
   trajectory: List[Tuple[float, int, float]]
 
 
-def _search(evaluator: '_Evaluator', config: FlainConfig, sorted_acts: Sequence[np.ndarray],
+def _search(evaluator: '_AuxAccuracy', config: FlainConfig, sorted_acts: Sequence[np.ndarray],
             order: Sequence[np.ndarray], thresholds: Callable[[float], List[float]],
             w_final: Sequence[np.ndarray], w_flip: Sequence[np.ndarray], correct_before: int,
             n: int) -> _Search:
@@ -435,7 +434,7 @@ def apply_flain(model: tf.keras.Model,
 
   inputs = _layer_inputs(clone, targets, aux_x, config.batch_size)
   acts, order, sorted_acts = _activation_order(inputs)
-  evaluator = _Evaluator(clone, targets, inputs[0], w_final[0], aux_x, aux_y, config.batch_size)
+  evaluator = _AuxAccuracy(clone, targets, inputs[0], w_final[0], aux_x, aux_y, config.batch_size)
   del inputs
 
   thresholds = functools.partial(_thresholds, acts, config.threshold_mode)

@@ -1,7 +1,7 @@
-"""Run-directory records in one place: file names, JSON, JSON lines, CSV and TensorBoard.
+"""Record formats in one place: strict JSON, JSON lines, CSV, and values made JSON-able.
 
-Every module that reads or writes a run directory (the training loop, warm starts, the studies)
-uses these names and writers, so a file's name and format are defined once.
+Runs, analyses and studies write and read their records through these, so a format is
+defined once; the names of a run directory's files are `run.rundir`'s.
 """
 from __future__ import annotations
 
@@ -13,19 +13,6 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-
-# The files of a run directory (`driver.run_experiment`).
-CONFIG_FILE = 'config.json'  # The run's configuration; written first.
-FINAL_FILE = 'final.json'  # The final metrics; written last: its presence marks a finished run.
-METRICS_JSONL = 'metrics.jsonl'  # One JSON row per round.
-METRICS_CSV = 'metrics.csv'  # The same rows as CSV.
-FLAIN_FILE = 'flain.json'  # FLAIN's result (also in final.json under 'flain').
-CAPTURES_DIR = 'captures'  # Per-round client updates (--capture_rounds).
-TENSORBOARD_DIR = 'tensorboard'
-# What an analysis of runs writes: one summary per run, a table over runs.
-SUMMARY_JSON = 'summary.json'
-SUMMARY_CSV = 'summary.csv'
-
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
   """Flattens nested metric dicts to 'a/b/c' keys with plain Python scalars."""
@@ -69,51 +56,6 @@ def number(value: Any) -> Optional[float]:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     return None
   return float(value) if math.isfinite(value) else None
-
-
-class MetricsWriter:
-  """Appends one row per round to metrics.jsonl, rewrites metrics.csv, logs TensorBoard scalars."""
-
-  def __init__(self, output_dir: str, tensorboard: bool = True, keep_rounds_before: int = 0):
-    """Starts fresh files, keeping the rows of rounds < keep_rounds_before (for resuming)."""
-    os.makedirs(output_dir, exist_ok=True)
-    self.jsonl_path = os.path.join(output_dir, METRICS_JSONL)
-    self.csv_path = os.path.join(output_dir, METRICS_CSV)
-    self.rows: List[Dict[str, Any]] = []
-    if keep_rounds_before > 0 and os.path.exists(self.jsonl_path):
-      self.rows = [r for r in read_jsonl(self.jsonl_path)
-                   if r.get('round', 0) < keep_rounds_before]
-    self._rewrite()
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TF-free readers load fast)
-    self._tf = tf
-    self._summary = (tf.summary.create_file_writer(os.path.join(output_dir, TENSORBOARD_DIR))
-                     if tensorboard else None)
-
-  def write(self, row: Dict[str, Any]) -> None:
-    row = {k: to_jsonable(v) for k, v in row.items()}
-    self.rows.append(row)
-    with open(self.jsonl_path, 'a') as f:
-      f.write(json.dumps(row, sort_keys=False) + '\n')
-    self._rewrite_csv()
-    if self._summary is not None:
-      with self._summary.as_default():
-        for key, value in row.items():
-          if key != 'round' and isinstance(value, (int, float)) and not isinstance(value, bool):
-            self._tf.summary.scalar(key, value, step=int(row['round']))
-      self._summary.flush()
-
-  def _rewrite(self) -> None:
-    with open(self.jsonl_path, 'w') as f:
-      for row in self.rows:
-        f.write(json.dumps(row) + '\n')
-    self._rewrite_csv()
-
-  def _rewrite_csv(self) -> None:
-    write_csv(self.csv_path, self.rows)
-
-  def close(self) -> None:
-    if self._summary is not None:
-      self._summary.close()
 
 
 def write_json(path: str, payload: Any) -> str:
@@ -176,8 +118,3 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
       if i < len(lines) - 1:
         raise ValueError(f'{path}:{i + 1} is not valid JSON') from None
   return rows
-
-
-def read_rows(directory: str) -> List[Dict[str, Any]]:
-  """The per-round rows of a run directory's metrics.jsonl ([] if absent)."""
-  return read_jsonl(os.path.join(directory, METRICS_JSONL))

@@ -4,33 +4,46 @@ Every factory here is a `tff.aggregators.WeightedAggregationFactory` that any TF
 pass to `tff.learning.algorithms.build_weighted_fed_avg(model_aggregator=...)`, and reports what
 it did in its `measurements`. `build_defense(DefenseConfig(name=...), clients_per_round, seed)`
 assembles the one chosen by name, behind a guard against non-finite updates and with client
-norm statistics.
+norm statistics. The TensorFlow-free names (`DefenseConfig`, `DEFENSES`, `validate_defense`)
+load eagerly; the factories load on first use, so the run config reads the defenses'
+parameters without TensorFlow.
 """
-from tff_backdoor.aggregators.bias_filter import BiasAnomalyFilterFactory
-from tff_backdoor.aggregators.clipping import adaptive_clipping_factory
-from tff_backdoor.aggregators.clipping import AggregateClippingFactory
-from tff_backdoor.aggregators.clipping import norm_clipping_factory
-from tff_backdoor.aggregators.clipping import norm_zeroing_factory
-from tff_backdoor.aggregators.dp import seeded_gaussian_fixed
-from tff_backdoor.aggregators.dp import SeededGaussianSumQuery
-from tff_backdoor.aggregators.dp import weak_dp_factory
-from tff_backdoor.aggregators.nonfinite import NonFiniteGuardFactory
-from tff_backdoor.aggregators.norm_statistics import add_client_norm_measurements
-from tff_backdoor.aggregators.registry import build_defense
-from tff_backdoor.aggregators.registry import DefenseConfig
-from tff_backdoor.aggregators.registry import DEFENSES
-from tff_backdoor.aggregators.registry import validate_defense
-from tff_backdoor.aggregators.robust_rules import CoordinateMedianFactory
-from tff_backdoor.aggregators.robust_rules import federated_stack
-from tff_backdoor.aggregators.robust_rules import KrumFactory
-from tff_backdoor.aggregators.robust_rules import ServerRuleFactory
-from tff_backdoor.aggregators.robust_rules import TrimmedMeanFactory
+from __future__ import annotations
 
-__all__ = [
-    'AggregateClippingFactory', 'BiasAnomalyFilterFactory', 'CoordinateMedianFactory',
-    'DEFENSES', 'DefenseConfig', 'KrumFactory', 'NonFiniteGuardFactory',
-    'SeededGaussianSumQuery', 'ServerRuleFactory', 'TrimmedMeanFactory',
-    'adaptive_clipping_factory', 'add_client_norm_measurements', 'build_defense',
-    'federated_stack', 'norm_clipping_factory', 'norm_zeroing_factory', 'seeded_gaussian_fixed',
-    'validate_defense', 'weak_dp_factory',
-]
+import importlib
+from typing import Any
+
+from tff_backdoor.aggregators.defense_config import DEFENSES, DefenseConfig, validate_defense
+
+_LAZY = {
+    'BiasAnomalyFilterFactory': 'bias_filter',
+    'adaptive_clipping_factory': 'clipping',
+    'AggregateClippingFactory': 'clipping',
+    'norm_clipping_factory': 'clipping',
+    'norm_zeroing_factory': 'clipping',
+    'seeded_gaussian_fixed': 'dp',
+    'SeededGaussianSumQuery': 'dp',
+    'weak_dp_factory': 'dp',
+    'NonFiniteGuardFactory': 'nonfinite',
+    'add_client_norm_measurements': 'norm_statistics',
+    'build_defense': 'registry',
+    'CoordinateMedianFactory': 'robust_rules',
+    'federated_stack': 'robust_rules',
+    'KrumFactory': 'robust_rules',
+    'ServerRuleFactory': 'robust_rules',
+    'TrimmedMeanFactory': 'robust_rules',
+}
+
+__all__ = ['DEFENSES', 'DefenseConfig', 'validate_defense'] + list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    value = getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))

@@ -5,7 +5,7 @@ p - y, does not depend on the input: relabelled samples push the target-class bi
 source-class bias down in every step. A backdoor therefore shows up in about num_classes
 numbers of the update, while on kernels the same push is spread over thousands of weights.
 
-Scoring (the same formula as the NumPy detector in `tff_backdoor.analysis.anomaly`): with b_ik the bias
+Scoring (the same formula as the NumPy detector `analysis.anomaly.bias_scores`): with b_ik the bias
 update of participating client i, coordinate k,
   med_k = median_i b_ik,  MAD_k = median_i |b_ik - med_k|,
   dev_ik = |b_ik - med_k| / (1.4826 MAD_k + 1e-12),  score_i = max_k dev_ik,
@@ -27,7 +27,7 @@ MAD_TO_STDDEV = anomaly.MAD_SCALE
 MAD_EPSILON = anomaly.MAD_EPSILON
 
 
-def bias_scores(biases: tf.Tensor, center: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+def client_scores(biases: tf.Tensor, center: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
   """score_i = max_k |biases[i, k] - center[k]| / scale[k], for biases of shape [n, K]."""
   return tf.reduce_max(tf.abs(biases - center) / scale, axis=1)
 
@@ -91,7 +91,7 @@ class BiasAnomalyFilterFactory(robust_rules.ServerRuleFactory):
     biases = tf.reshape(tf.cast(bias, tf.float32), [tf.shape(bias)[0], -1])
     center = robust_rules.coordinate_median(biases)
     scale = MAD_TO_STDDEV * robust_rules.coordinate_median(tf.abs(biases - center)) + MAD_EPSILON
-    scores = bias_scores(biases, center, scale)
+    scores = client_scores(biases, center, scale)
     threshold = tf.maximum(self._z_threshold, tf.reduce_min(scores))
     rejected = scores > threshold
     weights = tf.where(rejected, tf.zeros_like(weights), weights)

@@ -1,7 +1,7 @@
-"""The defenses by name, assembled into one factory; their configuration is in `config`.
+"""The defenses by name, assembled into one factory.
 
-`DefenseConfig`, `DEFENSES` and `validate_defense` live in the TensorFlow-free
-`tff_backdoor.config` (flags are checked before TensorFlow loads) and are re-exported here.
+Their names and parameters (`DefenseConfig`, `DEFENSES`, `validate_defense`) are in the
+TensorFlow-free `defense_config`, so flags are checked before TensorFlow loads.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tff_backdoor.aggregators import dp
 from tff_backdoor.aggregators import nonfinite
 from tff_backdoor.aggregators import norm_statistics
 from tff_backdoor.aggregators import robust_rules
-from tff_backdoor.config import DEFENSES, DefenseConfig, validate_defense  # noqa: F401
+from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 
 DefenseBuilder = Callable[[DefenseConfig, int, Optional[int]],
                           tff.aggregators.WeightedAggregationFactory]

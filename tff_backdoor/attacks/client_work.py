@@ -7,7 +7,7 @@ clients (and attackers' benign passes) run exactly the local SGD of
 `tff.learning.templates.build_model_delta_client_work`, so with no attacker and a model without
 random layers a round equals `tff.learning.algorithms.build_weighted_fed_avg`.
 
-Client randomness is a function of the client's `seed` only (the simulation draws it per
+Client randomness is a function of the client's `seed` only (the run draws it per
 round and client from the run's seed): the data_poison shuffle, and the masks of
 `models.StatelessDropout` layers, whose seed for each batch is `seed` folded with the index of
 the training pass and the batch step. (Keras' stateful Dropout, measured in TFF 0.87, gives
@@ -38,10 +38,9 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.learning import tensor_utils
 
 from tff_backdoor import models as models_lib
-from tff_backdoor.config import ATTACK_MODES  # noqa: F401  (re-exported)
+from tff_backdoor.execution import tff_private
 
 _POISON_SHUFFLE_BUFFER = 100_000
 _DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
@@ -215,8 +214,10 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
   return update, num_examples
 
 
-# Attack mode -> the malicious client's (update, number of examples); one per ATTACK_MODES.
+# Attack mode -> the malicious client's (update, number of examples); config.ATTACK_MODES lists
+# the same names without TensorFlow (a test checks).
 ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded}
+ATTACK_MODES = tuple(ATTACKERS)
 
 
 def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -241,7 +242,7 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
     update, num_examples = tf.cond(control['is_malicious'],
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
-    update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
+    update, has_non_finite = tff_private.zero_all_if_any_non_finite(update)
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
     if has_non_finite > 0:

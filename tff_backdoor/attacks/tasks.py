@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-Arrays = Tuple[np.ndarray, np.ndarray]
+from tff_backdoor.data.core import ArrayPair
 
 PATTERNS = ('square', 'plus')
 SPLITS = ('rows', 'quadrants', 'arms')
@@ -35,7 +35,7 @@ def _round_half_up(value: float) -> int:
   return int(math.floor(value + 0.5))
 
 
-def _as_arrays(x: np.ndarray, y: np.ndarray) -> Arrays:
+def _as_arrays(x: np.ndarray, y: np.ndarray) -> ArrayPair:
   """Returns (x float32, y int32) and checks that they have the same number of examples."""
   x = np.asarray(x, dtype=np.float32)
   y = np.asarray(y, dtype=np.int32).reshape(-1)
@@ -44,7 +44,7 @@ def _as_arrays(x: np.ndarray, y: np.ndarray) -> Arrays:
   return x, y
 
 
-def _empty_like(x: np.ndarray) -> Arrays:
+def _empty_like(x: np.ndarray) -> ArrayPair:
   """An empty (x, y) pair with x's per-example shape."""
   return np.zeros((0,) + tuple(x.shape[1:]), np.float32), np.zeros((0,), np.int32)
 
@@ -60,18 +60,18 @@ class BackdoorTask(abc.ABC):
   name: str = 'backdoor_task'
   target_class: int
 
-  def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> Arrays:
+  def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> ArrayPair:
     """The data an honest client trains on; by default its own data unchanged."""
     del client_id
     return _as_arrays(x, y)
 
   @abc.abstractmethod
   def attacker_data(self, client_id: str, x: np.ndarray, y: np.ndarray, attacker_index: int,
-                    rng: np.random.Generator) -> Tuple[Arrays, Arrays]:
+                    rng: np.random.Generator) -> Tuple[ArrayPair, ArrayPair]:
     """Returns ((benign_x, benign_y), (mal_x, mal_y)) for an attacker holding (x, y)."""
 
   @abc.abstractmethod
-  def eval_sets(self) -> Dict[str, Arrays]:
+  def eval_sets(self) -> Dict[str, ArrayPair]:
     """Named sets labelled with the attacker's desired labels; always has 'backdoor'."""
 
 
@@ -80,9 +80,9 @@ class BackdoorTask(abc.ABC):
 # ------------------------------------------------------------------------------------------
 
 
-def _relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int, *,
+def _relabelled(arrays: Mapping[str, ArrayPair], clients: Sequence[str], cap: int, *,
                 source_class: int, target_class: int, rng: np.random.Generator
-                ) -> Tuple[Arrays, Dict[str, np.ndarray]]:
+                ) -> Tuple[ArrayPair, Dict[str, np.ndarray]]:
   """The source-class images of `clients` labelled target_class (at most `cap` a client, a
   seeded choice; 0 = all), and the indices taken from each client."""
   xs, indices = [], {}
@@ -97,7 +97,7 @@ def _relabelled(arrays: Mapping[str, Arrays], clients: Sequence[str], cap: int, 
   return (x_all, np.full((x_all.shape[0],), target_class, np.int32)), indices
 
 
-def _choose_targets(client_arrays: Mapping[str, Arrays], num_tasks: int, source_class: int,
+def _choose_targets(client_arrays: Mapping[str, ArrayPair], num_tasks: int, source_class: int,
                     min_samples_per_client: int, rng: np.random.Generator) -> List[str]:
   """`num_tasks` client ids (sorted, drawn by `rng`) among those with enough source images."""
   least = max(1, min_samples_per_client)
@@ -110,7 +110,7 @@ def _choose_targets(client_arrays: Mapping[str, Arrays], num_tasks: int, source_
 
 
 def _heldout_set(relabelled: Callable, chosen: Sequence[str],
-                 heldout_arrays: Optional[Mapping[str, Arrays]]) -> Optional[Arrays]:
+                 heldout_arrays: Optional[Mapping[str, ArrayPair]]) -> Optional[ArrayPair]:
   """The target clients' held-out source images, relabelled; None if they have none."""
   present = [cid for cid in chosen if cid in (heldout_arrays or {})]
   if not present:
@@ -120,7 +120,7 @@ def _heldout_set(relabelled: Callable, chosen: Sequence[str],
 
 
 def _collateral_set(relabelled: Callable, chosen: Sequence[str],
-                    collateral_arrays: Optional[Mapping[str, Arrays]]) -> Optional[Arrays]:
+                    collateral_arrays: Optional[Mapping[str, ArrayPair]]) -> Optional[ArrayPair]:
   """Every other client's held-out source images, relabelled; None if there are none."""
   others = sorted(cid for cid in (collateral_arrays or {}) if cid not in chosen)
   return relabelled(collateral_arrays, others, 0)[0] if others else None
@@ -139,10 +139,10 @@ class TargetedTask(BackdoorTask):
   name = 'targeted'
 
   def __init__(self, target_clients: Sequence[str], source_class: int, target_class: int,
-               malicious: Arrays, malicious_counts: Mapping[str, int],
-               heldout: Optional[Arrays] = None, keep_honest_copies: bool = True,
+               malicious: ArrayPair, malicious_counts: Mapping[str, int],
+               heldout: Optional[ArrayPair] = None, keep_honest_copies: bool = True,
                malicious_indices: Optional[Mapping[str, np.ndarray]] = None,
-               collateral: Optional[Arrays] = None):
+               collateral: Optional[ArrayPair] = None):
     """Stores an already chosen task; use `build` to choose it from client data.
 
     `malicious_indices` (client -> indices into its data) says which images were taken;
@@ -163,12 +163,12 @@ class TargetedTask(BackdoorTask):
       raise ValueError('malicious labels must all equal target_class')
 
   @classmethod
-  def build(cls, client_arrays: Mapping[str, Arrays], num_tasks: int, source_class: int = 7,
+  def build(cls, client_arrays: Mapping[str, ArrayPair], num_tasks: int, source_class: int = 7,
             target_class: int = 1, seed: int = 0,
-            heldout_arrays: Optional[Mapping[str, Arrays]] = None,
+            heldout_arrays: Optional[Mapping[str, ArrayPair]] = None,
             keep_honest_copies: bool = True, num_classes: int = 10,
             samples_per_client: int = 0, min_samples_per_client: int = 0,
-            collateral_arrays: Optional[Mapping[str, Arrays]] = None) -> 'TargetedTask':
+            collateral_arrays: Optional[Mapping[str, ArrayPair]] = None) -> 'TargetedTask':
     """Chooses `num_tasks` target clients (seeded) among those holding source_class images.
 
     Args:
@@ -225,7 +225,7 @@ class TargetedTask(BackdoorTask):
     """Number of examples in 'backdoor_heldout' (0 when absent)."""
     return 0 if self._heldout is None else int(self._heldout[0].shape[0])
 
-  def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> Arrays:
+  def honest_data(self, client_id: str, x: np.ndarray, y: np.ndarray) -> ArrayPair:
     """Identity, except that target clients lose exactly the relabelled images when
     keep_honest_copies=False. Pass the client's original arrays (indices refer to them)."""
     x, y = _as_arrays(x, y)
@@ -238,7 +238,7 @@ class TargetedTask(BackdoorTask):
     return x[keep], y[keep]
 
   def attacker_data(self, client_id: str, x: np.ndarray, y: np.ndarray, attacker_index: int,
-                    rng: np.random.Generator) -> Tuple[Arrays, Arrays]:
+                    rng: np.random.Generator) -> Tuple[ArrayPair, ArrayPair]:
     """Benign = the attacker's own data (as `honest_data` would give it); mal = the fixed set.
 
     `attacker_index` and `rng` are unused: every attacker gets the same malicious set.
@@ -248,7 +248,7 @@ class TargetedTask(BackdoorTask):
     mal_x, mal_y = self._malicious
     return benign, (mal_x.copy(), mal_y.copy())
 
-  def eval_sets(self) -> Dict[str, Arrays]:
+  def eval_sets(self) -> Dict[str, ArrayPair]:
     """'backdoor': the malicious samples; 'backdoor_heldout': target clients' held-out ones;
     'collateral': every other client's held-out source images, labelled target_class."""
     sets = {'backdoor': (self._malicious[0].copy(), self._malicious[1].copy())}
@@ -457,7 +457,7 @@ class PixelTriggerTask(BackdoorTask):
       raise ValueError(f'attacker_index must be >= 0, got {attacker_index}')
     return self.part_masks[attacker_index % self.distributed_parts]
 
-  def poison(self, x: np.ndarray, attacker_index: int) -> Arrays:
+  def poison(self, x: np.ndarray, attacker_index: int) -> ArrayPair:
     """`x` with attacker `attacker_index`'s part of the trigger stamped, labelled target_class."""
     mal_x = stamp(x, self.attacker_mask(attacker_index), self.trigger_value)
     return mal_x, np.full((mal_x.shape[0],), self.target_class, np.int32)
@@ -467,7 +467,7 @@ class PixelTriggerTask(BackdoorTask):
     return _round_half_up(self.poison_fraction * num_source)
 
   def attacker_data(self, client_id: str, x: np.ndarray, y: np.ndarray, attacker_index: int,
-                    rng: np.random.Generator) -> Tuple[Arrays, Arrays]:
+                    rng: np.random.Generator) -> Tuple[ArrayPair, ArrayPair]:
     """Poisons a seeded share of the attacker's source-class images; see the class docstring."""
     del client_id
     x, y = _as_arrays(x, y)
@@ -481,6 +481,6 @@ class PixelTriggerTask(BackdoorTask):
     poisoned[chosen] = True
     return (x[~poisoned], y[~poisoned]), self.poison(x[poisoned], attacker_index)
 
-  def eval_sets(self) -> Dict[str, Arrays]:
+  def eval_sets(self) -> Dict[str, ArrayPair]:
     """'backdoor': full trigger on the source-class test images, labelled target_class."""
     return {'backdoor': (self._eval[0].copy(), self._eval[1].copy())}

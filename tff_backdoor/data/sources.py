@@ -16,9 +16,10 @@ from tff_backdoor.data import emnist as emnist_lib
 from tff_backdoor.data import femnist as femnist_lib
 from tff_backdoor.data import idx as idx_lib
 from tff_backdoor.data import partition as partition_lib
-from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS, ArrayPair
 from tff_backdoor.data.core import DataError, FederatedData
+from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS, ArrayPair
 from tff_backdoor.data.core import empty_pair
+from tff_backdoor.execution import tff_private
 _BATCH = 4096
 
 
@@ -158,7 +159,7 @@ def client_arrays(client_data: tff.simulation.datasets.ClientData,
   if unknown:
     raise DataError(f'unknown client ids {sorted(unknown)[:5]}; pick from client_data.client_ids')
   if isinstance(client_data, tff.simulation.datasets.TestClientData):
-    slices = getattr(client_data, '_tensor_slices_dict', None)
+    slices = tff_private.tensor_slices(client_data)
     if (isinstance(slices, dict) and slices
         and all(isinstance(v, dict) and set(v) == {'x', 'y'} for v in slices.values())):
       return {cid: (_readonly(np.asarray(slices[cid]['x'])),

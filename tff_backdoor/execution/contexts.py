@@ -1,30 +1,21 @@
-"""TFF execution contexts, and cleanup of the C++ worker processes TFF starts.
+"""The TFF execution contexts the programs install: local (one worker) or remote workers.
 
-TFF 0.87 runs computations in a `worker_binary` subprocess and only stops it from
-`ServiceManager.__del__`, which often never runs at interpreter exit: the orphaned worker
-then keeps the parent's stdout/stderr open, so a shell pipeline (`... | tail`) or CI hangs.
-Programs call `stop_workers_at_exit()` (through `cli.one_line_flags_parser`) to prevent that;
-importing this module changes nothing. No atexit hook runs on SIGKILL (or an OOM kill), and
-TFF's own launch (`subprocess.Popen` inside `local_cpp_executor_factory`) offers no hook for
-a parent-death signal.
-
-So the programs run on `local_execution()` instead of TFF's stock local context: the same
-TFF `SyncExecutionContext` over gRPC to one `worker_binary`, but a worker we start ourselves
-through `remote.die_with_parent_argv`, which the kernel SIGKILLs when the program ends, however
-it ends. The context is installed explicitly and the previous one restored on exit.
+No atexit hook runs on SIGKILL (or an OOM kill), and TFF's own launch (`subprocess.Popen`
+inside `local_cpp_executor_factory`) offers no hook for a parent-death signal. So the programs
+run on `local_execution()` instead of TFF's stock local context: the same TFF
+`SyncExecutionContext` over gRPC to one `worker_binary`, but a worker we start ourselves
+(`workers.start_local_workers`, behind `workers.die_with_parent_argv`), which the kernel
+SIGKILLs when the program ends, however it ends. The context is installed explicitly and the
+previous one restored on exit; importing this module changes nothing.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import platform
-import signal
-import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
-_WORKER_NAME = 'worker_binary'
-_at_exit: List[bool] = []  # whether stop_workers_at_exit registered its hook
+from tff_backdoor.execution import workers as workers_lib
 
 
 def quiet_tensorflow_logs() -> None:
@@ -74,80 +65,6 @@ def execution_settings() -> Dict[str, Any]:
           'tensorflow': tf.__version__}
 
 
-def stop_workers_at_exit() -> None:
-  """Registers `stop_local_workers` with atexit, once: no TFF worker outlives the program."""
-  if not _at_exit:
-    atexit.register(stop_local_workers)
-    _at_exit.append(True)
-
-
-def _child_worker_pids() -> List[int]:
-  """PIDs of this process's direct children whose command is TFF's worker binary."""
-  me = os.getpid()
-  pids = []
-  try:
-    entries = os.listdir('/proc')
-  except OSError:  # Not Linux: nothing we can do cheaply.
-    return pids
-  for entry in entries:
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat', 'rb') as f:
-        stat = f.read().decode(errors='replace')
-    except OSError:
-      continue
-    # Format: pid (comm) state ppid ...; comm may contain spaces, so split at the last ')'.
-    comm = stat[stat.find('(') + 1:stat.rfind(')')]
-    fields = stat[stat.rfind(')') + 2:].split()
-    if len(fields) > 1 and int(fields[1]) == me and comm.startswith(_WORKER_NAME[:15]):
-      pids.append(int(entry))
-  return pids
-
-
-def _disarm_service_managers() -> None:
-  """Stops TFF's ServiceManager.__del__ from running at shutdown (we stop the worker instead).
-
-  Run at interpreter exit it fails with "Exception ignored ... 'NoneType' object has no
-  attribute 'Popen'" because module globals are already torn down.
-  """
-  import gc  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  if 'tensorflow_federated' not in sys.modules:
-    return
-  for obj in gc.get_objects():
-    cls = type(obj)
-    if cls.__name__ == 'ServiceManager' and cls.__module__.endswith('executor_factory'):
-      cls.__del__ = lambda self: None
-
-
-def stop_local_workers(timeout_s: float = 5.0) -> int:
-  """Stops the TFF worker binaries this process started; returns how many were signalled."""
-  _disarm_service_managers()
-  pids = _child_worker_pids()
-  for pid in pids:
-    try:
-      os.kill(pid, signal.SIGINT)
-    except ProcessLookupError:
-      pass
-  deadline = time.time() + timeout_s
-  for pid in pids:
-    while time.time() < deadline:
-      try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-      except ChildProcessError:
-        break
-      if done:
-        break
-      time.sleep(0.05)
-    else:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except ProcessLookupError:
-        pass
-  return len(pids)
-
-
 class LocalExecution:
   """A TFF sync context on one `worker_binary` that dies with this process (see module doc).
 
@@ -160,11 +77,10 @@ class LocalExecution:
   def __init__(self, max_concurrent_computation_calls: int = -1, stream_structs: bool = False):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
     from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top
-    self._remote = remote
     self._max_calls = max_concurrent_computation_calls
-    (self.worker,) = remote.start_local_workers(
+    (self.worker,) = workers_lib.start_local_workers(
         1, max_concurrent_computation_calls=max_concurrent_computation_calls)
-    self._channel = remote._channel(self.worker.address)  # pylint: disable=protected-access
+    self._channel = workers_lib.channel(self.worker.address)
     self.context = remote.context_on_worker(
         tff.framework.RemoteExecutorGrpcStub(self._channel), stream_structs, sync=True,
         before_each=self._restart_if_exited)
@@ -175,12 +91,12 @@ class LocalExecution:
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.warning('TFF worker on port %d exited with code %s; restarting it',
                     self.worker.port, self.worker.returncode)
-    (self.worker,) = self._remote.start_local_workers(
+    (self.worker,) = workers_lib.start_local_workers(
         1, ports=[self.worker.port], max_concurrent_computation_calls=self._max_calls)
 
   def close(self) -> None:
     """Stops the worker and closes the channel (the context is unusable after)."""
-    self._remote.stop_workers([self.worker])
+    workers_lib.stop_workers([self.worker])
     self._channel.close()
 
 
@@ -220,7 +136,7 @@ def remote_execution(workers: Optional[str], num_subrounds: Optional[int] = None
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top
   previous = tff.framework.get_context_stack().current
-  context = remote.set_remote_execution_context(remote.parse_workers(workers),
+  context = remote.set_remote_execution_context(workers_lib.parse_workers(workers),
                                                 num_subrounds=num_subrounds)
   try:
     yield context

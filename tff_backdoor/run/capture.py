@@ -11,19 +11,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tff_backdoor import metrics_io
-from tff_backdoor.analysis import anomaly
-from tff_backdoor.config import ExperimentConfig, parse_rounds
-from tff_backdoor.learning import process as process_lib
+
+from tff_backdoor.analysis import captures as captures_lib
+from tff_backdoor.config import parse_rounds
+from tff_backdoor.learning import update_capture
+from tff_backdoor.run import rundir
 from tff_backdoor.run.loop import Hook, Round
 
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
-
-
-def spool_dir(config: ExperimentConfig) -> str:
-  """Where a local run's capture rounds spool client updates (process.with_update_capture)."""
-  return os.path.abspath(os.path.join(config.run.output_dir, '.capture_spool'))
 
 
 def save_capture(directory: str, round_num: int, stacked: Sequence[np.ndarray],
@@ -31,9 +27,9 @@ def save_capture(directory: str, round_num: int, stacked: Sequence[np.ndarray],
   """Writes one round's per-client updates (row i = participants[i]) for anomaly.py.
 
   Uncompressed: compressing float updates would cost a capture round more than its training
-  for a ~17% smaller file (anomaly.save_round_capture).
+  for a ~17% smaller file (captures_lib.save_round_capture).
   """
-  return anomaly.save_round_capture(
+  return captures_lib.save_round_capture(
       directory, round_num, stacked, list(variable_names), [p.client_id for p in participants],
       np.array([p.is_attacker for p in participants], dtype=bool), compress=False)
 
@@ -46,7 +42,7 @@ def capture_round(setup: 'ExperimentSetup', state, client_data, participants, ro
   reads the same updates off the round itself (`setup.capture_process`) and tests check
   that both save the same arrays.
   """
-  updates = process_lib.capture_client_updates(
+  updates = update_capture.capture_client_updates(
       setup.client_work, state, setup.process.get_model_weights(state), client_data)
   stacked = [np.stack([u[v] for u in updates]) for v in range(len(variable_names))]
   return save_capture(directory, round_num, stacked, variable_names, participants)
@@ -62,8 +58,8 @@ class CaptureHook(Hook):
     if self.rounds and setup.capture_process is None:
       raise ValueError('--capture_rounds needs setup.capture_process: build the setup with '
                        'prepare(config)')
-    self.directory = os.path.join(config.run.output_dir, metrics_io.CAPTURES_DIR)
-    self.spool = spool_dir(config)
+    self.directory = os.path.join(config.run.output_dir, rundir.CAPTURES_DIR)
+    self.spool = rundir.spool_dir(config.run.output_dir)
     if self.rounds:  # a clean spool: nothing left from an interrupted run is read as this run's
       shutil.rmtree(self.spool, ignore_errors=True)
       os.makedirs(self.spool)
@@ -71,7 +67,7 @@ class CaptureHook(Hook):
   def before_round(self, r: Round) -> None:
     if r.number not in self.rounds:
       return
-    seeds = process_lib.client_seeds(r.client_data)
+    seeds = update_capture.client_seeds(r.client_data)
     if len(set(seeds)) < len(seeds):  # 2 clients, 1 seed (~1e-8 a round): re-run them instead
       capture_round(self.setup, r.state, r.client_data, r.participants, r.number,
                     self.directory, self.variable_names)
@@ -81,7 +77,7 @@ class CaptureHook(Hook):
   def after_round(self, r: Round) -> None:
     if r.process is self.setup.capture_process:
       save_capture(self.directory, r.number,
-                   process_lib.pop_captured_updates(r.output.metrics, r.client_data),
+                   update_capture.pop_captured_updates(r.output.metrics, r.client_data),
                    self.variable_names, r.participants)
 
   def end(self, state: Any, final: dict) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor.attacks.client_work import make_client_data
-from tff_backdoor.learning import process as process_lib
+from tff_backdoor.learning import client_datasets
 
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
@@ -23,7 +23,7 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
   n = len(y)
   order = (np.concatenate([rng.permutation(n) for _ in range(epochs)])
            if n else np.zeros([0], np.int64))
-  return process_lib.client_dataset(x[order], y[order], max(batch_size, 1))
+  return client_datasets.client_dataset(x[order], y[order], max(batch_size, 1))
 
 
 def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Generator):

@@ -1,16 +1,18 @@
 """One run end to end: setup, warm start or resume, the rounds with their hooks, final files.
 
-`run_experiment(config)` is what experiments/emnist_backdoor.py's `main` calls. The rounds
-are `loop.run_rounds` with hooks for capture, evaluation and metrics, progress and
-checkpoints; FLAIN is a hook of the end of the run.
+`run_experiment(config)` is what experiments/emnist_backdoor.py's `main` calls;
+`run_prepared(setup)` runs a setup built (and possibly changed) beforehand. The rounds are
+`loop.run_rounds` with hooks for capture, evaluation and metrics, progress and checkpoints;
+FLAIN is a hook of the end of the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
@@ -25,6 +27,7 @@ from tff_backdoor.run import evaluation
 from tff_backdoor.run import flain_hook
 from tff_backdoor.run import loop
 from tff_backdoor.run import progress as progress_lib
+from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
 from tff_backdoor.run import summary
 from tff_backdoor.run import warm_start
@@ -40,10 +43,10 @@ def resume_state(config: ExperimentConfig, state, streams):
 
   A damaged newer checkpoint is skipped with one line on stderr; none intact: CheckpointError.
   """
-  directory = os.path.join(config.run.output_dir, 'checkpoints')
+  directory = os.path.join(config.run.output_dir, rundir.CHECKPOINTS_DIR)
   if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
-  saved = metrics_io.read_json(os.path.join(config.run.output_dir, metrics_io.CONFIG_FILE))
+  saved = metrics_io.read_json(os.path.join(config.run.output_dir, rundir.CONFIG_FILE))
   current = json.loads(json.dumps(config.to_dict()))
   # Keys newer than the run's config.json count as equal when they keep their default.
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
@@ -76,7 +79,7 @@ class MetricsHook(loop.Hook):
   """Builds each round's row, evaluates when due, and writes metrics.jsonl/csv/TensorBoard."""
 
   def __init__(self, setup: ExperimentSetup, evaluator: evaluation.Evaluator,
-               writer: metrics_io.MetricsWriter, last_eval: Dict[str, float]):
+               writer: rundir.MetricsWriter, last_eval: Dict[str, float]):
     self.setup, self.evaluator, self.writer = setup, evaluator, writer
     self.last_eval = last_eval
     self.between_sets = evaluation.between_rounds_eval_sets(setup)
@@ -109,7 +112,7 @@ class CheckpointHook(loop.Hook):
     if not run.checkpoint_every or (r.number + 1) % run.checkpoint_every:
       return
     checkpoint.save_checkpoint(
-        os.path.join(run.output_dir, 'checkpoints'), r.number + 1, r.state,
+        os.path.join(run.output_dir, rundir.CHECKPOINTS_DIR), r.number + 1, r.state,
         {'next_round': r.number + 1, 'last_eval': self.metrics.last_eval,
          'seconds': time.time() - self.start,
          'rng': {name: self.streams[name].bit_generator.state
@@ -118,17 +121,20 @@ class CheckpointHook(loop.Hook):
 
 
 def _initial_state(setup: ExperimentSetup, evaluator: evaluation.Evaluator):
-  """(round-0 state, config with what --init_from loaded recorded, the warm-start source)."""
+  """(round-0 state, the setup whose config records what --init_from loaded, its source).
+
+  The run's one config from here on: every hook reads `setup.config` of the setup returned.
+  """
   config, state = setup.config, setup.process.initialize()
   if not config.run.init_from:
-    return state, config, None
+    return state, setup, None
   source = warm_start.load(config.run.init_from, evaluator.model, config.run.output_dir)
   config = config.replace(init_from_file=source.file, init_from_sha256=source.sha256,
                           init_from_rounds=source.rounds)
   state = setup.process.set_model_weights(state, tff.learning.models.ModelWeights(
       trainable=[v.numpy() for v in evaluator.model.trainable_weights],
       non_trainable=[v.numpy() for v in evaluator.model.non_trainable_weights]))
-  return state, config, source
+  return state, dataclasses.replace(setup, config=config), source
 
 
 def _announce(progress: progress_lib.Progress, setup: ExperimentSetup, source,
@@ -158,21 +164,27 @@ def _final(setup: ExperimentSetup, evaluator: evaluation.Evaluator, state, start
   """Saves final_model.keras; returns final.json's contents (before FLAIN)."""
   config = setup.config
   final_model = evaluator.load(setup.process.get_model_weights(state))
-  final_model.save(os.path.join(config.run.output_dir, 'final_model.keras'))
+  final_model.save(os.path.join(config.run.output_dir, rundir.FINAL_MODEL))
   return {'rounds': config.fed_avg.rounds, 'seconds': time.time() - start, **last_eval,
           'partition': setup.data.partition_report,
           'model_sha256': warm_start.weights_sha256(final_model.get_weights())}
 
 
-def run_experiment(config: ExperimentConfig,
-                   setup: Optional[ExperimentSetup] = None) -> Dict[str, Any]:
+def run_experiment(config: ExperimentConfig) -> Dict[str, Any]:
   """Runs all rounds, writing metrics/config/final files to config's output_dir; returns final.
 
   With `checkpoint_every` the full loop state is saved every that many rounds; with `resume`,
   a run continues from its newest checkpoint and ends with the same numbers as an
   uninterrupted run with the same seed. With `workers`, TFF runs on them for this call only.
   """
-  setup = setup or setup_lib.prepare(config)
+  return run_prepared(setup_lib.prepare(config))
+
+
+def run_prepared(setup: ExperimentSetup) -> Dict[str, Any]:
+  """`run_experiment` of a setup from `setup.prepare` (its config is `setup.config`).
+
+  The run draws from `setup.streams`, so a setup runs once.
+  """
   with contexts.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
     return _run(setup)
 
@@ -180,19 +192,20 @@ def run_experiment(config: ExperimentConfig,
 def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   run = setup.config.run
   os.makedirs(run.output_dir, exist_ok=True)
-  streams = setup_lib.streams(run.seed)
+  streams = setup.streams
   evaluator = evaluation.Evaluator(setup.keras_builder, run.eval_batch_size)
-  state, config, source = _initial_state(setup, evaluator)  # config: + what init_from loaded
+  state, setup, source = _initial_state(setup, evaluator)  # config: + what init_from loaded
+  config = setup.config
   initial_weights = [np.array(w) for w in evaluator.load(
       setup.process.get_model_weights(state)).get_weights()]
   first_round, meta = 0, {}
   if run.resume:
     state, first_round, meta = resume_state(config, state, streams)
-  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.CONFIG_FILE),
+  metrics_io.write_json(os.path.join(run.output_dir, rundir.CONFIG_FILE),
                         {**config.to_dict(), EXECUTION_KEY: contexts.execution_settings()})
-  writer = metrics_io.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
-                                    keep_rounds_before=first_round)
-  np.savez(os.path.join(run.output_dir, 'initial_weights.npz'), *initial_weights)
+  writer = rundir.MetricsWriter(run.output_dir, tensorboard=run.tensorboard,
+                               keep_rounds_before=first_round)
+  np.savez(os.path.join(run.output_dir, rundir.INITIAL_WEIGHTS), *initial_weights)
   variable_names = [w.name.split(':')[0] for w in evaluator.model.trainable_weights]
   start = time.time() - float(meta.get('seconds', 0.0))
   metrics = MetricsHook(setup, evaluator, writer, dict(meta.get('last_eval', {})))
@@ -208,7 +221,7 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   if config.flain.enabled:
     loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
-  metrics_io.write_json(os.path.join(run.output_dir, metrics_io.FINAL_FILE), final)
+  metrics_io.write_json(os.path.join(run.output_dir, rundir.FINAL_FILE), final)
   if run.verbose:
     print('\n'.join(summary.describe_run(writer.rows, config.to_dict())), flush=True)
   return final

@@ -11,12 +11,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_backdoor.data import ArrayPair
 from tff_backdoor.data import partition as partition_lib
 
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
-
-ArrayPair = Tuple[np.ndarray, np.ndarray]
 
 _EVAL_SUBSET_KEY = 0xE7A1  # second word of the eval subset's seed: [seed, _EVAL_SUBSET_KEY]
 

@@ -16,18 +16,12 @@ from tff_backdoor import config as config_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor.run import evaluation
+from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
 from tff_backdoor.run.loop import Hook
 
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
-
-
-def flain_config(config: config_lib.ExperimentConfig) -> flain_lib.FlainConfig:
-  """flain.FlainConfig of the run's FLAIN options (raises ValueError on bad ones)."""
-  options = config.flain
-  return flain_lib.FlainConfig(layer=options.layer, threshold_mode=options.mode,
-                               k0=options.k0, step=options.step, tolerance=options.tolerance)
 
 
 def run_flain(setup: 'ExperimentSetup', final_model: tf.keras.Model,
@@ -39,12 +33,12 @@ def run_flain(setup: 'ExperimentSetup', final_model: tf.keras.Model,
       *setup.data.server, per_class=config.flain.aux_per_class, seed=config.run.seed,
       num_classes=setup.data.num_classes)
   defended, report = flain_lib.apply_flain(final_model, initial_weights, aux_x, aux_y,
-                                           flain_config(config))
+                                           setup_lib.flain_config(config))
   evaluator.model.set_weights(defended.get_weights())
   after = evaluator.evaluate(setup.eval_sets)
-  evaluator.model.save(os.path.join(config.run.output_dir, 'flain_model.keras'))
+  evaluator.model.save(os.path.join(config.run.output_dir, rundir.FLAIN_MODEL))
   result = {'before': before, 'after': after, 'report': report.to_dict()}
-  metrics_io.write_json(os.path.join(config.run.output_dir, metrics_io.FLAIN_FILE), result)
+  metrics_io.write_json(os.path.join(config.run.output_dir, rundir.FLAIN_FILE), result)
   if config.run.verbose:
     line = [f'FLAIN ({report.threshold_mode} k={report.threshold:.4g}, '
             f'{report.num_flipped} neurons flipped, {report.seconds:.1f}s)']
@@ -75,18 +69,18 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
     raise ValueError(f'not FLAIN options: {", ".join(bad)}')
   if initial_weights is not None and not os.path.isfile(initial_weights):
     raise ValueError(f'--initial_weights={initial_weights}: no such file')
-  config = setup_lib.load_run_config(run_dir, 'final_model.keras', 'initial_weights.npz')
+  config = setup_lib.load_run_config(run_dir, rundir.FINAL_MODEL, rundir.INITIAL_WEIGHTS)
   if os.path.abspath(output_dir) == os.path.abspath(run_dir):
     raise ValueError('--output_dir must differ from the run directory (its FLAIN files stay)')
   config = config.replace(flain=True, output_dir=output_dir, resume=False, capture_rounds='',
                           workers='', **flain_options)
   setup = setup_lib.prepare(config)
   evaluator = evaluation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
-  evaluator.model.load_weights(os.path.join(run_dir, 'final_model.keras'))
-  with np.load(initial_weights or os.path.join(run_dir, 'initial_weights.npz')) as npz:
+  evaluator.model.load_weights(os.path.join(run_dir, rundir.FINAL_MODEL))
+  with np.load(initial_weights or os.path.join(run_dir, rundir.INITIAL_WEIGHTS)) as npz:
     initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
   os.makedirs(output_dir, exist_ok=True)
-  metrics_io.write_json(os.path.join(output_dir, metrics_io.CONFIG_FILE), config.to_dict())
+  metrics_io.write_json(os.path.join(output_dir, rundir.CONFIG_FILE), config.to_dict())
   before = evaluator.evaluate(setup.eval_sets)
   return run_flain(setup, evaluator.model, initial, evaluator, before)
 

@@ -1,14 +1,15 @@
 """What a run builds before its first round: data, backdoor task, schedule, TFF processes.
 
-`prepare(config)` is the one entry point; tests and tools inspect or reuse its
-`ExperimentSetup`. Every random choice flows from `config.run.seed` through independent NumPy
-streams (`streams`), the seeded model initializers and the seeded DP noise.
+`prepare(config)` is the one entry point; tests and tools inspect its `ExperimentSetup`, and
+`driver.run_prepared` runs it. Every random choice flows from `config.run.seed` through
+independent NumPy streams (`streams`, created once here and carried on the setup), the seeded
+model initializers and the seeded DP noise.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,11 +24,10 @@ from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
 from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
+from tff_backdoor.data import ArrayPair
 from tff_backdoor.learning import process as process_lib
-from tff_backdoor.run import capture as capture_lib
-
-ArrayPair = Tuple[np.ndarray, np.ndarray]
-
+from tff_backdoor.run import rundir
+from tff_backdoor.run import warm_start
 
 @dataclasses.dataclass
 class ExperimentSetup:
@@ -44,6 +44,9 @@ class ExperimentSetup:
   eval_sets: Dict[str, ArrayPair]
   # `process` with `capture_updates=True` (same state type), built when --capture_rounds is set.
   capture_process: Optional[tff.learning.templates.LearningProcess] = None
+  # The run's random streams (`streams(config.run.seed)`): `task` and `schedule` are drawn by
+  # `prepare`, `sampling` and `round_data` by the rounds (and restored by --resume).
+  streams: Dict[str, np.random.Generator] = dataclasses.field(default_factory=dict)
 
 
 def streams(seed: int) -> Dict[str, np.random.Generator]:
@@ -59,6 +62,13 @@ def attack_config(config: ExperimentConfig) -> AttackConfig:
   return AttackConfig(mode=attack.mode,
                       boost=float(attack.boost or config.fed_avg.clients_per_round),
                       norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds)
+
+
+def flain_config(config: ExperimentConfig) -> flain_lib.FlainConfig:
+  """flain.FlainConfig of the run's FLAIN options (raises ValueError on bad ones)."""
+  options = config.flain
+  return flain_lib.FlainConfig(layer=options.layer, threshold_mode=options.mode,
+                               k0=options.k0, step=options.step, tolerance=options.tolerance)
 
 
 def _targeted_task(task: TaskConfig, data: data_lib.FederatedData,
@@ -156,12 +166,12 @@ def load_data(config: ExperimentConfig) -> data_lib.FederatedData:
 
 def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
   """A finished run's ExperimentConfig; also checks that its `required` files exist."""
-  for name in (metrics_io.CONFIG_FILE, *required):
+  for name in (rundir.CONFIG_FILE, *required):
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path} not found: is {run_dir} a finished run directory?')
   return ExperimentConfig.from_dict(
-      metrics_io.read_json(os.path.join(run_dir, metrics_io.CONFIG_FILE)))
+      metrics_io.read_json(os.path.join(run_dir, rundir.CONFIG_FILE)))
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
@@ -182,13 +192,14 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
   if config.run.capture_rounds:  # remote workers cannot write into our output_dir
     capture_process = process_lib.compose_fed_avg(
         model_fn, client_work, server(), model_aggregator=aggregator, capture_updates=True,
-        capture_spool_dir=None if config.run.workers else capture_lib.spool_dir(config))
+        capture_spool_dir=None if config.run.workers else rundir.spool_dir(config.run.output_dir))
   return learning_process, client_work, capture_process
 
 
 def prepare(config: ExperimentConfig) -> ExperimentSetup:
   """Loads data, builds the task, the schedule and the TFF learning process."""
   config.validate()
+  warm_start.check_source(config)
   rngs = streams(config.run.seed)
   data = load_data(config)
   client_ids = sorted(data.train.client_ids)
@@ -201,8 +212,7 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   keras_builder = lambda: models.build_model(config.fed_avg.model, data.input_shape,
                                              data.num_classes, seed=config.run.seed)
   if config.flain.enabled:  # fail now, not after training, on bad FLAIN settings
-    from tff_backdoor.run import flain_hook  # pylint: disable=g-import-not-at-top
-    flain_hook.flain_config(config)
+    flain_config(config)
     flain_lib.target_layers(keras_builder(), config.flain.layer)
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)
@@ -212,4 +222,4 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   if task is not None:
     eval_sets.update(task.eval_sets())
   return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
-                         learning_process, client_work, eval_sets, capture_process)
+                         learning_process, client_work, eval_sets, capture_process, rngs)

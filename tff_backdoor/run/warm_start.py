@@ -38,9 +38,7 @@ import numpy as np
 
 from tff_backdoor import metrics_io
 from tff_backdoor.run import checkpoint
-
-FINAL_MODEL = 'final_model.keras'
-CHECKPOINTS = 'checkpoints'
+from tff_backdoor.run import rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,29 +74,35 @@ def _read_json(path: str) -> dict:
 def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   """(file, rounds of training behind it) of the model `run_dir` offers; ValueError if none.
 
-  Reads only small JSON files: `ExperimentConfig.validate` calls it so that a bad
-  --init_from fails at once. `output_dir` is the run being started, which must be another directory.
+  Reads only small JSON files: `check_source` calls it so that a bad --init_from fails at
+  once. `output_dir` is the run being started, which must be another directory.
   """
   if not run_dir or not os.path.isdir(run_dir):
     raise ValueError(f'--init_from={run_dir}: no such run directory')
   if output_dir and os.path.abspath(run_dir) == os.path.abspath(output_dir):
     raise ValueError(f'--init_from={run_dir} is the --output_dir of this run: warm-start from '
                      'another run (use --resume to continue this one)')
-  config = _read_json(os.path.join(run_dir, metrics_io.CONFIG_FILE))
+  config = _read_json(os.path.join(run_dir, rundir.CONFIG_FILE))
   earlier = int(config.get('init_from_rounds', 0))
-  final = os.path.join(run_dir, FINAL_MODEL)
+  final = os.path.join(run_dir, rundir.FINAL_MODEL)
   if os.path.isfile(final):
-    rounds = _read_json(os.path.join(run_dir, metrics_io.FINAL_FILE)).get(
+    rounds = _read_json(os.path.join(run_dir, rundir.FINAL_FILE)).get(
         'rounds', config.get('rounds'))
     if rounds is None:
       raise ValueError(f'--init_from={run_dir}: no config.json or final.json says how many '
                        'rounds trained its final model')
     return final, earlier + int(rounds)
-  ckpt = checkpoint.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS))
+  ckpt = checkpoint.latest_checkpoint(os.path.join(run_dir, rundir.CHECKPOINTS_DIR))
   if ckpt is None:
-    raise ValueError(f'--init_from={run_dir} has neither {FINAL_MODEL} nor a checkpoint '
-                     f'({CHECKPOINTS}/LATEST): is it a run directory?')
-  return ckpt, earlier + int(_read_json(os.path.join(ckpt, 'meta.json'))['next_round'])
+    raise ValueError(f'--init_from={run_dir} has neither {rundir.FINAL_MODEL} nor a checkpoint '
+                     f'({rundir.CHECKPOINTS_DIR}/LATEST): is it a run directory?')
+  return ckpt, earlier + int(_read_json(os.path.join(ckpt, checkpoint.META))['next_round'])
+
+
+def check_source(config) -> None:
+  """Raises a one-line ValueError now if the config's --init_from cannot be warm-started from."""
+  if config.run.init_from:
+    resolve(config.run.init_from, config.run.output_dir)
 
 
 def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
@@ -111,14 +115,14 @@ def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
   path, rounds = resolve(run_dir, output_dir)
   mismatch = (f'--init_from={run_dir}: the model in {path} does not fit this run\'s model; '
               'use the --model and --dataset it was trained with')
-  if path.endswith(FINAL_MODEL):
+  if path.endswith(rundir.FINAL_MODEL):
     try:
       keras_model.load_weights(path)
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f'{mismatch} ({type(e).__name__})') from None
   else:
     variables = list(keras_model.trainable_weights) + list(keras_model.non_trainable_weights)
-    with np.load(os.path.join(path, 'state.npz')) as state:
+    with np.load(os.path.join(path, checkpoint.STATE)) as state:
       if len(state.files) < len(variables):
         raise ValueError(mismatch)
       leaves = [state[f'arr_{i}'] for i in range(len(variables))]

@@ -1,0 +1,117 @@
+"""A sweep's child processes: start each run in its own session behind the launcher of
+`execution.workers` (it gets SIGINT if the sweep dies), stop them all on Ctrl-C/SIGTERM, reap
+what they leave, and lock the output directory against a second sweep."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Dict, Sequence
+
+from tff_backdoor import metrics_io
+from tff_backdoor.execution import workers
+
+from studies.sweep_plan import LOCK_FILE, LOG_FILE, RUN_RECORD, Run, SweepSpec
+
+
+def _raise_interrupt(signum, frame):  # pylint: disable=unused-argument
+  raise KeyboardInterrupt(f'signal {signum}')
+
+
+class SigtermInterrupts:
+  """Turns SIGTERM into KeyboardInterrupt while a sweep runs (main thread only)."""
+
+  def __enter__(self):
+    self._old = None
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    return self
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+
+def has_exited(proc: subprocess.Popen) -> bool:
+  """True once `proc` exited, without reaping it (its process group id stays ours)."""
+  if proc.returncode is not None:
+    return True
+  try:
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+  except (AttributeError, ChildProcessError):
+    return proc.poll() is not None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+  """Signals the process group of a child started with start_new_session (not yet reaped)."""
+  if proc.returncode is None:
+    workers.signal_quietly(proc.pid, sig, group=True)
+
+
+def reap(proc: subprocess.Popen) -> int:
+  """Kills what the exited child left in its process group (TFF workers), then reaps it."""
+  _signal_group(proc, signal.SIGKILL)
+  return proc.wait()
+
+
+def stop_runs(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
+  workers.interrupt_then_kill(procs, grace_s, interrupt=lambda p: _signal_group(p, signal.SIGINT),
+                              exited=has_exited, kill=reap, poll_s=0.1)
+
+
+def last_error(log_path: str) -> str:
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = [l.strip() for l in f.readlines()[-200:] if l.strip()]
+  except OSError:
+    return ''
+  for line in reversed(lines):
+    if line.startswith('error:') or 'Error' in line.split(':')[0]:
+      return line[:300]
+  return lines[-1][:300] if lines else ''
+
+
+def start_run(run: Run, spec: SweepSpec, env: Dict[str, str]) -> subprocess.Popen:
+  """Starts a run's program in its own session; SIGINT stops it cleanly, also when the sweep
+  dies (the kernel sends it SIGINT then, and it gets SIGINT's default action back: a sweep
+  started in the background of a script inherits SIGINT ignored)."""
+  if os.path.isdir(run.directory):
+    shutil.rmtree(run.directory)
+  os.makedirs(run.directory)
+  metrics_io.write_json(os.path.join(run.directory, RUN_RECORD), {
+      'name': run.name, 'flags': run.flags, 'program': spec.program, 'args': run.args,
+      'command': run.command, 'cwd': os.getcwd(), 'started': time.time()})
+  log = open(os.path.join(run.directory, LOG_FILE), 'w')
+  try:
+    log.write(f'# {shlex.join(run.command)}\n')
+    log.flush()
+    return subprocess.Popen(
+        workers.die_with_parent_argv(run.command, signal.SIGINT, reset_sigint=True),
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        start_new_session=True)
+  finally:
+    log.close()
+
+
+def child_env(root: str) -> Dict[str, str]:
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([root] + [p for p in [env.get('PYTHONPATH')] if p])
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env
+
+
+def lock_output_dir(output_dir: str):
+  """Holds an exclusive lock on OUTPUT_DIR/.sweep.lock, or raises if another sweep has it."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  handle = open(os.path.join(output_dir, LOCK_FILE), 'w')
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.close()
+    raise ValueError(f'another sweep is running in {output_dir}') from None
+  return handle
