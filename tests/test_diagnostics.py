@@ -62,6 +62,14 @@ def test_program_refuses_a_directory_that_is_not_a_run(tmp_path):
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
 
 
+def test_program_refuses_an_unwritable_output_before_the_work(tmp_path):
+  # The run directory is no run: were --output checked after the work, that would be the error.
+  result = _cli(str(tmp_path), '--output=/proc/x.json')
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert lines[0].startswith('error: --output=/proc/x.json cannot be written')
+
+
 def test_attack_round_summary_compares_attack_rounds_with_the_clean_run():
   clean = [{'round': r, 'test_accuracy': 0.8} for r in range(4)]
   attacked = [{'round': 0, 'test_accuracy': 0.8, 'backdoor_accuracy': 0.0, 'num_attackers': 0},

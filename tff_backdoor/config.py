@@ -37,6 +37,9 @@ AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
 UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
 OPEN_UNIT = Rule('in (0, 1)', lambda v: 0 < v < 1)
 BELOW_HALF = Rule('in [0, 0.5)', lambda v: 0 <= v < 0.5)
+# Seeds reach the Keras initializers as seed * 1000 + k and TF's stateless RNGs as int64, so
+# past about 9.2e15 they overflow (a TensorFlow traceback); 2**32 leaves a wide margin.
+SEED_RANGE = Rule('in [0, 2**32)', lambda v: 0 <= v < 2**32)
 
 
 def option(default: Any, help_text: str, *, rule: Optional[Rule] = None,
@@ -313,7 +316,7 @@ class FlainOptions(_Fields):
 @dataclasses.dataclass
 class RunConfig(_Fields):
   """Seed, outputs, evaluation, execution and checkpoints of a run (training, evaluation)."""
-  seed: int = option(0, 'Seed of every random choice.', rule=NONNEGATIVE)
+  seed: int = option(0, 'Seed of every random choice, in [0, 2**32).', rule=SEED_RANGE)
   output_dir: str = option('/tmp/tff_backdoor_run', 'Where metrics and models are written.')
   eval_every: int = option(1, 'Evaluate every k rounds (and the last).', rule=AT_LEAST_ONE)
   eval_batch_size: int = option(500, 'Evaluation batch size.', rule=AT_LEAST_ONE)
@@ -456,6 +459,8 @@ def _check_num_clients(config: ExperimentConfig) -> None:
 def _check_combinations(config: ExperimentConfig) -> None:
   """The rules that involve more than one field."""
   data, task, schedule, run = config.data, config.task, config.schedule, config.run
+  if not (run.output_dir or '').strip():
+    raise ValueError('--output_dir is empty: give the folder the run writes to')
   if data.dataset == 'femnist' and not data.data_dir:
     raise ValueError('--dataset=femnist needs --data_dir (a LEAF folder with train/ and test/)')
   if schedule.name != 'none' and task.name == 'none':

@@ -17,6 +17,7 @@ from tff_backdoor import evaluation
 from tff_backdoor import experiment_setup
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
+from tff_backdoor import models
 from tff_backdoor.loop import Hook
 
 if TYPE_CHECKING:
@@ -82,9 +83,13 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
                           workers='', **flain_options)
   setup = experiment_setup.prepare(config)
   evaluator = evaluation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
-  evaluator.model.load_weights(os.path.join(run_dir, 'final_model.keras'))
-  with np.load(initial_weights or os.path.join(run_dir, 'initial_weights.npz')) as npz:
-    initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
+  models.load_weights_file(evaluator.model, os.path.join(run_dir, 'final_model.keras'))
+  initial_path = initial_weights or os.path.join(run_dir, 'initial_weights.npz')
+  initial = models.read_weights_npz(initial_path)
+  shapes = [tuple(w.shape) for w in evaluator.model.get_weights()]
+  if [tuple(w.shape) for w in initial] != shapes:
+    raise ValueError(f'{initial_path}: its {len(initial)} arrays do not fit the run\'s model '
+                     f'({len(shapes)} weights); give the round-0 weights of this model')
   os.makedirs(output_dir, exist_ok=True)
   metrics_io.write_json(os.path.join(output_dir, metrics_io.CONFIG_FILE), config.to_dict())
   before = evaluator.evaluate(setup.eval_sets)
