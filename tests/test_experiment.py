@@ -182,6 +182,11 @@ def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
 
 
+def test_apply_flain_program_refuses_an_empty_output_flag(tmp_path):
+  code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path), '--output_dir=')
+  assert code == 2 and lines == ['error: --output_dir is empty'], lines
+
+
 def test_apply_flain_program_sweep_mode_takes_a_subdir_and_no_run_dirs(tmp_path):
   code, lines = tiny.program_stderr('experiments.apply_flain', f'--sweep_dir={tmp_path}',
                                     f'--output_dir={tmp_path / "out"}')
