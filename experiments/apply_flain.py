@@ -52,6 +52,8 @@ def main(argv):
   run_dirs = argv[1:]
   if (FLAGS.output_dir is None) == (FLAGS.output_subdir is None):
     cli.fail('give exactly one of --output_dir and --output_subdir')
+  if '' in (FLAGS.output_dir, FLAGS.output_subdir):
+    cli.fail(f'--{"output_dir" if FLAGS.output_dir == "" else "output_subdir"} is empty')
   if FLAGS.sweep_dir is not None:
     if run_dirs or FLAGS.output_subdir is None:
       cli.fail('--sweep_dir takes --output_subdir and no run directories')

@@ -5,7 +5,9 @@
 For each run: in how many attack rounds backdoor accuracy exceeded --threshold, the first such
 round (0-based), the main-accuracy gap to the clean run in those rounds, and mean test and
 backdoor accuracy over the attack rounds. Reads metrics.jsonl; see
-`tff_backdoor.analysis.diagnostics.attack_round_summary`.
+`tff_backdoor.analysis.diagnostics.attack_round_summary`. A run whose data set, number of
+classes or backdoor task (config.json) differ from the clean run's is refused: its gaps
+would mean nothing.
 """
 import os
 
@@ -13,13 +15,19 @@ from absl import app
 from absl import flags
 
 from tff_backdoor import cli
+from tff_backdoor import config as config_lib
+from tff_backdoor import metrics_io
 from tff_backdoor.analysis import diagnostics
 from tff_backdoor.run import rundir
 
 flags.DEFINE_string('clean', None, 'The unattacked run directory (same seed and data).')
-flags.DEFINE_float('threshold', 0.9, 'Backdoor accuracy that counts as implanted.')
+flags.DEFINE_float('threshold', 0.9, 'Backdoor accuracy that counts as implanted, in [0, 1].')
 flags.mark_flag_as_required('clean')
+flags.register_validator('threshold', lambda v: 0 <= v <= 1,
+                         message='--threshold must be in [0, 1] (a backdoor accuracy)')
 FLAGS = flags.FLAGS
+# Classes of the data sets whose count the config fixes (idx: read from the run's final.json).
+_CLASSES = {'mnist': 10, 'fashion_mnist': 10}
 
 
 def _rows(run_dir: str):
@@ -27,6 +35,42 @@ def _rows(run_dir: str):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: is {run_dir} a run directory?')
   return rundir.read_rows(run_dir)
+
+
+def _identity(run_dir: str) -> dict:
+  """What must match between an attacked run and its clean run: data set, classes, task."""
+  path = os.path.join(run_dir, rundir.CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: is {run_dir} a run directory?')
+  config = config_lib.ExperimentConfig.from_dict(metrics_io.read_json(path))
+  data, task = config.data, config.task
+  if data.natural:
+    classes = 10 if data.only_digits else 62
+  else:
+    classes = _CLASSES.get(data.dataset) or _final_classes(run_dir)
+  backdoor = {'none': 'none',
+              'targeted': f'targeted {task.source_class}->{task.target_class}',
+              'pixel': f'pixel {task.trigger_pattern} {task.trigger_size}px '
+                       f'value {task.trigger_value} ->{task.target_class}'}[task.name]
+  return {'data set': data.dataset, 'number of classes': classes, 'task': backdoor}
+
+
+def _final_classes(run_dir: str):
+  """The classes counted in the run's final.json partition report (None if unfinished)."""
+  path = os.path.join(run_dir, rundir.FINAL_FILE)
+  if not os.path.isfile(path):
+    return None
+  counts = metrics_io.read_json(path).get('partition', {}).get('global_label_counts')
+  return len(counts) if counts else None
+
+
+def check_comparable(clean_dir: str, run_dir: str) -> None:
+  """ValueError (one line) if `run_dir`'s data set, classes or task differ from the clean run's."""
+  clean, run = _identity(clean_dir), _identity(run_dir)
+  for what in clean:
+    if clean[what] != run[what] and None not in (clean[what], run[what]):
+      raise ValueError(f'{run_dir}: {what} {run[what]} but the clean run {clean_dir} has '
+                       f'{clean[what]}; compare runs of the same data, classes and task')
 
 
 def _line(run_dir, s) -> str:
@@ -42,6 +86,8 @@ def main(argv):
   if len(argv) < 2:
     cli.fail('give one or more attacked run directories after --clean=DIR')
   clean = cli.run_or_fail(lambda: _rows(FLAGS.clean))
+  for run_dir in argv[1:]:
+    cli.run_or_fail(lambda d=run_dir: check_comparable(FLAGS.clean, d))
   for run_dir in argv[1:]:
     summary = cli.run_or_fail(lambda d=run_dir: diagnostics.attack_round_summary(
         clean, _rows(d), FLAGS.threshold))

@@ -32,7 +32,7 @@ def run_report(run_dir: str, model_file: str):
   data = setup_lib.load_data(config)
   x, y = data.test
   model = models.build_model(config.fed_avg.model, data.input_shape, data.num_classes)
-  model.load_weights(os.path.join(run_dir, model_file))
+  models.load_weights_file(model, os.path.join(run_dir, model_file))
   task = config.task
   source = task.source_class if task.name != 'none' else None
   return diagnostics.class_report(y, diagnostics.predict_labels(model, x), data.num_classes,
@@ -52,6 +52,8 @@ def _line(run_dir, report) -> str:
 def main(argv):
   if len(argv) < 2:
     cli.fail('give one or more run directories: python -m experiments.per_class_accuracy DIR...')
+  if FLAGS.output is not None:
+    cli.check_output_file(FLAGS.output, 'output')  # before the work, not after it
   reports = {}
   for run_dir in argv[1:]:
     reports[run_dir] = cli.run_or_fail(lambda d=run_dir: run_report(d, FLAGS.model_file))

@@ -123,6 +123,10 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--boost=-2'], '--boost'),
     (['--dataset=nope'], '--dataset'),
     (['--poison_fraction=2'], '--poison_fraction'),
+    (['--seed=9223372036854775807'], '--seed must be in [0, 2**32)'),
+    (['--seed=4294967296'], '--seed must be in [0, 2**32)'),
+    (['--seed=-1'], '--seed must be in [0, 2**32)'),
+    (['--output_dir='], '--output_dir is empty'),
 ])
 def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
   result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
@@ -131,6 +135,22 @@ def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
   assert result.returncode == 2, result.stderr
   assert len(lines) == 1 and len(lines[0]) < 200, result.stderr
   assert lines[0].startswith('error: ') and flag in lines[0]
+
+
+def test_the_largest_seed_the_flag_allows_works_where_the_seed_goes():
+  """--seed reaches NumPy's SeedSequence, the Keras initializers (seed * 1000 + k, int64) and
+  the DP noise's int64 stateless seed: 2**32 - 1 must pass all of them, 2**32 is refused."""
+  from tff_backdoor import models  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from tff_backdoor.aggregators import dp  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.run import setup as experiment_setup  # pylint: disable=g-import-not-at-top
+  largest = 2**32 - 1
+  config_lib.ExperimentConfig.from_flat(seed=largest).validate()
+  with pytest.raises(ValueError, match=r'--seed must be in \[0, 2\*\*32\), got 4294967296'):
+    config_lib.ExperimentConfig.from_flat(seed=largest + 1).validate()
+  assert len(experiment_setup.streams(largest)) > 1
+  for name in ('sun_cnn', 'tiny_cnn'):
+    assert models.build_model(name, (28, 28, 1), 10, seed=largest).count_params() > 0
+  assert dp.SeededGaussianSumQuery(1.0, 1.0, seed=largest).initial_global_state() is not None
 
 
 def test_an_old_flat_name_cannot_be_set_on_the_nested_config():

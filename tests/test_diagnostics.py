@@ -1,6 +1,7 @@
 """Per-class accuracy and source->target rates (tff_backdoor.analysis.diagnostics) and their program."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,14 @@ def test_program_refuses_a_directory_that_is_not_a_run(tmp_path):
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
 
 
+def test_program_refuses_an_unwritable_output_before_the_work(tmp_path):
+  # The run directory is no run: were --output checked after the work, that would be the error.
+  result = _cli(str(tmp_path), '--output=/proc/x.json')
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert lines[0].startswith('error: --output=/proc/x.json cannot be written')
+
+
 def test_attack_round_summary_compares_attack_rounds_with_the_clean_run():
   clean = [{'round': r, 'test_accuracy': 0.8} for r in range(4)]
   attacked = [{'round': 0, 'test_accuracy': 0.8, 'backdoor_accuracy': 0.0, 'num_attackers': 0},
@@ -78,20 +87,61 @@ def test_attack_round_summary_compares_attack_rounds_with_the_clean_run():
     diagnostics.attack_round_summary(clean, attacked[:1])
 
 
-def test_attack_summary_program_prints_a_line_per_run(tmp_path):
-  for name, rows in (('clean', [{'round': 0, 'test_accuracy': 0.8, 'num_attackers': 0}]),
-                     ('hit', [{'round': 0, 'test_accuracy': 0.5, 'backdoor_accuracy': 1.0,
-                               'num_attackers': 1}])):
-    os.makedirs(tmp_path / name)
-    with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
-      f.write('\n'.join(json.dumps(r) for r in rows) + '\n')
+def _summary_run(directory, rows, **config):
+  """A run directory with these metrics.jsonl rows and a config.json of these flat keys."""
+  os.makedirs(directory)
+  with open(directory / 'metrics.jsonl', 'w') as f:
+    f.write('\n'.join(json.dumps(r) for r in rows) + '\n')
+  flat = dict(dict(dataset='fashion_mnist', task='targeted', source_class=7), **config)
+  with open(directory / 'config.json', 'w') as f:
+    json.dump(config_lib.ExperimentConfig.from_flat(**flat).to_dict(), f)
+  return str(directory)
+
+
+def _summary(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  run = lambda *a: subprocess.run([sys.executable, '-m', 'experiments.attack_summary', *a],
-                                  cwd=REPO, capture_output=True, text=True, env=env,
-                                  timeout=300)
-  result = run(f'--clean={tmp_path / "clean"}', str(tmp_path / 'hit'))
+  return subprocess.run([sys.executable, '-m', 'experiments.attack_summary', *args], cwd=REPO,
+                        capture_output=True, text=True, env=env, timeout=300)
+
+
+_CLEAN_ROWS = [{'round': 0, 'test_accuracy': 0.8, 'num_attackers': 0}]
+_HIT_ROWS = [{'round': 0, 'test_accuracy': 0.5, 'backdoor_accuracy': 1.0, 'num_attackers': 1}]
+
+
+def test_attack_summary_program_prints_a_line_per_run(tmp_path):
+  clean = _summary_run(tmp_path / 'clean', _CLEAN_ROWS)
+  hit = _summary_run(tmp_path / 'hit', _HIT_ROWS)
+  result = _summary(f'--clean={clean}', hit)
   assert result.returncode == 0, result.stderr
   assert 'in 1/1 attack rounds' in result.stdout and '0.300..0.300' in result.stdout
-  bad = run(f'--clean={tmp_path / "nope"}', str(tmp_path / 'hit'))
+  bad = _summary(f'--clean={tmp_path / "nope"}', hit)
   lines = [l for l in bad.stderr.splitlines() if l.strip()]
   assert bad.returncode != 0 and len(lines) == 1 and 'metrics.jsonl' in lines[0]
+
+
+@pytest.mark.parametrize('clean_config,run_config,message', [
+    ({}, dict(dataset='mnist'), 'data set mnist but the clean run .* has fashion_mnist'),
+    (dict(dataset='femnist', data_dir='/leaf'),
+     dict(dataset='femnist', data_dir='/leaf', only_digits=False),
+     'number of classes 62 but the clean run .* has 10'),
+    ({}, dict(target_class=3), 'task targeted 7->3 but the clean run .* has targeted 7->1'),
+    ({}, dict(task='pixel'), 'task pixel square 5px .* but the clean run .* has targeted'),
+])
+def test_attack_summary_refuses_a_run_unlike_the_clean_one(tmp_path, clean_config, run_config,
+                                                           message):
+  clean = _summary_run(tmp_path / 'clean', _CLEAN_ROWS, **clean_config)
+  other = _summary_run(tmp_path / 'other', _HIT_ROWS, **run_config)
+  result = _summary(f'--clean={clean}', other)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 1 and len(lines) == 1, result.stderr
+  assert re.match(f'error: .*other: {message}', lines[0]), lines[0]
+  assert result.stdout == ''  # refused before any line is printed
+
+
+@pytest.mark.parametrize('threshold', ['7', '-0.1', 'nan'])
+def test_attack_summary_refuses_a_threshold_outside_0_1(tmp_path, threshold):
+  clean = _summary_run(tmp_path / 'clean', _CLEAN_ROWS)
+  result = _summary(f'--clean={clean}', clean, f'--threshold={threshold}')
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert '--threshold must be in [0, 1]' in lines[0]

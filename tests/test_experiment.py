@@ -177,6 +177,14 @@ def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, 
   assert moved['after'] != again['after']
   with pytest.raises(ValueError, match='--initial_weights=.*no such file'):
     flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), str(tmp_path / 'x.npz'))
+  (tmp_path / 'pickled.npz').write_bytes(b'\x80\x04 not an archive')
+  with pytest.raises(ValueError, match=r'pickled\.npz: not a complete \.npz archive'):
+    flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'),
+                             str(tmp_path / 'pickled.npz'), flain_aux_per_class=5)
+  np.savez(tmp_path / 'other_model.npz', np.zeros(3))
+  with pytest.raises(ValueError, match=r"other_model\.npz: its 1 arrays do not fit the run's"):
+    flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'),
+                             str(tmp_path / 'other_model.npz'), flain_aux_per_class=5)
 
 
 def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
@@ -184,6 +192,11 @@ def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
                                     f'--output_dir={tmp_path / "out"}')
   assert code != 0 and len(lines) == 1, lines
   assert lines[0].startswith('error:') and 'config.json' in lines[0]
+
+
+def test_apply_flain_program_refuses_an_empty_output_flag(tmp_path):
+  code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path), '--output_dir=')
+  assert code == 2 and lines == ['error: --output_dir is empty'], lines
 
 
 def test_apply_flain_program_sweep_mode_takes_a_subdir_and_no_run_dirs(tmp_path):

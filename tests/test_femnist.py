@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -155,7 +156,42 @@ def _bad_cases():
       'empty writer': ('a.json', json.dumps({'users': ['w1'], 'num_samples': [0],
                                              'user_data': {'w1': {'x': [], 'y': []}}}), None,
                        r'a\.json: writer w1 has no images'),
+      'numeric string pixel': ('a.json', _one_writer(_pixel('0.5')), None,
+                               r"a\.json: writer w1: image 1 has the pixel '0\.5' \(str\)"),
+      'boolean pixel': ('a.json', _one_writer(_pixel(True)), None,
+                        r'a\.json: writer w1: image 1 has the pixel True \(bool\)'),
+      'word pixel': ('a.json', _one_writer(_pixel('abc')), None,
+                     r"a\.json: writer w1: image 1 has the pixel 'abc' \(str\)"),
+      'nested pixel': ('a.json', _one_writer(_pixel([0.5, 0.5])), None,
+                       r'a\.json: writer w1: image 1 has the pixel \[0\.5, 0\.5\] \(list\)'),
+      'nested labels': ('a.json', _one_writer({'x': good['x'], 'y': [[7], [1, 2]]}), None,
+                        r'a\.json: writer w1: labels must be a list of integers'),
+      'boolean labels': ('a.json', _one_writer({'x': good['x'], 'y': [True, False]}), None,
+                         r'a\.json: writer w1: labels must be a list of integers'),
+      'x not a list': ('a.json', _one_writer({'x': 5, 'y': [7, 1]}), None,
+                       r'a\.json: writer w1: x must be a list of images, not int'),
+      'num_samples string': ('a.json', json.dumps({'users': ['w1'], 'num_samples': ['2'],
+                                                   'user_data': {'w1': good}}), None,
+                             r"a\.json: writer w1: num_samples must be an integer, got '2' "
+                             r'\(str\)'),
+      'integer writer id': ('a.json', json.dumps({'users': [5], 'num_samples': [2],
+                                                  'user_data': {'5': good}}), None,
+                            r'a\.json: writer 5: writer ids must be strings, not int'),
+      'writer twice': ('a.json', json.dumps({'users': ['w1', 'w1'], 'num_samples': [2, 2],
+                                             'user_data': {'w1': good}}), None,
+                       r'a\.json: writer w1 is listed twice in users'),
   }
+
+
+def _pixel(value):
+  """A two-image writer whose second image has `value` as its first pixel."""
+  user = _user([7, 1])
+  user['x'][1][0] = value
+  return user
+
+
+def _one_writer(user) -> str:
+  return json.dumps({'users': ['w1'], 'num_samples': [2], 'user_data': {'w1': user}})
 
 
 @pytest.mark.parametrize('case', sorted(_bad_cases()))
@@ -170,6 +206,38 @@ def test_bad_leaf_files_fail_in_one_line_naming_file_and_writer(tmp_path, case):
   with pytest.raises(data_lib.DataError, match=pattern) as err:
     _load(root)
   assert '\n' not in str(err.value)
+
+
+def test_a_named_pipe_is_refused_without_opening_it(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  os.mkfifo(os.path.join(root, 'train', 'p.json'))  # opening it would block until a writer
+  signal.signal(signal.SIGALRM, _hung)
+  signal.alarm(20)
+  try:
+    with pytest.raises(data_lib.DataError, match=r'train/p\.json: not a regular file') as err:
+      _load(root)
+  finally:
+    signal.alarm(0)
+  assert '\n' not in str(err.value)
+
+
+def _hung(*_):
+  raise TimeoutError('the loader blocked on a named pipe')
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_not_served_from_the_cache(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  path = os.path.join(root, 'train', 'a.json')
+  before = os.stat(path)
+  _load(root)  # fills the cache
+  with open(path) as f:
+    text = f.read()
+  with open(path, 'w') as f:  # the same bytes but one pixel 1.0 -> 7.0: invalid
+    f.write(text.replace('1.0', '7.0', 1))
+  os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+  assert os.stat(path).st_size == before.st_size
+  with pytest.raises(data_lib.DataError, match=r'a\.json: writer w1: pixel values must be in'):
+    _load(root)
 
 
 def test_missing_folders_and_files(tmp_path):

@@ -191,6 +191,13 @@ def test_parse_workers_errors_are_one_line(spec, message):
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.parametrize('timeout', ['-5', '0', 'nan', 'inf'])
+def test_check_blames_a_bad_timeout_on_the_flag_not_the_worker(timeout, capsys):
+  assert workers_lib.main(['check', '--workers=127.0.0.1:1', f'--timeout_s={timeout}']) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: --timeout_s must be a positive'), lines
+
+
 def test_unreachable_worker_is_named():
   port = portpicker.pick_unused_port()  # Nothing listens there.
   with pytest.raises(ConnectionError, match=f'127.0.0.1:{port} did not answer within 1 s'):

@@ -171,6 +171,27 @@ def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):
   other = models.build_model('sun_cnn', (28, 28, 1), 10, seed=0)
   with pytest.raises(ValueError, match='does not fit'):
     warm_start.load(source, other)
+  truncated = str(tmp_path / 'truncated')
+  shutil.copytree(source, truncated)
+  with open(os.path.join(truncated, 'final_model.keras'), 'r+b') as f:
+    f.truncate(3000)
+  model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
+  with pytest.raises(OSError, match=r'truncated/final_model\.keras: not a complete \.keras '
+                     r'archive \(3000 bytes: truncated'):
+    warm_start.load(truncated, model)
+
+
+def test_a_weights_file_that_is_not_one_is_named_with_the_reason(tmp_path):
+  model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
+  (tmp_path / 'w.h5').write_bytes(b'not hdf5')
+  with pytest.raises(OSError, match=r'w\.h5: not a readable Keras weights file'):
+    models.load_weights_file(model, str(tmp_path / 'w.h5'))
+  (tmp_path / 'w.npz').write_bytes(b'\x80\x04 pickled')
+  with pytest.raises(ValueError, match=r'w\.npz: not a complete \.npz archive \(10 bytes'):
+    models.read_weights_npz(str(tmp_path / 'w.npz'))
+  np.savez(tmp_path / 'named.npz', kernel=np.zeros(2))
+  with pytest.raises(ValueError, match=r'named\.npz: not an \.npz of weight arrays'):
+    models.read_weights_npz(str(tmp_path / 'named.npz'))
 
 
 def test_cli_reports_a_bad_init_from_in_one_line(tmp_path):

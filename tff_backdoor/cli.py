@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Sequence
@@ -22,6 +23,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
   """Prints `error: message` on one line to stderr and exits with `code`."""
   print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
   sys.exit(code)
+
+
+def check_output_file(path: str, flag: str) -> None:
+  """Fails (one line, exit 2) unless a file can be written at `path` (`--flag`'s value):
+  programs call it before their work, not after. Creates the parent folders, as writing would."""
+  if not path.strip():
+    fail(f'--{flag} is empty: give the file to write')
+  if os.path.isdir(path):
+    fail(f'--{flag}={path} is a folder: give the file to write')
+  probe = f'{path}.tmp'  # the temporary name metrics_io.write_json uses
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    fail(f'--{flag}={path} cannot be written ({e.strerror or e})')
 
 
 def exit_on_sigterm() -> None:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
-from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, UNIT_INTERVAL
+from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE, UNIT_INTERVAL
 from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
 from tff_backdoor.options import from_flat_value, to_flat_value
 
@@ -162,7 +162,7 @@ class FlainOptions(Fields):
 @dataclasses.dataclass
 class RunConfig(Fields):
   """Seed, outputs, evaluation, execution and checkpoints of a run (training, evaluation)."""
-  seed: int = option(0, 'Seed of every random choice.', rule=NONNEGATIVE)
+  seed: int = option(0, 'Seed of every random choice, in [0, 2**32).', rule=SEED_RANGE)
   output_dir: str = option('/tmp/tff_backdoor_run', 'Where metrics and models are written.')
   eval_every: int = option(1, 'Evaluate every k rounds (and the last).', rule=AT_LEAST_ONE)
   eval_batch_size: int = option(500, 'Evaluation batch size.', rule=AT_LEAST_ONE)
@@ -295,6 +295,8 @@ def _check_num_clients(config: ExperimentConfig) -> None:
 def _check_combinations(config: ExperimentConfig) -> None:
   """The rules that involve more than one field."""
   data, task, schedule, run = config.data, config.task, config.schedule, config.run
+  if not (run.output_dir or '').strip():
+    raise ValueError('--output_dir is empty: give the folder the run writes to')
   if data.dataset == 'femnist' and not data.data_dir:
     raise ValueError('--dataset=femnist needs --data_dir (a LEAF folder with train/ and test/)')
   if schedule.name != 'none' and task.name == 'none':

@@ -8,9 +8,12 @@ TFF worker ran a client or in which order.
 """
 from __future__ import annotations
 
+import os
+import zipfile
 import zlib
 from typing import Any, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # Name of the dense layer FLAIN works on by default (first dense layer after the convolutions).
@@ -139,3 +142,41 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int,
   if name not in MODEL_BUILDERS:
     raise ValueError(f'unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}')
   return MODEL_BUILDERS[name](input_shape=input_shape, num_classes=num_classes, seed=seed)
+
+
+def _not_an_archive(path: str, kind: str) -> Optional[str]:
+  """Why `path` is no complete zip archive (.keras and .npz files are), or None if it is one."""
+  if not os.path.isfile(path):
+    return f'{path}: no such file'
+  if not zipfile.is_zipfile(path):
+    return (f'{path}: not a complete {kind} archive ({os.path.getsize(path)} bytes: truncated, '
+            'or another format)')
+  return None
+
+
+def load_weights_file(keras_model: tf.keras.Model, path: str) -> None:
+  """`keras_model.load_weights(path)`, but a missing, truncated or foreign file is an OSError
+  naming the file and why (h5py's own message names neither). A model that does not fit
+  keeps Keras' ValueError."""
+  problem = _not_an_archive(path, '.keras') if path.endswith('.keras') else None
+  if problem is None:
+    try:
+      keras_model.load_weights(path)
+      return
+    except OSError as e:
+      problem = f'{path}: not a readable Keras weights file ({str(e).splitlines()[0]})'
+  raise OSError(problem)
+
+
+def read_weights_npz(path: str) -> List[np.ndarray]:
+  """The arrays arr_0, arr_1, ... of an .npz written by `np.savez(path, *weights)`; ValueError
+  naming the file and why if it is missing, truncated, pickled or holds other keys."""
+  problem = _not_an_archive(path, '.npz')
+  if problem is None:
+    try:
+      with np.load(path, allow_pickle=False) as npz:
+        return [npz[f'arr_{i}'] for i in range(len(npz.files))]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+      problem = (f'{path}: not an .npz of weight arrays as np.savez writes them '
+                 f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+  raise ValueError(problem)

@@ -341,6 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f'TFF worker serving on port {args.port} (all interfaces)', file=sys.stderr,
             flush=True)
       os.execve(argv_[0], argv_, _worker_env())
+    if not 0 < args.timeout_s < float('inf'):
+      raise ValueError(f'--timeout_s must be a positive number of seconds, found {args.timeout_s}')
     workers = parse_workers(args.workers)
     wait_for_workers(workers, args.timeout_s)
     print(f'ok: {len(workers)} worker(s) answered')

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tff_backdoor import config as config_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
+from tff_backdoor import models
 from tff_backdoor.run import evaluation
 from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
@@ -76,9 +77,13 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
                           workers='', **flain_options)
   setup = setup_lib.prepare(config)
   evaluator = evaluation.Evaluator(setup.keras_builder, config.run.eval_batch_size)
-  evaluator.model.load_weights(os.path.join(run_dir, rundir.FINAL_MODEL))
-  with np.load(initial_weights or os.path.join(run_dir, rundir.INITIAL_WEIGHTS)) as npz:
-    initial = [npz[f'arr_{i}'] for i in range(len(npz.files))]
+  models.load_weights_file(evaluator.model, os.path.join(run_dir, rundir.FINAL_MODEL))
+  initial_path = initial_weights or os.path.join(run_dir, rundir.INITIAL_WEIGHTS)
+  initial = models.read_weights_npz(initial_path)
+  shapes = [tuple(w.shape) for w in evaluator.model.get_weights()]
+  if [tuple(w.shape) for w in initial] != shapes:
+    raise ValueError(f'{initial_path}: its {len(initial)} arrays do not fit the run\'s model '
+                     f'({len(shapes)} weights); give the round-0 weights of this model')
   os.makedirs(output_dir, exist_ok=True)
   metrics_io.write_json(os.path.join(output_dir, rundir.CONFIG_FILE), config.to_dict())
   before = evaluator.evaluate(setup.eval_sets)

@@ -116,8 +116,9 @@ def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
   mismatch = (f'--init_from={run_dir}: the model in {path} does not fit this run\'s model; '
               'use the --model and --dataset it was trained with')
   if path.endswith(rundir.FINAL_MODEL):
+    from tff_backdoor import models  # pylint: disable=g-import-not-at-top  (imports TF)
     try:
-      keras_model.load_weights(path)
+      models.load_weights_file(keras_model, path)
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f'{mismatch} ({type(e).__name__})') from None
   else:
