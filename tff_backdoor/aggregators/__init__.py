@@ -7,19 +7,28 @@ assembles the one chosen by name, behind a guard against non-finite updates and 
 norm statistics.
 """
 from tff_backdoor.aggregators.bias_filter import BiasAnomalyFilterFactory
+from tff_backdoor.aggregators.bulyan import BulyanFactory
+from tff_backdoor.aggregators.centered_clipping import CenteredClippingFactory
 from tff_backdoor.aggregators.clipping import adaptive_clipping_factory
 from tff_backdoor.aggregators.clipping import AggregateClippingFactory
 from tff_backdoor.aggregators.clipping import norm_clipping_factory
 from tff_backdoor.aggregators.clipping import norm_zeroing_factory
+from tff_backdoor.aggregators.crfl import CrflOptimizer
 from tff_backdoor.aggregators.dp import seeded_gaussian_fixed
 from tff_backdoor.aggregators.dp import SeededGaussianSumQuery
 from tff_backdoor.aggregators.dp import weak_dp_factory
+from tff_backdoor.aggregators.flame import flame_factory
+from tff_backdoor.aggregators.flame import FlameFilterFactory
+from tff_backdoor.aggregators.geometric_median import GeometricMedianFactory
+from tff_backdoor.aggregators.median_noise import MedianNormNoiseFactory
 from tff_backdoor.aggregators.nonfinite import NonFiniteGuardFactory
 from tff_backdoor.aggregators.norm_statistics import add_client_norm_measurements
 from tff_backdoor.aggregators.registry import build_defense
+from tff_backdoor.aggregators.registry import build_server_optimizer
 from tff_backdoor.aggregators.registry import DefenseConfig
 from tff_backdoor.aggregators.registry import DEFENSES
 from tff_backdoor.aggregators.registry import validate_defense
+from tff_backdoor.aggregators.robust_lr import RobustLearningRateFactory
 from tff_backdoor.aggregators.robust_rules import CoordinateMedianFactory
 from tff_backdoor.aggregators.robust_rules import federated_stack
 from tff_backdoor.aggregators.robust_rules import KrumFactory
@@ -33,4 +42,8 @@ __all__ = [
     'adaptive_clipping_factory', 'add_client_norm_measurements', 'build_defense',
     'federated_stack', 'norm_clipping_factory', 'norm_zeroing_factory', 'seeded_gaussian_fixed',
     'validate_defense', 'weak_dp_factory',
+    # issue 29
+    'BulyanFactory', 'CenteredClippingFactory', 'CrflOptimizer', 'FlameFilterFactory',
+    'GeometricMedianFactory', 'MedianNormNoiseFactory', 'RobustLearningRateFactory',
+    'build_server_optimizer', 'flame_factory',
 ]
