@@ -11,10 +11,10 @@ with n updates:
 `median_noise.MedianNormNoiseFactory` for step 3.
 
 Departures, ours and others':
-* The paper computes the cosine distances between the local *models* W_i = G + w_i; an
-  aggregator sees only the updates w_i, so we cluster the updates, as FLPoison does in its
-  FedSGD mode and most re-implementations do. (Between models sharing a large G, every
-  cosine is close to 1 and the clustering sees mostly G.)
+* The paper computes the cosine distances between the local *models* W_i = G + w_i (as
+  FLPoison does, with the previous global model at hand); an aggregator sees only the
+  updates w_i, so we cluster the updates. (Between models sharing a large G every cosine is
+  close to 1, so the models' distances mostly measure G; the updates' show the directions.)
 * HDBSCAN's min_samples is not given in the paper. The popular implementations (FLPoison,
   BackFed) call the `hdbscan` library with min_samples=1, which counts the nearest *other*
   point; in scikit-learn's convention, used here, that is min_samples = 2, our default.
