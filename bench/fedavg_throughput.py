@@ -72,7 +72,8 @@ ATTACK_VARIANTS = {'ours_boost_attacker': 'boost', 'ours_norm_bounded_attacker':
 CAPTURE_VARIANTS = ('capture', 'capture_save', 'capture_stack', 'capture_rerun')
 VARIANTS = ('keras', 'vanilla', 'ours', *CAPTURE_VARIANTS, *ATTACK_VARIANTS,
             'clip', 'weak_dp', 'adaptive_clip', 'zeroing', 'clip_mean', 'median', 'trimmed_mean',
-            'krum', 'multi_krum', 'bias_filter')
+            'krum', 'multi_krum', 'bias_filter', 'geomed', 'bulyan', 'centered_clip', 'rlr',
+            'flame', 'crfl')
 SETTINGS = {  # name: (dataset, clients per round, local epochs)
     'fashion_mnist': ('fashion_mnist', 10, 1),
     'femnist_sun': ('femnist', 30, 5),
@@ -141,8 +142,10 @@ def build_variant(name: str, xs, ys, batch_size: int, seed: int) -> Callable[[],
                                            attack, batch_size)
   spool = tempfile.mkdtemp(prefix='bench_spool_')
   atexit.register(functools.partial(shutil.rmtree, spool, ignore_errors=True))
+  server = defense_registry.build_server_optimizer(  # CRFL's step; others: SGD at 1.0
+      config, tff.learning.optimizers.build_sgdm(1.0), seed)
   ours = process_lib.build_attacked_fed_avg(
-      model_fn, tff.learning.optimizers.build_sgdm(LR), tff.learning.optimizers.build_sgdm(1.0),
+      model_fn, tff.learning.optimizers.build_sgdm(LR), server,
       batch_size=batch_size, attack=attack,
       model_aggregator=defense_registry.build_defense(config, n, seed=seed),
       capture_updates=name in ('capture', 'capture_save', 'capture_stack'),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from tests import defense_references as refs
 from tff_backdoor import aggregators
 
 SHAPES = ((2, 3), (4,), (3,))  # The last tensor plays the logits bias (3 classes).
@@ -35,6 +36,12 @@ OVERRIDES = {
     'bias_filter': {},
     'sun_mean': {},
     'sun_dp': {},  # Clip at 3, no noise (the authors' default mul_factor 0).
+    'geomed': {},
+    'bulyan': {},  # f = 1: 7 = 4f + 3 clients.
+    'centered_clip': {'cc_tau': 1.0, 'cc_iterations': 3},  # Clips at the test's norms.
+    'rlr': {'rlr_threshold': 3},
+    'flame': {'flame_lambda': 0.0},  # Noise is tested separately.
+    'crfl': {},  # Its aggregator is the weighted mean; its step is the server optimizer's.
 }
 # Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
 UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
@@ -126,6 +133,13 @@ REFERENCES = {
     'bias_filter': _bias_filter,
     'sun_mean': lambda u, w: [sum(x) / N for x in zip(*u)],
     'sun_dp': lambda u, w: [sum(x) / N for x in zip(*[_clip(c, 3.0) for c in u])],
+    'geomed': refs.geomed,
+    'bulyan': lambda u, w: refs.bulyan(u, 1),
+    'centered_clip': lambda u, w: refs.unflat(
+        refs.centered_clip(u, np.zeros(refs.flat(u).shape[1]), 1.0, 3), u[0]),
+    'rlr': lambda u, w: refs.rlr(u, w, 3),
+    'flame': lambda u, w: refs.flame_filter(u)[0],
+    'crfl': _weighted_mean,
 }
 
 

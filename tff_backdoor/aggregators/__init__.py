@@ -17,6 +17,16 @@ from tff_backdoor.aggregators.defense_config import DEFENSES, DefenseConfig, val
 
 _LAZY = {
     'BiasAnomalyFilterFactory': 'bias_filter',
+    'BulyanFactory': 'bulyan',
+    'CenteredClippingFactory': 'centered_clipping',
+    'CrflOptimizer': 'crfl',
+    'flame_factory': 'flame',
+    'FlameFilterFactory': 'flame',
+    'GeometricMedianFactory': 'geometric_median',
+    'MedianNormNoiseFactory': 'median_noise',
+    'RobustLearningRateFactory': 'robust_lr',
+    'build_server_optimizer': 'registry',
+    'sun_aggregation_factory': 'dp',
     'adaptive_clipping_factory': 'clipping',
     'AggregateClippingFactory': 'clipping',
     'norm_clipping_factory': 'clipping',

@@ -26,6 +26,14 @@ def check_weighted_factory(value: Any, name: str) -> None:
                     f'found {type(value).__name__}')
 
 
+def inner_or_default(inner_agg_factory: Any) -> tff.aggregators.WeightedAggregationFactory:
+  """`inner_agg_factory`, checked to be weighted, or `default_mean_factory()` if None."""
+  if inner_agg_factory is None:
+    return default_mean_factory()
+  check_weighted_factory(inner_agg_factory, 'inner_agg_factory')
+  return inner_agg_factory
+
+
 def check_float_value_type(value_type: tff.Type) -> None:
   if not tff.types.is_structure_of_floats(value_type):
     raise TypeError(f'All values in value_type must be of floating dtype, found {value_type}')

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from tff_backdoor.options import BELOW_HALF, NONNEGATIVE, OPEN_UNIT, POSITIVE
+from tff_backdoor.options import AT_LEAST_ONE, BELOW_HALF, NONNEGATIVE, OPEN_UNIT, POSITIVE
 from tff_backdoor.options import check_field, option
 
 DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
-            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean',
-            'sun_dp')  # registry.DEFENSE_BUILDERS
+            'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean', 'sun_dp',
+            'geomed', 'bulyan', 'centered_clip', 'rlr', 'flame',
+            'crfl')  # registry.DEFENSE_BUILDERS
 
 # The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
 # each default. One row a field: a defense's new parameter is a new row.
@@ -30,6 +31,18 @@ DEFENSE_PARAMETERS = (
     ('krum_m', 0, NONNEGATIVE, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).'),
     ('bias_z_threshold', 3.5, POSITIVE, 'bias_filter: robust z-score cut-off.'),
     ('bias_index', -1, None, 'bias_filter: index of the bias tensor in the update.'),
+    ('geomed_passes', 5, AT_LEAST_ONE, 'geomed: weighted means R (the first + R-1 Weiszfeld).'),
+    ('geomed_nu', 1e-6, POSITIVE, 'geomed: Weiszfeld smoothing nu.'),
+    ('bulyan_f', 1, NONNEGATIVE, 'bulyan: Byzantine clients f (needs clients_per_round >= 4f+3).'),
+    ('cc_tau', 100.0, POSITIVE, 'centered_clip: clipping radius tau.'),
+    ('cc_iterations', 1, AT_LEAST_ONE, 'centered_clip: clipping iterations L.'),
+    ('rlr_threshold', 4, AT_LEAST_ONE, 'rlr: sign agreement theta (<= clients_per_round).'),
+    ('flame_lambda', 0.001, NONNEGATIVE, 'flame: noise std / median update norm.'),
+    ('flame_min_samples', 2, AT_LEAST_ONE, "flame: HDBSCAN min_samples (sklearn's, self counts)."),
+    ('crfl_sigma', 0.01, NONNEGATIVE, 'crfl: noise std on the global model each round.'),
+    ('crfl_clip_base', 4.0, POSITIVE, 'crfl: model norm bound min(base + slope*t, max).'),
+    ('crfl_clip_slope', 0.25, NONNEGATIVE, 'crfl: growth of the model norm bound per round.'),
+    ('crfl_clip_max', 100.0, POSITIVE, 'crfl: largest model norm bound.'),
 )
 
 
@@ -69,6 +82,8 @@ class DefenseConfig:
   * `bias_z_threshold` = 3.5: Iglewicz and Hoaglin's outlier cut-off for robust z-scores
     (see `BiasAnomalyFilterFactory`); `bias_index` = -1: the last tensor of the update, the
     logits bias of a Keras model.
+  * geomed, bulyan, centered_clip, rlr, flame, crfl: their papers' (or the authors' code's)
+    values; each factory's module docstring says where they come from.
   """
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')
@@ -105,3 +120,9 @@ def validate_defense(config: DefenseConfig, clients_per_round: int) -> None:
     m = config.krum_selected(n)
     if not 1 <= m <= n - f:
       raise ValueError(f'krum_m={m} must be in [1, clients_per_round - krum_f] = [1, {n - f}]')
+  if config.name == 'bulyan' and not clients_per_round >= 4 * config.bulyan_f + 3:
+    raise ValueError(f'bulyan_f={config.bulyan_f} is too large for clients_per_round='
+                     f'{clients_per_round}: Bulyan needs clients_per_round >= 4*bulyan_f + 3')
+  if config.name == 'rlr' and config.rlr_threshold > clients_per_round:
+    raise ValueError(f'rlr_threshold={config.rlr_threshold} exceeds clients_per_round='
+                     f'{clients_per_round}: every coordinate would be flipped')

@@ -11,10 +11,16 @@ import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import bias_filter
+from tff_backdoor.aggregators import bulyan
+from tff_backdoor.aggregators import centered_clipping
 from tff_backdoor.aggregators import clipping
+from tff_backdoor.aggregators import crfl
 from tff_backdoor.aggregators import dp
+from tff_backdoor.aggregators import flame
+from tff_backdoor.aggregators import geometric_median
 from tff_backdoor.aggregators import nonfinite
 from tff_backdoor.aggregators import norm_statistics
+from tff_backdoor.aggregators import robust_lr
 from tff_backdoor.aggregators import robust_rules
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 
@@ -39,7 +45,32 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     'sun_mean': lambda c, n, seed: dp.sun_aggregation_factory(None, 0.0, n, seed),
     'sun_dp': lambda c, n, seed: dp.sun_aggregation_factory(c.clip_norm, c.sum_noise_stddev, n,
                                                             seed),
+    'geomed': lambda c, n, seed: geometric_median.GeometricMedianFactory(c.geomed_passes,
+                                                                         c.geomed_nu),
+    'bulyan': lambda c, n, seed: bulyan.BulyanFactory(c.bulyan_f),
+    'centered_clip': lambda c, n, seed: centered_clipping.CenteredClippingFactory(
+        c.cc_tau, c.cc_iterations),
+    'rlr': lambda c, n, seed: robust_lr.RobustLearningRateFactory(c.rlr_threshold),
+    'flame': lambda c, n, seed: flame.flame_factory(c.flame_lambda, c.flame_min_samples, seed),
+    'crfl': lambda c, n, seed: _common.default_mean_factory(),  # its step: server_optimizer
 }
+
+# Defenses acting on the global model after aggregation: name -> the server optimizer wrapping
+# FedAvg's, from (config, server optimizer, seed). Others keep the server optimizer as it is.
+SERVER_OPTIMIZER_BUILDERS: Dict[str, Callable[..., tff.learning.optimizers.Optimizer]] = {
+    'crfl': lambda c, optimizer, seed: crfl.CrflOptimizer(
+        optimizer, c.crfl_sigma, c.crfl_clip_base, c.crfl_clip_slope, c.crfl_clip_max, seed),
+}
+
+
+def build_server_optimizer(config: DefenseConfig, optimizer: tff.learning.optimizers.Optimizer,
+                           seed: Optional[int] = None) -> tff.learning.optimizers.Optimizer:
+  """The server optimizer for `config`: `optimizer`, wrapped if the defense acts on the model.
+
+  Pass it as `server_optimizer_fn` next to `build_defense`'s aggregator (CRFL needs both).
+  """
+  builder = SERVER_OPTIMIZER_BUILDERS.get(config.name)
+  return optimizer if builder is None else builder(config, optimizer, seed)
 
 
 def build_defense(config: DefenseConfig, clients_per_round: int,

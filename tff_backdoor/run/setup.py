@@ -185,7 +185,8 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
   client_work = build_attacker_client_work(
       model_fn, tff.learning.optimizers.build_sgdm(fed_avg.client_lr), attack_config(config),
       fed_avg.batch_size)
-  server = lambda: tff.learning.optimizers.build_sgdm(fed_avg.server_lr)
+  server = lambda: defense_registry.build_server_optimizer(  # CRFL acts on the model
+      config.defense, tff.learning.optimizers.build_sgdm(fed_avg.server_lr), config.run.seed)
   learning_process = process_lib.compose_fed_avg(model_fn, client_work, server(),
                                                  model_aggregator=aggregator)
   capture_process = None

@@ -1,0 +1,96 @@
+"""NumPy references of the published rules behind the newer defenses (issue 29).
+
+Each takes `u`, a list of clients, each a list of arrays (one per variable), and returns the
+aggregate as a list of arrays; float64 throughout. FLAME's clustering is scikit-learn's HDBSCAN.
+"""
+import numpy as np
+from sklearn.cluster import HDBSCAN
+
+
+def flat(u):
+  return np.stack([np.concatenate([np.ravel(x) for x in c]) for c in u]).astype(np.float64)
+
+
+def unflat(vector, like):
+  out, start = [], 0
+  for x in like:
+    out.append(vector[start:start + x.size].reshape(x.shape))
+    start += x.size
+  return out
+
+
+def geomed(u, w, passes=5, nu=1e-6):
+  """RFA: weighted mean, then passes - 1 smoothed Weiszfeld steps (Pillutla et al.)."""
+  x, alpha = flat(u), np.asarray(w, np.float64) / np.sum(w)
+  v = alpha @ x
+  for _ in range(passes - 1):
+    beta = alpha / np.maximum(nu, np.linalg.norm(x - v, axis=1))
+    v = beta @ x / beta.sum()
+  return unflat(v, u[0])
+
+
+def krum_pick(x, f):
+  """Index Krum picks among the rows of x (squared distances, m - f - 2 neighbours)."""
+  m = len(x)
+  d = ((x[:, None] - x[None]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  k = min(max(m - f - 2, 1), m - 1)
+  scores = np.sort(d, axis=1)[:, :k].sum(1)
+  return int(np.argmin(scores))
+
+
+def bulyan(u, f):
+  """El Mhamdi et al.: theta = n - 2f recursive Krum picks, mean of beta closest to median."""
+  x = flat(u)
+  n = len(x)
+  theta, remaining, chosen = max(n - 2 * f, 1), list(range(n)), []
+  for _ in range(theta):
+    chosen.append(remaining.pop(krum_pick(x[remaining], f)))
+  s = x[sorted(chosen)]
+  beta = max(theta - 2 * f, 1)
+  closest = np.argsort(np.abs(s - np.median(s, axis=0)), axis=0, kind='stable')[:beta]
+  return unflat(np.take_along_axis(s, closest, axis=0).mean(0), u[0])
+
+
+def centered_clip(u, center, tau, iterations):
+  """Karimireddy et al.: v += mean_i (x_i - v) min(1, tau / ||x_i - v||), L times."""
+  x, v = flat(u), np.asarray(center, np.float64)
+  for _ in range(iterations):
+    diff = x - v
+    norms = np.linalg.norm(diff, axis=1)
+    v = v + (diff * np.minimum(1.0, tau / np.maximum(norms, 1e-30))[:, None]).mean(0)
+  return v
+
+
+def rlr(u, w, theta):
+  """Ozdayi et al.: weighted mean, negated where |sum of signs| < theta."""
+  x, w = flat(u), np.asarray(w, np.float64)
+  mean = w @ x / w.sum()
+  agreement = np.abs(np.sign(x).sum(0))
+  return unflat(np.where(agreement >= theta, mean, -mean), u[0])
+
+
+def cosine_distances(x):
+  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+  d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+  np.fill_diagonal(d, 0.0)
+  return (d + d.T) / 2
+
+
+def hdbscan_majority(distances, min_samples):
+  """scikit-learn's HDBSCAN as FLAME configures it; True for the clients of cluster 0."""
+  n = len(distances)
+  labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=min(min_samples, n),
+                   metric='precomputed', allow_single_cluster=True).fit(
+                       distances.copy()).labels_  # fit overwrites its input
+  return labels == 0
+
+
+def flame_filter(u, min_samples=2):
+  """FLAME without noise: HDBSCAN cluster on cosine distances, clip at median norm, mean."""
+  x = flat(u)
+  kept = hdbscan_majority(cosine_distances(x), min_samples)
+  norms = np.linalg.norm(x, axis=1)
+  bound = np.median(norms)
+  clipped = x * np.minimum(1.0, bound / norms)[:, None]
+  return unflat(clipped[kept].mean(0), u[0]), kept, bound
