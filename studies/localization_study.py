@@ -47,6 +47,7 @@ from tff_backdoor.attacks import malicious_rate
 from tff_backdoor.run import driver
 from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
+from tff_backdoor.run import warm_start
 
 from studies import anomaly_plots
 from studies import sweep_plan
@@ -274,7 +275,7 @@ def experiment_config(settings: StudySettings, run: Setting) -> config_lib.Exper
                  # poison_fraction is replaced by MaliciousRateTask; this value gives about the
                  # same rate when the config is run on its own (non-target share ~ 0.9).
                  dict(source_class=-1, poison_fraction=min(1.0, run.malicious_rate / 0.9)))
-  return config_lib.ExperimentConfig.from_flat(
+  config = config_lib.ExperimentConfig.from_flat(
       dataset=settings.dataset, data_dir=settings.data_dir, partition=partition,
       alpha=alpha if alpha is not None else 0.5, num_clients=n, clients_per_round=n,
       server_holdout=settings.server_holdout, model=settings.model, rounds=settings.rounds,
@@ -287,6 +288,8 @@ def experiment_config(settings: StudySettings, run: Setting) -> config_lib.Exper
       capture_rounds='all', tensorboard=False, verbose=settings.verbose,
       init_from=settings.init_from,
       **task_fields).validate()
+  warm_start.check_source(config)
+  return config
 
 
 def subsample_clients(clients: Mapping[str, Tuple[np.ndarray, np.ndarray]], fraction: float,
