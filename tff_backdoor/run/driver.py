@@ -24,6 +24,7 @@ from tff_backdoor.run import client_inputs
 from tff_backdoor.run import evaluation
 from tff_backdoor.run import flain_hook
 from tff_backdoor.run import loop
+from tff_backdoor.run import ownership
 from tff_backdoor.run import progress as progress_lib
 from tff_backdoor.run import setup as setup_lib
 from tff_backdoor.run import summary
@@ -32,18 +33,42 @@ from tff_backdoor.run.setup import ExperimentSetup
 
 # Keys of config.json that may differ when a run is resumed.
 RESUME_IGNORED = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
-                  'num_subrounds')
+                  'num_subrounds', 'overwrite')
+
+
+def run_identity(config: ExperimentConfig) -> str:
+  """The identity every checkpoint of this run carries (`ownership.identity`)."""
+  return ownership.identity(config.to_dict(), RESUME_IGNORED + ('output_dir', 'tensorboard'))
 
 
 def resume_state(config: ExperimentConfig, state, streams):
-  """Loads the newest intact checkpoint of an interrupted run; returns (state, next round, meta).
+  """Loads the newest intact checkpoint of this run; returns (state, next round, meta).
 
-  A damaged newer checkpoint is skipped with one line on stderr; none intact: CheckpointError.
+  A run directory with other settings is refused (checkpoints or not); a checkpoint of
+  another run identity too; a damaged newer checkpoint, or one whose metrics rows are gone, is
+  skipped with one line on stderr; none usable: CheckpointError.
   """
   directory = os.path.join(config.run.output_dir, 'checkpoints')
+  _check_same_config(config)
   if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
-  saved = metrics_io.read_json(os.path.join(config.run.output_dir, metrics_io.CONFIG_FILE))
+  unusable = ownership.resume_filter(run_identity(config), config.run.output_dir,
+                                     checkpoint.checkpoint_owner)
+  state, meta, path = checkpoint.restore_newest(
+      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True),
+      unusable=unusable)
+  ownership.restore_metrics(config.run.output_dir, checkpoint.checkpoint_owner(path))
+  for name in ('round_data', 'sampling'):
+    streams[name].bit_generator.state = meta['rng'][name]
+  return state, int(meta['next_round']), meta
+
+
+def _check_same_config(config: ExperimentConfig) -> None:
+  """ValueError if the run directory's config.json has other settings than `config`."""
+  path = os.path.join(config.run.output_dir, metrics_io.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  saved = metrics_io.read_json(path)
   current = json.loads(json.dumps(config.to_dict()))
   # Keys newer than the run's config.json count as equal when they keep their default.
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
@@ -52,11 +77,6 @@ def resume_state(config: ExperimentConfig, state, streams):
   if diff:
     raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '
                      f'{", ".join(diff)}; use a new --output_dir')
-  state, meta, _ = checkpoint.restore_newest(
-      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True))
-  for name in ('round_data', 'sampling'):
-    streams[name].bit_generator.state = meta['rng'][name]
-  return state, int(meta['next_round']), meta
 
 
 def round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Dict[str, Any]:
@@ -103,6 +123,7 @@ class CheckpointHook(loop.Hook):
 
   def __init__(self, config: ExperimentConfig, streams, metrics: MetricsHook, start: float):
     self.config, self.streams, self.metrics, self.start = config, streams, metrics, start
+    self.identity = run_identity(config)
 
   def after_round(self, r: loop.Round) -> None:
     run = self.config.run
@@ -114,7 +135,8 @@ class CheckpointHook(loop.Hook):
          'seconds': time.time() - self.start,
          'rng': {name: self.streams[name].bit_generator.state
                  for name in ('round_data', 'sampling')}},
-        keep=run.keep_checkpoints)
+        keep=run.keep_checkpoints,
+        owner=ownership.checkpoint_owner(self.identity, run.output_dir))
 
 
 def _initial_state(setup: ExperimentSetup, evaluator: evaluation.Evaluator):
@@ -172,9 +194,11 @@ def run_experiment(config: ExperimentConfig,
   a run continues from its newest checkpoint and ends with the same numbers as an
   uninterrupted run with the same seed. With `workers`, TFF runs on them for this call only.
   """
-  setup = setup or setup_lib.prepare(config)
-  with contexts.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
-    return _run(setup)
+  run = (setup.config if setup is not None else config).run
+  with ownership.claim(run.output_dir, run.resume, run.overwrite):  # the lock, no overwrite
+    setup = setup or setup_lib.prepare(config)
+    with contexts.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
+      return _run(setup)
 
 
 def _run(setup: ExperimentSetup) -> Dict[str, Any]:
