@@ -18,12 +18,12 @@ See `studies.sweeps` for the details.
 """
 import sys
 
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
 from tff_backdoor import metrics_io
 
+from studies import run_checks
 from studies import sweeps
 
 flags.DEFINE_multi_string('grid', [], "Grid 'flag=v1,v2;flag2=v3,...' (cartesian product); "
@@ -68,8 +68,19 @@ def _spec(extra_flags):
       done_file=FLAGS.done_file, metrics=tuple(FLAGS.metrics)).validate()
 
 
+def _check_flags(spec):
+  """Every configuration through the program's flag check: one line each on stderr, exit 2."""
+  try:
+    sweeps.check_flags(spec)
+  except run_checks.FlagErrors as e:
+    for line in e.lines:
+      print(f'error: {line}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main(argv):
   spec = cli.run_or_fail(lambda: _spec(argv[1:]))
+  _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
       spec, parallel=FLAGS.parallel, dry_run=FLAGS.dry_run,
       replace_mismatched=FLAGS.replace_mismatched))
@@ -77,4 +88,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

@@ -20,7 +20,8 @@ Each configuration runs as `python -m PROGRAM BASE_FLAGS GRID_FLAGS --output_dir
 (grid flags come last, so they override a base flag of the same name). RUN_DIR is
 `OUTPUT_DIR/<flag>=<value>,<flag>=<value>` in grid order, e.g. `runs/s/defense=clip,seed=1`
 (a value with characters other than letters, digits and `._+-` is shortened and gets a hash
-suffix). A run is finished when its `final.json` exists; a finished run is skipped when its
+suffix). A run is finished when its `final.json` parses (a JSON object whose `rounds` are its
+`config.json`'s; a corrupt one is redone, never averaged); a finished run is skipped when its
 `config.json` matches the requested flags, and anything else in RUN_DIR (a crash, an
 interrupted run) is deleted and run again from scratch. So an interrupted sweep, re-run with
 the same command, only runs what is missing.
@@ -33,6 +34,10 @@ configurations pay for one clean pretraining instead of N. A finished configurat
 reused if its config.json's `init_from_sha256` is the pretraining's final `model_sha256`
 (otherwise it was built on another pretraining: a mismatch). If the pretraining fails, no
 configuration runs and the sweep exits 1.
+
+Before anything runs, every configuration's command line (the pretraining's too) goes through
+the program's own flag check (`run_checks.flag_errors`, in this process): a refused one is one
+line on stderr naming the configuration, and the sweep exits 2 having started nothing.
 
 Outputs in OUTPUT_DIR: `sweep.json` (the plan and each run's status), `runs.csv` (one row per
 configuration), `results.csv` and `results.md` (one row per configuration group = the grid
@@ -63,6 +68,8 @@ import numpy as np
 
 from tff_backdoor import metrics_io
 
+from studies import run_checks
+
 DEFAULT_PROGRAM = 'experiments.emnist_backdoor'
 DEFAULT_METRICS = ('test_accuracy', 'backdoor_accuracy', 'flain.after.test_accuracy',
                    'flain.after.backdoor_accuracy')
@@ -79,7 +86,7 @@ INIT_FLAG = 'init_from'  # The program's warm-start flag, set for each configura
 
 # Run states.
 NEW = 'new'  # No directory yet.
-PARTIAL = 'partial'  # Directory made by a sweep, no done file: deleted and run again.
+PARTIAL = 'partial'  # Made by a sweep, no valid done file: deleted and run again.
 FINISHED = 'finished'  # Done file and matching config: skipped.
 MISMATCH = 'mismatch'  # Done file but made with other flags.
 FOREIGN = 'foreign'  # Non-empty directory the sweep did not make.
@@ -484,10 +491,11 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
       return FOREIGN, f'{directory} is a file'
     return NEW, ''
   has_record = os.path.exists(os.path.join(directory, RUN_RECORD))
-  if not os.path.exists(os.path.join(directory, spec.done_file)):
+  unfinished = _unfinished(directory, spec)
+  if unfinished:
     if not has_record and os.listdir(directory):
       return FOREIGN, f'{directory} was not made by a sweep'
-    return PARTIAL, 'unfinished'
+    return PARTIAL, unfinished
   config_path = os.path.join(directory, metrics_io.CONFIG_FILE)
   try:
     if os.path.exists(config_path):
@@ -508,6 +516,33 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
   if diffs:
     return MISMATCH, '; '.join(diffs)
   return FINISHED, ''
+
+
+def _unfinished(directory: str, spec: SweepSpec) -> str:
+  """'' if the done file marks a finished run (it parses and fits its config.json), else why
+  not ('unfinished', or what is wrong with it: such a run is redone, never counted)."""
+  final_path = os.path.join(directory, spec.done_file)
+  if not os.path.exists(final_path):
+    return 'unfinished'
+  config_path = os.path.join(directory, metrics_io.CONFIG_FILE)
+  try:
+    config = metrics_io.read_json(config_path) if os.path.exists(config_path) else None
+  except ValueError:
+    config = None  # reported as a mismatch by run_status
+  return run_checks.final_problem(final_path, config if isinstance(config, dict) else None) or ''
+
+
+def check_flags(spec: SweepSpec) -> None:
+  """Raises run_checks.FlagErrors (one line per configuration) if the program's flag check
+  refuses any configuration (the pretraining's included), before anything runs."""
+  runs = plan(spec) + [r for r in [pretrain_run(spec)] if r is not None]
+  # The sweep's own --init_from names the pretraining, which does not exist yet.
+  init = f'--{INIT_FLAG}={os.path.join(os.path.abspath(spec.output_dir), PRETRAIN)}'
+  errors = run_checks.flag_errors(spec.program, [
+      (run.name, [*(a for a in run.args if a != init), f'--{spec.output_flag}={run.directory}'])
+      for run in runs])
+  if errors:
+    raise run_checks.FlagErrors(errors)
 
 
 # ----------------------------------------------------------------------------- execution
@@ -707,6 +742,7 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   runs = plan(spec)
   pretrain = pretrain_run(spec)
   root = resolve_program(spec.program)
+  check_flags(spec)
   states = {run.name: run_status(run, spec) for run in runs + ([pretrain] if pretrain else [])}
   if not dry_run:
     _check_reusable(spec, [pretrain] if pretrain else [], states, replace_mismatched)
@@ -1006,4 +1042,5 @@ def finished_run_dirs(directory: str, where: Mapping[str, str]) -> List[str]:
   """The finished runs (final.json written) of a sweep whose grid flags match `where`."""
   return [run_dir for _, run_dir, flags in iter_run_dirs(directory)
           if all(str(flags.get(k)) == str(v) for k, v in where.items())
-          and os.path.exists(os.path.join(run_dir, metrics_io.FINAL_FILE))]
+          and run_checks.final_problem(os.path.join(run_dir, metrics_io.FINAL_FILE),
+                                       None) is None]

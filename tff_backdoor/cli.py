@@ -9,7 +9,7 @@ import dataclasses
 import importlib
 import signal
 import sys
-from typing import Any, Callable, List, NoReturn, Sequence
+from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
 from absl import flags
 from absl import logging
@@ -100,6 +100,14 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
 
   TensorFlow-free: programs call it before they import the heavy modules.
   """
+  try:
+    return checked_config(flag_values)
+  except ValueError as e:
+    fail(str(e))
+
+
+def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig:
+  """The validated ExperimentConfig of parsed config flags; ValueError (one line) if bad."""
   values = flag_values.flag_values_dict()
   flat, defense = {}, {}
   for section, cls in config_lib.SECTIONS:
@@ -108,11 +116,22 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
       if name in values and field.metadata['is_flag']:
         target = defense if section == 'defense' else flat
         target[field.name if section == 'defense' else name] = values[name]
+  return config_lib.ExperimentConfig.from_flat(
+      defense=config_lib.DefenseConfig(**defense), **flat).validate()
+
+
+def config_flags_error(argv: Sequence[str]) -> Optional[str]:
+  """What the experiment program's flag check (config flags, then `checked_config`) says of
+  `argv` (flags only), in one line; None if they pass. Defines the flags on a fresh
+  FlagValues, so it can check many command lines in one process (sweeps do)."""
+  values = flags.FlagValues()
+  define_config_flags(flag_values=values)
   try:
-    return config_lib.ExperimentConfig.from_flat(
-        defense=config_lib.DefenseConfig(**defense), **flat).validate()
-  except ValueError as e:
-    fail(str(e))
+    values(['program', *argv])
+    checked_config(values)
+  except (flags.Error, ValueError) as e:
+    return ' '.join(str(e).split())
+  return None
 
 
 def run_or_fail(fn: Callable[[], Any]) -> Any:
