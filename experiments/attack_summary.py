@@ -9,7 +9,6 @@ backdoor accuracy over the attack rounds. Reads metrics.jsonl; see
 """
 import os
 
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -49,4 +48,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

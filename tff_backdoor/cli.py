@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -29,6 +30,19 @@ def exit_on_sigterm() -> None:
     del frame
     sys.exit(128 + signum)
   signal.signal(signal.SIGTERM, handler)
+
+
+def run_program(main: Callable[[List[str]], Any],
+                flags_parser: Optional[Callable[[List[str]], List[str]]] = None) -> None:
+  """absl's `app.run(main, flags_parser)` (default `one_line_flags_parser`) where Ctrl-C ends
+  in one line on stderr and exit code 130, not a traceback; the `with` blocks and atexit hooks
+  (TFF workers) have run by then."""
+  try:
+    app.run(main, flags_parser=flags_parser or one_line_flags_parser)
+  except KeyboardInterrupt:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # A second Ctrl-C must not break the exit.
+    print('interrupted', file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def one_line_flags_parser(argv: List[str]) -> List[str]:
