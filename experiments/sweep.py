@@ -12,8 +12,10 @@ stdout and stderr in run.log there. Finished configurations (final.json present,
 matching) are skipped, unfinished ones are deleted and run again, so re-running an
 interrupted sweep finishes it. --pretrain_flags runs one shared pretraining first and
 warm-starts every configuration from it. Writes results.md, results.csv (mean and std over
-seeds per configuration group), runs.csv and sweep.json to --output_dir. Exit code: 0 all
-finished, 1 some configuration failed (listed at the end), 130 interrupted.
+seeds per configuration group), runs.csv and sweep.json to --output_dir. Every
+configuration's flags are checked by the program's own flag check before anything starts.
+Exit code: 0 all finished, 1 some configuration failed (listed at the end), 2 bad flags (one
+line per configuration on stderr, nothing started), 130 interrupted.
 See `studies.sweeps` for the details.
 """
 import sys
