@@ -15,7 +15,6 @@ value, seed), plots/<task>_<partition>_<factor>_seed<k>.png, and per run runs/<r
 the experiment's own files plus study_run.json, localization*.csv, detector.json,
 summary.json (marks the run done: it is skipped next time) and PNG plots.
 """
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -109,4 +108,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

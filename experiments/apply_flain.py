@@ -14,7 +14,6 @@ before and after. FLAIN flags mean what they mean in experiments.emnist_backdoor
 """
 import os
 
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -72,5 +71,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.flain_hook',
-                                                      check=lambda: None))
+  cli.run_program(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.flain_hook',
+                                                              check=lambda: None))

@@ -11,7 +11,6 @@ would mean nothing.
 """
 import os
 
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -95,4 +94,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

@@ -10,7 +10,6 @@ initial_weights.npz (round-0 global model: --init_from's model for a warm start)
 final_model.keras, captures/ (--capture_rounds),
 flain.json and flain_model.keras (--flain).
 """
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.driver'))
+  cli.run_program(main, flags_parser=cli.checked_flags_parser('tff_backdoor.run.driver'))

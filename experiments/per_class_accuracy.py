@@ -8,7 +8,6 @@ writes the reports as JSON. See `tff_backdoor.analysis.diagnostics`.
 """
 import os
 
-from absl import app
 from absl import flags
 
 # TensorFlow must be imported before app.run: a Keras Sequential model first built inside
@@ -63,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

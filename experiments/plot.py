@@ -8,7 +8,6 @@ configuration group, mean over seeds with a min-max band), flain.png (accuracy b
 FLAIN, with --flain runs) and anomaly_auc*.png / bias_scores*.png (runs with
 --capture_rounds), and prints the files written. See `studies.plots`.
 """
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -30,4 +29,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

@@ -11,7 +11,6 @@ and seconds per run; FAMILY.png (accuracy vs the varied flag) and FAMILY.csv bes
 AUC-per-variable table of the baseline runs, one table per factor sweep, and the detector
 facts over every run (is the bias first per seed; FPR of the fixed z; TPR at 1% FPR).
 """
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
@@ -51,4 +50,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

@@ -12,18 +12,20 @@ stdout and stderr in run.log there. Finished configurations (final.json present,
 matching) are skipped, unfinished ones are deleted and run again, so re-running an
 interrupted sweep finishes it. --pretrain_flags runs one shared pretraining first and
 warm-starts every configuration from it. Writes results.md, results.csv (mean and std over
-seeds per configuration group), runs.csv and sweep.json to --output_dir. Exit code: 0 all
-finished, 1 some configuration failed (listed at the end), 130 interrupted.
+seeds per configuration group), runs.csv and sweep.json to --output_dir. Every
+configuration's flags are checked by the program's own flag check before anything starts.
+Exit code: 0 all finished, 1 some configuration failed (listed at the end), 2 bad flags (one
+line per configuration on stderr, nothing started), 130 interrupted.
 See `studies.sweeps` for the details.
 """
 import sys
 
-from absl import app
 from absl import flags
 
 from tff_backdoor import cli
 from tff_backdoor.run import rundir
 
+from studies import run_checks
 from studies import sweep_grid
 from studies import sweep_plan
 from studies import sweeps
@@ -70,8 +72,19 @@ def _spec(extra_flags):
       done_file=FLAGS.done_file, metrics=tuple(FLAGS.metrics)).validate()
 
 
+def _check_flags(spec):
+  """Every configuration through the program's flag check: one line each on stderr, exit 2."""
+  try:
+    sweep_plan.check_flags(spec)
+  except run_checks.FlagErrors as e:
+    for line in e.lines:
+      print(f'error: {line}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def main(argv):
   spec = cli.run_or_fail(lambda: _spec(argv[1:]))
+  _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
       spec, parallel=FLAGS.parallel, dry_run=FLAGS.dry_run,
       replace_mismatched=FLAGS.replace_mismatched))
@@ -79,4 +92,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.one_line_flags_parser)
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

@@ -628,8 +628,9 @@ def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
   start = time.time()
   info = _trained_info(settings, run)
   if info is None:
-    # Stale rounds of an interrupted run.
-    shutil.rmtree(os.path.join(run_dir, rundir.CAPTURES_DIR), ignore_errors=True)
+    # An interrupted run's files (a fresh start refuses to write over them): start over.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
     setup = prepare_run(settings, run)
     final = driver.run_prepared(setup)
     info = {'run': dataclasses.asdict(run), 'settings': settings_fingerprint(settings),

@@ -17,6 +17,8 @@ from absl import flags as absl_flags
 from tff_backdoor import metrics_io
 from tff_backdoor.run import rundir
 
+from studies import run_checks
+
 from studies.sweep_grid import FLAG_NAME, Grid, GridError, check_unique, expand, flag_items
 from studies.sweep_grid import group_label, run_name
 
@@ -290,6 +292,33 @@ def _pretrain_sha(spec: SweepSpec) -> Optional[str]:
   return final.get('model_sha256') if final else None
 
 
+def _unfinished(directory: str, spec: SweepSpec) -> str:
+  """'' if the done file marks a finished run (it parses and fits its config.json), else why
+  not ('unfinished', or what is wrong with it: such a run is redone, never counted)."""
+  final_path = os.path.join(directory, spec.done_file)
+  if not os.path.exists(final_path):
+    return 'unfinished'
+  config_path = os.path.join(directory, rundir.CONFIG_FILE)
+  try:
+    config = metrics_io.read_json(config_path) if os.path.exists(config_path) else None
+  except ValueError:
+    config = None  # reported as a mismatch by run_status
+  return run_checks.final_problem(final_path, config if isinstance(config, dict) else None) or ''
+
+
+def check_flags(spec: SweepSpec) -> None:
+  """Raises run_checks.FlagErrors (one line per configuration) if the program's flag check
+  refuses any configuration (the pretraining's included), before anything runs."""
+  runs = plan(spec) + [r for r in [pretrain_run(spec)] if r is not None]
+  # The sweep's own --init_from names the pretraining, which does not exist yet.
+  init = f'--{INIT_FLAG}={os.path.join(os.path.abspath(spec.output_dir), PRETRAIN)}'
+  errors = run_checks.flag_errors(spec.program, [
+      (run.name, [*(a for a in run.args if a != init), f'--{spec.output_flag}={run.directory}'])
+      for run in runs])
+  if errors:
+    raise run_checks.FlagErrors(errors)
+
+
 def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
   """(state, detail) of a run directory: NEW, PARTIAL, FINISHED, MISMATCH or FOREIGN.
 
@@ -302,10 +331,11 @@ def run_status(run: Run, spec: SweepSpec) -> Tuple[str, str]:
       return FOREIGN, f'{directory} is a file'
     return NEW, ''
   has_record = os.path.exists(os.path.join(directory, RUN_RECORD))
-  if not os.path.exists(os.path.join(directory, spec.done_file)):
+  unfinished = _unfinished(directory, spec)
+  if unfinished:
     if not has_record and os.listdir(directory):
       return FOREIGN, f'{directory} was not made by a sweep'
-    return PARTIAL, 'unfinished'
+    return PARTIAL, unfinished
   config_path = os.path.join(directory, rundir.CONFIG_FILE)
   try:
     if os.path.exists(config_path):

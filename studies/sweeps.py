@@ -41,7 +41,8 @@ from studies.sweep_grid import group_label
 from studies.sweep_plan import FAILED, FINISHED, FOREIGN, LOG_FILE, MISMATCH, NEW, NOT_RUN, PARTIAL
 from studies.sweep_plan import PRETRAIN, RESULTS_CSV, RESULTS_MD, RUNS_CSV, Run, SweepResult
 from studies.sweep_plan import run_status
-from studies.sweep_plan import SweepSpec, plan, pretrain_run, read_final, resolve_program
+from studies.sweep_plan import SweepSpec, check_flags, plan, pretrain_run, read_final
+from studies.sweep_plan import resolve_program
 from studies.sweep_processes import lock_output_dir, reap, start_run, stop_runs
 from studies.sweep_processes import SigtermInterrupts, child_env, has_exited, last_error
 from studies.sweep_results import summary_line, write_outputs
@@ -65,6 +66,7 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   runs = plan(spec)
   pretrain = pretrain_run(spec)
   root = resolve_program(spec.program)
+  check_flags(spec)
   states = {run.name: run_status(run, spec) for run in runs + ([pretrain] if pretrain else [])}
   if not dry_run:
     _check_reusable(spec, [pretrain] if pretrain else [], states, replace_mismatched)

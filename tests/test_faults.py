@@ -160,12 +160,14 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_leaves_no_worker_binary(idx_dir, tmp_path, sig):
+  """And Ctrl-C (SIGINT) ends in one line on stderr, exit code 130, no traceback."""
   out = tmp_path / 'run'
-  with open(tmp_path / 'run.log', 'w') as log:
+  with open(tmp_path / 'run.log', 'w') as log, open(tmp_path / 'err.log', 'w') as err:
     proc = subprocess.Popen(
         [sys.executable, '-m', 'experiments.emnist_backdoor',
          *_flags(dict(_RUN, data_dir=idx_dir, output_dir=out, rounds=500, checkpoint_every=0))],
-        cwd=REPO, env=_env(), stdout=log, stderr=log, start_new_session=True)
+        cwd=REPO, env=dict(_env(), TF_CPP_MIN_LOG_LEVEL='3'), stdout=log, stderr=err,
+        start_new_session=True)
   try:
     deadline, workers = time.time() + 180, []
     while time.time() < deadline and proc.poll() is None:
@@ -173,9 +175,13 @@ def test_killed_run_leaves_no_worker_binary(idx_dir, tmp_path, sig):
       if workers and (out / 'metrics.jsonl').exists() and (out / 'metrics.jsonl').stat().st_size:
         break  # Its worker is running rounds.
       time.sleep(0.2)
-    assert proc.poll() is None and workers, (tmp_path / 'run.log').read_text()[-2000:]
+    assert proc.poll() is None and workers, (tmp_path / 'err.log').read_text()[-2000:]
+    errors_before = (tmp_path / 'err.log').read_text()
     os.kill(proc.pid, sig)  # The Python process only, not its group.
     proc.wait(timeout=60)
+    if sig == signal.SIGINT:
+      added = (tmp_path / 'err.log').read_text()[len(errors_before):]
+      assert (proc.returncode, added) == (130, 'interrupted\n')
     deadline = time.time() + 5
     while time.time() < deadline and any(_alive(w) for w in workers):
       time.sleep(0.1)

@@ -213,6 +213,16 @@ def test_local_worker_that_cannot_bind_is_reported_at_once():
       workers_lib.start_local_workers(1, ports=[port], timeout_s=30.0)
 
 
+def test_serve_cli_on_a_taken_port_exits_non_zero_in_one_line():
+  """It used to print 'serving', then a kilobyte of gRPC bind error, and exit 0."""
+  with socket.socket() as busy:
+    busy.bind(('127.0.0.1', 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    code, lines = tiny.program_stderr('tff_backdoor.execution.workers', 'serve', f'--port={port}')
+  assert (code, lines) == (2, [f'error: cannot serve on port {port}: Address already in use'])
+
+
 def test_serve_cli_execs_a_worker_that_check_reaches():
   port = portpicker.pick_unused_port()
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -248,6 +248,44 @@ def test_sweep_program_gives_one_line_error_for_a_malformed_grid(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def test_a_run_with_a_corrupt_final_json_is_rerun_not_averaged(tmp_path, fake_program):
+  out = str(tmp_path / 'sweep')
+  spec = sweep_plan.SweepSpec(out, [sweep_grid.parse_grid('mode=a;seed=1,2,3')], program=fake_program)
+  assert sweeps.run_sweep(spec, out=lambda s: None).exit_code == 0
+  final = os.path.join(out, 'mode=a,seed=2', 'final.json')
+  with open(final) as f:
+    text = f.read()
+  with open(final, 'w') as f:
+    f.write(text[:len(text) // 2])  # torn: not JSON
+  assert sweep_plan.run_status(sweep_plan.plan(spec)[1], spec)[0] == sweep_plan.PARTIAL
+  again = sweeps.run_sweep(spec, out=lambda s: None)
+  assert again.ran == ['mode=a,seed=2'] and again.exit_code == 0
+  (row,) = _read_csv(os.path.join(out, sweep_plan.RESULTS_CSV))
+  assert row['n_seeds'] == '3'
+  assert float(row['test_accuracy_mean']) == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3
+
+
+def test_bad_flags_of_any_configuration_stop_the_sweep_before_it_starts(tmp_path):
+  """An unknown grid flag, a bad value in one grid cell, a bad pretraining flag: one line each
+  on stderr naming the configuration, exit 2, nothing started (no run directory)."""
+  out = tmp_path / 'sweep'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', '--grid=defnse=clip;seed=0',
+       '--grid=rounds=2,0;seed=0', f'--base_flags={TINY_FLAGS.format(tmp_path)}',
+       '--pretrain_flags=--attack=nope', f'--output_dir={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2, result.stderr
+  assert lines == [
+      "error: configuration defnse=clip,seed=0: Unknown command line flag 'defnse'. "
+      'Did you mean: defense ?',
+      'error: configuration rounds=0,seed=0: --rounds must be >= 1, got 0',
+      'error: configuration pretrain: flag --attack=nope: value should be one of '
+      '<data_poison|boost|norm_bounded>'], lines
+  assert not out.exists() and result.stdout == ''
+
+
 # ----------------------------------------------------------------------------- real runs
 
 

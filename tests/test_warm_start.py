@@ -123,22 +123,6 @@ def test_warm_start_from_the_newest_checkpoint_of_an_unfinished_run(idx_dir, tmp
   assert warm_start.weights_sha256(_npz(tmp_path / 'warm' / 'initial_weights.npz')) == sha
 
 
-class _StopAfter:
-  """Wraps a learning process; raises KeyboardInterrupt on the call of `next` after `rounds`."""
-
-  def __init__(self, process, rounds):
-    self._process, self._left = process, rounds
-
-  def __getattr__(self, name):
-    return getattr(self._process, name)
-
-  def next(self, state, data):
-    if self._left == 0:
-      raise KeyboardInterrupt
-    self._left -= 1
-    return self._process.next(state, data)
-
-
 def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_dir, source,
                                                                           tmp_path):
   own_source = str(tmp_path / 'source')
@@ -147,7 +131,7 @@ def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_di
                clients_per_round=3, batch_size=10)
   reference = driver.run_experiment(_config(idx_dir, tmp_path / 'ref', **flags))
   setup = setup_lib.prepare(_config(idx_dir, tmp_path / 'run', **flags))
-  setup.process = _StopAfter(setup.process, 2)
+  setup.process = tiny.StopAfter(setup.process, 2)
   with pytest.raises(KeyboardInterrupt):
     driver.run_prepared(setup)
   resumed = driver.run_experiment(_config(idx_dir, tmp_path / 'run', resume=True, **flags))

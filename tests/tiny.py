@@ -73,3 +73,19 @@ def program_stderr(module: str, *args: str) -> Tuple[int, List[str]]:
   result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
                           text=True, env=env, timeout=300)
   return result.returncode, [l for l in result.stderr.splitlines() if l.strip()]
+
+
+class StopAfter:
+  """A learning process that raises KeyboardInterrupt on the call of `next` after `rounds`."""
+
+  def __init__(self, process, rounds):
+    self._process, self._left = process, rounds
+
+  def __getattr__(self, name):
+    return getattr(self._process, name)
+
+  def next(self, state, data):
+    if self._left == 0:
+      raise KeyboardInterrupt
+    self._left -= 1
+    return self._process.next(state, data)

@@ -10,8 +10,9 @@ import importlib
 import os
 import signal
 import sys
-from typing import Any, Callable, List, NoReturn, Sequence
+from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -48,6 +49,19 @@ def exit_on_sigterm() -> None:
     del frame
     sys.exit(128 + signum)
   signal.signal(signal.SIGTERM, handler)
+
+
+def run_program(main: Callable[[List[str]], Any],
+                flags_parser: Optional[Callable[[List[str]], List[str]]] = None) -> None:
+  """absl's `app.run(main, flags_parser)` (default `one_line_flags_parser`) where Ctrl-C ends
+  in one line on stderr and exit code 130, not a traceback; the `with` blocks and atexit hooks
+  (TFF workers) have run by then."""
+  try:
+    app.run(main, flags_parser=flags_parser or one_line_flags_parser)
+  except KeyboardInterrupt:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # A second Ctrl-C must not break the exit.
+    print('interrupted', file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def one_line_flags_parser(argv: List[str]) -> List[str]:
@@ -120,6 +134,14 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
 
   TensorFlow-free: programs call it before they import the heavy modules.
   """
+  try:
+    return checked_config(flag_values)
+  except ValueError as e:
+    fail(str(e))
+
+
+def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig:
+  """The validated ExperimentConfig of parsed config flags; ValueError (one line) if bad."""
   values = flag_values.flag_values_dict()
   flat, defense = {}, {}
   for section, cls in config_lib.SECTIONS:
@@ -128,15 +150,26 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
       if name in values and field.metadata['is_flag']:
         target = defense if section == 'defense' else flat
         target[field.name if section == 'defense' else name] = values[name]
+  config = config_lib.ExperimentConfig.from_flat(
+      defense=config_lib.DefenseConfig(**defense), **flat).validate()
+  if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
+    from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
+    warm_start.check_source(config)
+  return config
+
+
+def config_flags_error(argv: Sequence[str]) -> Optional[str]:
+  """What the experiment program's flag check (config flags, then `checked_config`) says of
+  `argv` (flags only), in one line; None if they pass. Defines the flags on a fresh
+  FlagValues, so it can check many command lines in one process (sweeps do)."""
+  values = flags.FlagValues()
+  define_config_flags(flag_values=values)
   try:
-    config = config_lib.ExperimentConfig.from_flat(
-        defense=config_lib.DefenseConfig(**defense), **flat).validate()
-    if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
-      from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
-      warm_start.check_source(config)
-    return config
-  except ValueError as e:
-    fail(str(e))
+    values(['program', *argv])
+    checked_config(values)
+  except (flags.Error, ValueError) as e:
+    return ' '.join(str(e).split())
+  return None
 
 
 def run_or_fail(fn: Callable[[], Any]) -> Any:

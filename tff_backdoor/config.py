@@ -182,6 +182,10 @@ class RunConfig(Fields):
                                  'an older one if the newest is damaged.', rule=AT_LEAST_ONE)
   resume: bool = option(False, "Continue from output_dir's newest checkpoint (same flags "
                         'required).')
+  overwrite: str = option(
+      'refuse', "A fresh start (no --resume) in an --output_dir that holds a run's files: "
+      "'refuse' (one line, exit 1) or 'move' them to a sibling OUTPUT_DIR.old-N (never "
+      'deleted).', choices=('refuse', 'move'))
   init_from: Optional[str] = option(
       None, "Warm start: a run directory whose final_model.keras (or newest checkpoint) is the "
       "round-0 model; rounds, schedules and seeds are this run's own (see "

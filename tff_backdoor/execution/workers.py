@@ -320,6 +320,27 @@ def stop_local_workers(timeout_s: float = 5.0) -> int:
   return len(pids)
 
 
+def check_port_free(port: int) -> None:
+  """OSError (one line) if a server cannot bind `port` on all interfaces, as the worker will.
+
+  The worker binary reports a failed bind in a kilobyte of gRPC log and exits 0; binding here
+  first turns that into one line and a non-zero exit.
+  """
+  import socket  # pylint: disable=g-import-not-at-top
+  family, address = ((socket.AF_INET6, ('::', port)) if socket.has_ipv6
+                     else (socket.AF_INET, ('0.0.0.0', port)))
+  try:
+    probe = socket.socket(family, socket.SOCK_STREAM)
+  except OSError:
+    probe, address = socket.socket(socket.AF_INET, socket.SOCK_STREAM), ('0.0.0.0', port)
+  with probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no obstacle
+    try:
+      probe.bind(address)
+    except OSError as e:
+      raise OSError(f'cannot serve on port {port}: {e.strerror or e}') from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`serve` execs a worker binary; `check` waits for workers to answer."""
   parser = argparse.ArgumentParser(prog='python -m tff_backdoor.execution.workers',
@@ -338,6 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if not 0 < args.port < 65536:
         raise ValueError(f'--port must be in 1..65535, found {args.port}')
       argv_ = _worker_argv(args.port, args.max_concurrent_computation_calls)
+      check_port_free(args.port)
       print(f'TFF worker serving on port {args.port} (all interfaces)', file=sys.stderr,
             flush=True)
       os.execve(argv_[0], argv_, _worker_env())
@@ -353,4 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:  # `check` waiting: one line, like the absl programs (cli.run_program)
+    print('interrupted', file=sys.stderr)
+    sys.exit(130)

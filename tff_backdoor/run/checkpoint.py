@@ -69,13 +69,14 @@ def _write_meta(path: str, meta: Dict[str, Any]) -> None:
     json.dump(meta, f)
 
 
-def _write_manifest(directory: str) -> None:
-  """Records size and SHA-256 of the checkpoint's files; written (and fsynced) last."""
+def _write_manifest(directory: str, owner: Optional[Dict[str, Any]] = None) -> None:
+  """Records size and SHA-256 of the checkpoint's files (and `owner`, the run it belongs to:
+  `run.ownership`); written (and fsynced) last."""
   files = {name: {'bytes': os.path.getsize(os.path.join(directory, name)),
                   'sha256': _sha256(os.path.join(directory, name))} for name in (STATE, META)}
   path = os.path.join(directory, MANIFEST)
   with open(path, 'w') as f:
-    json.dump({'files': files}, f)
+    json.dump({'files': files, **({'owner': owner} if owner else {})}, f)
     f.flush()
     os.fsync(f.fileno())
 
@@ -122,8 +123,10 @@ def damage(path: str) -> Optional[str]:
 
 
 def save_checkpoint(directory: str, round_num: int, state: Any, meta: Dict[str, Any],
-                    keep: int = DEFAULT_KEEP) -> str:
+                    keep: int = DEFAULT_KEEP, owner: Optional[Dict[str, Any]] = None) -> str:
   """Saves `state` (any tf.nest structure of arrays/scalars) and JSON-able `meta`.
+
+  `owner` (JSON-able) goes into the manifest: which run wrote it (`checkpoint_owner`).
 
   Keeps the newest `keep` (>= 1) intact checkpoints; see the module docstring for the order
   of writes. Raises OSError if the new checkpoint does not read back intact.
@@ -141,7 +144,7 @@ def save_checkpoint(directory: str, round_num: int, state: Any, meta: Dict[str, 
   _write_meta(os.path.join(tmp, META), {'round_num': round_num, 'num_leaves': len(leaves), **meta})
   for file_name in (STATE, META):
     _fsync_file(os.path.join(tmp, file_name))
-  _write_manifest(tmp)
+  _write_manifest(tmp, owner)
   _fsync_dir(tmp)
   replaced = None
   if os.path.exists(final):  # Only a damaged one can be here (resume starts after intact ones).
@@ -177,6 +180,16 @@ def _prune(directory: str, keep: int, current: str) -> None:
       kept += 1
     else:
       shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_owner(path: str) -> Dict[str, Any]:
+  """The `owner` record in the manifest of the checkpoint at `path` ({} if it has none)."""
+  try:
+    with open(os.path.join(path, MANIFEST)) as f:
+      owner = json.load(f).get('owner', {})
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return owner if isinstance(owner, dict) else {}
 
 
 def _read_latest(directory: str) -> Optional[str]:
@@ -231,12 +244,15 @@ def load_checkpoint(path: str, template_state: Any) -> Tuple[Any, Dict[str, Any]
   return tf.nest.pack_sequence_as(template_state, restored), meta
 
 
-def restore_newest(directory: str, template_state: Any,
-                   warn: Callable[[str], None]) -> Optional[Tuple[Any, Dict[str, Any], str]]:
+def restore_newest(directory: str, template_state: Any, warn: Callable[[str], None],
+                   unusable: Callable[[str], Optional[str]] = lambda path: None
+                   ) -> Optional[Tuple[Any, Dict[str, Any], str]]:
   """(state, meta, path) of the newest intact checkpoint in `directory`; None if it has none.
 
-  Damaged checkpoints newer than the one loaded are reported in one `warn` line. Raises
-  CheckpointError (one line naming `directory`) if checkpoints exist but none is intact.
+  `unusable(path)` may give a reason to pass over an intact checkpoint too (its run's rows are
+  gone: `ownership.resume_filter`). Damaged checkpoints newer than the one loaded are reported
+  in one `warn` line. Raises CheckpointError (one line naming `directory`) if checkpoints exist
+  but none is intact.
   """
   names = _checkpoints(directory)
   if not names:
@@ -248,6 +264,7 @@ def restore_newest(directory: str, template_state: Any,
   for name in names:
     path = os.path.join(directory, name)
     problem = damage(path)
+    problem = problem if problem is not None else unusable(path)
     if problem is None:
       state, meta = load_checkpoint(path, template_state)
       if problems:

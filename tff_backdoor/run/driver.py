@@ -26,6 +26,7 @@ from tff_backdoor.run import client_inputs
 from tff_backdoor.run import evaluation
 from tff_backdoor.run import flain_hook
 from tff_backdoor.run import loop
+from tff_backdoor.run import ownership
 from tff_backdoor.run import progress as progress_lib
 from tff_backdoor.run import rundir
 from tff_backdoor.run import setup as setup_lib
@@ -35,18 +36,42 @@ from tff_backdoor.run.setup import ExperimentSetup
 
 # Keys of config.json that may differ when a run is resumed.
 RESUME_IGNORED = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', 'workers',
-                  'num_subrounds')
+                  'num_subrounds', 'overwrite')
+
+
+def run_identity(config: ExperimentConfig) -> str:
+  """The identity every checkpoint of this run carries (`ownership.identity`)."""
+  return ownership.identity(config.to_dict(), RESUME_IGNORED + ('output_dir', 'tensorboard'))
 
 
 def resume_state(config: ExperimentConfig, state, streams):
-  """Loads the newest intact checkpoint of an interrupted run; returns (state, next round, meta).
+  """Loads the newest intact checkpoint of this run; returns (state, next round, meta).
 
-  A damaged newer checkpoint is skipped with one line on stderr; none intact: CheckpointError.
+  A run directory with other settings is refused (checkpoints or not); a checkpoint of
+  another run identity too; a damaged newer checkpoint, or one whose metrics rows are gone, is
+  skipped with one line on stderr; none usable: CheckpointError.
   """
   directory = os.path.join(config.run.output_dir, rundir.CHECKPOINTS_DIR)
+  _check_same_config(config)
   if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
-  saved = metrics_io.read_json(os.path.join(config.run.output_dir, rundir.CONFIG_FILE))
+  unusable = ownership.resume_filter(run_identity(config), config.run.output_dir,
+                                     checkpoint.checkpoint_owner)
+  state, meta, path = checkpoint.restore_newest(
+      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True),
+      unusable=unusable)
+  ownership.restore_metrics(config.run.output_dir, checkpoint.checkpoint_owner(path))
+  for name in ('round_data', 'sampling'):
+    streams[name].bit_generator.state = meta['rng'][name]
+  return state, int(meta['next_round']), meta
+
+
+def _check_same_config(config: ExperimentConfig) -> None:
+  """ValueError if the run directory's config.json has other settings than `config`."""
+  path = os.path.join(config.run.output_dir, rundir.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  saved = metrics_io.read_json(path)
   current = json.loads(json.dumps(config.to_dict()))
   # Keys newer than the run's config.json count as equal when they keep their default.
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
@@ -55,11 +80,6 @@ def resume_state(config: ExperimentConfig, state, streams):
   if diff:
     raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '
                      f'{", ".join(diff)}; use a new --output_dir')
-  state, meta, _ = checkpoint.restore_newest(
-      directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True))
-  for name in ('round_data', 'sampling'):
-    streams[name].bit_generator.state = meta['rng'][name]
-  return state, int(meta['next_round']), meta
 
 
 def round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Dict[str, Any]:
@@ -106,6 +126,7 @@ class CheckpointHook(loop.Hook):
 
   def __init__(self, config: ExperimentConfig, streams, metrics: MetricsHook, start: float):
     self.config, self.streams, self.metrics, self.start = config, streams, metrics, start
+    self.identity = run_identity(config)
 
   def after_round(self, r: loop.Round) -> None:
     run = self.config.run
@@ -117,7 +138,8 @@ class CheckpointHook(loop.Hook):
          'seconds': time.time() - self.start,
          'rng': {name: self.streams[name].bit_generator.state
                  for name in ('round_data', 'sampling')}},
-        keep=run.keep_checkpoints)
+        keep=run.keep_checkpoints,
+        owner=ownership.checkpoint_owner(self.identity, run.output_dir))
 
 
 def _initial_state(setup: ExperimentSetup, evaluator: evaluation.Evaluator):
@@ -177,7 +199,9 @@ def run_experiment(config: ExperimentConfig) -> Dict[str, Any]:
   a run continues from its newest checkpoint and ends with the same numbers as an
   uninterrupted run with the same seed. With `workers`, TFF runs on them for this call only.
   """
-  return run_prepared(setup_lib.prepare(config))
+  run = config.run
+  with ownership.claim(run.output_dir, run.resume, run.overwrite):  # the lock, no overwrite
+    return _run_claimed(setup_lib.prepare(config))
 
 
 def run_prepared(setup: ExperimentSetup) -> Dict[str, Any]:
@@ -185,6 +209,12 @@ def run_prepared(setup: ExperimentSetup) -> Dict[str, Any]:
 
   The run draws from `setup.streams`, so a setup runs once.
   """
+  run = setup.config.run
+  with ownership.claim(run.output_dir, run.resume, run.overwrite):
+    return _run_claimed(setup)
+
+
+def _run_claimed(setup: ExperimentSetup) -> Dict[str, Any]:
   with contexts.remote_execution(setup.config.run.workers, setup.config.run.num_subrounds):
     return _run(setup)
 

@@ -28,6 +28,7 @@ CHECKPOINTS_DIR = 'checkpoints'  # `checkpoint` checkpoints (--checkpoint_every)
 FINAL_MODEL = 'final_model.keras'  # The last round's global model.
 INITIAL_WEIGHTS = 'initial_weights.npz'  # The round-0 model (what FLAIN measures updates from).
 FLAIN_MODEL = 'flain_model.keras'  # The final model after FLAIN.
+LOCK_FILE = '.run.lock'  # `ownership.claim`'s flock: one run writes in a directory at a time.
 SPOOL_DIR = '.capture_spool'  # Where a local run's capture rounds spool client updates.
 
 
