@@ -62,6 +62,7 @@ from absl import flags as absl_flags
 import numpy as np
 
 from tff_backdoor import metrics_io
+from tff_backdoor import parallelism
 
 DEFAULT_PROGRAM = 'experiments.emnist_backdoor'
 DEFAULT_METRICS = ('test_accuracy', 'backdoor_accuracy', 'flain.after.test_accuracy',
@@ -670,10 +671,13 @@ def _start(run: Run, spec: SweepSpec, env: Dict[str, str],
     log.close()
 
 
-def _child_env(root: str) -> Dict[str, str]:
+def _child_env(root: str, parallel: int = 1) -> Dict[str, str]:
+  """The children's environment: the package on the path, and TF threads for `parallel`
+  runs sharing the cores (`parallelism.thread_env`; the user's own settings win)."""
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join([root] + [p for p in [env.get('PYTHONPATH')] if p])
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env.update(parallelism.thread_env(parallel))
   return env
 
 
@@ -739,7 +743,8 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
       if pretrain is not None and result.pretrain_status != FINISHED:
         todo = _run_pretraining(spec, pretrain, runs, result, replace_mismatched,
                                 _child_env(root), grace_s, out, on_finish)
-      _execute(spec, todo, result, parallel, _child_env(root), grace_s, out, on_finish)
+      _execute(spec, todo, result, parallel, _child_env(root, parallel), grace_s, out,
+               on_finish)
     finally:
       for run in runs:  # A child may finish while the sweep is being interrupted.
         if result.status[run.name] == NOT_RUN and run_status(run, spec)[0] == FINISHED:
