@@ -76,8 +76,6 @@ SETTINGS = {  # name: (dataset, clients per round, local epochs)
     'fashion_mnist': ('fashion_mnist', 10, 1),
     'femnist_sun': ('femnist', 30, 5),
 }
-FEMNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
-                           'shared', 'data', 'femnist')
 
 flags.DEFINE_list('variants', ['keras', 'vanilla', 'ours'], f'Any of {", ".join(VARIANTS)}.')
 flags.DEFINE_enum('setting', 'fashion_mnist', list(SETTINGS), 'The round to time.')
@@ -193,7 +191,7 @@ def load_setting(setting: str, num_clients: int, examples_per_client: int, local
     idx = rng.permutation(len(y))[:num_clients * examples_per_client].reshape(num_clients, -1)
     pools = [(x[i], y[i]) for i in idx]
   else:
-    data = data_lib.load_federated_data('femnist', data_dir=data_dir or FEMNIST_DIR,
+    data = data_lib.load_federated_data('femnist', data_dir=data_dir or common.FEMNIST_DIR,
                                         only_digits=True, seed=seed)
     writers = sorted(data.train.client_ids)
     if num_clients > len(writers):

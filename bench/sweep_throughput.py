@@ -50,8 +50,6 @@ from tff_backdoor import cli
 from tff_backdoor import metrics_io
 from tff_backdoor import parallelism
 
-FEMNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
-                           'shared', 'data', 'femnist')
 MODES = ('old', 'new')
 # The evaluation flags of before issue 28 (passed explicitly, so later defaults do not leak in).
 OLD_FLAGS = ('--eval_subset=4000', '--eval_batch_size=500', '--eval_every=1')
@@ -68,15 +66,6 @@ flags.DEFINE_integer('reference_repeats', 3, 'Repetitions of the Keras / vanilla
                      'round (0 = no reference).', lower_bound=0)
 flags.DEFINE_string('output', None, 'Also write the JSON here.')
 FLAGS = flags.FLAGS
-
-
-def run_flags(data_dir: str, rounds: int) -> List[str]:
-  """The Sun et al. code-default run (REPRODUCTION.md section 1's base flags), attacked."""
-  return [f'--dataset=femnist', f'--data_dir={data_dir}', '--clients_per_round=5',
-          f'--rounds={rounds}', '--local_epochs=5', '--batch_size=20', '--client_lr=0.1',
-          '--server_lr=1', '--task=targeted', '--task_min_samples=10', '--attack_start=0',
-          '--schedule=fixed_frequency', '--attack_every=1', '--attack=norm_bounded',
-          '--defense=clip']
 
 
 def tf_default_onednn() -> bool:
@@ -221,7 +210,7 @@ def run(runs: int, rounds: int, parallel: Sequence[str], modes: Sequence[str], d
     raise ValueError(f'--data_dir={data_dir} is not a folder (a LEAF FEMNIST folder)')
   parallel = [int(p) for p in parallel]
   onednn_default = tf_default_onednn()
-  base = run_flags(data_dir, rounds) + list(extra_flags)
+  base = common.sun_run_flags(data_dir, rounds) + list(extra_flags)
   report: Dict[str, Any] = {
       'setting': {'runs': runs, 'rounds': rounds, 'flags': base, 'old_flags': list(OLD_FLAGS),
                   'cpu_count': os.cpu_count(), 'tf_default_onednn': onednn_default,
@@ -249,7 +238,7 @@ def run(runs: int, rounds: int, parallel: Sequence[str], modes: Sequence[str], d
 
 main = common.json_main(lambda: run(
     FLAGS.runs, FLAGS.rounds, FLAGS.parallel, FLAGS.modes,
-    FLAGS.data_dir or FEMNIST_DIR, shlex.split(FLAGS.extra_flags), FLAGS.reference_repeats))
+    FLAGS.data_dir or common.FEMNIST_DIR, shlex.split(FLAGS.extra_flags), FLAGS.reference_repeats))
 
 
 if __name__ == '__main__':

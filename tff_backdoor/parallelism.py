@@ -11,9 +11,14 @@ both thread counts at 0), so the environment is the only lever, and the worker i
 (`remote._worker_env`). How an op splits its work between intra-op threads can change the
 last bits of a float sum, so each run's config.json records the counts it ran with.
 
-With N runs on C cores, TF's default gives each run's worker C intra-op and C inter-op
-threads: N x C busy threads spinning on C cores. `thread_env` gives each run its share
-(measured figures and the reasoning: BUILD_NOTES.md, "Threads").
+With N runs on C cores, TF's defaults give each run's worker C intra-op and C inter-op
+threads: N x C threads on C cores. Measured (BUILD_NOTES.md, "Threads"), that costs no more
+CPU per round than one thread each (the 5-writer Sun round: 2.5 CPU seconds with 2+2, 1+2 or
+1+1 threads), while a run held to one intra-op thread gets a smaller share of the cores
+whenever anything else runs (3.6 s best round with the defaults against 10.7 s with 1+2 and
+14.4 s with 1+1 under load) and cannot use an idle core while the other run imports, traces
+or evaluates. So the sweep keeps TF's defaults at every --parallel (`thread_counts`), records
+how many runs shared the machine, and hands on the user's own settings.
 """
 from __future__ import annotations
 
@@ -26,18 +31,13 @@ PARALLEL = 'TFF_BACKDOOR_PARALLEL'  # how many runs the sweep runs at once (reco
 
 
 def thread_counts(parallel: int, cpu_count: Optional[int] = None) -> Dict[str, int]:
-  """(intra-op, inter-op) threads for each of `parallel` runs sharing `cpu_count` cores.
+  """Intra-op and inter-op threads for each of `parallel` runs sharing `cpu_count` cores.
 
-  One run alone keeps TF's defaults (0: one thread per core). N runs each get
-  max(1, cores // N) intra-op threads (the cores are already shared out between runs) and
-  keep max(1, cores // N) + 1 inter-op threads, so the worker still runs a second client's
-  ops while one waits (with a single inter-op thread TFF's clients run one op at a time).
+  TF's defaults (0: one thread per core) at every `parallel`: fewer threads saved no CPU and
+  lost wall time (module docstring). The one place to change if a machine measures otherwise.
   """
-  cores = cpu_count or os.cpu_count() or 1
-  if parallel <= 1:
-    return {'intra_op_threads': 0, 'inter_op_threads': 0}
-  share = max(1, cores // parallel)
-  return {'intra_op_threads': share, 'inter_op_threads': share + 1}
+  del parallel, cpu_count
+  return {'intra_op_threads': 0, 'inter_op_threads': 0}
 
 
 def thread_env(parallel: int, cpu_count: Optional[int] = None,
