@@ -1,9 +1,25 @@
-"""What the bench programs share: printing a report as JSON and writing it to --output."""
+"""What the bench programs share: the Sun run's flags, printing a report as JSON to --output."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
+
+# The shared LEAF FEMNIST folder beside the repository (../shared/data/femnist).
+FEMNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
+                           'shared', 'data', 'femnist')
+
+
+def sun_run_flags(data_dir: str, rounds: int) -> List[str]:
+  """The Sun et al. code-default run, attacked (REPRODUCTION.md section 1's base flags): FEMNIST
+  digits by writer, 5 a round, 5 epochs, batch 20, lr 0.1 / 1, a norm-bounded attacker every
+  round from round 0, norm clipping, evaluation every round (the default)."""
+  return ['--dataset=femnist', f'--data_dir={data_dir}', '--clients_per_round=5',
+          f'--rounds={rounds}', '--local_epochs=5', '--batch_size=20', '--client_lr=0.1',
+          '--server_lr=1', '--task=targeted', '--task_min_samples=10', '--attack_start=0',
+          '--schedule=fixed_frequency', '--attack_every=1', '--attack=norm_bounded',
+          '--defense=clip']
 
 
 def emit_report(report: Dict[str, Any], output: Optional[str]) -> None:

@@ -3,6 +3,8 @@
   python -m bench.fedavg_throughput [--variants=keras,vanilla,ours,clip,weak_dp] [--repeats=5]
   python -m bench.fedavg_throughput --setting=femnist_sun \
       --variants=keras,vanilla,ours,capture,capture_save,capture_rerun --repeats=5
+  python -m bench.fedavg_throughput --setting=femnist_sun --num_clients=5,30 \
+      --variants=keras,vanilla,ours --repeats=3   # both sizes; ours/vanilla lines at the end
 
 Settings (`--setting`), both with the Sun et al. CNN, batch 20 and client SGD lr 0.1:
 - `fashion_mnist` (ENVIRONMENT.md's reference): 10 clients x 600 Fashion-MNIST examples, one
@@ -78,13 +80,12 @@ SETTINGS = {  # name: (dataset, clients per round, local epochs)
     'fashion_mnist': ('fashion_mnist', 10, 1),
     'femnist_sun': ('femnist', 30, 5),
 }
-FEMNIST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
-                           'shared', 'data', 'femnist')
 
 flags.DEFINE_list('variants', ['keras', 'vanilla', 'ours'], f'Any of {", ".join(VARIANTS)}.')
 flags.DEFINE_enum('setting', 'fashion_mnist', list(SETTINGS), 'The round to time.')
 flags.DEFINE_integer('repeats', 3, 'Timed repetitions per variant (after one warm-up).')
-flags.DEFINE_integer('num_clients', 0, 'Clients per round (0 = the setting\'s: 10 / 30).')
+flags.DEFINE_list('num_clients', ['0'], 'Clients per round (0 = the setting\'s: 10 / 30); '
+                  'several (e.g. 5,30): each size in turn, one report per size.')
 flags.DEFINE_integer('examples_per_client', 600, 'fashion_mnist: examples per client.')
 flags.DEFINE_integer('local_epochs', 0, 'Local epochs (0 = the setting\'s: 1 / 5).')
 flags.DEFINE_integer('batch_size', 20, 'Batch size.')
@@ -196,7 +197,7 @@ def load_setting(setting: str, num_clients: int, examples_per_client: int, local
     idx = rng.permutation(len(y))[:num_clients * examples_per_client].reshape(num_clients, -1)
     pools = [(x[i], y[i]) for i in idx]
   else:
-    data = data_lib.load_federated_data('femnist', data_dir=data_dir or FEMNIST_DIR,
+    data = data_lib.load_federated_data('femnist', data_dir=data_dir or common.FEMNIST_DIR,
                                         only_digits=True, seed=seed)
     writers = sorted(data.train.client_ids)
     if num_clients > len(writers):
@@ -311,10 +312,36 @@ def run(variants: Sequence[str], num_clients: int, examples_per_client: int, bat
           'results': results, 'peak_rss_mb': peak_rss_mb()}
 
 
-main = common.json_main(lambda: run(FLAGS.variants, FLAGS.num_clients,
-                                     FLAGS.examples_per_client, FLAGS.batch_size,
-                                     FLAGS.repeats, FLAGS.data_dir, FLAGS.seed,
-                                     FLAGS.setting, FLAGS.local_epochs))
+def ratio_line(report: Dict) -> str:
+  """'N clients: ours x vanilla wall median / best, CPU median' (when both were timed)."""
+  r = report['results']
+  if 'ours' not in r or 'vanilla' not in r:
+    return f"{report['setting']['clients']} clients"
+  o = r['ours']
+  return (f"{report['setting']['clients']} clients: ours / vanilla wall {o['ratio_to_vanilla']:.3f} "
+          f"median, {o['min_ratio_to_vanilla']:.3f} best; CPU {o['cpu_ratio_to_vanilla']:.3f} "
+          f"median, {o['min_cpu_ratio_to_vanilla']:.3f} best")
+
+
+def run_sizes(sizes: Sequence[str], **kwargs) -> Dict:
+  """`run` at each --num_clients value; one size: its report, several: {'by_num_clients'}."""
+  if not sizes or not all(str(n).isdigit() for n in sizes):
+    raise ValueError(f'--num_clients must list whole numbers, got {",".join(sizes)}')
+  reports = []
+  for n in sizes:
+    reports.append(run(num_clients=int(n), **kwargs))
+    common.log(ratio_line(reports[-1]))
+  if len(reports) == 1:
+    return reports[0]
+  for report in reports:
+    common.log(ratio_line(report))
+  return {'by_num_clients': {str(r['setting']['clients']): r for r in reports}}
+
+
+main = common.json_main(lambda: run_sizes(
+    FLAGS.num_clients, variants=FLAGS.variants, examples_per_client=FLAGS.examples_per_client,
+    batch_size=FLAGS.batch_size, repeats=FLAGS.repeats, data_dir=FLAGS.data_dir,
+    seed=FLAGS.seed, setting=FLAGS.setting, local_epochs=FLAGS.local_epochs))
 
 
 if __name__ == '__main__':

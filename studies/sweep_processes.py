@@ -13,6 +13,7 @@ import time
 from typing import Dict, Sequence
 
 from tff_backdoor import metrics_io
+from tff_backdoor.execution import parallelism
 from tff_backdoor.execution import workers
 
 from studies.sweep_plan import LOCK_FILE, LOG_FILE, RUN_RECORD, Run, SweepSpec
@@ -98,10 +99,13 @@ def start_run(run: Run, spec: SweepSpec, env: Dict[str, str]) -> subprocess.Pope
     log.close()
 
 
-def child_env(root: str) -> Dict[str, str]:
+def child_env(root: str, parallel: int = 1) -> Dict[str, str]:
+  """The children's environment: the package on the path, and TF threads for `parallel`
+  runs sharing the cores (`parallelism.thread_env`; the user's own settings win)."""
   env = dict(os.environ)
   env['PYTHONPATH'] = os.pathsep.join([root] + [p for p in [env.get('PYTHONPATH')] if p])
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env.update(parallelism.thread_env(parallel))
   return env
 
 

@@ -99,7 +99,8 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
       if pretrain is not None and result.pretrain_status != FINISHED:
         todo = _run_pretraining(spec, pretrain, runs, result, replace_mismatched,
                                 child_env(root), grace_s, out, on_finish)
-      _execute(spec, todo, result, parallel, child_env(root), grace_s, out, on_finish)
+      _execute(spec, todo, result, parallel, child_env(root, parallel), grace_s, out,
+               on_finish)
     finally:
       for run in runs:  # A child may finish while the sweep is being interrupted.
         if result.status[run.name] == NOT_RUN and run_status(run, spec)[0] == FINISHED:

@@ -167,7 +167,7 @@ class RunConfig(Fields):
   eval_every: int = option(1, 'Evaluate every k rounds (and the last).', rule=AT_LEAST_ONE)
   eval_batch_size: int = option(500, 'Evaluation batch size.', rule=AT_LEAST_ONE)
   eval_subset: Optional[int] = option(
-      4000, 'Main-task test images evaluated before the last round: a fixed, seeded, '
+      2000, 'Main-task test images evaluated before the last round: a fixed, seeded, '
       'class-stratified subset (rows say how many in test_examples); the last round and the '
       'backdoor sets are always whole. 0 = the whole test set.', unset=0, rule=NONNEGATIVE)
   workers: Optional[str] = option(

@@ -52,15 +52,19 @@ def _cpu_model() -> str:
 def execution_settings() -> Dict[str, Any]:
   """What decides this process's float results and speed, for the run's config.json.
 
-  oneDNN on or off (as TensorFlow reports it), TF's intra/inter-op thread settings (0 = TF's
-  default, one per core), the cores and the CPU model. Same seed, same settings, same CPU:
-  same numbers; another CPU may print other digits.
+  oneDNN on or off (as TensorFlow reports it), the intra/inter-op threads of this process
+  and of its TFF worker (which inherits the environment; 0 = TF's default, one per core; see
+  `parallelism`), how many runs shared the machine, the cores and the CPU model. Same seed,
+  same settings, same CPU: same numbers; another CPU may print other digits.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
-  return {'onednn': bool(_pywrap_util_port.IsMklEnabled()),
-          'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
-          'inter_op_threads': tf.config.threading.get_inter_op_parallelism_threads(),
+  from tff_backdoor.execution import parallelism  # pylint: disable=g-import-not-at-top
+  threads = parallelism.effective_threads()
+  for key, get in (('intra_op_threads', tf.config.threading.get_intra_op_parallelism_threads),
+                   ('inter_op_threads', tf.config.threading.get_inter_op_parallelism_threads)):
+    threads[key] = get() or threads[key]  # set in Python wins over the environment
+  return {'onednn': bool(_pywrap_util_port.IsMklEnabled()), **threads,
           'cpu_count': os.cpu_count(), 'cpu_model': _cpu_model(),
           'tensorflow': tf.__version__}
 

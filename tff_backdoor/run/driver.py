@@ -87,6 +87,9 @@ def round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Di
   row: Dict[str, Any] = {'round': round_num}
   row['train_accuracy'] = flat.get('client_work/train/sparse_categorical_accuracy')
   row['train_loss'] = flat.get('client_work/train/loss')
+  # Every example the clients trained on, the attackers' extra passes too (the client
+  # model's own counter: each forward pass of local training adds its batch).
+  row['examples_trained'] = flat.get('client_work/train/num_examples')
   row['num_attackers'] = int(sum(flags))
   for key in ('mean_honest_update_norm', 'mean_malicious_update_norm', 'max_update_norm'):
     row[key] = flat.get(f'client_work/{key}')
@@ -103,17 +106,20 @@ class MetricsHook(loop.Hook):
     self.setup, self.evaluator, self.writer = setup, evaluator, writer
     self.last_eval = last_eval
     self.between_sets = evaluation.between_rounds_eval_sets(setup)
+    self.eval_seconds = 0.0  # evaluating, over this process's rounds (in their round_seconds)
 
   def after_round(self, r: loop.Round) -> None:
     rounds, every = self.setup.config.fed_avg.rounds, self.setup.config.run.eval_every
     attackers = [bool(p.is_attacker) for p in r.participants]
     r.row.update(round_row(r.number, metrics_io.flatten_metrics(r.output.metrics), attackers))
     if (r.number + 1) % every == 0 or r.number + 1 == rounds:
+      started = time.time()
       self.evaluator.load(self.setup.process.get_model_weights(r.state))
       sets = self.setup.eval_sets if r.number + 1 == rounds else self.between_sets
       self.last_eval = self.evaluator.evaluate(sets)
       r.row.update(self.last_eval)
       r.row['test_examples'] = len(sets['test'][1])  # what this row's test_* were measured on
+      self.eval_seconds += time.time() - started  # final.json: the evaluation's share
     r.row['round_seconds'] = time.time() - r.started
     self.writer.write(r.row)
 
@@ -249,6 +255,8 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
                                                                    start)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = _final(setup, evaluator, state, start, metrics.last_eval)
+  final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
+  final['eval_seconds'] = metrics.eval_seconds
   if config.flain.enabled:
     loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
   metrics_io.write_json(os.path.join(run.output_dir, rundir.FINAL_FILE), final)
