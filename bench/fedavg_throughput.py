@@ -318,8 +318,8 @@ def ratio_line(report: Dict) -> str:
   if 'ours' not in r or 'vanilla' not in r:
     return f"{report['setting']['clients']} clients"
   o = r['ours']
-  return (f"{report['setting']['clients']} clients: ours / vanilla wall {o['ratio_to_vanilla']:.3f} "
-          f"median, {o['min_ratio_to_vanilla']:.3f} best; CPU {o['cpu_ratio_to_vanilla']:.3f} "
+  return (f"{report['setting']['clients']} clients: ours / vanilla wall "
+          f"{o['ratio_to_vanilla']:.3f} median, {o['min_ratio_to_vanilla']:.3f} best; CPU {o['cpu_ratio_to_vanilla']:.3f} "
           f"median, {o['min_cpu_ratio_to_vanilla']:.3f} best")
 
 

@@ -153,7 +153,8 @@ def time_sweep(mode: str, parallel: int, runs: int, base_flags: Sequence[str],
   return {'parallel': parallel, 'runs': runs, 'wall_seconds': round(wall, 2),
           'runs_per_hour': round(runs * 3600.0 / wall, 2),
           'machine_examples_per_s': round(examples / wall, 1),
-          'run_wall_seconds_median': round(statistics.median(r['wall_seconds'] for r in per_run), 2),
+          'run_wall_seconds_median': round(
+              statistics.median(r['wall_seconds'] for r in per_run), 2),
           'per_run': per_run}
 
 

@@ -12,8 +12,8 @@ both thread counts at 0), so the environment is the only lever, and the worker i
 last bits of a float sum, so each run's config.json records the counts it ran with.
 
 With N runs on C cores, TF's defaults give each run's worker C intra-op and C inter-op
-threads: N x C threads on C cores. Measured (BUILD_NOTES.md, "Threads"), that costs no more
-CPU per round than one thread each (the 5-writer Sun round: 2.5 CPU seconds with 2+2, 1+2 or
+threads: N x C threads on C cores. Measured (BUILD_NOTES.md, "Execution settings"), that
+costs no more CPU per round than one thread each (the 5-writer Sun round: 2.5 CPU seconds with 2+2, 1+2 or
 1+1 threads), while a run held to one intra-op thread gets a smaller share of the cores
 whenever anything else runs (3.6 s best round with the defaults against 10.7 s with 1+2 and
 14.4 s with 1+1 under load) and cannot use an idle core while the other run imports, traces
