@@ -18,6 +18,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from tff_backdoor.aggregators import _common as aggregators_common
 from tff_backdoor.aggregators.robust_rules import federated_stack
+from tff_backdoor.attacks import global_update
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -85,7 +86,9 @@ def compose_fed_avg(
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg around a given client work (`build_attacked_fed_avg`'s second half).
 
-  For callers that keep the client work (e.g. to re-run clients, `capture_client_updates`):
+  The distributor is TFF's broadcast, or for a client work that reads the last global update
+  (Neurotoxin's) `attacks.global_update`'s. For callers that keep the client work (e.g. to
+  re-run clients, `capture_client_updates`):
   Keras swaps a custom layer's base classes when a model is built in graph mode, so building
   a second client work after an eager model exists would break that model.
   """
@@ -97,7 +100,7 @@ def compose_fed_avg(
     return tff.learning.models.ModelWeights.from_model(model_fn())
 
   weights_type = initial_model_weights_fn.type_signature.result
-  distributor = tff.learning.templates.build_broadcast_process(weights_type)
+  distributor = global_update.build_distributor(client_work, weights_type)
   if capture_updates:
     client_work = with_update_capture(client_work, capture_spool_dir)
   factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
@@ -124,7 +127,8 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
   round itself instead (`build_attacked_fed_avg(capture_updates=True)`); this function stays
   as the reference that tests compare that path with.
   """
-  output = client_work.next(state.client_work, [model_weights] * len(client_data), client_data)
+  weights = global_update.client_weights(client_work, state, model_weights)
+  output = client_work.next(state.client_work, [weights] * len(client_data), client_data)
   return [[np.asarray(t) for t in result.update] for result in output.result]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor.attacks.client_work import make_client_data
+from tff_backdoor.config import MIXTURE_MODES
 from tff_backdoor.learning import process as process_lib
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Gen
   """Per-client TFF inputs for one round, plus which participants attack."""
   fed_avg, attack = setup.config.fed_avg, setup.config.attack
   mal_epochs = attack.malicious_epochs or (
-      fed_avg.local_epochs if attack.mode == 'data_poison' else 1)
+      fed_avg.local_epochs if attack.mode in MIXTURE_MODES else 1)
   empty_x = np.zeros([0, *setup.data.input_shape], np.float32)
   empty = (empty_x, np.zeros([0], np.int32))
   inputs, flags = [], []

@@ -58,7 +58,8 @@ def attack_config(config: ExperimentConfig) -> AttackConfig:
   attack = config.attack
   return AttackConfig(mode=attack.mode,
                       boost=float(attack.boost or config.fed_avg.clients_per_round),
-                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds)
+                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds,
+                      mask_fraction=attack.mask_fraction, alpha=attack.alpha)
 
 
 def _targeted_task(task: TaskConfig, data: data_lib.FederatedData,
