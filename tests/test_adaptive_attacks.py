@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import tiny
-from tff_backdoor.attacks import AttackConfig, build_attacker_client_work, make_client_data
+from tff_backdoor.attacks import AttackConfig, make_client_data
 from tff_backdoor.attacks import global_update
 from tff_backdoor.attacks import gradient_transforms
 from tff_backdoor.learning import process as process_lib

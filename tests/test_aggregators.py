@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from tests import references
 from tff_backdoor import aggregators
 
 SHAPES = ((2, 3), (4,), (3,))  # The last tensor plays the logits bias (3 classes).
@@ -35,6 +36,8 @@ OVERRIDES = {
     'bias_filter': {},
     'sun_mean': {},
     'sun_dp': {},  # Clip at 3, no noise (the authors' default mul_factor 0).
+    'fltrust': {},  # No server update written into the state: every trust is 0.
+    'foolsgold': {'foolsgold_clients': 8},  # weights 1..5: identities 0..4 (some shared)
 }
 # Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
 UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
@@ -126,6 +129,8 @@ REFERENCES = {
     'bias_filter': _bias_filter,
     'sun_mean': lambda u, w: [sum(x) / N for x in zip(*u)],
     'sun_dp': lambda u, w: [sum(x) / N for x in zip(*[_clip(c, 3.0) for c in u])],
+    'fltrust': lambda u, w: [np.zeros(s) for s in SHAPES],  # see tests/test_fltrust.py
+    'foolsgold': lambda u, w: references.foolsgold_round(u, w, np.zeros([8, 7]))[0],
 }
 
 
@@ -343,7 +348,8 @@ def test_build_defense_validates_and_is_weighted():
   with pytest.raises(ValueError, match='too large'):
     aggregators.build_defense(aggregators.DefenseConfig(name='krum', krum_f=2), 6)
   for name in aggregators.DEFENSES:
-    factory = aggregators.build_defense(aggregators.DefenseConfig(name=name), N, seed=0)
+    factory = aggregators.build_defense(aggregators.DefenseConfig(name=name, **OVERRIDES[name]),
+                                        N, seed=0)
     assert isinstance(factory, tff.aggregators.WeightedAggregationFactory)
 
 

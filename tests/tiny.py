@@ -75,12 +75,12 @@ def program_stderr(module: str, *args: str) -> Tuple[int, List[str]]:
   return result.returncode, [l for l in result.stderr.splitlines() if l.strip()]
 
 
-def client_work(attack, lr: float = 0.1, batch_size: int = 4):
+def client_work(attack, lr: float = 0.1, batch_size: int = 4, **options):
   """The attacker client work on the tiny CNN with client SGD at `lr`."""
   import tensorflow_federated as tff
   from tff_backdoor.attacks import build_attacker_client_work
   return build_attacker_client_work(model_fn(), tff.learning.optimizers.build_sgdm(lr), attack,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, **options)
 
 
 def initial_weights():

@@ -24,7 +24,7 @@ PATTERNS = ('square', 'plus')  # attacks.tasks.PixelTriggerTask
 THRESHOLD_MODES = ('quantile', 'absolute')  # flain
 DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
             'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean',
-            'sun_dp')  # aggregators.registry
+            'sun_dp', 'fltrust', 'foolsgold')  # aggregators.registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +234,13 @@ DEFENSE_PARAMETERS = (
     ('krum_m', 0, NONNEGATIVE, 'multi_krum: updates averaged (0 = clients_per_round - krum_f).'),
     ('bias_z_threshold', 3.5, POSITIVE, 'bias_filter: robust z-score cut-off.'),
     ('bias_index', -1, None, 'bias_filter: index of the bias tensor in the update.'),
+    ('fltrust_root_per_class', 10, AT_LEAST_ONE,
+     "fltrust: server root-set images per class, from the server split (paper: 100 in all)."),
+    ('foolsgold_clients', 0, NONNEGATIVE,
+     "foolsgold: population size, identities 0..n-1 (0 = the run's clients)."),
+    ('foolsgold_tensors', 2, NONNEGATIVE,
+     'foolsgold: trailing update tensors kept in the history (2: output layer; 0: all).'),
+    ('foolsgold_confidence', 1.0, POSITIVE, "foolsgold: kappa of the logit (paper: 1)."),
 )
 
 
@@ -273,6 +280,11 @@ class DefenseConfig:
   * `bias_z_threshold` = 3.5: Iglewicz and Hoaglin's outlier cut-off for robust z-scores
     (see `BiasAnomalyFilterFactory`); `bias_index` = -1: the last tensor of the update, the
     logits bias of a Keras model.
+  * `fltrust_root_per_class` = 10: Cao et al.'s root set has 100 examples; 10 a class gives
+    that for 10 classes, drawn class-balanced from the server split (theirs is uniform).
+  * `foolsgold_tensors` = 2, `foolsgold_confidence` = 1: the history keeps the output layer
+    (kernel and bias), as FLPoison's indicative features do; kappa = 1 as in Fung et al.;
+    `foolsgold_clients` = 0: a run fills in its population size (`run.setup`).
   """
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')
@@ -500,9 +512,10 @@ def _check_combinations(config: ExperimentConfig) -> None:
   if run.workers:
     from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top  (TF-free)
     remote.parse_workers(run.workers)
-  if config.flain.enabled:
-    if data.server_holdout is not None and data.server_holdout < 1:
-      raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
+  for needs_server, what in ((config.flain.enabled, '--flain'),
+                             (config.defense.name == 'fltrust', '--defense=fltrust')):
+    if needs_server and data.server_holdout is not None and data.server_holdout < 1:
+      raise ValueError(f'{what} needs server-side data: set --server_holdout > 0')
   if run.init_from:  # reads small JSON files, but its module imports TensorFlow
     from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
     warm_start.resolve(run.init_from, run.output_dir)

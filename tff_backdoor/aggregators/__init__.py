@@ -14,6 +14,8 @@ from tff_backdoor.aggregators.clipping import norm_zeroing_factory
 from tff_backdoor.aggregators.dp import seeded_gaussian_fixed
 from tff_backdoor.aggregators.dp import SeededGaussianSumQuery
 from tff_backdoor.aggregators.dp import weak_dp_factory
+from tff_backdoor.aggregators.fltrust import FLTrustFactory
+from tff_backdoor.aggregators.foolsgold import FoolsGoldFactory
 from tff_backdoor.aggregators.nonfinite import NonFiniteGuardFactory
 from tff_backdoor.aggregators.norm_statistics import add_client_norm_measurements
 from tff_backdoor.aggregators.registry import build_defense
@@ -27,8 +29,8 @@ from tff_backdoor.aggregators.robust_rules import ServerRuleFactory
 from tff_backdoor.aggregators.robust_rules import TrimmedMeanFactory
 
 __all__ = [
-    'AggregateClippingFactory', 'BiasAnomalyFilterFactory', 'CoordinateMedianFactory',
-    'DEFENSES', 'DefenseConfig', 'KrumFactory', 'NonFiniteGuardFactory',
+    'AggregateClippingFactory', 'BiasAnomalyFilterFactory', 'CoordinateMedianFactory', 'DEFENSES',
+    'DefenseConfig', 'FLTrustFactory', 'FoolsGoldFactory', 'KrumFactory', 'NonFiniteGuardFactory',
     'SeededGaussianSumQuery', 'ServerRuleFactory', 'TrimmedMeanFactory',
     'adaptive_clipping_factory', 'add_client_norm_measurements', 'build_defense',
     'federated_stack', 'norm_clipping_factory', 'norm_zeroing_factory', 'seeded_gaussian_fixed',

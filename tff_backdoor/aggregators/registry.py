@@ -13,6 +13,8 @@ from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import bias_filter
 from tff_backdoor.aggregators import clipping
 from tff_backdoor.aggregators import dp
+from tff_backdoor.aggregators import fltrust
+from tff_backdoor.aggregators import foolsgold
 from tff_backdoor.aggregators import nonfinite
 from tff_backdoor.aggregators import norm_statistics
 from tff_backdoor.aggregators import robust_rules
@@ -39,6 +41,11 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     'sun_mean': lambda c, n, seed: dp.sun_aggregation_factory(None, 0.0, n, seed),
     'sun_dp': lambda c, n, seed: dp.sun_aggregation_factory(c.clip_norm, c.sum_noise_stddev, n,
                                                             seed),
+    # Needs the server's update each round: process.compose_fed_avg(server_update_fn=...).
+    'fltrust': lambda c, n, seed: fltrust.FLTrustFactory(),
+    # Reads the weight as the client's identity: build_attacker_client_work(identify_clients=).
+    'foolsgold': lambda c, n, seed: foolsgold.FoolsGoldFactory(
+        c.foolsgold_clients, c.foolsgold_tensors, c.foolsgold_confidence),
 }
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -87,24 +87,30 @@ class AttackConfig:
     return self
 
 
-def client_data_type(element_type: tff.Type) -> tff.StructWithPythonType:
-  """The per-client TFF type the attacker client work consumes."""
+def client_data_type(element_type: tff.Type,
+                     identify_clients: bool = False) -> tff.StructWithPythonType:
+  """The per-client TFF type the attacker client work consumes (with `client_index` in the
+  control data if `identify_clients`)."""
+  fields = [('is_malicious', np.bool_), ('seed', np.int64)]
+  if identify_clients:
+    fields.append(('client_index', np.int64))
   return tff.StructWithPythonType(
       [('benign', tff.SequenceType(element_type)),
        ('malicious', tff.SequenceType(element_type)),
-       ('control', tff.SequenceType(_CONTROL_TYPE))],
+       ('control', tff.SequenceType(tff.StructWithPythonType(fields, collections.OrderedDict)))],
       collections.OrderedDict)
 
 
-_CONTROL_TYPE = tff.StructWithPythonType(
-    [('is_malicious', np.bool_), ('seed', np.int64)], collections.OrderedDict)
-
-
 def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
-                     is_malicious: bool, seed: int) -> collections.OrderedDict:
-  """Packs one client's input for the attacker client work."""
-  control = tf.data.Dataset.from_tensors(collections.OrderedDict(
-      is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64)))
+                     is_malicious: bool, seed: int,
+                     client_index: Optional[int] = None) -> collections.OrderedDict:
+  """Packs one client's input for the attacker client work (`client_index`: its population
+  index, for a client work built with `identify_clients`)."""
+  fields = collections.OrderedDict(
+      is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64))
+  if client_index is not None:
+    fields['client_index'] = tf.constant(int(client_index), tf.int64)
+  control = tf.data.Dataset.from_tensors(fields)
   return collections.OrderedDict(benign=benign, malicious=malicious, control=control)
 
 
@@ -268,13 +274,15 @@ GLOBAL_UPDATE_MODES = ('neurotoxin',)
 def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
                         optimizer: tff.learning.optimizers.Optimizer,
                         attack: AttackConfig,
-                        batch_size: int) -> Callable:
+                        batch_size: int,
+                        identify_clients: bool = False) -> Callable:
   """Returns a `tf.function` computing one client's update, honest or malicious.
 
   `batch_size` re-batches the shuffled mixture of benign and malicious examples in
   `data_poison`, `neurotoxin` and `constrain_scale` modes (the others use the client's batches
   as given). For `GLOBAL_UPDATE_MODES`, pass the last global update (trainable structure) and
-  whether there is one (bool scalar).
+  whether there is one (bool scalar). With `identify_clients`, the update's weight is the
+  control's `client_index` + 1 (what `aggregators.foolsgold` reads), not its examples.
   """
   attack.validate()
   local = _LocalTraining(model_fn, optimizer)
@@ -292,6 +300,8 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
     update, has_non_finite = tensor_utils.zero_all_if_any_non_finite(update)
+    if identify_clients:
+      num_examples = control['client_index'] + 1
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
     if has_non_finite > 0:
@@ -358,13 +368,15 @@ def build_attacker_client_work(
     attack: AttackConfig,
     batch_size: int,
     metrics_aggregator=None,
+    identify_clients: bool = False,
 ) -> tff.learning.templates.ClientWorkProcess:
   """A `ClientWorkProcess` whose clients may attack (state: the client optimizer hparams).
 
   For `GLOBAL_UPDATE_MODES` the weights the clients receive are
   `attacks.global_update.client_weights_type` (the model, the last global update, whether
   there is one); `process.compose_fed_avg` gives such a client work the distributor that
-  sends them.
+  sends them. With `identify_clients` the client data carries each client's population index
+  (`make_client_data(client_index=)`) and the weight is that index + 1, for FoolsGold.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `mean_honest_update_norm`, `mean_malicious_update_norm`, `max_update_norm`.
@@ -376,7 +388,7 @@ def build_attacker_client_work(
     model = model_fn()
     metrics_aggregation_fn = metrics_aggregator(model.metric_finalizers())
   element_type = tff.types.tensorflow_to_type(model.input_spec)
-  data_type = client_data_type(element_type)
+  data_type = client_data_type(element_type, identify_clients)
   weights_type = tff.learning.models.weights_type_from_model(model)
   with_update = attack.mode in GLOBAL_UPDATE_MODES
   if with_update:
@@ -386,7 +398,8 @@ def build_attacker_client_work(
 
   @tff.tensorflow.computation(state_type, weights_type, data_type)
   def client_update_computation(hparams, initial_weights, client_data):
-    client_update = build_client_update(model_fn, optimizer, attack, batch_size)
+    client_update = build_client_update(model_fn, optimizer, attack, batch_size,
+                                        identify_clients)
     if with_update:
       return client_update(initial_weights['model'], client_data, hparams,
                            initial_weights['last_update'], initial_weights['has_last_update'])

@@ -20,6 +20,7 @@ from tff_backdoor.aggregators import _common as aggregators_common
 from tff_backdoor.aggregators.robust_rules import federated_stack
 from tff_backdoor.attacks import global_update
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+from tff_backdoor.learning import server_update
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 # Key, in the client work's measurements of a capturing process, of the captured updates.
@@ -83,8 +84,13 @@ def compose_fed_avg(
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
     capture_updates: bool = False,
     capture_spool_dir: Optional[str] = None,
+    server_update_fn: Optional[tff.Computation] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg around a given client work (`build_attacked_fed_avg`'s second half).
+
+  With `server_update_fn` (FLTrust: `server_update.build_server_update_fn`), the server trains
+  its own update each round and hands it to the aggregator
+  (`server_update.compose_with_server_update`); without, TFF's `compose_learning_process`.
 
   The distributor is TFF's broadcast, or for a client work that reads the last global update
   (Neurotoxin's) `attacks.global_update`'s. For callers that keep the client work (e.g. to
@@ -110,6 +116,10 @@ def compose_fed_avg(
   aggregator = factory.create(weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
       server_optimizer_fn, weights_type)
+  if server_update_fn is not None:
+    return server_update.compose_with_server_update(
+        initial_model_weights_fn, distributor, client_work, aggregator, finalizer,
+        server_update_fn)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
 

@@ -14,6 +14,8 @@ from tff_backdoor.attacks.client_work import make_client_data
 from tff_backdoor.config import MIXTURE_MODES
 from tff_backdoor.learning import process as process_lib
 
+from tff_backdoor.run import setup as setup_lib
+
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
 
@@ -35,6 +37,8 @@ def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Gen
   empty_x = np.zeros([0, *setup.data.input_shape], np.float32)
   empty = (empty_x, np.zeros([0], np.int32))
   inputs, flags = [], []
+  index = ({c: i for i, c in enumerate(setup.client_ids)}
+           if setup_lib.identifies_clients(setup.config) else {})
   for p in participants:
     x, y = setup.clients[p.client_id]
     if p.is_attacker:
@@ -46,6 +50,7 @@ def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Gen
     inputs.append(make_client_data(
         epoch_batches(bx, by, fed_avg.local_epochs, fed_avg.batch_size, rng),
         epoch_batches(mx, my, mal_epochs if len(my) else 0, mal_batch, rng),
-        is_malicious=p.is_attacker, seed=int(rng.integers(2**31))))
+        is_malicious=p.is_attacker, seed=int(rng.integers(2**31)),
+        client_index=index.get(p.client_id)))
     flags.append(bool(p.is_attacker))
   return inputs, flags
