@@ -31,10 +31,10 @@ OLD_CONFIG = {
     'defense': dataclasses.asdict(config_lib.DefenseConfig()), 'seed': 0,
     'output_dir': '/tmp/b', 'eval_every': 1, 'eval_batch_size': 500, 'eval_subset': 4000,
     'workers': '', 'num_subrounds': 0, 'checkpoint_every': 0, 'keep_checkpoints': 2,
-    'resume': False, 'init_from': '', 'init_from_file': '', 'init_from_sha256': '',
-    'init_from_rounds': 0, 'capture_rounds': '', 'flain': False, 'flain_aux_per_class': 80,
-    'flain_layer': '', 'flain_mode': 'quantile', 'flain_k0': -1.0, 'flain_step': -1.0,
-    'flain_tolerance': 0.01, 'tensorboard': True, 'verbose': True}
+    'resume': False, 'overwrite': 'refuse', 'init_from': '', 'init_from_file': '',
+    'init_from_sha256': '', 'init_from_rounds': 0, 'capture_rounds': '', 'flain': False,
+    'flain_aux_per_class': 80, 'flain_layer': '', 'flain_mode': 'quantile', 'flain_k0': -1.0,
+    'flain_step': -1.0, 'flain_tolerance': 0.01, 'tensorboard': True, 'verbose': True}
 
 
 def test_old_config_json_loads_with_none_for_its_sentinels_and_writes_back_the_same():
