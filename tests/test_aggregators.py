@@ -42,9 +42,14 @@ OVERRIDES = {
     'rlr': {'rlr_threshold': 3},
     'flame': {'flame_lambda': 0.0},  # Noise is tested separately.
     'crfl': {},  # Its aggregator is the weighted mean; its step is the server optimizer's.
+    'fltrust': {},  # No server update written into the state: every trust is 0.
+    'foolsgold': {'foolsgold_clients': 8},  # weights 1..5: identities 0..4 (some shared)
 }
 # Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
 UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
+# Defenses whose weights are not example counts: FLTrust trusts the server's update (none in
+# these tests), FoolsGold reads a weight as the client's identity + 1.
+IDENTITY_WEIGHTED = ('fltrust', 'foolsgold')
 
 
 def _updates(seed: int, n: int = N):
@@ -140,6 +145,8 @@ REFERENCES = {
     'rlr': lambda u, w: refs.rlr(u, w, 3),
     'flame': lambda u, w: refs.flame_filter(u)[0],
     'crfl': _weighted_mean,
+    'fltrust': lambda u, w: [np.zeros(s) for s in SHAPES],  # see tests/test_fltrust.py
+    'foolsgold': lambda u, w: refs.foolsgold_round(u, w, np.zeros([8, 7]))[0],
 }
 
 
@@ -362,6 +369,8 @@ def test_build_defense_validates_and_is_weighted():
     process = _process(name, **OVERRIDES[name])  # built by build_defense
     # Weighted: the round takes a weight per client, and N equal updates average to that one.
     assert process.next.type_signature.parameter[2] == tff.FederatedType(WEIGHT_TYPE, tff.CLIENTS)
+    if name in IDENTITY_WEIGHTED:
+      continue
     result = process.next(process.initialize(), [same] * N, weights).result
     for got, want in zip(result, same):
       np.testing.assert_allclose(got, want, **TOL)

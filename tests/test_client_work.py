@@ -11,14 +11,11 @@ LR = 0.1
 
 
 def _client_work(attack):
-  return build_attacker_client_work(tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
-                                    attack, batch_size=4)
+  return tiny.client_work(attack, LR)
 
 
 def _initial_weights():
-  p = tff.learning.algorithms.build_weighted_fed_avg(
-      tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR))
-  return p.get_model_weights(p.initialize())
+  return tiny.initial_weights()
 
 
 def _updates(work, clients):

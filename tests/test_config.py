@@ -23,17 +23,18 @@ OLD_CONFIG = {
     'task_min_samples': 10, 'source_class': 7, 'target_class': 1, 'keep_honest_copies': True,
     'poison_fraction': 0.5, 'trigger_size': 5, 'trigger_value': -1.0,
     'trigger_pattern': 'square', 'distributed_parts': 1, 'attack': 'boost', 'boost': 0.0,
-    'norm_bound': 0.33, 'projection_rounds': 5, 'malicious_epochs': 0,
+    'norm_bound': 0.33, 'projection_rounds': 5, 'neurotoxin_mask_fraction': 0.05,
+    'constrain_alpha': 0.5, 'malicious_epochs': 0,
     'malicious_batch_size': 0, 'schedule': 'fixed_frequency', 'attack_every': 1,
     'malicious_fraction': 0.1, 'attackers_per_round': 1, 'attack_start': 0, 'attack_stop': 0,
     'sample_with_replacement': False,
     'defense': dataclasses.asdict(config_lib.DefenseConfig()), 'seed': 0,
     'output_dir': '/tmp/b', 'eval_every': 1, 'eval_batch_size': 500, 'eval_subset': 4000,
     'workers': '', 'num_subrounds': 0, 'checkpoint_every': 0, 'keep_checkpoints': 2,
-    'resume': False, 'init_from': '', 'init_from_file': '', 'init_from_sha256': '',
-    'init_from_rounds': 0, 'capture_rounds': '', 'flain': False, 'flain_aux_per_class': 80,
-    'flain_layer': '', 'flain_mode': 'quantile', 'flain_k0': -1.0, 'flain_step': -1.0,
-    'flain_tolerance': 0.01, 'tensorboard': True, 'verbose': True}
+    'resume': False, 'overwrite': 'refuse', 'init_from': '', 'init_from_file': '',
+    'init_from_sha256': '', 'init_from_rounds': 0, 'capture_rounds': '', 'flain': False,
+    'flain_aux_per_class': 80, 'flain_layer': '', 'flain_mode': 'quantile', 'flain_k0': -1.0,
+    'flain_step': -1.0, 'flain_tolerance': 0.01, 'tensorboard': True, 'verbose': True}
 
 
 def test_old_config_json_loads_with_none_for_its_sentinels_and_writes_back_the_same():

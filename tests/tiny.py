@@ -89,3 +89,19 @@ class StopAfter:
       raise KeyboardInterrupt
     self._left -= 1
     return self._process.next(state, data)
+
+
+def client_work(attack, lr: float = 0.1, batch_size: int = 4, **options):
+  """The attacker client work on the tiny CNN with client SGD at `lr`."""
+  import tensorflow_federated as tff
+  from tff_backdoor.attacks import build_attacker_client_work
+  return build_attacker_client_work(model_fn(), tff.learning.optimizers.build_sgdm(lr), attack,
+                                    batch_size=batch_size, **options)
+
+
+def initial_weights():
+  """The tiny CNN's seeded initial weights, as TFF's FedAvg starts from them."""
+  import tensorflow_federated as tff
+  p = tff.learning.algorithms.build_weighted_fed_avg(
+      model_fn(), tff.learning.optimizers.build_sgdm(0.1))
+  return p.get_model_weights(p.initialize())

@@ -15,13 +15,16 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
-from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE, UNIT_INTERVAL
+from tff_backdoor.options import AT_LEAST_ONE, BELOW_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE
+from tff_backdoor.options import UNIT_INTERVAL
 from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
 from tff_backdoor.options import from_flat_value, to_flat_value
 
 # Names of the registries whose builders import TensorFlow (tests check they agree).
 MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
-ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded')  # attacks.client_work.ATTACKERS
+ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded', 'neurotoxin',
+                'constrain_scale')  # attacks.client_work.ATTACKERS
+MIXTURE_MODES = ('data_poison', 'neurotoxin', 'constrain_scale')  # train on benign + malicious
 TASKS = ('none', 'targeted', 'pixel')  # run.setup.TASK_BUILDERS
 SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
 PATTERNS = ('square', 'plus')  # attacks.tasks.PATTERNS
@@ -107,14 +110,23 @@ class AttackerConfig(Fields):
   """How attackers build their update (attacks.client_work.AttackConfig and its data)."""
   mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
                      flag='attack')
-  boost: Optional[float] = option(None, 'Boost factor (0 = clients_per_round).', unset=0.0,
+  boost: Optional[float] = option(None, 'Boost factor (0 = clients_per_round); '
+                                  "constrain_scale's gamma.", unset=0.0,
                                   rule=NONNEGATIVE)
   norm_bound: float = option(0.33, 'norm_bounded: L2 radius before boosting.', rule=POSITIVE)
   projection_rounds: int = option(5, 'norm_bounded: R.', rule=AT_LEAST_ONE)
+  mask_fraction: float = option(
+      0.05, 'neurotoxin: share of coordinates (largest in the last global update) the attacker '
+      "leaves alone (the authors' EMNIST runs: 1 - gradmask_ratio 0.95).",
+      flag='neurotoxin_mask_fraction', rule=BELOW_ONE)
+  alpha: float = option(
+      0.5, 'constrain_scale: weight of the task loss; 1 - alpha weighs the L2 distance to the '
+      "global model (FLPoison's default).", flag='constrain_alpha', rule=UNIT_INTERVAL)
   # Sun et al.'s code passes the malicious set as ONE batch, once per pass (one SGD step):
   malicious_epochs: Optional[int] = option(
       None, "Passes over the malicious data (0 = 1 for boost/norm_bounded as in Sun et al.'s "
-      'code, local_epochs for data_poison).', unset=0, rule=NONNEGATIVE)
+      'code, local_epochs for the modes that train on the mixture: data_poison, neurotoxin, '
+      'constrain_scale).', unset=0, rule=NONNEGATIVE)
   malicious_batch_size: Optional[int] = option(
       None, "Malicious batch size (0 = the whole malicious set in one batch, as in Sun et "
       "al.'s code).", unset=0, rule=NONNEGATIVE)
@@ -316,9 +328,10 @@ def _check_combinations(config: ExperimentConfig) -> None:
                      '--sample_with_replacement')
   if run.workers:
     workers.parse_workers(run.workers)
-  if config.flain.enabled:
-    if data.server_holdout is not None and data.server_holdout < 1:
-      raise ValueError('--flain needs server-side auxiliary data: set --server_holdout > 0')
+  for needs_server, what in ((config.flain.enabled, '--flain'),
+                             (config.defense.name == 'fltrust', '--defense=fltrust')):
+    if needs_server and data.server_holdout is not None and data.server_holdout < 1:
+      raise ValueError(f'{what} needs server-side data: set --server_holdout > 0')
 
 
 def parse_rounds(spec: Optional[str], total_rounds: int) -> set:

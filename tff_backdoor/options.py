@@ -24,6 +24,7 @@ AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
 UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
 OPEN_UNIT = Rule('in (0, 1)', lambda v: 0 < v < 1)
 BELOW_HALF = Rule('in [0, 0.5)', lambda v: 0 <= v < 0.5)
+BELOW_ONE = Rule('in [0, 1)', lambda v: 0 <= v < 1)
 # Seeds reach the Keras initializers as seed * 1000 + k and TF's stateless RNGs as int64, so
 # past about 9.2e15 they overflow (a TensorFlow traceback); 2**32 leaves a wide margin.
 SEED_RANGE = Rule('in [0, 2**32)', lambda v: 0 <= v < 2**32)

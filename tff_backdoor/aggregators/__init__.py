@@ -22,6 +22,8 @@ _LAZY = {
     'CrflOptimizer': 'crfl',
     'flame_factory': 'flame',
     'FlameFilterFactory': 'flame',
+    'FLTrustFactory': 'fltrust',
+    'FoolsGoldFactory': 'foolsgold',
     'GeometricMedianFactory': 'geometric_median',
     'MedianNormNoiseFactory': 'median_noise',
     'RobustLearningRateFactory': 'robust_lr',

@@ -13,7 +13,7 @@ from tff_backdoor.options import check_field, option
 DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
             'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean', 'sun_dp',
             'geomed', 'bulyan', 'centered_clip', 'rlr', 'flame',
-            'crfl')  # registry.DEFENSE_BUILDERS
+            'crfl', 'fltrust', 'foolsgold')  # registry.DEFENSE_BUILDERS
 
 # The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
 # each default. One row a field: a defense's new parameter is a new row.
@@ -43,6 +43,13 @@ DEFENSE_PARAMETERS = (
     ('crfl_clip_base', 4.0, POSITIVE, 'crfl: model norm bound min(base + slope*t, max).'),
     ('crfl_clip_slope', 0.25, NONNEGATIVE, 'crfl: growth of the model norm bound per round.'),
     ('crfl_clip_max', 100.0, POSITIVE, 'crfl: largest model norm bound.'),
+    ('fltrust_root_per_class', 10, AT_LEAST_ONE,
+     "fltrust: server root-set images per class, from the server split (paper: 100 in all)."),
+    ('foolsgold_clients', 0, NONNEGATIVE,
+     "foolsgold: population size, identities 0..n-1 (0 = the run's clients)."),
+    ('foolsgold_tensors', 2, NONNEGATIVE,
+     'foolsgold: trailing update tensors kept in the history (2: output layer; 0: all).'),
+    ('foolsgold_confidence', 1.0, POSITIVE, "foolsgold: kappa of the logit (paper: 1)."),
 )
 
 
@@ -84,6 +91,11 @@ class DefenseConfig:
     logits bias of a Keras model.
   * geomed, bulyan, centered_clip, rlr, flame, crfl: their papers' (or the authors' code's)
     values; each factory's module docstring says where they come from.
+  * `fltrust_root_per_class` = 10: Cao et al.'s root set has 100 examples; 10 a class gives
+    that for 10 classes, drawn class-balanced from the server split (theirs is uniform).
+  * `foolsgold_tensors` = 2, `foolsgold_confidence` = 1: the history keeps the output layer
+    (kernel and bias), as FLPoison's indicative features do; kappa = 1 as in Fung et al.;
+    `foolsgold_clients` = 0: a run fills in its population size (`run.setup`).
   """
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')

@@ -17,6 +17,8 @@ from tff_backdoor.aggregators import clipping
 from tff_backdoor.aggregators import crfl
 from tff_backdoor.aggregators import dp
 from tff_backdoor.aggregators import flame
+from tff_backdoor.aggregators import fltrust
+from tff_backdoor.aggregators import foolsgold
 from tff_backdoor.aggregators import geometric_median
 from tff_backdoor.aggregators import nonfinite
 from tff_backdoor.aggregators import norm_statistics
@@ -53,6 +55,11 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     'rlr': lambda c, n, seed: robust_lr.RobustLearningRateFactory(c.rlr_threshold),
     'flame': lambda c, n, seed: flame.flame_factory(c.flame_lambda, c.flame_min_samples, seed),
     'crfl': lambda c, n, seed: _common.default_mean_factory(),  # its step: server_optimizer
+    # Needs the server's update each round: process.compose_fed_avg(server_update_fn=...).
+    'fltrust': lambda c, n, seed: fltrust.FLTrustFactory(),
+    # Reads the weight as the client's identity: build_attacker_client_work(identify_clients=).
+    'foolsgold': lambda c, n, seed: foolsgold.FoolsGoldFactory(
+        c.foolsgold_clients, c.foolsgold_tensors, c.foolsgold_confidence),
 }
 
 # Defenses acting on the global model after aggregation: name -> the server optimizer wrapping

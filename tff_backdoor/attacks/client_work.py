@@ -15,7 +15,7 @@ every client of every round the same masks, a function of the batch step only, a
 the worker starting each call with fresh random-op state.)
 
 Attackers follow Sun et al. 2019 (google-research/federated targeted_attack) in one of three
-modes:
+modes, or one of the two attacks after them:
 
 - `data_poison`: train on benign and malicious examples shuffled together; no scaling.
 - `boost` (explicit boosting / model replacement): delta_b + boost * delta_m, where delta_b is
@@ -23,6 +23,18 @@ modes:
 - `norm_bounded`: from w0, `projection_rounds` times {a pass over the benign data; a pass over
   the malicious data; project w onto the L2 ball of radius `norm_bound` around w0}; then
   send boost * (w - w0), so its norm is at most boost * norm_bound.
+- `neurotoxin` (Zhang et al. 2022): data_poison training whose every gradient (and the final
+  update) is zero on the top `mask_fraction` coordinates of the last global update's magnitude
+  (`gradient_transforms.bottom_coordinates_mask`), so the backdoor lives where benign clients
+  rarely write. The paper's attacker gets that update by comparing two downloaded global
+  models; here the distributor of `attacks.global_update` broadcasts it with the weights, so
+  this mode's client work takes `global_update.client_weights_type` weights. With no previous
+  round (round 0) nothing is masked. The authors' code, BackFed and FLPoison rank coordinates
+  by the attacker's own clean-data gradient instead of the global update; the authors' runs
+  use neither scaling nor PGD (`--PGD 0`), and neither does this mode.
+- `constrain_scale` (Bagdasaryan et al. 2020): data_poison training on the loss
+  alpha * task loss + (1 - alpha) * ||w - w0||_2 (`gradient_transforms.with_distance_term`),
+  then send boost * (w0 - w) (their gamma = n / eta: clients per round over the server rate).
 
 Updates follow TFF's sign convention (`initial - trained`, applied by the server optimizer as a
 gradient). The client weight is the number of benign examples (the authors' choice), or of all
@@ -33,13 +45,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor import models as models_lib
+from tff_backdoor.attacks import global_update as global_update_lib
+from tff_backdoor.attacks import gradient_transforms
 from tff_backdoor.execution import tff_private
 
 _POISON_SHUFFLE_BUFFER = 100_000
@@ -53,6 +67,8 @@ class AttackConfig:
   boost: float = 1.0
   norm_bound: float = 0.33
   projection_rounds: int = 5
+  mask_fraction: float = 0.05  # neurotoxin: share of coordinates masked
+  alpha: float = 0.5  # constrain_scale: weight of the task loss
 
   def validate(self) -> 'AttackConfig':
     if self.mode not in ATTACK_MODES:
@@ -63,27 +79,37 @@ class AttackConfig:
       raise ValueError(f'attack norm_bound must be positive, got {self.norm_bound}')
     if self.projection_rounds < 1:
       raise ValueError(f'projection_rounds must be >= 1, got {self.projection_rounds}')
+    if not 0.0 <= self.mask_fraction < 1.0:
+      raise ValueError(f'attack mask_fraction must be in [0, 1), got {self.mask_fraction}')
+    if not 0.0 < self.alpha <= 1.0:
+      raise ValueError(f'attack alpha must be in (0, 1], got {self.alpha}')
     return self
 
 
-def client_data_type(element_type: tff.Type) -> tff.StructWithPythonType:
-  """The per-client TFF type the attacker client work consumes."""
+def client_data_type(element_type: tff.Type,
+                     identify_clients: bool = False) -> tff.StructWithPythonType:
+  """The per-client TFF type the attacker client work consumes (with `client_index` in the
+  control data if `identify_clients`)."""
+  fields = [('is_malicious', np.bool_), ('seed', np.int64)]
+  if identify_clients:
+    fields.append(('client_index', np.int64))
   return tff.StructWithPythonType(
       [('benign', tff.SequenceType(element_type)),
        ('malicious', tff.SequenceType(element_type)),
-       ('control', tff.SequenceType(_CONTROL_TYPE))],
+       ('control', tff.SequenceType(tff.StructWithPythonType(fields, collections.OrderedDict)))],
       collections.OrderedDict)
 
 
-_CONTROL_TYPE = tff.StructWithPythonType(
-    [('is_malicious', np.bool_), ('seed', np.int64)], collections.OrderedDict)
-
-
 def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
-                     is_malicious: bool, seed: int) -> collections.OrderedDict:
-  """Packs one client's input for the attacker client work."""
-  control = tf.data.Dataset.from_tensors(collections.OrderedDict(
-      is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64)))
+                     is_malicious: bool, seed: int,
+                     client_index: Optional[int] = None) -> collections.OrderedDict:
+  """Packs one client's input for the attacker client work (`client_index`: its population
+  index, for a client work built with `identify_clients`)."""
+  fields = collections.OrderedDict(
+      is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64))
+  if client_index is not None:
+    fields['client_index'] = tf.constant(int(client_index), tf.int64)
+  control = tf.data.Dataset.from_tensors(fields)
   return collections.OrderedDict(benign=benign, malicious=malicious, control=control)
 
 
@@ -106,8 +132,11 @@ class _LocalTraining:
     for layer in dropout_layers:
       layer.bind_seed(self.mask_seed)
 
-  def _step(self, pass_key, state, batch):
-    """One SGD step (TFF's reduce loop body); batch `step` masks with fold_in(pass_key, step)."""
+  def _step(self, pass_key, transform, state, batch):
+    """One SGD step (TFF's reduce loop body); batch `step` masks with fold_in(pass_key, step).
+
+    `transform(gradients, trainable)`, if given, changes the gradients before the step.
+    """
     num_examples, optimizer_state, step = state
     trainable = self.weights.trainable
     set_seed = [] if self.mask_seed is None else [self.mask_seed.assign(
@@ -115,6 +144,8 @@ class _LocalTraining:
     with tf.control_dependencies(set_seed), tf.GradientTape() as tape:
       output = self.model.forward_pass(batch, training=True)
     gradients = tape.gradient(output.loss, trainable)
+    if transform is not None:
+      gradients = transform(gradients, trainable)
     optimizer_state, updated = self.optimizer.next(
         optimizer_state, tuple(tf.nest.flatten(trainable)), tuple(tf.nest.flatten(gradients)))
     updated = tf.nest.pack_sequence_as(trainable, updated)
@@ -125,10 +156,10 @@ class _LocalTraining:
       num_examples += tf.cast(output.num_examples, tf.int64)
     return num_examples, optimizer_state, step + 1
 
-  def train(self, data, optimizer_hparams, pass_key):
+  def train(self, data, optimizer_hparams, pass_key, transform=None):
     """Local SGD over `data` from the current weights; returns the number of examples.
 
-    `pass_key` ([2] int64) keys this pass's dropout masks.
+    `pass_key` ([2] int64) keys this pass's dropout masks; `transform` see `_step`.
     """
     specs = tuple(tf.TensorSpec(v.shape, v.dtype)
                   for v in tf.nest.flatten(self.weights.trainable))
@@ -136,7 +167,7 @@ class _LocalTraining:
                                                  optimizer_hparams)
     num_examples, _, _ = data.reduce(
         (tf.zeros([], tf.int64), optimizer_state, tf.zeros([], tf.int64)),
-        functools.partial(self._step, pass_key))
+        functools.partial(self._step, pass_key, transform))
     return num_examples
 
   def reset(self, initial_weights) -> None:
@@ -156,13 +187,16 @@ class _ClientPass:
   seed: tf.Tensor
   hparams: object
   client_key: tf.Tensor
+  # The last global update and whether there is one (neurotoxin's client work only).
+  global_update: object = None
+  has_global_update: object = None
 
   def pass_key(self, index: int) -> tf.Tensor:
     """Key of the client's `index`-th training pass (distinct per pass of one client)."""
     return tf.random.experimental.stateless_fold_in(self.client_key, index)
 
-  def train(self, data, index: int):
-    return self.local.train(data, self.hparams, self.pass_key(index))
+  def train(self, data, index: int, transform=None):
+    return self.local.train(data, self.hparams, self.pass_key(index), transform)
 
   def restart(self) -> None:
     self.local.reset(self.initial_weights)
@@ -178,13 +212,28 @@ def _honest(c: _ClientPass, attack: AttackConfig, batch_size: int):
   return c.delta(), num_examples
 
 
-def _data_poison(c: _ClientPass, attack: AttackConfig, batch_size: int):
+def _data_poison(c: _ClientPass, attack: AttackConfig, batch_size: int, transform=None):
   del attack
   c.restart()
   mixed = c.benign.unbatch().concatenate(c.malicious.unbatch())
   mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=c.seed, reshuffle_each_iteration=False)
-  num_examples = c.train(mixed.batch(batch_size), 0)
+  num_examples = c.train(mixed.batch(batch_size), 0, transform)
   return c.delta(), num_examples
+
+
+def _neurotoxin(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  keep = gradient_transforms.bottom_coordinates_mask(c.global_update, attack.mask_fraction,
+                                                     c.has_global_update)
+  update, num_examples = _data_poison(
+      c, attack, batch_size, lambda g, _: gradient_transforms.apply_mask(g, keep))
+  return gradient_transforms.apply_mask(update, keep), num_examples
+
+
+def _constrain_scale(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  anomaly = lambda g, w: gradient_transforms.with_distance_term(
+      g, w, c.initial_weights.trainable, attack.alpha)
+  update, num_examples = _data_poison(c, attack, batch_size, anomaly)
+  return tf.nest.map_structure(lambda d: attack.boost * d, update), num_examples
 
 
 def _boost(c: _ClientPass, attack: AttackConfig, batch_size: int):
@@ -216,33 +265,44 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
 
 # Attack mode -> the malicious client's (update, number of examples); config.ATTACK_MODES lists
 # the same names without TensorFlow (a test checks).
-ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded}
+ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded,
+             'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale}
 ATTACK_MODES = tuple(ATTACKERS)
+# Modes whose client work receives the last global update with the weights (global_update).
+GLOBAL_UPDATE_MODES = ('neurotoxin',)
 
 
 def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
                         optimizer: tff.learning.optimizers.Optimizer,
                         attack: AttackConfig,
-                        batch_size: int) -> Callable:
+                        batch_size: int,
+                        identify_clients: bool = False) -> Callable:
   """Returns a `tf.function` computing one client's update, honest or malicious.
 
   `batch_size` re-batches the shuffled mixture of benign and malicious examples in
-  `data_poison` mode (the other modes use the client's batches as given).
+  `data_poison`, `neurotoxin` and `constrain_scale` modes (the others use the client's batches
+  as given). For `GLOBAL_UPDATE_MODES`, pass the last global update (trainable structure) and
+  whether there is one (bool scalar). With `identify_clients`, the update's weight is the
+  control's `client_index` + 1 (what `aggregators.foolsgold` reads), not its examples.
   """
   attack.validate()
   local = _LocalTraining(model_fn, optimizer)
   model = local.model
 
   @tf.function
-  def client_update(initial_weights, client_data, optimizer_hparams):
+  def client_update(initial_weights, client_data, optimizer_hparams, global_update=None,
+                    has_global_update=None):
     control = client_data['control'].get_single_element()
     client = _ClientPass(local, initial_weights, client_data['benign'], client_data['malicious'],
                          control['seed'], optimizer_hparams,
-                         tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)]))
+                         tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)]),
+                         global_update, has_global_update)
     update, num_examples = tf.cond(control['is_malicious'],
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
     update, has_non_finite = tff_private.zero_all_if_any_non_finite(update)
+    if identify_clients:
+      num_examples = control['client_index'] + 1
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
     if has_non_finite > 0:
@@ -309,8 +369,15 @@ def build_attacker_client_work(
     attack: AttackConfig,
     batch_size: int,
     metrics_aggregator=None,
+    identify_clients: bool = False,
 ) -> tff.learning.templates.ClientWorkProcess:
   """A `ClientWorkProcess` whose clients may attack (state: the client optimizer hparams).
+
+  For `GLOBAL_UPDATE_MODES` the weights the clients receive are
+  `attacks.global_update.client_weights_type` (the model, the last global update, whether
+  there is one); `process.compose_fed_avg` gives such a client work the distributor that
+  sends them. With `identify_clients` the client data carries each client's population index
+  (`make_client_data(client_index=)`) and the weight is that index + 1, for FoolsGold.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `mean_honest_update_norm`, `mean_malicious_update_norm`, `max_update_norm`.
@@ -322,14 +389,21 @@ def build_attacker_client_work(
     model = model_fn()
     metrics_aggregation_fn = metrics_aggregator(model.metric_finalizers())
   element_type = tff.types.tensorflow_to_type(model.input_spec)
-  data_type = client_data_type(element_type)
+  data_type = client_data_type(element_type, identify_clients)
   weights_type = tff.learning.models.weights_type_from_model(model)
+  with_update = attack.mode in GLOBAL_UPDATE_MODES
+  if with_update:
+    weights_type = global_update_lib.client_weights_type(weights_type)
   init_fn, get_hparams_fn, set_hparams_fn = _hparams_computations(optimizer)
   state_type = init_fn.type_signature.result.member
 
   @tff.tensorflow.computation(state_type, weights_type, data_type)
   def client_update_computation(hparams, initial_weights, client_data):
-    client_update = build_client_update(model_fn, optimizer, attack, batch_size)
+    client_update = build_client_update(model_fn, optimizer, attack, batch_size,
+                                        identify_clients)
+    if with_update:
+      return client_update(initial_weights['model'], client_data, hparams,
+                           initial_weights['last_update'], initial_weights['has_last_update'])
     return client_update(initial_weights, client_data, hparams)
 
   norm_stats, summarize = _norm_summary()

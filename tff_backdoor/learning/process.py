@@ -14,7 +14,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_backdoor.attacks import global_update
 from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+from tff_backdoor.learning import server_update
 from tff_backdoor.learning.update_capture import with_update_capture
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -76,11 +78,17 @@ def compose_fed_avg(
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
     capture_updates: bool = False,
     capture_spool_dir: Optional[str] = None,
+    server_update_fn: Optional[tff.Computation] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg around a given client work (`build_attacked_fed_avg`'s second half).
 
-  For callers that keep the client work (e.g. to re-run clients,
-  `update_capture.capture_client_updates`):
+  With `server_update_fn` (FLTrust: `server_update.build_server_update_fn`), the server trains
+  its own update each round and hands it to the aggregator
+  (`server_update.compose_with_server_update`); without, TFF's `compose_learning_process`.
+
+  The distributor is TFF's broadcast, or for a client work that reads the last global update
+  (Neurotoxin's) `attacks.global_update`'s. For callers that keep the client work (e.g. to
+  re-run clients, `update_capture.capture_client_updates`):
   Keras swaps a custom layer's base classes when a model is built in graph mode, so building
   a second client work after an eager model exists would break that model.
   """
@@ -92,7 +100,7 @@ def compose_fed_avg(
     return tff.learning.models.ModelWeights.from_model(model_fn())
 
   weights_type = initial_model_weights_fn.type_signature.result
-  distributor = tff.learning.templates.build_broadcast_process(weights_type)
+  distributor = global_update.build_distributor(client_work, weights_type)
   if capture_updates:
     client_work = with_update_capture(client_work, capture_spool_dir)
   factory = model_aggregator if model_aggregator is not None else tff.aggregators.MeanFactory()
@@ -102,5 +110,9 @@ def compose_fed_avg(
   aggregator = factory.create(weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
       server_optimizer_fn, weights_type)
+  if server_update_fn is not None:
+    return server_update.compose_with_server_update(
+        initial_model_weights_fn, distributor, client_work, aggregator, finalizer,
+        server_update_fn)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, distributor, client_work, aggregator, finalizer)

@@ -18,6 +18,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from tff_backdoor.aggregators import _common as aggregators_common
 from tff_backdoor.aggregators.robust_rules import federated_stack
+from tff_backdoor.attacks import global_update
 
 # Key, in the client work's measurements of a capturing process, of the captured updates.
 CAPTURE_KEY = 'captured_updates'
@@ -37,7 +38,8 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
   round itself instead (`build_attacked_fed_avg(capture_updates=True)`); this function stays
   as the reference that tests compare that path with.
   """
-  output = client_work.next(state.client_work, [model_weights] * len(client_data), client_data)
+  weights = global_update.client_weights(client_work, state, model_weights)
+  output = client_work.next(state.client_work, [weights] * len(client_data), client_data)
   return [[np.asarray(t) for t in result.update] for result in output.result]
 
 

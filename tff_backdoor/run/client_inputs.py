@@ -11,7 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor.attacks.client_work import make_client_data
+from tff_backdoor.config import MIXTURE_MODES
 from tff_backdoor.learning import client_datasets
+from tff_backdoor.run import setup as setup_lib
 
 if TYPE_CHECKING:
   from tff_backdoor.run.setup import ExperimentSetup
@@ -30,10 +32,12 @@ def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Gen
   """Per-client TFF inputs for one round, plus which participants attack."""
   fed_avg, attack = setup.config.fed_avg, setup.config.attack
   mal_epochs = attack.malicious_epochs or (
-      fed_avg.local_epochs if attack.mode == 'data_poison' else 1)
+      fed_avg.local_epochs if attack.mode in MIXTURE_MODES else 1)
   empty_x = np.zeros([0, *setup.data.input_shape], np.float32)
   empty = (empty_x, np.zeros([0], np.int32))
   inputs, flags = [], []
+  index = ({c: i for i, c in enumerate(setup.client_ids)}
+           if setup_lib.identifies_clients(setup.config) else {})
   for p in participants:
     x, y = setup.clients[p.client_id]
     if p.is_attacker:
@@ -45,6 +49,7 @@ def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Gen
     inputs.append(make_client_data(
         epoch_batches(bx, by, fed_avg.local_epochs, fed_avg.batch_size, rng),
         epoch_batches(mx, my, mal_epochs if len(my) else 0, mal_batch, rng),
-        is_malicious=p.is_attacker, seed=int(rng.integers(2**31))))
+        is_malicious=p.is_attacker, seed=int(rng.integers(2**31)),
+        client_index=index.get(p.client_id)))
     flags.append(bool(p.is_attacker))
   return inputs, flags

@@ -26,8 +26,10 @@ from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client
 from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
 from tff_backdoor.data import ArrayPair
 from tff_backdoor.learning import process as process_lib
+from tff_backdoor.learning import server_update
 from tff_backdoor.run import rundir
 from tff_backdoor.run import warm_start
+
 
 @dataclasses.dataclass
 class ExperimentSetup:
@@ -61,7 +63,8 @@ def attack_config(config: ExperimentConfig) -> AttackConfig:
   attack = config.attack
   return AttackConfig(mode=attack.mode,
                       boost=float(attack.boost or config.fed_avg.clients_per_round),
-                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds)
+                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds,
+                      mask_fraction=attack.mask_fraction, alpha=attack.alpha)
 
 
 def flain_config(config: ExperimentConfig) -> flain_lib.FlainConfig:
@@ -174,26 +177,49 @@ def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
       metrics_io.read_json(os.path.join(run_dir, rundir.CONFIG_FILE)))
 
 
-def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn):
+def fltrust_root(config: ExperimentConfig, data: data_lib.FederatedData) -> ArrayPair:
+  """FLTrust's root set: --fltrust_root_per_class images a class from the server split (the
+  one FLAIN's auxiliary set comes from), seeded by --seed."""
+  return flain_lib.select_auxiliary(*data.server, per_class=config.defense.fltrust_root_per_class,
+                                    seed=config.run.seed, num_classes=data.num_classes)
+
+
+def identifies_clients(config: ExperimentConfig) -> bool:
+  """Whether the run's client data carries population indices (FoolsGold's identities)."""
+  return config.defense.name == 'foolsgold'
+
+
+def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
+                    data: Optional[data_lib.FederatedData] = None):
   """(process, its client work, capturing process or None) for the config's FedAvg and defense.
 
   Both processes share one client work, built here with the rest (before any eager model).
+  `data` gives --defense=fltrust its root set and --defense=foolsgold its population.
   """
-  fed_avg = config.fed_avg
-  aggregator = defense_registry.build_defense(config.defense, fed_avg.clients_per_round,
+  fed_avg, defense = config.fed_avg, config.defense
+  if defense.name == 'foolsgold' and not defense.foolsgold_clients:  # the run's population
+    defense = dataclasses.replace(defense, foolsgold_clients=len(data.train.client_ids))
+  aggregator = defense_registry.build_defense(defense, fed_avg.clients_per_round,
                                               seed=config.run.seed)
-  client_work = build_attacker_client_work(
-      model_fn, tff.learning.optimizers.build_sgdm(fed_avg.client_lr), attack_config(config),
-      fed_avg.batch_size)
+  client_optimizer = tff.learning.optimizers.build_sgdm(fed_avg.client_lr)
+  client_work = build_attacker_client_work(model_fn, client_optimizer, attack_config(config),
+                                           fed_avg.batch_size,
+                                           identify_clients=identifies_clients(config))
+  extra = {}
+  if config.defense.name == 'fltrust':
+    extra['server_update_fn'] = server_update.build_server_update_fn(
+        model_fn, client_optimizer, fltrust_root(config, data), fed_avg.batch_size,
+        fed_avg.local_epochs, config.run.seed, client_work.get_hparams.type_signature.result)
   server = lambda: defense_registry.build_server_optimizer(  # CRFL acts on the model
       config.defense, tff.learning.optimizers.build_sgdm(fed_avg.server_lr), config.run.seed)
   learning_process = process_lib.compose_fed_avg(model_fn, client_work, server(),
-                                                 model_aggregator=aggregator)
+                                                 model_aggregator=aggregator, **extra)
   capture_process = None
   if config.run.capture_rounds:  # remote workers cannot write into our output_dir
     capture_process = process_lib.compose_fed_avg(
         model_fn, client_work, server(), model_aggregator=aggregator, capture_updates=True,
-        capture_spool_dir=None if config.run.workers else rundir.spool_dir(config.run.output_dir))
+        capture_spool_dir=None if config.run.workers else rundir.spool_dir(config.run.output_dir),
+        **extra)
   return learning_process, client_work, capture_process
 
 
@@ -218,7 +244,7 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)
   model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
-  learning_process, client_work, capture_process = build_processes(config, model_fn)
+  learning_process, client_work, capture_process = build_processes(config, model_fn, data)
   eval_sets = {'test': data.test}
   if task is not None:
     eval_sets.update(task.eval_sets())

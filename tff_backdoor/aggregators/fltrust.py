@@ -1,0 +1,107 @@
+"""FLTrust (Cao et al., NDSS 2021): client updates weighted by their agreement with the server's.
+
+Each round the server trains its own update g0 from the current global model on a small clean
+root set. A client update g_i gets the trust score TS_i = ReLU(cos(g_i, g0)), is rescaled to
+the norm of g0, and the aggregate is sum_i TS_i * (||g0|| / ||g_i||) g_i / sum_i TS_i.
+
+`FLTrustFactory` is a `tff.aggregators.WeightedAggregationFactory`: g0 is broadcast to the
+clients, each computes its trust and rescaled update, and two `federated_sum`s finish the
+rule, so it is mergeable and never stacks the updates. g0 itself is the `reference` field of
+the process state, which the learning process writes before every round:
+`learning.server_update.compose_with_server_update` does so with the server's own local
+training (`process.compose_fed_avg(server_update_fn=...)`). To use it in a plain TFF process,
+build that process with `compose_with_server_update` around any `ClientWorkProcess` (e.g.
+`tff.learning.templates.build_model_delta_client_work`); in `build_weighted_fed_avg` nothing
+writes the reference, every trust is 0 and the model never moves.
+
+Unweighted, like the paper: a client's weight only says whether it takes part (> 0). A
+non-finite update (zeroed with weight 0 by `NonFiniteGuardFactory`) and a zero update have
+trust 0; a non-finite or zero g0 gives every client trust 0 and the round a zero update.
+
+Measurements: `trusted_count` (clients with TS > 0), `mean_trust` (over the clients taking
+part), `server_update_norm` (||g0||).
+"""
+from __future__ import annotations
+
+import collections
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor.aggregators import _common
+
+REFERENCE_KEY = 'reference'  # the state field holding the server's update g0
+
+
+def trust_and_rescaled(value, reference, participates):
+  """(TS, (||g0|| / ||g||) g) of one client; TS = 0 for a non-finite g0 or a zero update."""
+  norm, reference_norm = _common.global_l2_norm(value), _common.global_l2_norm(reference)
+  dot = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32) * tf.cast(r, tf.float32))
+                  for v, r in zip(tf.nest.flatten(value), tf.nest.flatten(reference))])
+  cosine = tf.math.divide_no_nan(dot, norm * reference_norm)
+  usable = tf.logical_and(participates, tf.math.is_finite(reference_norm))
+  trust = tf.where(usable, tf.nn.relu(cosine), 0.0)
+  scale = tf.math.divide_no_nan(reference_norm, norm)
+  factor = tf.where(trust > 0.0, trust * scale, 0.0)  # not 0 * inf when g0 is not finite
+  rescaled = tf.nest.map_structure(lambda v: tf.cast(factor, v.dtype) * v, value)
+  return trust, rescaled
+
+
+def with_reference(state, reference):
+  """`state` of an FLTrust process (possibly wrapped) with g0 replaced by `reference`."""
+  state = collections.OrderedDict(state)
+  state[REFERENCE_KEY] = reference
+  return state
+
+
+class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
+  """`WeightedAggregationFactory` for FLTrust's aggregation rule (see the module docstring)."""
+
+  def create(self, value_type: tff.Type,
+             weight_type: tff.Type) -> tff.templates.AggregationProcess:
+    _common.check_float_value_type(value_type)
+    value_spec = tff.types.type_to_tf_tensor_specs(value_type)
+
+    @tff.tensorflow.computation
+    def initial_state():
+      return collections.OrderedDict([(REFERENCE_KEY, tf.nest.map_structure(
+          lambda s: tf.zeros(s.shape, s.dtype), value_spec))])
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_eval(initial_state, tff.SERVER)
+
+    state_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(value_type, value_type, weight_type)
+    def client_share(value, reference, weight):
+      participates = tf.cast(weight, tf.float32) > 0.0
+      trust, rescaled = trust_and_rescaled(value, reference, participates)
+      counts = collections.OrderedDict(
+          trust=trust, trusted=tf.cast(trust > 0.0, _common.COUNT_TF_TYPE),
+          participants=tf.cast(participates, _common.COUNT_TF_TYPE))
+      return rescaled, counts
+
+    @tff.tensorflow.computation
+    def finish(weighted_sum, counts, state):
+      result = tf.nest.map_structure(
+          lambda s: tf.math.divide_no_nan(s, tf.cast(counts['trust'], s.dtype)), weighted_sum)
+      measurements = collections.OrderedDict(
+          trusted_count=counts['trusted'],
+          mean_trust=tf.math.divide_no_nan(counts['trust'],
+                                           tf.cast(counts['participants'], tf.float32)),
+          server_update_norm=_common.global_l2_norm(state[REFERENCE_KEY]))
+      return result, measurements
+
+    @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      reference = tff.federated_broadcast(getattr(state, REFERENCE_KEY))
+      rescaled, counts = tff.federated_map(client_share, (value, reference, weight))
+      result, measurements = tff.federated_map(
+          finish, (tff.federated_sum(rescaled), tff.federated_sum(counts), state))
+      return tff.templates.MeasuredProcessOutput(state=state, result=result,
+                                                 measurements=measurements)
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)

@@ -1,0 +1,132 @@
+"""FoolsGold (Fung et al., RAID 2020): clients whose update histories agree are sybils.
+
+Each client's history is the sum of all its updates so far. Among the clients of a round,
+with cs_ij the cosine similarity of the histories of i and j (cs_ii = 0) and v_i = max_j cs_ij:
+pardoning scales cs_ij by v_i / v_j where v_i < v_j; a_i = 1 - max_j cs_ij clipped to [0, 1],
+divided by the largest a, with 1 replaced by 0.99; then the logit
+a_i = kappa * (ln(a_i / (1 - a_i)) + 0.5), clipped to [0, 1]. The aggregate is the a-weighted
+mean of the round's updates (the reference code's steps, as in `foolsgold` of
+DistributedML/FoolsGold; BackFed also normalises a to sum 1). Histories accumulate the raw
+updates, as the paper's H_i += Delta_i (BackFed adds unit-normalised updates, FLPoison clips
+them to norm 1); BackFed sets a logit of -inf to 1 where the reference code, and this, give 0.
+
+Client identities: the rule needs to know who sent an update across rounds, and a TFF
+aggregator sees only (update, weight) at each client. `FoolsGoldFactory` reads the weight as
+the client's identity: weight = population index + 1 (0 = absent, as everywhere in this
+package); `attacks.build_attacker_client_work(identify_clients=True)` sends that weight from
+the `client_index` of its control data. An update and its identity thus travel together, so
+the rule holds with any executor and client order. The data-size weight is not needed: the
+paper's aggregation ignores it.
+
+State: `history`, float32 [num_clients, D], where D counts the coordinates of the last
+`history_tensors` tensors of the update (0 = all). The default 2 keeps the output layer's
+kernel and bias, as the indicative features of FLPoison's FoolsGold do: for the 293 writers
+of the EMNIST setting and sun_cnn's logits layer (128 x 10 + 10 = 1,290 values) that is
+293 x 1,290 x 4 B = 1.5 MB; the full model (1,199,882 values) would take 1.4 GB.
+
+Mergeable: the updates reach the server with `federated_stack`.
+
+Measurements: `zero_weight_count` (clients given weight 0, the sybils), `mean_foolsgold_weight`
+(over the clients taking part).
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_backdoor.aggregators import _common
+from tff_backdoor.aggregators.robust_rules import federated_stack
+
+
+def foolsgold_weights(histories: tf.Tensor, confidence: float) -> tf.Tensor:
+  """FoolsGold's weights a [n] of n clients from their histories [n, D] (see the docstring)."""
+  n = tf.shape(histories)[0]
+  unit = tf.math.divide_no_nan(histories, tf.norm(histories, axis=1, keepdims=True))
+  cs = tf.matmul(unit, unit, transpose_b=True) - tf.eye(n)
+  max_cs = tf.reduce_max(cs, axis=1)
+  pardon = max_cs[:, tf.newaxis] < max_cs[tf.newaxis, :]
+  cs = tf.where(pardon, cs * tf.math.divide_no_nan(max_cs[:, tf.newaxis],
+                                                   max_cs[tf.newaxis, :]), cs)
+  wv = tf.clip_by_value(1.0 - tf.reduce_max(cs, axis=1), 0.0, 1.0)
+  wv = tf.math.divide_no_nan(wv, tf.reduce_max(wv))
+  wv = tf.where(tf.equal(wv, 1.0), 0.99, wv)
+  wv = confidence * (tf.math.log(wv / (1.0 - wv)) + 0.5)
+  wv = tf.where(wv > 1.0, 1.0, wv)  # also +inf
+  return tf.where(tf.logical_or(wv < 0.0, tf.math.is_nan(wv)), 0.0, wv)  # also -inf
+
+
+class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
+  """`WeightedAggregationFactory` for FoolsGold; the weight is the client's index + 1."""
+
+  def __init__(self, num_clients: int, history_tensors: int = 2, confidence: float = 1.0):
+    """Initializes the factory.
+
+    Args:
+      num_clients: Size of the population (identities 0 .. num_clients - 1; a weight beyond
+        it counts as absent).
+      history_tensors: Trailing tensors of the update kept in the history (0 = all).
+      confidence: kappa of the logit.
+    """
+    if num_clients < 1:
+      raise ValueError(f'foolsgold needs the population size, got num_clients={num_clients}')
+    if history_tensors < 0 or not confidence > 0:
+      raise ValueError(f'bad FoolsGold parameters: history_tensors={history_tensors}, '
+                       f'confidence={confidence}')
+    self._num_clients, self._tensors = int(num_clients), int(history_tensors)
+    self._confidence = float(confidence)
+
+  def _kept(self, structure):
+    tensors = tf.nest.flatten(structure)
+    return tensors[-self._tensors:] if self._tensors else tensors
+
+  def _rule(self, stacked, weights, history):
+    """(aggregate, new history, measurements) of one round on the stacked updates."""
+    ids = tf.cast(tf.round(weights), tf.int32) - 1
+    valid = tf.logical_and(weights > 0.0, ids < self._num_clients)
+    stacked = tf.nest.map_structure(lambda x: tf.boolean_mask(x, valid), stacked)
+    ids = tf.boolean_mask(ids, valid)
+    n = tf.shape(ids)[0]
+    rows = tf.concat([tf.reshape(x, [n, x.shape[1:].num_elements()])
+                      for x in self._kept(stacked)], axis=1)
+    history = tf.tensor_scatter_nd_add(history, ids[:, tf.newaxis], rows)
+    wv = foolsgold_weights(tf.gather(history, ids), self._confidence)
+    result = tf.nest.map_structure(
+        lambda x: tf.math.divide_no_nan(tf.tensordot(wv, x, axes=1), tf.reduce_sum(wv)),
+        stacked)
+    return result, history, collections.OrderedDict(
+        zero_weight_count=tf.reduce_sum(tf.cast(tf.equal(wv, 0.0), _common.COUNT_TF_TYPE)),
+        mean_foolsgold_weight=tf.math.divide_no_nan(tf.reduce_sum(wv), tf.cast(n, tf.float32)))
+
+  def create(self, value_type: tff.Type,
+             weight_type: tff.Type) -> tff.templates.AggregationProcess:
+    _common.check_float_value_type(value_type)
+    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
+    kept = specs[-self._tensors:] if self._tensors else specs
+    width = int(sum(np.prod(s.shape) for s in kept))
+
+    @tff.tensorflow.computation
+    def initial_state():
+      return collections.OrderedDict(history=tf.zeros([self._num_clients, width]))
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_eval(initial_state, tff.SERVER)
+
+    @tff.tensorflow.computation
+    def apply_rule(stacked, weights, state):
+      result, history, measurements = self._rule(stacked, tf.cast(weights, tf.float32),
+                                                 state['history'])
+      return result, collections.OrderedDict(history=history), measurements
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      stacked, weights = federated_stack(tff.federated_zip((value, weight)))
+      result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
+      return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
