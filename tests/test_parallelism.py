@@ -1,5 +1,5 @@
 """Thread settings for runs sharing the cores, and the sweep handing them to its children."""
-from studies import sweeps
+from studies import sweep_processes
 from tff_backdoor.execution import parallelism
 
 
@@ -20,7 +20,7 @@ def test_the_users_own_thread_settings_win():
 def test_sweep_children_get_the_settings_and_record_them(monkeypatch):
   monkeypatch.setenv(parallelism.INTRA_OP, '1')
   monkeypatch.delenv(parallelism.INTER_OP, raising=False)
-  env = sweeps._child_env('/repo', parallel=2)  # pylint: disable=protected-access
+  env = sweep_processes.child_env('/repo', parallel=2)
   assert env[parallelism.INTRA_OP] == '1' and env[parallelism.PARALLEL] == '2'
   assert parallelism.INTER_OP not in env
   assert env['PYTHONPATH'].split(':')[0] == '/repo'
