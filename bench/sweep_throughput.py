@@ -127,10 +127,10 @@ def run_report(directory: str, wall: float) -> Dict[str, Any]:
 def time_sweep(mode: str, parallel: int, runs: int, base_flags: Sequence[str],
                onednn_default: bool, output_dir: str) -> Dict[str, Any]:
   """Runs the runs through `run_sweep` at `parallel`; returns the mode's report."""
-  from studies import sweeps  # pylint: disable=g-import-not-at-top
+  from studies import sweep_grid, sweep_plan, sweeps  # pylint: disable=g-import-not-at-top
   extra = list(OLD_FLAGS) if mode == 'old' else []
   spec = sweeps.SweepSpec(output_dir=output_dir, base_flags=[*base_flags, *extra],
-                          grids=[sweeps.parse_grid('seed=' + ','.join(map(str, range(runs))))])
+                          grids=[sweep_grid.parse_grid('seed=' + ','.join(map(str, range(runs))))])
   started: Dict[str, float] = {}
   finished: Dict[str, float] = {}
 
@@ -147,7 +147,7 @@ def time_sweep(mode: str, parallel: int, runs: int, base_flags: Sequence[str],
   per_run = []
   for run in result.runs:
     started[run.name] = metrics_io.read_json(
-        os.path.join(run.directory, sweeps.RUN_RECORD))['started']
+        os.path.join(run.directory, sweep_plan.RUN_RECORD))['started']
     per_run.append(run_report(run.directory, finished[run.name] - started[run.name]))
   examples = sum(r['examples_trained'] for r in per_run)
   return {'parallel': parallel, 'runs': runs, 'wall_seconds': round(wall, 2),
