@@ -42,7 +42,7 @@ def _killed_after(idx_dir, out, rounds, **kw):
   setup = setup_lib.prepare(_config(idx_dir, out, **kw))
   setup.process = tiny.StopAfter(setup.process, rounds)
   with pytest.raises(KeyboardInterrupt):
-    driver.run_experiment(setup.config, setup)
+    driver.run_prepared(setup)
   tff.backends.native.set_sync_local_cpp_execution_context()
 
 
