@@ -293,3 +293,15 @@ def test_sun_cnn_on_two_workers_gives_exactly_the_local_numbers(workers, tmp_pat
                                  workers=','.join(f'{h}:{p}' for h, p in workers), **kw)
   assert len(local) == 3 and local[0]['test_loss'] != local[-1]['test_loss']  # It trained.
   assert _without_times(remote_rows) == _without_times(local)
+
+
+def test_closed_local_execution_never_restarts_its_worker():
+  """A call still in flight when the context closes (Ctrl-C interrupts only the main thread's
+  wait; TFF retries on its event-loop thread) fails instead of starting a new worker."""
+  from tff_backdoor.execution import contexts
+  with contexts.local_execution() as execution:
+    started = execution.worker
+  assert started.poll() is not None  # close() stopped it
+  with pytest.raises(RuntimeError, match='closed'):
+    execution._restart_if_exited()  # pylint: disable=protected-access
+  assert execution.worker is started

@@ -75,13 +75,16 @@ class LocalExecution:
   Equivalent to `tff.backends.native.create_sync_local_cpp_execution_context()`: the same
   compiler and executor (`RemoteExecutor` to a local worker, unknown client cardinality 0).
   If the worker exits (e.g. killed), the next computation restarts it on the same port, as
-  TFF's own service manager does. `close()` stops the worker.
+  TFF's own service manager does. `close()` stops the worker for good: a computation still in
+  flight on TFF's event-loop thread (Ctrl-C interrupts only the main thread's wait) then fails
+  instead of starting a new worker.
   """
 
   def __init__(self, max_concurrent_computation_calls: int = -1, stream_structs: bool = False):
     import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
     from tff_backdoor.execution import remote  # pylint: disable=g-import-not-at-top
     self._max_calls = max_concurrent_computation_calls
+    self._closed = False
     (self.worker,) = workers_lib.start_local_workers(
         1, max_concurrent_computation_calls=max_concurrent_computation_calls)
     self._channel = workers_lib.channel(self.worker.address)
@@ -90,6 +93,8 @@ class LocalExecution:
         before_each=self._restart_if_exited)
 
   def _restart_if_exited(self) -> None:
+    if self._closed:  # TFF retries a call whose worker vanished; after close() it must not.
+      raise RuntimeError('the local TFF execution context is closed')
     if self.worker.poll() is None:
       return
     from absl import logging  # pylint: disable=g-import-not-at-top
@@ -100,6 +105,7 @@ class LocalExecution:
 
   def close(self) -> None:
     """Stops the worker and closes the channel (the context is unusable after)."""
+    self._closed = True
     workers_lib.stop_workers([self.worker])
     self._channel.close()
 
