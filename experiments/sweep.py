@@ -23,6 +23,7 @@ import sys
 from absl import flags
 
 from tff_backdoor import cli
+from tff_backdoor.execution import parallelism
 from tff_backdoor.run import rundir
 
 from studies import run_checks
@@ -42,7 +43,8 @@ flags.DEFINE_string('pretrain_flags', None, 'Run one shared pretraining first, '
                     'configuration from it (--init_from); unset = no pretraining.')
 flags.DEFINE_string('output_dir', None, 'Sweep directory: one subdirectory per configuration '
                     'plus the results tables.')
-flags.DEFINE_integer('parallel', 1, 'Configurations run at the same time.')
+flags.DEFINE_integer('parallel', 0, 'Configurations run at the same time (0 = one per core, as '
+                     'many as the free memory holds at 2 GB a run).', lower_bound=0)
 flags.DEFINE_string('program', sweep_plan.DEFAULT_PROGRAM,
                     'Module of the absl program to sweep, run as `python -m PROGRAM`.')
 flags.DEFINE_string('seed_flag', 'seed', 'Grid flag averaged over in results.csv/md.')
@@ -86,7 +88,7 @@ def main(argv):
   spec = cli.run_or_fail(lambda: _spec(argv[1:]))
   _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
-      spec, parallel=FLAGS.parallel, dry_run=FLAGS.dry_run,
+      spec, parallel=FLAGS.parallel or parallelism.default_parallel(), dry_run=FLAGS.dry_run,
       replace_mismatched=FLAGS.replace_mismatched))
   sys.exit(result.exit_code)
 

@@ -514,12 +514,16 @@ FLAIN_TABLES = tuple(
 
 # ----------------------------------------------------------------------------- the matrix
 
-# Every attack x task against every defense (experiments/grids/matrix_femnist.grid); FLAIN is
+# Every attack x task against every defense (experiments/grids/femnist_attacks.grid); FLAIN is
 # applied after training to the undefended runs.
 _MATRIX_DEFENSES = (('none', 'none'), ('clip', 'clip'), ('adaptive clip', 'adaptive_clip'),
                     ('zeroing', 'zeroing'), ('clip mean', 'clip_mean'), ('weak DP', 'weak_dp'),
                     ('median', 'median'), ('trimmed mean', 'trimmed_mean'), ('Krum', 'krum'),
-                    ('Multi-Krum', 'multi_krum'), ('bias filter', 'bias_filter'))
+                    ('Multi-Krum', 'multi_krum'), ('bias filter', 'bias_filter'),
+                    # the peer suites' defenses (issue 29)
+                    ('geometric median', 'geomed'), ('Bulyan', 'bulyan'),
+                    ('centered clip', 'centered_clip'), ('RLR', 'rlr'), ('FLAME', 'flame'),
+                    ('CRFL', 'crfl'), ('FLTrust', 'fltrust'), ('FoolsGold', 'foolsgold'))
 
 
 # The matrix's cells: 20% attackers, the square trigger (femnist_attacks.grid's FLAIN study adds

@@ -135,4 +135,4 @@ def test_invalid_new_attack_parameters_are_rejected():
 
 def test_only_neurotoxin_processes_get_the_global_update_distributor():
   assert global_update.expects_global_update(_client_work(AttackConfig('neurotoxin')))
-  assert not global_update.expects_global_update(_client_work(AttackConfig('constrain_scale')))
+  assert not global_update.expects_global_update(_client_work(AttackConfig('constrain_scale', boost=1.0)))

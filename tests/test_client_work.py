@@ -96,7 +96,7 @@ def test_non_finite_client_update_is_zeroed_with_zero_weight(data):
   x, y = tiny.arrays(4, seed=9)
   x[0, 0, 0, 0] = np.nan
   bad = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(4)
-  work = _client_work(AttackConfig('boost'))
+  work = _client_work(AttackConfig('boost', boost=1.0))
   updates, weights, _ = _updates(work, [make_client_data(bad, data['empty'], False, 0)])
   assert weights[0] == 0.0
   assert all(np.all(u == 0) for u in updates[0])
@@ -150,13 +150,20 @@ def test_sun_cnn_with_stateless_dropout_saves_and_loads(tmp_path):
 
 
 def test_invalid_attack_config_is_rejected():
-  with pytest.raises(ValueError, match='unknown attack mode'):
+  with pytest.raises(ValueError, match="unknown attack='nope'"):
     AttackConfig('nope').validate()
   with pytest.raises(ValueError, match='norm_bound'):
     AttackConfig('norm_bounded', norm_bound=-1.0).validate()
+  for mode in ('boost', 'norm_bounded', 'constrain_scale'):  # unset boost = clients per round
+    with pytest.raises(ValueError, match='with_clients_per_round'):
+      AttackConfig(mode).validate_for_client_work()
+    assert AttackConfig(mode).with_clients_per_round(7).validate_for_client_work().boost == 7.0
+  assert AttackConfig('boost', boost=2.5).with_clients_per_round(7).boost == 2.5
+  AttackConfig('data_poison').validate_for_client_work()  # no boost needed
 
 
 def test_every_attack_mode_has_one_attacker():
-  from tff_backdoor import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tff_backdoor.attacks import client_work  # pylint: disable=g-import-not-at-top
-  assert tuple(client_work.ATTACKERS) == client_work.ATTACK_MODES == config_lib.ATTACK_MODES
+  from tff_backdoor.attacks import attack_config, client_work  # pylint: disable=g-import-not-at-top
+  assert tuple(client_work.ATTACKERS) == attack_config.ATTACK_MODES
+  assert set(attack_config.BOOSTED_MODES) | set(attack_config.MIXTURE_MODES) == set(
+      attack_config.ATTACK_MODES)

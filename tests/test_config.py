@@ -73,10 +73,9 @@ def test_every_config_field_has_a_flag_and_help(tmp_path):
 
 
 def test_registry_names_agree_with_their_builders():
-  from tff_backdoor import flain, models
+  from tff_backdoor import models
   from tff_backdoor.attacks import schedules, tasks
   assert set(config_lib.MODELS) == set(models.MODEL_BUILDERS)
-  assert tuple(config_lib.THRESHOLD_MODES) == tuple(flain.MODE_DEFAULTS) == flain.THRESHOLD_MODES
   assert set(config_lib.SCHEDULES) == set(schedules.SCHEDULES)
   assert tuple(config_lib.PATTERNS) == tuple(tasks.PATTERNS)
 

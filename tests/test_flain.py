@@ -287,7 +287,10 @@ def test_non_finite_final_weights_raise():
                                     dict(tolerance=-0.1), dict(batch_size=0)])
 def test_bad_config_raises(kwargs):
   with pytest.raises(ValueError):
-    flain.FlainConfig(**kwargs)
+    flain.FlainConfig(**kwargs).validate()
+  model, initial = _planted()
+  with pytest.raises(ValueError):  # apply_flain checks its config first
+    flain.apply_flain(model, initial, *_clean(5, seed=1), config=flain.FlainConfig(**kwargs))
 
 
 def test_select_auxiliary_is_seeded_and_per_class():

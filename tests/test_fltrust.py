@@ -111,7 +111,7 @@ def test_plain_tff_client_work_composes_with_the_server_update():
 
 
 def test_composition_refuses_an_aggregator_without_a_reference():
-  work = tiny.client_work(AttackConfig('boost'), LR)
+  work = tiny.client_work(AttackConfig('boost', boost=1.0), LR)
   with pytest.raises(TypeError, match="no 'reference' field"):
     _ = process_lib.compose_fed_avg(
         tiny.model_fn(), work, server_update_fn=tff.tensorflow.computation(

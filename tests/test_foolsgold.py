@@ -56,7 +56,7 @@ def test_two_rounds_match_numpy_and_the_sybils_get_weight_zero():
 
 
 def test_identity_travels_as_the_weight_of_the_client_work():
-  work = tiny.client_work(AttackConfig('boost'), identify_clients=True)
+  work = tiny.client_work(AttackConfig('boost', boost=1.0), identify_clients=True)
   empty = tiny.dataset(0, seed=3)
   clients = [make_client_data(tiny.dataset(8, seed=1), empty, False, 1, client_index=4),
              make_client_data(tiny.dataset(8, seed=2), empty, False, 2, client_index=0)]

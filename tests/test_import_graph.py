@@ -22,11 +22,11 @@ STAGES = (
     # What everything stands on: config field metadata, record formats, where TFF runs
     # (execution contexts, worker processes, the one module of private TFF imports).
     ('foundations', ('tff_backdoor', 'tff_backdoor.options', 'tff_backdoor.metrics_io',
-                     'tff_backdoor.execution')),
+                     'tff_backdoor.lazy_exports', 'tff_backdoor.execution')),
     # Library pieces that need nothing of federated learning: data, models, FLAIN, and the
     # pure NumPy analysis of captured updates (capture format, anomaly scores, diagnostics).
     ('pieces', ('tff_backdoor.data', 'tff_backdoor.models', 'tff_backdoor.flain',
-                'tff_backdoor.analysis')),
+                'tff_backdoor.flain_config', 'tff_backdoor.analysis')),
     # What the clients and the server do: backdoor attacks, and defenses as aggregators.
     ('attacks and defenses', ('tff_backdoor.attacks', 'tff_backdoor.aggregators')),
     # The TFF learning process composed from them (FedAvg, update capture, client datasets).

@@ -1,4 +1,6 @@
 """Thread settings for runs sharing the cores, and the sweep handing them to its children."""
+import os
+
 from studies import sweep_processes
 from tff_backdoor.execution import parallelism
 
@@ -27,3 +29,12 @@ def test_sweep_children_get_the_settings_and_record_them(monkeypatch):
   monkeypatch.setattr(parallelism.os, 'environ', env)
   assert parallelism.effective_threads() == {'intra_op_threads': 1, 'inter_op_threads': 0,
                                              'parallel_runs': 2}
+
+
+def test_default_parallel_is_one_run_per_core_within_free_memory():
+  gib = 2**30
+  assert parallelism.default_parallel(cpu_count=2, available_bytes=24 * gib) == 2
+  assert parallelism.default_parallel(cpu_count=64, available_bytes=9 * gib) == 4  # memory-bound
+  assert parallelism.default_parallel(cpu_count=8, available_bytes=gib) == 1  # never 0
+  assert parallelism.default_parallel(cpu_count=3, available_bytes=0) == 3  # unknown memory
+  assert 1 <= parallelism.default_parallel() <= (os.cpu_count() or 1)

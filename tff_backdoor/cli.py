@@ -124,7 +124,7 @@ def define_config_flags(sections: Sequence[str] = tuple(n for n, _ in config_lib
   kinds = dict(config_lib.SECTIONS)
   for section in sections:
     for field in dataclasses.fields(kinds[section]):
-      if field.metadata['is_flag'] and options.flag_name(field) not in skip:
+      if field.metadata.get('is_flag') and options.flag_name(field) not in skip:
         _define(field, flag_values)
 
 
@@ -147,7 +147,7 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig
   for section, cls in config_lib.SECTIONS:
     for field in dataclasses.fields(cls):
       name = options.flag_name(field)
-      if name in values and field.metadata['is_flag']:
+      if name in values and field.metadata.get('is_flag'):
         target = defense if section == 'defense' else flat
         target[field.name if section == 'defense' else name] = values[name]
   config = config_lib.ExperimentConfig.from_flat(

@@ -1,7 +1,8 @@
 """One run's configuration: typed sub-configs whose fields carry their flag, help and rule.
 
 TensorFlow-free, so a program checks its flags before it imports TensorFlow. Each section is
-one concern; a reusable piece owns its own section (`aggregators.defense_config.DefenseConfig`)
+one concern; a reusable piece owns its own section (`aggregators.defense_config.DefenseConfig`,
+`attacks.attack_config.AttackConfig`, `flain_config.FlainConfig`)
 and this module composes them. `cli` declares one absl flag per field from the metadata
 (`tff_backdoor.options`); `ExperimentConfig.to_dict` / `from_flat` keep the flat `config.json`
 keys (and their 0 / -1 / '' spellings of "unset") of older runs. Each sub-config names the
@@ -13,22 +14,20 @@ import dataclasses
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
+from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
-from tff_backdoor.options import AT_LEAST_ONE, BELOW_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE
+from tff_backdoor.flain_config import FlainConfig
+from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE
 from tff_backdoor.options import UNIT_INTERVAL
 from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
 from tff_backdoor.options import from_flat_value, to_flat_value
 
 # Names of the registries whose builders import TensorFlow (tests check they agree).
 MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
-ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded', 'neurotoxin',
-                'constrain_scale')  # attacks.client_work.ATTACKERS
-MIXTURE_MODES = ('data_poison', 'neurotoxin', 'constrain_scale')  # train on benign + malicious
 TASKS = ('none', 'targeted', 'pixel')  # run.setup.TASK_BUILDERS
 SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
 PATTERNS = ('square', 'plus')  # attacks.tasks.PATTERNS
-THRESHOLD_MODES = ('quantile', 'absolute')  # flain.MODE_DEFAULTS
 
 
 @dataclasses.dataclass
@@ -106,33 +105,6 @@ class TaskConfig(Fields):
 
 
 @dataclasses.dataclass
-class AttackerConfig(Fields):
-  """How attackers build their update (attacks.client_work.AttackConfig and its data)."""
-  mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
-                     flag='attack')
-  boost: Optional[float] = option(None, 'Boost factor (0 = clients_per_round); '
-                                  "constrain_scale's gamma.", unset=0.0,
-                                  rule=NONNEGATIVE)
-  norm_bound: float = option(0.33, 'norm_bounded: L2 radius before boosting.', rule=POSITIVE)
-  projection_rounds: int = option(5, 'norm_bounded: R.', rule=AT_LEAST_ONE)
-  mask_fraction: float = option(
-      0.05, 'neurotoxin: share of coordinates (largest in the last global update) the attacker '
-      "leaves alone (the authors' EMNIST runs: 1 - gradmask_ratio 0.95).",
-      flag='neurotoxin_mask_fraction', rule=BELOW_ONE)
-  alpha: float = option(
-      0.5, 'constrain_scale: weight of the task loss; 1 - alpha weighs the L2 distance to the '
-      "global model (FLPoison's default).", flag='constrain_alpha', rule=UNIT_INTERVAL)
-  # Sun et al.'s code passes the malicious set as ONE batch, once per pass (one SGD step):
-  malicious_epochs: Optional[int] = option(
-      None, "Passes over the malicious data (0 = 1 for boost/norm_bounded as in Sun et al.'s "
-      'code, local_epochs for the modes that train on the mixture: data_poison, neurotoxin, '
-      'constrain_scale).', unset=0, rule=NONNEGATIVE)
-  malicious_batch_size: Optional[int] = option(
-      None, "Malicious batch size (0 = the whole malicious set in one batch, as in Sun et "
-      "al.'s code).", unset=0, rule=NONNEGATIVE)
-
-
-@dataclasses.dataclass
 class ScheduleConfig(Fields):
   """When attackers take part (attacks.schedules)."""
   name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
@@ -148,27 +120,6 @@ class ScheduleConfig(Fields):
       False, "Draw each round's clients uniformly with replacement, as Sun et al.'s code does "
       '(a client can appear twice; the attacker of a fixed_frequency round is the last drawn).',
       flag='sample_with_replacement')
-
-
-@dataclasses.dataclass
-class FlainOptions(Fields):
-  """FLAIN on the final global model, with server-side auxiliary data (flain.FlainConfig)."""
-  enabled: bool = option(False, 'Apply FLAIN to the final global model and report '
-                         'main/backdoor accuracy before and after.', flag='flain')
-  aux_per_class: int = option(
-      80, 'Clean auxiliary images per class, from the server-side held-out split.',
-      flag='flain_aux_per_class', rule=AT_LEAST_ONE)
-  layer: Optional[str] = option(
-      None, "Dense layer to defend ('' = first Dense layer, 'all_dense' = every one).",
-      flag='flain_layer', unset='')
-  mode: str = option('quantile', "quantile (scale-free) or absolute (the authors' activation "
-                     'threshold).', choices=THRESHOLD_MODES, flag='flain_mode')
-  k0: Optional[float] = option(None, 'First threshold (<0: the mode default).',
-                               flag='flain_k0', unset=-1.0, negative_unset=True)
-  step: Optional[float] = option(None, 'Threshold step (<0: the mode default).',
-                                 flag='flain_step', unset=-1.0, negative_unset=True)
-  tolerance: float = option(0.01, 'Auxiliary accuracy drop that stops raising the threshold.',
-                            flag='flain_tolerance')
 
 
 @dataclasses.dataclass
@@ -216,16 +167,21 @@ class RunConfig(Fields):
 EXECUTION_KEY = 'execution'  # config.json's record of the execution settings (not a flag)
 
 SECTIONS = (('data', DataConfig), ('fed_avg', FedAvgConfig), ('task', TaskConfig),
-            ('attack', AttackerConfig), ('schedule', ScheduleConfig),
-            ('defense', DefenseConfig), ('flain', FlainOptions), ('run', RunConfig))
+            ('attack', AttackConfig), ('schedule', ScheduleConfig),
+            ('defense', DefenseConfig), ('flain', FlainConfig), ('run', RunConfig))
 
 
 def flat_fields() -> Iterator[Tuple[str, str, dataclasses.Field]]:
-  """(section, flat key, field) of every field but the defense's (config.json nests those)."""
+  """(section, flat key, field) of every field but the defense's (config.json nests those).
+
+  Only fields declared with `options.option` belong to the run; a section's plain fields
+  (e.g. `FlainConfig.k_max`) are library parameters the run leaves at their defaults.
+  """
   for section, cls in SECTIONS:
     if section != 'defense':
       for field in dataclasses.fields(cls):
-        yield section, flag_name(field), field
+        if 'help' in field.metadata:
+          yield section, flag_name(field), field
 
 
 @dataclasses.dataclass
@@ -239,10 +195,10 @@ class ExperimentConfig(Fields):
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   fed_avg: FedAvgConfig = dataclasses.field(default_factory=FedAvgConfig)
   task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
-  attack: AttackerConfig = dataclasses.field(default_factory=AttackerConfig)
+  attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
   schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
   defense: DefenseConfig = dataclasses.field(default_factory=DefenseConfig)
-  flain: FlainOptions = dataclasses.field(default_factory=FlainOptions)
+  flain: FlainConfig = dataclasses.field(default_factory=FlainConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
   @classmethod
@@ -323,6 +279,7 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError(f'--attack_stop={schedule.stop} must be after '
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
+  config.flain.validate(prefix='--')
   if schedule.with_replacement and run.capture_rounds:
     raise ValueError('--capture_rounds needs distinct clients in a round: drop '
                      '--sample_with_replacement')

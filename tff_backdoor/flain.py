@@ -33,67 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-ALL_DENSE = 'all_dense'
-# Per mode (k0, step) used when FlainConfig leaves them None. 'absolute' = authors' FMNIST values.
-MODE_DEFAULTS = {'quantile': (0.0, 0.005), 'absolute': (0.0005, 0.0001)}
-THRESHOLD_MODES = tuple(MODE_DEFAULTS)  # config.THRESHOLD_MODES without TensorFlow (tested)
-
-
-@dataclasses.dataclass(frozen=True)
-class FlainConfig:
-  """FLAIN settings; k0/step None means MODE_DEFAULTS[threshold_mode].
-
-  Attributes:
-    layer: Dense layer name; None = the first Dense layer (first fully connected layer after the
-      convolutions); 'all_dense' = every Dense layer, flipped together at the same k.
-    threshold_mode: 'quantile' (k is a quantile level of the layer's a_j; default, scale-free) or
-      'absolute' (k is compared with a_j directly, as in the authors' code).
-    k0: first threshold.
-    step: threshold increment.
-    k_max: last threshold (the authors' cap is 1; in 'quantile' mode 1 flips every neuron).
-    tolerance: auxiliary accuracy drop (fraction) that stops the search; the authors use 0-0.024
-      and 0.01 as their function default.
-    rescale: rescale each changed kernel to its pre-defense Frobenius norm.
-    batch_size: batch size for the forward passes on the auxiliary set.
-  """
-  layer: Optional[str] = None
-  threshold_mode: str = 'quantile'
-  k0: Optional[float] = None
-  step: Optional[float] = None
-  k_max: float = 1.0
-  tolerance: float = 0.01
-  rescale: bool = True
-  batch_size: int = 256
-
-  def __post_init__(self):
-    if self.threshold_mode not in THRESHOLD_MODES:
-      raise ValueError(f'threshold_mode must be one of {THRESHOLD_MODES}, '
-                       f'got {self.threshold_mode!r}')
-    k0, step = self.effective_k0, self.effective_step
-    if not (np.isfinite(step) and step > 0):
-      raise ValueError(f'step must be a positive finite number, got {step!r}')
-    if not (np.isfinite(k0) and np.isfinite(self.k_max) and k0 <= self.k_max):
-      raise ValueError(f'need finite k0 <= k_max, got k0={k0!r}, k_max={self.k_max!r}')
-    if self.threshold_mode == 'quantile' and not 0.0 <= k0 <= self.k_max <= 1.0:
-      raise ValueError(f'quantile mode needs 0 <= k0 <= k_max <= 1, got k0={k0!r}, '
-                       f'k_max={self.k_max!r}')
-    if not (np.isfinite(self.tolerance) and self.tolerance >= 0):
-      raise ValueError(f'tolerance must be finite and >= 0, got {self.tolerance!r}')
-    if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-      raise ValueError(f'batch_size must be a positive integer, got {self.batch_size!r}')
-
-  @property
-  def effective_k0(self) -> float:
-    return float(MODE_DEFAULTS[self.threshold_mode][0] if self.k0 is None else self.k0)
-
-  @property
-  def effective_step(self) -> float:
-    return float(MODE_DEFAULTS[self.threshold_mode][1] if self.step is None else self.step)
-
-  @property
-  def num_k_steps(self) -> int:
-    """Number of thresholds k0, k0 + step, ... <= k_max (robust to float rounding)."""
-    return int(np.floor((self.k_max - self.effective_k0) / self.effective_step + 1e-9)) + 1
+from tff_backdoor.flain_config import ALL_DENSE, MODE_DEFAULTS, THRESHOLD_MODES, FlainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,6 +360,7 @@ def apply_flain(model: tf.keras.Model,
   not compiled. Raises ValueError on a bad layer, empty aux data, mismatched or non-finite weights.
   """
   started = time.perf_counter()
+  config.validate()
   targets0 = target_layers(model, config.layer)
   aux_x, aux_y = _check_aux(aux_x, aux_y)
   final, initial = _check_weights(model, initial_weights)

@@ -20,6 +20,7 @@ class Rule:
 
 POSITIVE = Rule('> 0', lambda v: math.isfinite(v) and v > 0)
 NONNEGATIVE = Rule('>= 0', lambda v: v >= 0)
+FINITE_NONNEGATIVE = Rule('finite and >= 0', lambda v: math.isfinite(v) and v >= 0)
 AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
 UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
 OPEN_UNIT = Rule('in (0, 1)', lambda v: 0 < v < 1)

@@ -10,10 +10,8 @@ parameters without TensorFlow.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from tff_backdoor.aggregators.defense_config import DEFENSES, DefenseConfig, validate_defense
+from tff_backdoor.lazy_exports import lazy_exports
 
 _LAZY = {
     'BiasAnomalyFilterFactory': 'bias_filter',
@@ -48,14 +46,4 @@ _LAZY = {
 
 __all__ = ['DEFENSES', 'DefenseConfig', 'validate_defense'] + list(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-  if name in _LAZY:
-    value = getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
-    globals()[name] = value
-    return value
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

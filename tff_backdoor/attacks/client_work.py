@@ -53,37 +53,12 @@ import tensorflow_federated as tff
 
 from tff_backdoor import models as models_lib
 from tff_backdoor.attacks import global_update as global_update_lib
+from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks import gradient_transforms
 from tff_backdoor.execution import tff_private
 
 _POISON_SHUFFLE_BUFFER = 100_000
 _DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """How malicious clients build their update (see the module docstring)."""
-  mode: str = 'boost'
-  boost: float = 1.0
-  norm_bound: float = 0.33
-  projection_rounds: int = 5
-  mask_fraction: float = 0.05  # neurotoxin: share of coordinates masked
-  alpha: float = 0.5  # constrain_scale: weight of the task loss
-
-  def validate(self) -> 'AttackConfig':
-    if self.mode not in ATTACK_MODES:
-      raise ValueError(f'unknown attack mode {self.mode!r}; choose one of {", ".join(ATTACK_MODES)}')
-    if not np.isfinite(self.boost) or self.boost <= 0:
-      raise ValueError(f'attack boost must be a positive number, got {self.boost}')
-    if not np.isfinite(self.norm_bound) or self.norm_bound <= 0:
-      raise ValueError(f'attack norm_bound must be positive, got {self.norm_bound}')
-    if self.projection_rounds < 1:
-      raise ValueError(f'projection_rounds must be >= 1, got {self.projection_rounds}')
-    if not 0.0 <= self.mask_fraction < 1.0:
-      raise ValueError(f'attack mask_fraction must be in [0, 1), got {self.mask_fraction}')
-    if not 0.0 < self.alpha <= 1.0:
-      raise ValueError(f'attack alpha must be in (0, 1], got {self.alpha}')
-    return self
 
 
 def client_data_type(element_type: tff.Type,
@@ -263,11 +238,10 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
   return update, num_examples
 
 
-# Attack mode -> the malicious client's (update, number of examples); config.ATTACK_MODES lists
-# the same names without TensorFlow (a test checks).
+# Attack mode -> the malicious client's (update, number of examples); attack_config.ATTACK_MODES
+# lists the same names without TensorFlow (a test checks).
 ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded,
              'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale}
-ATTACK_MODES = tuple(ATTACKERS)
 # Modes whose client work receives the last global update with the weights (global_update).
 GLOBAL_UPDATE_MODES = ('neurotoxin',)
 
@@ -285,7 +259,7 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   whether there is one (bool scalar). With `identify_clients`, the update's weight is the
   control's `client_index` + 1 (what `aggregators.foolsgold` reads), not its examples.
   """
-  attack.validate()
+  attack.validate_for_client_work()
   local = _LocalTraining(model_fn, optimizer)
   model = local.model
 
@@ -382,7 +356,7 @@ def build_attacker_client_work(
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `mean_honest_update_norm`, `mean_malicious_update_norm`, `max_update_norm`.
   """
-  attack.validate()
+  attack.validate_for_client_work()
   if metrics_aggregator is None:
     metrics_aggregator = tff.learning.metrics.sum_then_finalize
   with tf.Graph().as_default():

@@ -28,6 +28,33 @@ from typing import Dict, Optional
 INTRA_OP = 'TF_NUM_INTRAOP_THREADS'
 INTER_OP = 'TF_NUM_INTEROP_THREADS'
 PARALLEL = 'TFF_BACKDOOR_PARALLEL'  # how many runs the sweep runs at once (recorded only)
+RUN_MEMORY_BYTES = 2 * 2**30  # one run's peak: Python + its TFF worker (about 1.9 GB seen)
+
+
+def default_parallel(cpu_count: Optional[int] = None,
+                     available_bytes: Optional[int] = None) -> int:
+  """Runs a sweep starts at once by default: one per core, as many as the free memory holds.
+
+  Measured (bench/RESULTS.md, issue 28): 2 runs on 2 cores give about 1.35x the runs per
+  hour of one, as one run's imports, tracing and evaluation leave a core idle.
+  """
+  cpu_count = cpu_count or os.cpu_count() or 1
+  if available_bytes is None:
+    available_bytes = _available_memory()
+  by_memory = available_bytes // RUN_MEMORY_BYTES if available_bytes else cpu_count
+  return max(1, min(cpu_count, int(by_memory)))
+
+
+def _available_memory() -> Optional[int]:
+  """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+  try:
+    with open('/proc/meminfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
 
 
 def thread_counts(parallel: int, cpu_count: Optional[int] = None) -> Dict[str, int]:

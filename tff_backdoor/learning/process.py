@@ -15,7 +15,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.attacks import global_update
-from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+from tff_backdoor.attacks.attack_config import AttackConfig
+from tff_backdoor.attacks.client_work import build_attacker_client_work
 from tff_backdoor.learning import server_update
 from tff_backdoor.learning.update_capture import with_update_capture
 
@@ -44,7 +45,7 @@ def build_attacked_fed_avg(
     client_optimizer_fn: tff.learning.optimizers.Optimizer,
     server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
     *,
-    attack: AttackConfig = AttackConfig(),
+    attack: AttackConfig = AttackConfig(boost=1.0),
     batch_size: int = 20,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
     metrics_aggregator: Optional[Callable] = None,

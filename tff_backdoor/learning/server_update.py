@@ -20,7 +20,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import fltrust
-from tff_backdoor.attacks.client_work import AttackConfig, build_client_update
+from tff_backdoor.attacks.attack_config import AttackConfig
+from tff_backdoor.attacks.client_work import build_client_update
 
 
 def build_server_update_fn(model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -44,7 +45,7 @@ def build_server_update_fn(model_fn: Callable[[], tff.learning.models.VariableMo
 
   @tff.tensorflow.computation(weights_type, hparams_type)
   def server_update(weights, hparams):
-    client_update = build_client_update(model_fn, optimizer, AttackConfig(), batch_size)
+    client_update = build_client_update(model_fn, optimizer, AttackConfig(boost=1.0), batch_size)
     benign = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
         x=tf.constant(x[order]), y=tf.constant(y[order]))).batch(batch_size)
     control = tf.data.Dataset.from_tensors(collections.OrderedDict(

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_backdoor.attacks.client_work import make_client_data
-from tff_backdoor.config import MIXTURE_MODES
+from tff_backdoor.attacks.attack_config import MIXTURE_MODES
 from tff_backdoor.learning import client_datasets
 from tff_backdoor.run import setup as setup_lib
 

@@ -5,7 +5,6 @@ other options without retraining (experiments/apply_flain.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
@@ -34,7 +33,7 @@ def run_flain(setup: 'ExperimentSetup', final_model: tf.keras.Model,
       *setup.data.server, per_class=config.flain.aux_per_class, seed=config.run.seed,
       num_classes=setup.data.num_classes)
   defended, report = flain_lib.apply_flain(final_model, initial_weights, aux_x, aux_y,
-                                           setup_lib.flain_config(config))
+                                           config.flain)
   evaluator.model.set_weights(defended.get_weights())
   after = evaluator.evaluate(setup.eval_sets)
   evaluator.model.save(os.path.join(config.run.output_dir, rundir.FLAIN_MODEL))
@@ -51,8 +50,8 @@ def run_flain(setup: 'ExperimentSetup', final_model: tf.keras.Model,
 
 
 # The flat keys (flags) of FLAIN's options, all but --flain itself.
-FLAIN_FIELDS = tuple(config_lib.flag_name(f) for f in dataclasses.fields(config_lib.FlainOptions)
-                     if f.name != 'enabled')
+FLAIN_FIELDS = tuple(key for section, key, field in config_lib.flat_fields()
+                     if section == 'flain' and field.name != 'enabled')
 
 
 def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] = None,

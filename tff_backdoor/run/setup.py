@@ -22,7 +22,8 @@ from tff_backdoor import models
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
-from tff_backdoor.attacks.client_work import AttackConfig, build_attacker_client_work
+from tff_backdoor.attacks.attack_config import AttackConfig
+from tff_backdoor.attacks.client_work import build_attacker_client_work
 from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
 from tff_backdoor.data import ArrayPair
 from tff_backdoor.learning import process as process_lib
@@ -59,19 +60,8 @@ def streams(seed: int) -> Dict[str, np.random.Generator]:
 
 
 def attack_config(config: ExperimentConfig) -> AttackConfig:
-  """The attacker client work's settings (an unset boost is clients_per_round)."""
-  attack = config.attack
-  return AttackConfig(mode=attack.mode,
-                      boost=float(attack.boost or config.fed_avg.clients_per_round),
-                      norm_bound=attack.norm_bound, projection_rounds=attack.projection_rounds,
-                      mask_fraction=attack.mask_fraction, alpha=attack.alpha)
-
-
-def flain_config(config: ExperimentConfig) -> flain_lib.FlainConfig:
-  """flain.FlainConfig of the run's FLAIN options (raises ValueError on bad ones)."""
-  options = config.flain
-  return flain_lib.FlainConfig(layer=options.layer, threshold_mode=options.mode,
-                               k0=options.k0, step=options.step, tolerance=options.tolerance)
+  """The run's `attack` section with an unset boost resolved to clients_per_round."""
+  return config.attack.with_clients_per_round(config.fed_avg.clients_per_round)
 
 
 def _targeted_task(task: TaskConfig, data: data_lib.FederatedData,
@@ -239,7 +229,6 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   keras_builder = lambda: models.build_model(config.fed_avg.model, data.input_shape,
                                              data.num_classes, seed=config.run.seed)
   if config.flain.enabled:  # fail now, not after training, on bad FLAIN settings
-    flain_config(config)
     flain_lib.target_layers(keras_builder(), config.flain.layer)
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)

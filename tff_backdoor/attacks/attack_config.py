@@ -1,0 +1,72 @@
+"""How malicious clients build their update: the attack's parameters, TensorFlow-free.
+
+One type for the library and the run: `client_work.build_attacker_client_work` takes an
+`AttackConfig`, and the run config (`tff_backdoor.config`) composes it as its `attack`
+section, whose fields carry their flags (`--attack`, `--boost`, ...; `tff_backdoor.options`),
+so flags are checked before TensorFlow loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+from tff_backdoor.options import AT_LEAST_ONE, BELOW_ONE, NONNEGATIVE, POSITIVE, UNIT_INTERVAL
+from tff_backdoor.options import check_fields, option
+
+# client_work.ATTACKERS has a builder per name (a test checks they agree).
+ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded', 'neurotoxin', 'constrain_scale')
+# Modes that train on the benign and malicious examples shuffled together.
+MIXTURE_MODES = ('data_poison', 'neurotoxin', 'constrain_scale')
+# Modes that scale their update by `boost`.
+BOOSTED_MODES = ('boost', 'norm_bounded', 'constrain_scale')
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """How malicious clients build their update (`client_work`'s module docstring has each mode).
+
+  `boost` None means "the number of clients per round" (Sun et al.'s explicit boosting, so
+  the boosted update survives the mean); the client work needs a number: the run resolves it
+  with `with_clients_per_round`. `malicious_epochs` and `malicious_batch_size` shape the
+  attacker's malicious data (`run.client_inputs`), not the client work.
+  """
+  mode: str = option('boost', 'How attackers build their update.', choices=ATTACK_MODES,
+                     flag='attack')
+  boost: Optional[float] = option(None, 'Boost factor (0 = clients_per_round); '
+                                  "constrain_scale's gamma.", unset=0.0,
+                                  rule=NONNEGATIVE)
+  norm_bound: float = option(0.33, 'norm_bounded: L2 radius before boosting.', rule=POSITIVE)
+  projection_rounds: int = option(5, 'norm_bounded: R.', rule=AT_LEAST_ONE)
+  mask_fraction: float = option(
+      0.05, 'neurotoxin: share of coordinates (largest in the last global update) the attacker '
+      "leaves alone (the authors' EMNIST runs: 1 - gradmask_ratio 0.95).",
+      flag='neurotoxin_mask_fraction', rule=BELOW_ONE)
+  alpha: float = option(
+      0.5, 'constrain_scale: weight of the task loss; 1 - alpha weighs the L2 distance to the '
+      "global model (FLPoison's default).", flag='constrain_alpha', rule=UNIT_INTERVAL)
+  # Sun et al.'s code passes the malicious set as ONE batch, once per pass (one SGD step):
+  malicious_epochs: Optional[int] = option(
+      None, "Passes over the malicious data (0 = 1 for boost/norm_bounded as in Sun et al.'s "
+      'code, local_epochs for the modes that train on the mixture: data_poison, neurotoxin, '
+      'constrain_scale).', unset=0, rule=NONNEGATIVE)
+  malicious_batch_size: Optional[int] = option(
+      None, "Malicious batch size (0 = the whole malicious set in one batch, as in Sun et "
+      "al.'s code).", unset=0, rule=NONNEGATIVE)
+
+  def with_clients_per_round(self, clients_per_round: int) -> 'AttackConfig':
+    """This config with an unset (None or 0) boost replaced by `clients_per_round`."""
+    return dataclasses.replace(self, boost=float(self.boost or clients_per_round))
+
+  def validate(self, prefix: str = '') -> 'AttackConfig':
+    """Raises ValueError naming the field (`prefix` + its flag) and its rule; returns self."""
+    check_fields(self, prefix)
+    return self
+
+  def validate_for_client_work(self) -> 'AttackConfig':
+    """`validate`, and a boost a boosting mode can multiply by."""
+    self.validate()
+    if self.mode in BOOSTED_MODES and not (self.boost and math.isfinite(self.boost)):
+      raise ValueError(f'attack mode {self.mode!r} needs a positive boost; an unset boost means '
+                       'clients per round: use AttackConfig.with_clients_per_round(n)')
+    return self
