@@ -8,12 +8,9 @@ from __future__ import annotations
 from tff_backdoor.attacks.attack_config import ATTACK_MODES, MIXTURE_MODES, AttackConfig
 from tff_backdoor.lazy_exports import lazy_exports
 
-_LAZY = {
-    'build_attacker_client_work': 'client_work',
-    'build_client_update': 'client_work',
-    'client_data_type': 'client_work',
-    'make_client_data': 'client_work',
-}
+# The client work's builders, which import TensorFlow.
+_LAZY = dict.fromkeys(('build_attacker_client_work', 'build_client_update', 'client_data_type',
+                       'make_client_data'), 'client_work')
 
 __all__ = ['ATTACK_MODES', 'MIXTURE_MODES', 'AttackConfig'] + list(_LAZY)
 
