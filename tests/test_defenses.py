@@ -235,3 +235,14 @@ def test_new_defenses_reject_bad_values_in_one_line(overrides, match):
   with pytest.raises(ValueError, match=match) as error:
     aggregators.validate_defense(aggregators.DefenseConfig(**overrides), clients_per_round=7)
   assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('build,match', [
+    (lambda: bulyan.BulyanFactory(num_byzantine=-1), 'num_byzantine must be an integer >= 0'),
+    (lambda: bulyan.BulyanFactory(num_byzantine=1.5), 'num_byzantine must be an integer >= 0'),
+    (lambda: centered_clipping.CenteredClippingFactory(iterations=0), 'iterations'),
+    (lambda: geometric_median.GeometricMedianFactory(passes=0), 'passes'),
+    (lambda: flame.FlameFilterFactory(min_samples=0), 'min_samples')])
+def test_new_factories_reject_non_integer_or_too_small_counts(build, match):
+  with pytest.raises(ValueError, match=match):
+    build()

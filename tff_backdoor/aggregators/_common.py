@@ -58,3 +58,10 @@ def merge_measurements(inner_measurements, new_measurements):
     raise ValueError(f'measurement names {clashes} are already reported by the inner factory')
   inner_measurements.update(new_measurements)
   return inner_measurements
+
+
+def integer_at_least(value: Any, name: str, minimum: int) -> int:
+  """`value` as an int; ValueError naming `name` unless it is an integer >= `minimum`."""
+  if int(value) != value or value < minimum:
+    raise ValueError(f'{name} must be an integer >= {minimum}, found {value}')
+  return int(value)

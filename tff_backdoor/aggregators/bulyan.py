@@ -89,9 +89,7 @@ class BulyanFactory(robust_rules.ServerRuleFactory):
     Args:
       num_byzantine: f, the number of Byzantine clients to tolerate (>= 0).
     """
-    if int(num_byzantine) != num_byzantine or num_byzantine < 0:
-      raise ValueError(f'num_byzantine must be a nonnegative integer, found {num_byzantine}')
-    self._f = int(num_byzantine)
+    self._f = _common.integer_at_least(num_byzantine, 'num_byzantine', 0)
 
   def _rule(self, stacked, weights, value_spec):
     del weights, value_spec  # Unweighted, like the paper.

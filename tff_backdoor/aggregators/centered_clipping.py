@@ -63,10 +63,8 @@ class CenteredClippingFactory(tff.aggregators.WeightedAggregationFactory):
     """
     if not tau > 0:
       raise ValueError(f'tau must be positive, found {tau}')
-    if int(iterations) != iterations or iterations < 1:
-      raise ValueError(f'iterations must be an integer >= 1, found {iterations}')
     self._tau = float(tau)
-    self._iterations = int(iterations)
+    self._iterations = _common.integer_at_least(iterations, 'iterations', 1)
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:

@@ -52,9 +52,7 @@ class FlameFilterFactory(robust_rules.ServerRuleFactory):
     Args:
       min_samples: HDBSCAN's min_samples, scikit-learn's convention (the point counts), >= 1.
     """
-    if int(min_samples) != min_samples or min_samples < 1:
-      raise ValueError(f'min_samples must be an integer >= 1, found {min_samples}')
-    self._min_samples = int(min_samples)
+    self._min_samples = _common.integer_at_least(min_samples, 'min_samples', 1)
 
   def _rule(self, stacked, weights, value_spec):
     del weights, value_spec  # Unweighted, like the paper.

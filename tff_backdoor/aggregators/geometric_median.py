@@ -58,11 +58,9 @@ class GeometricMedianFactory(robust_rules.ServerRuleFactory):
       passes: Weighted means computed, R >= 1: the starting mean, then R - 1 Weiszfeld steps.
       nu: Smoothing nu > 0 of the Weiszfeld weights.
     """
-    if int(passes) != passes or passes < 1:
-      raise ValueError(f'passes must be an integer >= 1, found {passes}')
     if not nu > 0:
       raise ValueError(f'nu must be positive, found {nu}')
-    self._passes = int(passes)
+    self._passes = _common.integer_at_least(passes, 'passes', 1)
     self._nu = float(nu)
 
   def _rule(self, stacked, weights, value_spec):
