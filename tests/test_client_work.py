@@ -97,9 +97,12 @@ def test_non_finite_client_update_is_zeroed_with_zero_weight(data):
   x[0, 0, 0, 0] = np.nan
   bad = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(4)
   work = _client_work(AttackConfig('boost', boost=1.0))
-  updates, weights, _ = _updates(work, [make_client_data(bad, data['empty'], False, 0)])
+  updates, weights, measurements = _updates(work, [make_client_data(bad, data['empty'], False, 0)])
   assert weights[0] == 0.0
   assert all(np.all(u == 0) for u in updates[0])
+  assert measurements['train']['num_examples'] == 0  # its training metrics are dropped too
+  _, _, measurements = _updates(work, [make_client_data(data['benign'], data['empty'], False, 0)])
+  assert measurements['train']['num_examples'] == 12
 
 
 def test_sun_cnn_dropout_is_a_function_of_the_client_seed_not_of_order_or_history():

@@ -166,11 +166,11 @@ class _ClientPass:
   global_update: object = None
   has_global_update: object = None
 
-  def pass_key(self, index: int) -> tf.Tensor:
+  def pass_key(self, index) -> tf.Tensor:
     """Key of the client's `index`-th training pass (distinct per pass of one client)."""
     return tf.random.experimental.stateless_fold_in(self.client_key, index)
 
-  def train(self, data, index: int, transform=None):
+  def train(self, data, index, transform=None):
     return self.local.train(data, self.hparams, self.pass_key(index), transform)
 
   def restart(self) -> None:
@@ -226,7 +226,8 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
   num_examples = c.train(c.benign, 0)
   c.restart()
   trainable = c.local.weights.trainable
-  for i in range(attack.projection_rounds):
+
+  def projection_round(i):  # traced once (a while loop), not once per round
     c.train(c.benign, 1 + 2 * i)
     c.train(c.malicious, 2 + 2 * i)
     d = c.delta()
@@ -234,6 +235,11 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
         tf.constant(attack.norm_bound, tf.float32), _global_norm(d)))
     tf.nest.map_structure(lambda v, w0, dd: v.assign(w0 - scale * dd),
                           trainable, c.initial_weights.trainable, d)
+    return i + 1
+
+  # int32, as the Python ints of an unrolled loop fold into the dropout keys: same masks.
+  tf.while_loop(lambda i: i < attack.projection_rounds, projection_round,
+                [tf.constant(0)])
   update = tf.nest.map_structure(lambda d: attack.boost * d, c.delta())
   return update, num_examples
 
@@ -263,7 +269,9 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   local = _LocalTraining(model_fn, optimizer)
   model = local.model
 
-  @tf.function
+  # No autograph: the control flow below is explicit (tf.cond, dataset reduce), and converting
+  # this function and everything it calls was most of a run's tracing time.
+  @tf.function(autograph=False)
   def client_update(initial_weights, client_data, optimizer_hparams, global_update=None,
                     has_global_update=None):
     control = client_data['control'].get_single_element()
@@ -279,8 +287,7 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
       num_examples = control['client_index'] + 1
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
-    if has_non_finite > 0:
-      model.reset_metrics()
+    tf.cond(has_non_finite > 0, _reset_metrics(model), tf.no_op)
     stats = collections.OrderedDict(
         is_malicious=tf.cast(control['is_malicious'], tf.float32),
         update_norm=_global_norm(update))
@@ -288,6 +295,14 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
             model.report_local_unfinalized_metrics(), stats)
 
   return client_update
+
+
+def _reset_metrics(model) -> Callable[[], tf.Operation]:
+  """A `tf.cond` branch that zeroes the model's metrics (a client whose update is dropped)."""
+  def reset():
+    model.reset_metrics()
+    return tf.no_op()
+  return reset
 
 
 def _hparams_computations(optimizer: tff.learning.optimizers.Optimizer):
