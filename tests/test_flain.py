@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tff_backdoor import flain
+from tff_backdoor import flain_config
 
 NUM_CLASSES = 3
 TRIGGER = 3  # Index of the trigger feature = the dormant input neuron of 'dense_features'.
@@ -128,7 +129,7 @@ def test_absolute_mode_only_evaluates_when_the_flipped_set_changes():
   aux_x, aux_y = _clean(30, seed=1)
   config = flain.FlainConfig(threshold_mode='absolute')  # Authors' FMNIST k0/step.
   _, report = flain.apply_flain(model, initial, aux_x, aux_y, config)
-  assert (report.k0, report.step) == flain.MODE_DEFAULTS['absolute']
+  assert (report.k0, report.step) == flain_config.MODE_DEFAULTS['absolute']
   assert report.num_k_steps > 1000  # ~0.3 / 0.0001 thresholds tried ...
   assert report.num_evaluations <= 3  # ... but only a few distinct flipped sets.
   assert report.stopped_by_tolerance

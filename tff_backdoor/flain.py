@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tff_backdoor.flain_config import ALL_DENSE, MODE_DEFAULTS, THRESHOLD_MODES, FlainConfig
+from tff_backdoor.flain_config import ALL_DENSE, FlainConfig
 
 
 @dataclasses.dataclass(frozen=True)
