@@ -1,13 +1,13 @@
 """Runs per hour of a sweep, old settings against new, in one invocation (issue 28).
 
   python -m bench.sweep_throughput [--runs=4] [--rounds=20] [--parallel=1,2] \
-      [--modes=old,new] [--reference_repeats=3] [--output=FILE.json]
+      [--modes=old,cold,new] [--reference_repeats=3] [--output=FILE.json]
 
 Runs the Sun et al. code-default run (FEMNIST digits by writer, 5 writers a round, 5 local
 epochs, batch 20, client lr 0.1, a norm-bounded attacker every round, norm clipping,
 `--rounds` rounds, evaluation every round) `--runs` times (seeds 0, 1, ...) through the sweep
-itself (`studies.sweeps.run_sweep`: subprocesses of `python -m experiments.emnist_backdoor`),
-once per mode and `--parallel` value, and reports for each:
+itself (`studies.sweeps.run_sweep`), once per mode and `--parallel` value, and reports for
+each:
 
 - `runs_per_hour`: runs / the sweep's wall time;
 - per run: wall seconds, `examples_trained` (final.json: every example the clients trained
@@ -19,13 +19,17 @@ once per mode and `--parallel` value, and reports for each:
   5-writer round of the same data (`bench.fedavg_throughput --setting=femnist_sun
   --num_clients=5`, in a subprocess with the new settings), and the whole-run throughput over
   each (`x_vanilla`, `x_keras`);
-- `ratios`: new runs/hour over old at each `--parallel`, and the best of new over the best
-  of old.
+- `ratios`: new runs/hour over old (and over cold) at each `--parallel`, the best of new over
+  the best of old, and each mode's whole-run examples/s at `--parallel=1` over the reference's.
 
 Modes: `old` = the environment and flags as before issue 28: TensorFlow's own oneDNN default
 for this CPU (asked of TensorFlow in a subprocess without TF_ENABLE_ONEDNN_OPTS), TF's default
-threads in every child, and the evaluation flags of before (`OLD_FLAGS`); `new` = the
-package's defaults and what the sweep hands each child now (`parallelism.thread_env`).
+threads in every child, the evaluation flags of before (`OLD_FLAGS`) and a fresh
+`python -m experiments.emnist_backdoor` process per run; `cold` = the package's defaults and
+what the sweep hands each child now (`parallelism.thread_env`), still a process per run
+(`--warm_workers=false`); `new` = the same in the sweep's warm workers (its default: TensorFlow
+imported and a TFF worker started once per worker, `studies.warm_workers`). In a warm worker
+the first run pays the imports, the later ones do not: `per_run` shows both.
 `--extra_flags` are appended to every run (the tests shrink the run with them).
 """
 from __future__ import annotations
@@ -51,7 +55,7 @@ from tff_backdoor import metrics_io
 from tff_backdoor.execution import parallelism
 from tff_backdoor.run import rundir
 
-MODES = ('old', 'new')
+MODES = ('old', 'cold', 'new')
 # The evaluation flags of before issue 28 (passed explicitly, so later defaults do not leak in).
 OLD_FLAGS = ('--eval_subset=4000', '--eval_batch_size=500', '--eval_every=1')
 ONEDNN = 'TF_ENABLE_ONEDNN_OPTS'
@@ -60,7 +64,7 @@ flags.DEFINE_integer('runs', 4, 'Runs per mode and --parallel value (seeds 0..ru
                      lower_bound=1)
 flags.DEFINE_integer('rounds', 20, 'Rounds per run.', lower_bound=1)
 flags.DEFINE_list('parallel', ['1', '2'], 'Runs at once (the sweep\'s --parallel), each value.')
-flags.DEFINE_list('modes', list(MODES), 'old, new or both.')
+flags.DEFINE_list('modes', list(MODES), 'Any of old, cold, new (module doc).')
 flags.DEFINE_string('data_dir', None, 'LEAF FEMNIST folder (default ../shared/data/femnist).')
 flags.DEFINE_string('extra_flags', '', 'Flags appended to every run (e.g. to shrink it).')
 flags.DEFINE_integer('reference_repeats', 3, 'Repetitions of the Keras / vanilla TFF reference '
@@ -121,7 +125,7 @@ def run_report(directory: str, wall: float) -> Dict[str, Any]:
           'later_round_seconds_median': round(statistics.median(rounds[1:] or rounds), 3),
           'eval_share': round(final['eval_seconds'] / max(sum(rounds), 1e-9), 3),
           'examples_trained': examples, 'examples_per_s': round(examples / wall, 1),
-          'execution': execution}
+          'model_sha256': final['model_sha256'], 'execution': execution}
 
 
 def time_sweep(mode: str, parallel: int, runs: int, base_flags: Sequence[str],
@@ -142,13 +146,15 @@ def time_sweep(mode: str, parallel: int, runs: int, base_flags: Sequence[str],
       raise RuntimeError(f'{mode} run {run.name} did not finish; its log ends:\n{tail}')
   t0 = time.time()
   with environ(mode_environ(mode, onednn_default)):
-    result = sweeps.run_sweep(spec, parallel=parallel, out=common.log, on_finish=on_finish)
+    result = sweeps.run_sweep(spec, parallel=parallel, out=common.log, on_finish=on_finish,
+                              warm=mode == 'new')
   wall = time.time() - t0
   per_run = []
   for run in result.runs:
-    started[run.name] = metrics_io.read_json(
-        os.path.join(run.directory, sweep_plan.RUN_RECORD))['started']
-    per_run.append(run_report(run.directory, finished[run.name] - started[run.name]))
+    record = metrics_io.read_json(os.path.join(run.directory, sweep_plan.RUN_RECORD))
+    started[run.name] = record['started']
+    per_run.append({**run_report(run.directory, finished[run.name] - started[run.name]),
+                    'ran_in': record['ran_in']})
   examples = sum(r['examples_trained'] for r in per_run)
   return {'parallel': parallel, 'runs': runs, 'wall_seconds': round(wall, 2),
           'runs_per_hour': round(runs * 3600.0 / wall, 2),
@@ -185,11 +191,17 @@ def ratios(modes: Dict[str, Dict[str, Any]], ref: Optional[Dict[str, Any]]) -> D
   out: Dict[str, Any] = {}
   if 'old' in modes and 'new' in modes:
     for key in modes['new']:
-      if key in modes['old']:
-        out[f'runs_per_hour_new_over_old_{key}'] = round(
-            modes['new'][key]['runs_per_hour'] / modes['old'][key]['runs_per_hour'], 3)
+      for other in ('old', 'cold'):
+        if key in modes.get(other, {}):
+          out[f'runs_per_hour_new_over_{other}_{key}'] = round(
+              modes['new'][key]['runs_per_hour'] / modes[other][key]['runs_per_hour'], 3)
     best = {m: max(r['runs_per_hour'] for r in modes[m].values()) for m in ('old', 'new')}
     out['best_runs_per_hour_new_over_old'] = round(best['new'] / best['old'], 3)
+    # What a user gets from the defaults: the old sweep ran 1 at a time, the new one cores.
+    default = f'parallel_{parallelism.default_parallel()}'
+    if 'parallel_1' in modes['old'] and default in modes['new']:
+      out['runs_per_hour_new_defaults_over_old_defaults'] = round(
+          modes['new'][default]['runs_per_hour'] / modes['old']['parallel_1']['runs_per_hour'], 3)
   if ref:
     for mode, by_parallel in modes.items():
       alone = by_parallel.get('parallel_1')
@@ -205,7 +217,8 @@ def run(runs: int, rounds: int, parallel: Sequence[str], modes: Sequence[str], d
   """Times every mode at every --parallel value, then the reference; returns the report."""
   bad = [m for m in modes if m not in MODES]
   if bad or not modes:
-    raise ValueError(f'--modes: unknown {", ".join(bad) or "(none)"}; choose from old, new')
+    raise ValueError(f'--modes: unknown {", ".join(bad) or "(none)"}; choose from '
+                     f'{", ".join(MODES)}')
   if not parallel or not all(str(p).isdigit() and int(p) >= 1 for p in parallel):
     raise ValueError(f'--parallel must list whole numbers >= 1, got {",".join(parallel)}')
   if not os.path.isdir(data_dir):
@@ -235,6 +248,13 @@ def run(runs: int, rounds: int, parallel: Sequence[str], modes: Sequence[str], d
   report['reference'] = ref
   report['ratios'] = ratios(report['modes'], ref)
   common.log('ratios: ' + json.dumps(report['ratios']))
+  if 'cold' in modes and 'new' in modes:
+    report['new_models_equal_cold'] = all(
+        [r['model_sha256'] for r in report['modes']['new'][k]['per_run']] ==
+        [r['model_sha256'] for r in report['modes']['cold'][k]['per_run']]
+        for k in report['modes']['new'])
+    common.log('new (warm workers) final models equal to cold (a process per run), seed by '
+               f'seed: {report["new_models_equal_cold"]}')
   return report
 
 

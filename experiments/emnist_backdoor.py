@@ -21,10 +21,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = cli.config_from_flags(FLAGS)
+  run_config(cli.config_from_flags(FLAGS))
+
+
+def run_config(config) -> None:
+  """Runs one checked configuration; a sweep's warm worker calls it for each of its runs."""
   from tff_backdoor.run import driver  # pylint: disable=g-import-not-at-top  (loaded by the parser)
   from tff_backdoor.execution import contexts  # pylint: disable=g-import-not-at-top
-  # Local TFF worker that dies with this process, even on SIGKILL (--workers: remote ones).
+  # Local TFF worker that dies with this process, even on SIGKILL (--workers: remote ones);
+  # inside a warm worker's own local execution, that one is shared.
   with contexts.local_execution(enabled=not config.run.workers):
     cli.run_or_fail(lambda: driver.run_experiment(config))
 

@@ -45,6 +45,10 @@ flags.DEFINE_string('output_dir', None, 'Sweep directory: one subdirectory per c
                     'plus the results tables.')
 flags.DEFINE_integer('parallel', 0, 'Configurations run at the same time (0 = one per core, as '
                      'many as the free memory holds at 2 GB a run).', lower_bound=0)
+flags.DEFINE_bool('warm_workers', True, 'Run configurations of the experiment program in warm '
+                  'worker processes (TensorFlow and a TFF worker started once per worker, up '
+                  'to 25 runs each; the same numbers); false: a fresh process per '
+                  'configuration. Other programs always get a fresh process.')
 flags.DEFINE_string('program', sweep_plan.DEFAULT_PROGRAM,
                     'Module of the absl program to sweep, run as `python -m PROGRAM`.')
 flags.DEFINE_string('seed_flag', 'seed', 'Grid flag averaged over in results.csv/md.')
@@ -89,7 +93,7 @@ def main(argv):
   _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
       spec, parallel=FLAGS.parallel or parallelism.default_parallel(), dry_run=FLAGS.dry_run,
-      replace_mismatched=FLAGS.replace_mismatched))
+      replace_mismatched=FLAGS.replace_mismatched, warm=FLAGS.warm_workers))
   sys.exit(result.exit_code)
 
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 from tff_backdoor import metrics_io
 from tff_backdoor.execution import parallelism
@@ -60,11 +60,6 @@ def reap(proc: subprocess.Popen) -> int:
   return proc.wait()
 
 
-def stop_runs(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
-  workers.interrupt_then_kill(procs, grace_s, interrupt=lambda p: _signal_group(p, signal.SIGINT),
-                              exited=has_exited, kill=reap, poll_s=0.1)
-
-
 def last_error(log_path: str) -> str:
   try:
     with open(log_path, errors='replace') as f:
@@ -77,26 +72,66 @@ def last_error(log_path: str) -> str:
   return lines[-1][:300] if lines else ''
 
 
-def start_run(run: Run, spec: SweepSpec, env: Dict[str, str]) -> subprocess.Popen:
-  """Starts a run's program in its own session; SIGINT stops it cleanly, also when the sweep
-  dies (the kernel sends it SIGINT then, and it gets SIGINT's default action back: a sweep
-  started in the background of a script inherits SIGINT ignored)."""
+def prepare_run_dir(run: Run, spec: SweepSpec, how: str) -> str:
+  """Empties the run's directory and writes its sweep record and the first line of its log
+  (the command that runs it alone); returns the log's path. `how` says what runs it."""
   if os.path.isdir(run.directory):
     shutil.rmtree(run.directory)
   os.makedirs(run.directory)
   metrics_io.write_json(os.path.join(run.directory, RUN_RECORD), {
       'name': run.name, 'flags': run.flags, 'program': spec.program, 'args': run.args,
-      'command': run.command, 'cwd': os.getcwd(), 'started': time.time()})
-  log = open(os.path.join(run.directory, LOG_FILE), 'w')
-  try:
-    log.write(f'# {shlex.join(run.command)}\n')
-    log.flush()
-    return subprocess.Popen(
-        workers.die_with_parent_argv(run.command, signal.SIGINT, reset_sigint=True),
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        start_new_session=True)
-  finally:
-    log.close()
+      'command': run.command, 'cwd': os.getcwd(), 'started': time.time(), 'ran_in': how})
+  log_path = os.path.join(run.directory, LOG_FILE)
+  with open(log_path, 'w') as log:
+    log.write(f'# {shlex.join(run.command)}\n' + ('' if how == 'process' else f'# ran in {how}\n'))
+  return log_path
+
+
+class ProcessRun:
+  """A configuration running as its own `python -m PROGRAM` process (the sweep's handle)."""
+
+  def __init__(self, proc: subprocess.Popen):
+    self.proc = proc
+
+  def exited(self) -> bool:
+    return has_exited(self.proc)
+
+  def finish(self) -> int:
+    """Its exit code, once `exited`; kills what it left in its process group."""
+    return reap(self.proc)
+
+  def interrupt(self) -> None:
+    _signal_group(self.proc, signal.SIGINT)
+
+  def kill(self) -> None:
+    reap(self.proc)
+
+
+class ProcessLauncher:
+  """Starts each configuration in a process of its own (any program)."""
+
+  def __init__(self, spec: SweepSpec, env: Dict[str, str]):
+    self.spec, self.env = spec, env
+
+  def start(self, run: Run) -> ProcessRun:
+    """Starts a run's program in its own session; SIGINT stops it cleanly, also when the sweep
+    dies (the kernel sends it SIGINT then, and it gets SIGINT's default action back: a sweep
+    started in the background of a script inherits SIGINT ignored)."""
+    log_path = prepare_run_dir(run, self.spec, 'process')
+    with open(log_path, 'a') as log:
+      return ProcessRun(subprocess.Popen(
+          workers.die_with_parent_argv(run.command, signal.SIGINT, reset_sigint=True),
+          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+          start_new_session=True))
+
+  def close(self, grace_s: float) -> None:
+    del grace_s  # nothing outlives its run
+
+
+def stop_runs(handles: Sequence[Any], grace_s: float) -> None:
+  """SIGINT to every running configuration, up to `grace_s` to end, then SIGKILL."""
+  workers.interrupt_then_kill(handles, grace_s, interrupt=lambda h: h.interrupt(),
+                              exited=lambda h: h.exited(), kill=lambda h: h.kill(), poll_s=0.1)
 
 
 def child_env(root: str, parallel: int = 1) -> Dict[str, str]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -43,13 +42,15 @@ from studies.sweep_plan import PRETRAIN, RESULTS_CSV, RESULTS_MD, RUNS_CSV, Run,
 from studies.sweep_plan import run_status
 from studies.sweep_plan import SweepSpec, check_flags, plan, pretrain_run, read_final
 from studies.sweep_plan import resolve_program
-from studies.sweep_processes import lock_output_dir, reap, start_run, stop_runs
-from studies.sweep_processes import SigtermInterrupts, child_env, has_exited, last_error
+from studies import run_checks
+from studies.sweep_processes import ProcessLauncher, SigtermInterrupts, child_env, last_error
+from studies.sweep_processes import lock_output_dir, stop_runs
+from studies.warm_workers import WarmLauncher
 from studies.sweep_results import summary_line, write_outputs
 
 
 def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
-              replace_mismatched: bool = False, grace_s: float = 20.0,
+              replace_mismatched: bool = False, grace_s: float = 20.0, warm: bool = True,
               out: Callable[[str], None] = lambda s: print(s, flush=True),
               on_finish: Optional[Callable[[Run, str], None]] = None) -> SweepResult:
   """Runs every unfinished configuration, `parallel` at a time, and writes the tables.
@@ -58,6 +59,9 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   directories holding results of other flags (unless `replace_mismatched`). Ctrl-C/SIGTERM
   stops the running children (their directories are redone next time) and returns a result
   with `interrupted=True`. `on_finish(run, state)` is called after each run (tests use it).
+  With `warm` (default), configurations of a config program run in warm workers
+  (`studies.warm_workers`: TensorFlow imported once per worker, not once per run; the same
+  numbers); other programs, or warm=False, run each configuration in a process of its own.
   With a pretraining (`spec.pretrain_flags`), it runs first, alone; if it does not finish,
   no configuration runs.
   """
@@ -98,9 +102,10 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
     try:
       if pretrain is not None and result.pretrain_status != FINISHED:
         todo = _run_pretraining(spec, pretrain, runs, result, replace_mismatched,
-                                child_env(root), grace_s, out, on_finish)
-      _execute(spec, todo, result, parallel, child_env(root, parallel), grace_s, out,
-               on_finish)
+                                _launcher(spec, child_env(root), warm), grace_s, out,
+                                on_finish)
+      _execute(todo, result, parallel, _launcher(spec, child_env(root, parallel), warm),
+               grace_s, out, on_finish, spec)
     finally:
       for run in runs:  # A child may finish while the sweep is being interrupted.
         if result.status[run.name] == NOT_RUN and run_status(run, spec)[0] == FINISHED:
@@ -110,6 +115,12 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
     lock.close()
   _report(spec, result, out)
   return result
+
+
+def _launcher(spec: SweepSpec, env: Dict[str, str], warm: bool):
+  if warm and spec.program in run_checks.CONFIG_FLAG_PROGRAMS:
+    return WarmLauncher(spec, env)
+  return ProcessLauncher(spec, env)
 
 
 def _check_reusable(spec: SweepSpec, runs: Sequence[Run], states: Mapping[str, Tuple[str, str]],
@@ -126,7 +137,7 @@ def _check_reusable(spec: SweepSpec, runs: Sequence[Run], states: Mapping[str, T
 
 
 def _run_pretraining(spec: SweepSpec, pretrain: Run, runs: Sequence[Run], result: SweepResult,
-                     replace_mismatched: bool, env: Dict[str, str], grace_s: float,
+                     replace_mismatched: bool, launcher: Any, grace_s: float,
                      out: Callable[[str], None],
                      on_finish: Optional[Callable[[Run, str], None]]) -> List[Run]:
   """Runs the pretraining; returns the configurations to run after it (none if it failed).
@@ -135,7 +146,7 @@ def _run_pretraining(spec: SweepSpec, pretrain: Run, runs: Sequence[Run], result
   """
   own = SweepResult([pretrain], {PRETRAIN: NOT_RUN}, [], [], {})
   out(f'[pretraining] start {PRETRAIN}')
-  _execute(spec, [pretrain], own, 1, env, grace_s, out, on_finish, write_tables=False)
+  _execute([pretrain], own, 1, launcher, grace_s, out, on_finish, None)
   result.pretrain_status, result.interrupted = own.status[PRETRAIN], own.interrupted
   result.failed.update(own.failed)
   if result.pretrain_status != FINISHED:
@@ -151,12 +162,15 @@ def _run_pretraining(spec: SweepSpec, pretrain: Run, runs: Sequence[Run], result
   return [r for r in runs if states[r.name][0] != FINISHED]
 
 
-def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel: int,
-             env: Dict[str, str], grace_s: float, out: Callable[[str], None],
+def _execute(todo: Sequence[Run], result: SweepResult, parallel: int, launcher: Any,
+             grace_s: float, out: Callable[[str], None],
              on_finish: Optional[Callable[[Run, str], None]],
-             write_tables: bool = True) -> None:
+             tables_of: Optional[SweepSpec]) -> None:
+  """Runs `todo`, `parallel` at a time, through `launcher`; the tables of `tables_of` are
+  rewritten after each run (None: not)."""
+  spec = launcher.spec
   pending = list(todo)
-  running: Dict[str, Tuple[Run, subprocess.Popen, float]] = {}
+  running: Dict[str, Tuple[Run, Any, float]] = {}
   total, started = len(todo), 0
   with SigtermInterrupts():
     try:
@@ -166,11 +180,11 @@ def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel
           started += 1
           out(f'[{started}/{total}] start {run.name}')
           result.ran.append(run.name)
-          running[run.name] = (run, start_run(run, spec, env), time.time())
-        done = [name for name, (_, proc, _) in running.items() if has_exited(proc)]
+          running[run.name] = (run, launcher.start(run), time.time())
+        done = [name for name, (_, handle, _) in running.items() if handle.exited()]
         for name in done:
-          run, proc, t0 = running.pop(name)
-          code = reap(proc)
+          run, handle, t0 = running.pop(name)
+          code = handle.finish()
           final = read_final(run, spec)
           seconds = time.time() - t0
           if code == 0 and final is not None:
@@ -184,8 +198,8 @@ def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel
             result.status[name] = FAILED
             result.failed[name] = f'{why}' + (f': {last}' if last else '') + f' (log: {log})'
             out(f'FAILED {name} after {seconds:.0f}s: {result.failed[name]}')
-          if write_tables:
-            write_outputs(spec, result)
+          if tables_of is not None:
+            write_outputs(tables_of, result)
           if on_finish is not None:
             on_finish(run, result.status[name])
         if not done:
@@ -198,7 +212,8 @@ def _execute(spec: SweepSpec, todo: Sequence[Run], result: SweepResult, parallel
       if running and threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Let the cleanup finish.
       try:
-        stop_runs([proc for _, proc, _ in running.values()], grace_s)
+        stop_runs([handle for _, handle, _ in running.values()], grace_s)
+        launcher.close(grace_s)
       finally:
         if old is not None:
           signal.signal(signal.SIGINT, old)

@@ -305,3 +305,17 @@ def test_closed_local_execution_never_restarts_its_worker():
   with pytest.raises(RuntimeError, match='closed'):
     execution._restart_if_exited()  # pylint: disable=protected-access
   assert execution.worker is started
+
+
+def test_a_nested_local_execution_shares_the_open_one():
+  """A warm sweep worker's runs each enter `local_execution`: inside the worker's own block
+  they share its TFF worker, which outlives them; options of their own get a new one."""
+  from tff_backdoor.execution import contexts
+  with contexts.local_execution() as outer:
+    with contexts.local_execution() as inner:
+      assert inner is outer
+    assert outer.worker.poll() is None  # still serving the next run
+    with contexts.local_execution(max_concurrent_computation_calls=2) as own:
+      assert own is not outer
+    assert own.worker.poll() is not None and outer.worker.poll() is None
+  assert outer.worker.poll() is not None

@@ -25,18 +25,18 @@ def write_leaf(root: str, writers: int = 6, per_writer: int = 16, seed: int = 0)
   return root
 
 
-def test_old_and_new_through_the_sweep_report_runs_per_hour(tmp_path):
+def test_old_cold_and_new_through_the_sweep_report_runs_per_hour(tmp_path):
   data = write_leaf(str(tmp_path / 'leaf'))
   out = tmp_path / 'report.json'
   result = subprocess.run(
       [sys.executable, '-m', 'bench.sweep_throughput', '--runs=1', '--rounds=2',
-       '--parallel=1', '--modes=old,new', '--reference_repeats=1', f'--data_dir={data}',
+       '--parallel=1', '--modes=old,cold,new', '--reference_repeats=1', f'--data_dir={data}',
        f'--output={out}', '--extra_flags=--local_epochs=1 --num_tasks=1 --task_min_samples=2 '
        f'--cache_dir={tmp_path / "cache"}'],
       cwd=tiny.REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(out.read_text())
-  for mode in ('old', 'new'):
+  for mode in ('old', 'cold', 'new'):
     r = report['modes'][mode]['parallel_1']
     (run,) = r['per_run']
     # 5 writers a round, one of them a norm-bounded attacker: its extra passes count too,
@@ -49,8 +49,13 @@ def test_old_and_new_through_the_sweep_report_runs_per_hour(tmp_path):
   assert report['modes']['old']['parallel_1']['per_run'][0]['execution']['onednn'] == (
       report['setting']['tf_default_onednn'])
   assert report['modes']['new']['parallel_1']['per_run'][0]['execution']['onednn'] is True
+  cold, new = (report['modes'][m]['parallel_1']['per_run'][0] for m in ('cold', 'new'))
+  assert cold['ran_in'] == 'process' and new['ran_in'].startswith('warm sweep worker')
+  assert cold['examples_trained'] == new['examples_trained']
+  assert report['new_models_equal_cold'] is True
   assert report['reference']['vanilla_examples_per_s'] > 0
-  assert {'runs_per_hour_new_over_old_parallel_1', 'new_run_x_vanilla',
+  assert {'runs_per_hour_new_over_old_parallel_1', 'runs_per_hour_new_over_cold_parallel_1',
+          'new_run_x_vanilla', 'cold_run_x_vanilla',
           'new_run_x_keras_best'} <= set(report['ratios'])
 
 

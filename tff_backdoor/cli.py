@@ -158,17 +158,26 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig
   return config
 
 
-def config_flags_error(argv: Sequence[str]) -> Optional[str]:
-  """What the experiment program's flag check (config flags, then `checked_config`) says of
-  `argv` (flags only), in one line; None if they pass. Defines the flags on a fresh
-  FlagValues, so it can check many command lines in one process (sweeps do)."""
+def config_from_argv(argv: Sequence[str]) -> config_lib.ExperimentConfig:
+  """The validated ExperimentConfig of a config program's flags `argv` (no program name),
+  parsed on a fresh FlagValues, so one process can read many command lines (sweeps and their
+  warm workers do); ValueError in one line if absl or the config's rules refuse them."""
   values = flags.FlagValues()
   define_config_flags(flag_values=values)
   try:
     values(['program', *argv])
-    checked_config(values)
+    return checked_config(values)
   except (flags.Error, ValueError) as e:
-    return ' '.join(str(e).split())
+    raise ValueError(' '.join(str(e).split())) from None
+
+
+def config_flags_error(argv: Sequence[str]) -> Optional[str]:
+  """What the experiment program's flag check (config flags, then `checked_config`) says of
+  `argv` (flags only), in one line; None if they pass."""
+  try:
+    config_from_argv(argv)
+  except ValueError as e:
+    return str(e)
   return None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from tff_backdoor.execution import workers as workers_lib
 
@@ -110,24 +110,34 @@ class LocalExecution:
     self._channel.close()
 
 
+_OPEN: List[LocalExecution] = []  # the local executions whose blocks are running, innermost last
+
+
 @contextlib.contextmanager
 def local_execution(enabled: bool = True, **kwargs: Any) -> Iterator[Optional[LocalExecution]]:
   """Runs TFF computations of this thread on a `LocalExecution` worker inside the block.
 
   Restores the previous default context and stops the worker on exit, normal or not. With
   `enabled=False` it does nothing (e.g. when `--workers` names remote workers instead).
-  Call it from the main thread (the worker dies with the thread that started it).
+  Nested inside another `local_execution` block whose context is still the default, with no
+  options of its own, it shares that one (a sweep's warm worker keeps one TFF worker for all
+  its runs). Call it from the main thread (the worker dies with the thread that started it).
   """
   if not enabled:
     yield None
     return
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   previous = tff.framework.get_context_stack().current
+  if _OPEN and not kwargs and previous is _OPEN[-1].context:
+    yield _OPEN[-1]
+    return
   execution = LocalExecution(**kwargs)
+  _OPEN.append(execution)
   try:
     tff.framework.set_default_context(execution.context)
     yield execution
   finally:
+    _OPEN.remove(execution)
     tff.framework.set_default_context(previous)
     execution.close()
 
