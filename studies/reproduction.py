@@ -71,6 +71,7 @@ class Family:
   references: Tuple[Tuple[str, Mapping[str, str]], ...] = ()  # (row label, where) rows
   metrics: Tuple[str, ...] = ('window_test', 'window_backdoor', 'test', 'backdoor', 'seconds')
   curves: bool = False  # also write FAMILY_curves.png (accuracy per round, mean ± std)
+  wall_clock: bool = False  # a line under the table: what the runs of its rows cost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +345,14 @@ def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
           f'{sum(seconds) / 3600:.2f} run-hours')
 
 
+def family_wall_clock(runs: Sequence[RunSummary], family: Family) -> str:
+  """The wall clock of the runs in a family's rows (its references are other families' rows)."""
+  _, values = family_groups(runs, family)
+  seconds = [r.values['seconds'] for _, rs in values for r in rs
+             if r.values.get('seconds') is not None]
+  return wall_clock_markdown(f'wall clock of the {family.vary} rows', seconds)
+
+
 def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
   """One line: mean ± std over seeds of the test accuracy in each of the last two windows."""
   windows = []
@@ -386,6 +395,8 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
   if not rows:
     return [f'**{spec.title}**: no finished run yet']
   out = [family_markdown(runs, spec)]
+  if spec.wall_clock:
+    out.append(family_wall_clock(runs, spec))
   if output_dir:
     out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
     if spec.curves:
@@ -465,23 +476,23 @@ _AUTHORS_FRACTION = Family(
     'sun_authors_a_fraction', '(a) Random sampling: boosted attackers are a fraction of the '
     '293 writers, sampled at their natural rate', 'malicious_fraction',
     dict(SUN_AUTHORS_BASE, schedule='random_fraction'), references=(_AUTHORS_NO_ATTACK,),
-    metrics=_FEMNIST_METRICS, curves=True)
+    metrics=_FEMNIST_METRICS, curves=True, wall_clock=True)
 _AUTHORS_DEFENSES = (
     Family('sun_authors_c_clip_boost', '(c) Norm bound M of the authors\' aggregation: '
            'boosted attacker every round', 'clip_norm',
            dict(SUN_AUTHORS_BASE, defense='sun_dp'),
            references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
-           curves=True),
+           curves=True, wall_clock=True),
     Family('sun_authors_c_clip_norm_bounded', '(c) Norm bound M of the authors\' aggregation: '
            'norm-bounded attacker (radius 0.33, boosted by the clients per round) every round',
            'clip_norm', dict(SUN_AUTHORS_BASE, defense='sun_dp', attack='norm_bounded'),
            references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST, _AUTHORS_NORM_BOUNDED),
-           metrics=_FEMNIST_METRICS, curves=True),
+           metrics=_FEMNIST_METRICS, curves=True, wall_clock=True),
     Family('sun_authors_d_noise', '(d) Weak DP of the authors\' aggregation: M = 1, Gaussian '
            'noise of std sigma on the SUM; boosted attacker every round', 'sum_noise_stddev',
            dict(SUN_AUTHORS_BASE, defense='sun_dp'),
            references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
-           curves=True))
+           curves=True, wall_clock=True))
 SUN_AUTHORS_FAMILIES = (
     PlateauCheck('sun_authors_plateau', 'Has the clean run plateaued?',
                  dict(SUN_AUTHORS_BASE, schedule='none')),
@@ -489,10 +500,10 @@ SUN_AUTHORS_FAMILIES = (
     Family('sun_authors_b_tasks', '(b) Number of tasks (target writers whose 7s, labelled 1, '
            'form the malicious batch); boosted attacker every round, no defense', 'num_tasks',
            SUN_AUTHORS_BASE, references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS,
-           curves=True),
+           curves=True, wall_clock=True),
     Family('sun_authors_a_frequency', '(a) Fixed frequency: one boosted attacker every k-th '
            'round, no defense', 'attack_every', SUN_AUTHORS_BASE,
-           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True),
+           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True, wall_clock=True),
     _AUTHORS_FRACTION)
 SUN_AUTHORS_30_FAMILIES = tuple(
     dataclasses.replace(f, key=f.key.replace('sun_authors_', 'sun_authors_30_', 1),

@@ -1,4 +1,5 @@
 """REPRODUCTION.md's tables: families and cross tables over a synthetic sweep directory."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -90,6 +91,16 @@ def test_family_markdown_and_plot(tmp_path):
   empty = reproduction.Family('e', 'nothing', 'k', {'a': 'absent'})
   with pytest.raises(ValueError, match="no finished run of family 'e'"):
     reproduction.family_markdown(runs, empty)
+
+
+def test_family_wall_clock_counts_its_rows_not_its_references(tmp_path):
+  runs = reproduction.load_runs([_family_sweep(tmp_path)])
+  # rows k=2 (10 s, 11 s) and k=10 (10 s, 11 s); the clean reference's 5 s is not counted.
+  assert reproduction.family_wall_clock(runs, FAMILY) == (
+      'wall clock of the k rows: 4 runs, 10 ± 1 s per run, 0.01 run-hours')
+  timed = reproduction.render(runs, dataclasses.replace(FAMILY, wall_clock=True))
+  assert timed[1].startswith('wall clock of the k rows: 4 runs')
+  assert not any(t.startswith('wall clock') for t in reproduction.render(runs, FAMILY))
 
 
 def test_unfinished_runs_are_left_out_and_non_sweeps_rejected(tmp_path):
