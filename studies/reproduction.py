@@ -503,7 +503,8 @@ SUN_AUTHORS_FAMILIES = (
            curves=True, wall_clock=True),
     Family('sun_authors_a_frequency', '(a) Fixed frequency: one boosted attacker every k-th '
            'round, no defense', 'attack_every', SUN_AUTHORS_BASE,
-           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True, wall_clock=True),
+           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True,
+           wall_clock=True),
     _AUTHORS_FRACTION)
 SUN_AUTHORS_30_FAMILIES = tuple(
     dataclasses.replace(f, key=f.key.replace('sun_authors_', 'sun_authors_30_', 1),

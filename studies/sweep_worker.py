@@ -5,21 +5,21 @@
 A run started as its own process pays the interpreter, the TensorFlow and TFF imports and the
 start of a TFF worker before its first round (about 11 s of an 87 s Sun run, bench/RESULTS.md,
 issue 28). This worker pays them once: it imports the program and TensorFlow, starts one TFF
-worker (`contexts.local_execution`, shared by every run) and then reads one request per line
-on stdin, `{"args": [FLAGS...], "log": RUN_LOG}`. For each it clears Keras' session (layer
-names and so captured variable names restart as in a new process), parses the flags on a
-fresh FlagValues (`cli.config_from_argv`), runs `PROGRAM.run_config(config)` with file
-descriptors 1 and 2 on RUN_LOG (TensorFlow's C++ lines too), and answers `{"code": N}` on its
-own stdout (with `"reusable"`, below): the exit code the run would have had as `python -m PROGRAM` (0 finished, 1 a
-one-line error, 2 bad flags). Every random choice of a run flows from its `--seed` into
+worker (`contexts.local_execution`, shared by every run) and then reads one request per line on
+stdin, `{"args": [FLAGS...], "log": RUN_LOG}`. For each it clears Keras' session (layer names
+and so captured variable names restart as in a new process), parses the flags on a fresh
+FlagValues (`cli.config_from_argv`), runs `PROGRAM.run_config(config)` with file descriptors 1
+and 2 on RUN_LOG (TensorFlow's C++ lines too), and answers `{"code": N}` on its own stdout (with
+`"reusable"`, below): the exit code the run would have had as `python -m PROGRAM` (0 finished, 1
+a one-line error, 2 bad flags). Every random choice of a run flows from its `--seed` into
 generators it builds itself, so a run gives the same numbers here as in a process of its own
 (tests/test_sweep_worker.py checks it bit for bit).
 
 After an unexpected exception (code 1 with a traceback in RUN_LOG) the worker answers
-`"reusable": false` and exits: its state is not trusted for another run. Ctrl-C or SIGINT (the sweep stopping it)
-ends the worker with code 130, as it would end a run's own process. Only programs whose
-flags are the ExperimentConfig's (`run_checks.CONFIG_FLAG_PROGRAMS`) and that define
-`run_config` can run here. The sweep side is `studies.warm_workers`.
+`"reusable": false` and exits: its state is not trusted for another run. Ctrl-C or SIGINT (the
+sweep stopping it) ends the worker with code 130, as it would end a run's own process. Only
+programs whose flags are the ExperimentConfig's (`run_checks.CONFIG_FLAG_PROGRAMS`) and that
+define `run_config` can run here. The sweep side is `studies.warm_workers`.
 """
 from __future__ import annotations
 

@@ -123,9 +123,9 @@ def weak_dp_factory(noise_stddev: float, clip_norm: float, clients_per_round: in
   """Weak DP of Sun et al. 2019: clip each update, add Gaussian noise to the average.
 
   Each client update is clipped to L2 norm `clip_norm`, and noise N(0, `noise_stddev`^2) is
-  added to every coordinate of the average. TFF's Gaussian mechanism adds noise of std `clip * noise_multiplier` to the sum and divides
-  by `clients_per_round`, so the noise on the average has std `noise_stddev` when
-  `noise_multiplier = noise_stddev * clients_per_round / clip_norm`.
+  added to every coordinate of the average. TFF's Gaussian mechanism adds noise of std `clip *
+  noise_multiplier` to the sum and divides by `clients_per_round`, so the noise on the average
+  has std `noise_stddev` when `noise_multiplier = noise_stddev * clients_per_round / clip_norm`.
 
   Weights are ignored: the result is (sum of clipped updates + noise) / `clients_per_round`,
   the unweighted average of the paper and of `gaussian_fixed` (a weighted average would also
@@ -163,9 +163,10 @@ def sun_aggregation_factory(clip_norm: Optional[float], sum_noise_stddev: float,
   """The aggregation of Sun et al.'s own training script: TF-Privacy's Gaussian average query.
 
   Their loop always aggregates with TF-Privacy's `GaussianAverageQuery(l2_norm_clip,
-  sum_stddev, denominator)` (since removed; it was `NormalizedQuery(GaussianSumQuery)`): each update clipped to `l2_norm_clip` (default 1.0), the clipped updates
-  summed, Gaussian noise of std `sum_stddev` (their `mul_factor`, default 0) added to the SUM,
-  the result divided by the clients per round. The mean is UNWEIGHTED, which is why a boost
+  sum_stddev, denominator)` (since removed; it was `NormalizedQuery(GaussianSumQuery)`): each
+  update clipped to `l2_norm_clip` (default 1.0), the clipped updates summed, Gaussian noise
+  of std `sum_stddev` (their `mul_factor`, default 0) added to the SUM, the result divided by
+  the clients per round. The mean is UNWEIGHTED, which is why a boost
   of clients_per_round replaces the model; their runs "without defense" are this query with a
   bound that never binds (`clip_norm=None` here). That is this factory: `tfp.NormalizedQuery`
   over `SeededGaussianSumQuery` (seeded noise) inside TFF's `DifferentiallyPrivateFactory`,
