@@ -368,7 +368,8 @@ def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
   (before, before_std), (last, last_std) = (sweep_results.mean_std([w[i] for w in windows])
                                             for i in (0, 1))
   spread = lambda std: '' if std is None else f' ± {std:.3f}'
-  return (f'**{check.title}** ({len(windows)} seeds): main accuracy {before:.3f}'
+  seeds = f'{len(windows)} seed' + ('' if len(windows) == 1 else 's')
+  return (f'**{check.title}** ({seeds}): main accuracy {before:.3f}'
           f'{spread(before_std)} over the {check.window} evaluated rounds before the last '
           f'{check.window}, {last:.3f}{spread(last_std)} over the last {check.window}: '
           f'change {last - before:+.3f}')

@@ -434,6 +434,6 @@ def test_plateau_check_compares_the_last_two_windows(tmp_path):
                                                              {'schedule': 'none'}))[0]
   assert line.startswith('**Plateau?** (2 seeds)') and line.endswith('change +0.000')
   line = reproduction.plateau_markdown(runs, reproduction.PlateauCheck('p', 'P', {'schedule': 'x'}))
-  assert 'change +0.333' in line
+  assert line.startswith('**P** (1 seed):') and 'change +0.333' in line
   assert 'no finished run' in reproduction.plateau_markdown(
       runs, reproduction.PlateauCheck('p', 'P', {'schedule': 'y'}))
