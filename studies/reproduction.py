@@ -350,7 +350,7 @@ def family_wall_clock(runs: Sequence[RunSummary], family: Family) -> str:
   _, values = family_groups(runs, family)
   seconds = [r.values['seconds'] for _, rs in values for r in rs
              if r.values.get('seconds') is not None]
-  return wall_clock_markdown(f'wall clock of the {family.vary} rows', seconds)
+  return wall_clock_markdown(f'wall clock of {family.key} (its {family.vary} rows)', seconds)
 
 
 def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:

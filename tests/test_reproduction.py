@@ -97,9 +97,9 @@ def test_family_wall_clock_counts_its_rows_not_its_references(tmp_path):
   runs = reproduction.load_runs([_family_sweep(tmp_path)])
   # rows k=2 (10 s, 11 s) and k=10 (10 s, 11 s); the clean reference's 5 s is not counted.
   assert reproduction.family_wall_clock(runs, FAMILY) == (
-      'wall clock of the k rows: 4 runs, 10 ± 1 s per run, 0.01 run-hours')
+      'wall clock of f (its k rows): 4 runs, 10 ± 1 s per run, 0.01 run-hours')
   timed = reproduction.render(runs, dataclasses.replace(FAMILY, wall_clock=True))
-  assert timed[1].startswith('wall clock of the k rows: 4 runs')
+  assert timed[1].startswith('wall clock of f (its k rows): 4 runs')
   assert not any(t.startswith('wall clock') for t in reproduction.render(runs, FAMILY))
 
 
