@@ -35,8 +35,7 @@ def _report(dirs):
       raise ValueError('--families=bilgin reads study directories: ask for it on its own')
     return reproduction.render_bilgin(dirs, FLAGS.bilgin_factors, FLAGS.output_dir)
   runs = reproduction.load_runs(dirs)
-  cost = reproduction.wall_clock_markdown(
-      'wall clock', [r.values['seconds'] for r in runs if r.values.get('seconds') is not None])
+  cost = reproduction.wall_clock_markdown('wall clock', reproduction.run_seconds(runs))
   return [cost] + [text for name in FLAGS.families for spec in reproduction.FAMILIES[name]
                    for text in reproduction.render(runs, spec, FLAGS.output_dir)]
 

@@ -345,11 +345,15 @@ def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
           f'{sum(seconds) / 3600:.2f} run-hours')
 
 
+def run_seconds(runs: Sequence[RunSummary]) -> List[float]:
+  """The recorded wall seconds of the runs that have them."""
+  return [r.values['seconds'] for r in runs if r.values.get('seconds') is not None]
+
+
 def family_wall_clock(runs: Sequence[RunSummary], family: Family) -> str:
   """The wall clock of the runs in a family's rows (its references are other families' rows)."""
   _, values = family_groups(runs, family)
-  seconds = [r.values['seconds'] for _, rs in values for r in rs
-             if r.values.get('seconds') is not None]
+  seconds = run_seconds([r for _, rs in values for r in rs])
   return wall_clock_markdown(f'wall clock of {family.key} (its {family.vary} rows)', seconds)
 
 
@@ -473,39 +477,37 @@ _AUTHORS_NO_ATTACK = ('no attacker', dict(SUN_AUTHORS_BASE, schedule='none'))
 _AUTHORS_BOOST = ('boosted attacker every round, no defense', SUN_AUTHORS_BASE)
 _AUTHORS_NORM_BOUNDED = ('norm-bounded attacker every round, no defense',
                          dict(SUN_AUTHORS_BASE, attack='norm_bounded'))
+# What every authors' family prints: the collateral too, per-round curves, its wall clock.
+_AUTHORS_OUTPUTS = dict(metrics=_FEMNIST_METRICS, curves=True, wall_clock=True)
 _AUTHORS_FRACTION = Family(
     'sun_authors_a_fraction', '(a) Random sampling: boosted attackers are a fraction of the '
     '293 writers, sampled at their natural rate', 'malicious_fraction',
     dict(SUN_AUTHORS_BASE, schedule='random_fraction'), references=(_AUTHORS_NO_ATTACK,),
-    metrics=_FEMNIST_METRICS, curves=True, wall_clock=True)
+    **_AUTHORS_OUTPUTS)
 _AUTHORS_DEFENSES = (
     Family('sun_authors_c_clip_boost', '(c) Norm bound M of the authors\' aggregation: '
            'boosted attacker every round', 'clip_norm',
            dict(SUN_AUTHORS_BASE, defense='sun_dp'),
-           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
-           curves=True, wall_clock=True),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), **_AUTHORS_OUTPUTS),
     Family('sun_authors_c_clip_norm_bounded', '(c) Norm bound M of the authors\' aggregation: '
            'norm-bounded attacker (radius 0.33, boosted by the clients per round) every round',
            'clip_norm', dict(SUN_AUTHORS_BASE, defense='sun_dp', attack='norm_bounded'),
            references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST, _AUTHORS_NORM_BOUNDED),
-           metrics=_FEMNIST_METRICS, curves=True, wall_clock=True),
+           **_AUTHORS_OUTPUTS),
     Family('sun_authors_d_noise', '(d) Weak DP of the authors\' aggregation: M = 1, Gaussian '
            'noise of std sigma on the SUM; boosted attacker every round', 'sum_noise_stddev',
            dict(SUN_AUTHORS_BASE, defense='sun_dp'),
-           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FEMNIST_METRICS,
-           curves=True, wall_clock=True))
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), **_AUTHORS_OUTPUTS))
 SUN_AUTHORS_FAMILIES = (
     PlateauCheck('sun_authors_plateau', 'Has the clean run plateaued?',
                  dict(SUN_AUTHORS_BASE, schedule='none')),
     *_AUTHORS_DEFENSES,
     Family('sun_authors_b_tasks', '(b) Number of tasks (target writers whose 7s, labelled 1, '
            'form the malicious batch); boosted attacker every round, no defense', 'num_tasks',
-           SUN_AUTHORS_BASE, references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS,
-           curves=True, wall_clock=True),
+           SUN_AUTHORS_BASE, references=(_AUTHORS_NO_ATTACK,), **_AUTHORS_OUTPUTS),
     Family('sun_authors_a_frequency', '(a) Fixed frequency: one boosted attacker every k-th '
            'round, no defense', 'attack_every', SUN_AUTHORS_BASE,
-           references=(_AUTHORS_NO_ATTACK,), metrics=_FEMNIST_METRICS, curves=True,
-           wall_clock=True),
+           references=(_AUTHORS_NO_ATTACK,), **_AUTHORS_OUTPUTS),
     _AUTHORS_FRACTION)
 SUN_AUTHORS_30_FAMILIES = tuple(
     dataclasses.replace(f, key=f.key.replace('sun_authors_', 'sun_authors_30_', 1),
