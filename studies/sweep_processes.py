@@ -3,6 +3,7 @@
 what they leave, and lock the output directory against a second sweep."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -10,13 +11,17 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 from tff_backdoor import metrics_io
 from tff_backdoor.execution import parallelism
 from tff_backdoor.execution import workers
 
+from tff_backdoor.run import rundir
 from studies.sweep_plan import LOCK_FILE, LOG_FILE, RUN_RECORD, Run, SweepSpec
+from studies.sweep_plan import config_mismatches
+
+RESUME_FLAG = 'resume'  # the program's flag that continues a run from its newest checkpoint
 
 
 def _raise_interrupt(signum, frame):  # pylint: disable=unused-argument
@@ -72,19 +77,40 @@ def last_error(log_path: str) -> str:
   return lines[-1][:300] if lines else ''
 
 
-def prepare_run_dir(run: Run, spec: SweepSpec, how: str) -> str:
-  """Empties the run's directory and writes its sweep record and the first line of its log
-  (the command that runs it alone); returns the log's path. `how` says what runs it."""
-  if os.path.isdir(run.directory):
+def prepare_run_dir(run: Run, spec: SweepSpec, how: str) -> Tuple[str, Run]:
+  """Readies the run's directory and writes its sweep record and the first line of its log
+  (the command that runs it alone); returns the log's path and the run to start. `how` says
+  what runs it. A partial run that left a checkpoint of the same flags is continued with
+  `--resume` (its log goes on); any other directory is emptied first."""
+  resumed = resumable(run, spec)
+  if resumed:
+    run = dataclasses.replace(run, command=[*run.command, f'--{RESUME_FLAG}'])
+  elif os.path.isdir(run.directory):
     shutil.rmtree(run.directory)
-  os.makedirs(run.directory)
+  os.makedirs(run.directory, exist_ok=True)
   metrics_io.write_json(os.path.join(run.directory, RUN_RECORD), {
       'name': run.name, 'flags': run.flags, 'program': spec.program, 'args': run.args,
       'command': run.command, 'cwd': os.getcwd(), 'started': time.time(), 'ran_in': how})
   log_path = os.path.join(run.directory, LOG_FILE)
-  with open(log_path, 'w') as log:
+  with open(log_path, 'a' if resumed else 'w') as log:
     log.write(f'# {shlex.join(run.command)}\n' + ('' if how == 'process' else f'# ran in {how}\n'))
-  return log_path
+  return log_path, run
+
+
+def resumable(run: Run, spec: SweepSpec) -> bool:
+  """Whether an unfinished run directory can be continued: it holds a checkpoint and a
+  config.json of the requested flags (runs with --checkpoint_every only)."""
+  directory = run.directory
+  checkpoints = os.path.join(directory, rundir.CHECKPOINTS_DIR)
+  if (os.path.exists(os.path.join(directory, spec.done_file)) or not os.path.isdir(checkpoints)
+      or not os.listdir(checkpoints)):
+    return False
+  try:
+    config = metrics_io.read_json(os.path.join(directory, rundir.CONFIG_FILE))
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and not config_mismatches(config, run.args,
+                                                            ignore=(spec.output_flag,))
 
 
 class ProcessRun:
@@ -117,7 +143,7 @@ class ProcessLauncher:
     """Starts a run's program in its own session; SIGINT stops it cleanly, also when the sweep
     dies (the kernel sends it SIGINT then, and it gets SIGINT's default action back: a sweep
     started in the background of a script inherits SIGINT ignored)."""
-    log_path = prepare_run_dir(run, self.spec, 'process')
+    log_path, run = prepare_run_dir(run, self.spec, 'process')
     with open(log_path, 'a') as log:
       return ProcessRun(subprocess.Popen(
           workers.die_with_parent_argv(run.command, signal.SIGINT, reset_sigint=True),

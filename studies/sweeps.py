@@ -44,7 +44,7 @@ from studies.sweep_plan import SweepSpec, check_flags, plan, pretrain_run, read_
 from studies.sweep_plan import resolve_program
 from studies import run_checks
 from studies.sweep_processes import ProcessLauncher, SigtermInterrupts, child_env, last_error
-from studies.sweep_processes import lock_output_dir, stop_runs
+from studies.sweep_processes import lock_output_dir, resumable, stop_runs
 from studies.warm_workers import WarmLauncher
 from studies.sweep_results import summary_line, write_outputs
 
@@ -84,7 +84,8 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
   if dry_run:
     for run in ([pretrain] if pretrain else []) + runs:
       state, detail = states[run.name]
-      label = {FINISHED: 'skip', NEW: 'run', PARTIAL: 'rerun'}.get(state, state)
+      label = {FINISHED: 'skip', NEW: 'run',
+               PARTIAL: 'resume' if resumable(run, spec) else 'rerun'}.get(state, state)
       out(f'[{label}] {run.name}' + (f' ({detail})' if detail and state != PARTIAL else ''))
       out(f'  {shlex.join(run.command)}')
     return SweepResult(runs, {r.name: states[r.name][0] for r in runs}, skipped, [], {},

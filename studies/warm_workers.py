@@ -113,7 +113,7 @@ class WarmLauncher:
     while self.idle and has_exited(self.idle[-1].proc):
       self.drop(self.idle.pop())
     worker = self.idle.pop() if self.idle else WarmWorker(self.spec, self.env, self.log_path)
-    log_path = prepare_run_dir(run, self.spec, f'warm sweep worker pid {worker.proc.pid} '
+    log_path, run = prepare_run_dir(run, self.spec, f'warm sweep worker pid {worker.proc.pid} '
                                f'(its run {worker.runs + 1})')
     worker.submit(run, log_path)
     return WarmRun(self, worker, log_path)

@@ -297,3 +297,52 @@ def test_shared_folder_matches_its_readme(tmp_path):
   assert len(train) == 300 and sum(len(y) for _, y in train.values()) == 43616
   assert len(test) == 537 and sum(len(y) for _, y in test.values()) == 12334
   assert sum(int(np.sum(y < 10)) for _, y in train.values()) == 30871
+
+
+def test_training_images_stay_uint8_and_batches_are_the_exact_floats(tmp_path):
+  from tff_backdoor.learning import client_datasets
+  data = _load(_leaf_dir(tmp_path / 'leaf'), only_digits=False)
+  compact = data_lib.client_arrays(data.train, compact=True)
+  floats = data_lib.client_arrays(data.train)
+  assert compact['w1'][0].dtype == np.uint8 and floats['w1'][0].dtype == np.float32
+  assert compact['w1'][0][:, 0, 0, 0].tolist() == [7, 14, 15, 33]  # k of pixel 0: 7 i + label
+  np.testing.assert_array_equal(floats['w1'][0], np.float32(compact['w1'][0]) / np.float32(255))
+  element = next(iter(data.train.create_tf_dataset_for_client('w1')))
+  assert element['x'].dtype.name == 'float32' and element['y'].numpy() == 7
+  assert element['x'].numpy()[0, 0, 0] == np.float32(7 / 255)
+  from_codes = client_datasets.client_dataset(*compact['w1'], batch_size=3)
+  from_floats = client_datasets.client_dataset(*floats['w1'], batch_size=3)
+  for a, b in zip(from_codes, from_floats):  # bit for bit: the same training either way
+    np.testing.assert_array_equal(a['x'].numpy(), b['x'].numpy())
+    np.testing.assert_array_equal(a['y'].numpy(), b['y'].numpy())
+
+
+def test_the_cache_is_a_memory_mapped_uint8_folder_shared_by_loads(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  cache = str(tmp_path / 'cache')
+  parsed = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=cache)
+  cached = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=cache)
+  assert parsed.writers == cached.writers == ['w1', 'w2', 'w3']  # sorted across files
+  assert isinstance(cached.pixels, np.memmap) and cached.pixels.dtype == np.uint8
+  assert cached.sizes.tolist() == [4, 3, 2] and cached.labels.tolist() == [7, 7, 1, 12, 7, 3, 3,
+                                                                            20, 40]
+  np.testing.assert_array_equal(parsed.pixels, cached.pixels)
+  digits = cached.select(cached.labels < 10)
+  assert digits.writers == ['w1', 'w2'] and digits.sizes.tolist() == [3, 3]
+  folder = os.path.join(cache, os.listdir(cache)[0])
+  with open(os.path.join(folder, 'labels.npy'), 'r+b') as f:  # damaged: rebuilt, not served
+    f.truncate(10)
+  again = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=cache)
+  assert again.labels.tolist() == cached.labels.tolist()
+
+
+def test_pixels_that_are_not_k_over_255_stay_float_and_are_not_cached(tmp_path):
+  users = {'w1': {'x': [[0.5] * 784, [1.0] * 784], 'y': [1, 2]}}
+  root = _leaf_dir(tmp_path / 'leaf', train_files={'a.json': (users, False)})
+  cache = str(tmp_path / 'cache')
+  split = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=cache)
+  assert split.pixels.dtype == np.float32 and split.pixels[0, 0, 0, 0] == np.float32(0.5)
+  assert not os.path.exists(cache) or not os.listdir(cache)
+  data = _load(root, only_digits=True)
+  x, _ = data_lib.client_arrays(data.train, compact=True)['w1']
+  assert x.dtype == np.float32 and x[0, 0, 0, 0] == np.float32(0.5)

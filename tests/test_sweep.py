@@ -13,6 +13,7 @@ from tests import tiny
 from studies import sweep_grid
 from studies import sweep_plan
 from studies import sweep_results
+from studies import sweep_processes
 from studies import sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -358,3 +359,54 @@ def test_finished_run_dirs_select_by_grid_flags_and_final_json(tmp_path):
   assert sweep_results.finished_run_dirs(str(tmp_path), {'defense': 'none'}) == [
       os.path.join(str(tmp_path), 'r0')]
   assert len(sweep_results.finished_run_dirs(str(tmp_path), {})) == 2
+
+
+# A program that checkpoints, then dies the first time (as a run cut by the end of a session);
+# with --resume it needs its checkpoint and finishes.
+CHECKPOINTING_PROGRAM = '''
+import json, os, sys
+args = dict(a.lstrip('-').partition('=')[::2] for a in sys.argv[1:])
+out = args.pop('output_dir')
+resumed = 'resume' in args
+ckpt = os.path.join(out, 'checkpoints', 'round_0001')
+if resumed and not os.path.isdir(ckpt):
+  sys.exit('error: --resume without a checkpoint')
+os.makedirs(ckpt, exist_ok=True)
+with open(os.path.join(out, 'config.json'), 'w') as f:
+  json.dump({'seed': int(args['seed'])}, f)
+with open(os.path.join(out, 'trace.txt'), 'a') as f:
+  f.write('resumed\\n' if resumed else 'started\\n')
+if not resumed:
+  sys.exit(9)
+with open(os.path.join(out, 'final.json'), 'w') as f:
+  json.dump({'test_accuracy': 0.5}, f)
+'''
+
+
+def test_a_partial_run_with_a_checkpoint_is_resumed_not_redone(tmp_path, monkeypatch):
+  root = tmp_path / 'prog'
+  root.mkdir()
+  (root / 'ckpt_program.py').write_text(CHECKPOINTING_PROGRAM)
+  monkeypatch.syspath_prepend(str(root))
+  out = str(tmp_path / 'sweep')
+  spec = sweep_plan.SweepSpec(out, [sweep_grid.parse_grid('seed=1')], program='ckpt_program',
+                              metrics=('test_accuracy',))
+  first = sweeps.run_sweep(spec, out=lambda s: None, warm=False)
+  assert list(first.failed) == ['seed=1']
+  lines = []
+  sweeps.run_sweep(spec, dry_run=True, out=lines.append)
+  assert '[resume] seed=1' in lines
+  second = sweeps.run_sweep(spec, out=lambda s: None, warm=False)
+  assert second.exit_code == 0 and second.ran == ['seed=1']
+  with open(os.path.join(out, 'seed=1', 'trace.txt')) as f:
+    assert f.read().split() == ['started', 'resumed']  # the directory was kept
+  with open(os.path.join(out, 'seed=1', sweep_plan.LOG_FILE)) as f:
+    log = f.read()
+  assert log.count('# ') == 2 and log.rstrip().splitlines()[-1].endswith('--resume')
+  # Without a checkpoint, or with other flags in config.json, the run starts from scratch.
+  run = sweep_plan.plan(spec)[0]
+  os.remove(os.path.join(out, 'seed=1', 'final.json'))
+  assert sweep_processes.resumable(run, spec)
+  with open(os.path.join(out, 'seed=1', 'config.json'), 'w') as f:
+    json.dump({'seed': 2}, f)
+  assert not sweep_processes.resumable(run, spec)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from tff_backdoor.attacks import tasks as tasks_lib
-from tff_backdoor.data.core import ArrayPair
+from tff_backdoor.data.core import ArrayPair, float_images
 
 
 def rate_counts(n_local: int, rate: float, n_candidates: Optional[int] = None
@@ -103,7 +103,7 @@ class MaliciousRateTask(tasks_lib.BackdoorTask):
 
   def _pixel_data(self, x: np.ndarray, y: np.ndarray, attacker_index: int,
                   rng: np.random.Generator) -> Tuple[Tuple[ArrayPair, ArrayPair], int]:
-    x = np.asarray(x, np.float32)
+    x = float_images(x)  # uint8 = codes k/255 (FEMNIST's compact storage)
     y = np.asarray(y, np.int32).reshape(-1)
     candidates = np.flatnonzero(self.base.is_source(y))
     m, benign = rate_counts(len(y), self.rate, n_candidates=len(candidates))

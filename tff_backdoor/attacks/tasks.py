@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from tff_backdoor.data.core import ArrayPair
+from tff_backdoor.data.core import ArrayPair, float_images
 
 PATTERNS = ('square', 'plus')
 SPLITS = ('rows', 'quadrants', 'arms')
@@ -36,8 +36,11 @@ def _round_half_up(value: float) -> int:
 
 
 def _as_arrays(x: np.ndarray, y: np.ndarray) -> ArrayPair:
-  """Returns (x float32, y int32) and checks that they have the same number of examples."""
-  x = np.asarray(x, dtype=np.float32)
+  """Returns (x float32, y int32) and checks that they have the same number of examples.
+
+  uint8 images are codes k meaning k/255 (FEMNIST's compact storage), not pixel values.
+  """
+  x = float_images(x)
   y = np.asarray(y, dtype=np.int32).reshape(-1)
   if x.shape[0] != y.shape[0]:
     raise ValueError(f'x has {x.shape[0]} examples but y has {y.shape[0]}')

@@ -18,8 +18,19 @@ NATURAL_DATASETS = ('emnist', 'femnist')
 # Partitioners of centralised data; EMNIST and FEMNIST keep their natural per-writer split.
 PARTITIONS = ('iid', 'dirichlet', 'shards')
 
-# (x float32 [n, H, W, C] in [0, 1], y int32 [n]).
+# (x float32 [n, H, W, C] in [0, 1], y int32 [n]). Client training images may instead be
+# stored compactly as uint8 codes k meaning k/255 (LEAF FEMNIST); `float_images` reads both.
 ArrayPair = Tuple[np.ndarray, np.ndarray]
+
+# The float32 value of each 8-bit code k (k / 255, rounded once from float64), which is what
+# LEAF's JSON pixels parse to and what `tf.cast(k, tf.float32) / 255` gives, bit for bit.
+PIXEL_VALUES = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+def float_images(x: np.ndarray) -> np.ndarray:
+  """Images as float32 in [0, 1]: uint8 codes k become k/255, anything else is cast."""
+  x = np.asarray(x)
+  return PIXEL_VALUES[x] if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 class DataError(ValueError):

@@ -3,39 +3,44 @@
 A LEAF split directory holds `*.json` or `*.json.gz` files, each
 `{"users": [w, ...], "num_samples": [n, ...], "user_data": {w: {"x": [[784 floats]], "y": [..]}}}`.
 Every file is checked as it is read (one `DataError` line naming the file and the writer), so
-nothing is half-loaded. Parsing JSON is most of the cost (about 6 s for the shared FEMNIST
-folder in one process), so large splits are parsed in parallel processes, and validated arrays
-are cached as one `.npz` per split, keyed by a hash of the files' bytes (an edit that keeps a
-file's size and time is never served stale); pixels are stored as their exact 8-bit values k/255.
-Only regular files are read: anything else named `*.json` (a pipe, a device) is refused unopened.
+nothing is half-loaded. A split is held as one `PackedSplit`: every writer's images in one
+array, sorted by writer, as LEAF's exact 8-bit values (uint8 k, meaning k/255; float32 only for
+a file whose pixels are not all k/255), so the whole LEAF FEMNIST population (814k images) is
+0.64 GB instead of 2.6 GB of floats. Files are parsed one at a time per process (JSON parsing
+is most of the cost; large splits use parallel processes), and a split is cached as a folder of
+`.npy` files keyed by a hash of the files' bytes (an edit that keeps a file's size and time is
+never served stale), read back memory-mapped: processes that load the same folder share one
+copy in the page cache. Only regular files are read: anything else named `*.json` (a pipe, a
+device) is refused unopened.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import gzip
 import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import stat
 import zlib
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tff_backdoor.data.core import ArrayPair, DataError
+from tff_backdoor.data.core import PIXEL_VALUES, ArrayPair, DataError
 
 IMAGE_SIZE = 784
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 62  # LEAF FEMNIST: 0-9, 'A'-'Z', 'a'-'z'.
 _SUFFIXES = ('.json', '.json.gz')
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: a folder of memory-mappable .npy files per split
 _HASH_CHUNK = 1 << 20
 _MAX_PARSERS = 4
 _PARALLEL_BYTES = 4 << 20  # Smaller splits parse faster than processes start.
-# The float32 value of each 8-bit pixel as LEAF writes it (k / 255).
-_PIXEL_VALUES = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+_CACHE_FILES = ('writers', 'sizes', 'pixels', 'labels')
 
 
 def split_files(directory: str) -> List[str]:
@@ -136,44 +141,124 @@ def _writer_ids(path: str, users, counts, user_data) -> None:
     raise DataError(f'{path}: user_data must hold exactly the writers listed in users')
 
 
-def read_file(path: str, num_classes: int = NUM_CLASSES) -> Dict[str, ArrayPair]:
-  """{writer: (x, y)} of one LEAF JSON file, validated (DataError names file and writer)."""
+@dataclasses.dataclass(frozen=True)
+class PackedSplit:
+  """A split's writers in one array each: writer w's images are rows bounds[i]:bounds[i+1].
+
+  `pixels` is uint8 [n, 28, 28, 1] (k meaning k/255, LEAF's own values) or, when some pixel is
+  not an exact k/255, float32 in [0, 1]; `labels` int32 [n]; `writers` sorted; `sizes` [w].
+  """
+  writers: List[str]
+  sizes: np.ndarray
+  pixels: np.ndarray
+  labels: np.ndarray
+
+  @property
+  def bounds(self) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+  def by_writer(self) -> Dict[str, ArrayPair]:
+    """{writer: (x, y)}: views into the packed arrays, no copy."""
+    b = self.bounds
+    return {w: (self.pixels[b[i]:b[i + 1]], self.labels[b[i]:b[i + 1]])
+            for i, w in enumerate(self.writers)}
+
+  def owners(self) -> np.ndarray:
+    """The index into `writers` of every image's writer."""
+    return np.repeat(np.arange(len(self.writers)), self.sizes)
+
+  def select(self, keep: np.ndarray) -> 'PackedSplit':
+    """The images where `keep` holds (one vectorised copy); writers left with none dropped."""
+    counts = np.bincount(self.owners()[keep], minlength=len(self.writers))
+    return PackedSplit([w for w, c in zip(self.writers, counts) if c],
+                       counts[counts > 0].astype(np.int64), self.pixels[keep], self.labels[keep])
+
+
+def _codes(x: np.ndarray) -> np.ndarray:
+  """x as uint8 codes when every value is exactly k/255 (LEAF's pixels), else x unchanged."""
+  codes = np.rint(x * 255.0).astype(np.uint8)
+  return codes if np.array_equal(PIXEL_VALUES[codes], x) else x
+
+
+def read_file_packed(path: str, num_classes: int = NUM_CLASSES) -> PackedSplit:
+  """One LEAF JSON file, validated (DataError names file and writer), as a PackedSplit."""
   content = _load_json(path)
   users, counts, user_data = content['users'], content['num_samples'], content['user_data']
   _writer_ids(path, users, counts, user_data)
-  writers = {}
+  xs, ys = [], []
   for writer, n in zip(users, counts):
     try:
-      writers[writer] = _writer_arrays(path, writer, user_data[writer], n, num_classes)
+      x, y = _writer_arrays(path, writer, user_data.pop(writer), n, num_classes)
     except (TypeError, ValueError, OverflowError) as e:
       if isinstance(e, DataError):
         raise
       reason = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise DataError(f'{path}: writer {writer}: not LEAF data ({reason})') from None
-  return writers
+    xs.append(_codes(x))
+    ys.append(y)
+  exact = all(x.dtype == np.uint8 for x in xs)
+  pixels = np.concatenate([x if exact else _as_float(x) for x in xs]) if xs else _no_pixels()
+  return _concat([PackedSplit(list(users), np.asarray([len(y) for y in ys], np.int64), pixels,
+                              _labels_of(ys))])
 
 
-def _read_files(paths: List[str], num_classes: int) -> List[Dict[str, ArrayPair]]:
-  """`read_file` of each path; several files are parsed in parallel processes (JSON parsing
-  is most of the cost), started with 'spawn' so that no TensorFlow state is forked."""
+def read_file(path: str, num_classes: int = NUM_CLASSES) -> Dict[str, ArrayPair]:
+  """{writer: (x, y)} of one LEAF JSON file, validated; x as in `PackedSplit.pixels`."""
+  return read_file_packed(path, num_classes).by_writer()
+
+
+def _no_pixels() -> np.ndarray:
+  return np.zeros((0,) + INPUT_SHAPE, np.uint8)
+
+
+def _labels_of(ys: List[np.ndarray]) -> np.ndarray:
+  return np.concatenate(ys).astype(np.int32) if ys else np.zeros([0], np.int32)
+
+
+def _concat(parts: List[PackedSplit]) -> PackedSplit:
+  """The parts (disjoint writers) as one split sorted by writer; uint8 unless a part is float."""
+  writers = [w for p in parts for w in p.writers]
+  sizes = np.concatenate([p.sizes for p in parts]) if parts else np.zeros([0], np.int64)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  order = sorted(range(len(writers)), key=writers.__getitem__)
+  rows = (np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in order])
+          if order else np.zeros([0], np.int64))
+  exact = all(p.pixels.dtype == np.uint8 for p in parts)
+  pixels = np.concatenate([p.pixels if exact else _as_float(p.pixels) for p in parts]
+                          ) if parts else _no_pixels()
+  labels = np.concatenate([p.labels for p in parts]) if parts else np.zeros([0], np.int32)
+  in_order = rows.size == 0 or np.array_equal(rows, np.arange(rows.size))
+  return PackedSplit([writers[i] for i in order], sizes[order].astype(np.int64),
+                     pixels if in_order else pixels[rows], labels if in_order else labels[rows])
+
+
+def _as_float(pixels: np.ndarray) -> np.ndarray:
+  return PIXEL_VALUES[pixels] if pixels.dtype == np.uint8 else pixels
+
+
+def _read_files(paths: List[str], num_classes: int) -> List[PackedSplit]:
+  """`read_file_packed` of each path; several files are parsed in parallel processes (JSON
+  parsing is most of the cost), started with 'spawn' so that no TensorFlow state is forked.
+  Each process returns a file's uint8 arrays, so the parent never holds Python objects of
+  more than one file, nor floats."""
   workers = min(len(paths), os.cpu_count() or 1, _MAX_PARSERS)
   if workers < 2 or sum(os.path.getsize(p) for p in paths) < _PARALLEL_BYTES:
-    return [read_file(p, num_classes) for p in paths]
+    return [read_file_packed(p, num_classes) for p in paths]
   context = multiprocessing.get_context('spawn')
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    return list(pool.map(read_file, paths, [num_classes] * len(paths)))
+    return list(pool.map(read_file_packed, paths, [num_classes] * len(paths)))
 
 
-def _read_split(directory: str, num_classes: int) -> Dict[str, ArrayPair]:
-  writers: Dict[str, ArrayPair] = {}
-  owner: Dict[str, str] = {}
+def _read_split(directory: str, num_classes: int) -> PackedSplit:
   paths = split_files(directory)
-  for path, content in zip(paths, _read_files(paths, num_classes)):
-    for writer, arrays in content.items():
-      if writer in writers:
+  parts = _read_files(paths, num_classes)
+  owner: Dict[str, str] = {}
+  for path, part in zip(paths, parts):
+    for writer in part.writers:
+      if writer in owner:
         raise DataError(f'{path}: writer {writer} is also in {owner[writer]}')
-      writers[writer], owner[writer] = arrays, path
-  return writers
+      owner[writer] = path
+  return _concat(parts)
 
 
 def _content_hash(path: str) -> str:
@@ -185,54 +270,73 @@ def _content_hash(path: str) -> str:
 
 
 def _cache_path(cache_dir: str, files: List[str], num_classes: int) -> str:
-  """The cache file of these files' exact bytes (names too: they decide the order)."""
+  """The cache folder of these files' exact bytes (names too: they decide the order)."""
   key = hashlib.sha256(repr((_CACHE_VERSION, num_classes, [
       (os.path.basename(f), _content_hash(f)) for f in files
   ])).encode()).hexdigest()[:24]
-  return os.path.join(cache_dir, f'leaf-{key}.npz')
+  return os.path.join(cache_dir, f'leaf-{key}')
 
 
-def _pack(writers: Dict[str, ArrayPair]) -> Optional[Dict[str, np.ndarray]]:
-  """The cache arrays, or None when a pixel is not exactly k/255 (then nothing is cached)."""
-  ids = sorted(writers)
-  x = np.concatenate([writers[w][0] for w in ids]).reshape(-1)
-  codes = np.rint(x * 255.0).astype(np.uint8)
-  if not np.array_equal(_PIXEL_VALUES[codes], x):
+def _write_cache(path: str, split: PackedSplit) -> None:
+  """The split as .npy files in `path`, written to a temporary folder renamed into place."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  arrays = dict(writers=np.asarray(split.writers, dtype=str), sizes=split.sizes,
+                pixels=split.pixels, labels=split.labels)
+  for name in _CACHE_FILES:
+    np.save(os.path.join(tmp, f'{name}.npy'), arrays[name], allow_pickle=False)
+  try:
+    os.rename(tmp, path)
+  except OSError:  # another process cached the same bytes first: keep theirs
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(path: str) -> Optional[PackedSplit]:
+  """The cached split (pixels memory-mapped, read-only), or None if absent or damaged."""
+  try:
+    arrays = {name: np.load(os.path.join(path, f'{name}.npy'), allow_pickle=False,
+                            mmap_mode='r' if name == 'pixels' else None)
+              for name in _CACHE_FILES}
+  except (OSError, ValueError):
     return None
-  return {'writers': np.asarray(ids), 'sizes': np.asarray([len(writers[w][1]) for w in ids]),
-          'pixels': codes, 'labels': np.concatenate([writers[w][1] for w in ids])}
+  split = PackedSplit([str(w) for w in arrays['writers']], np.asarray(arrays['sizes'], np.int64),
+                      arrays['pixels'], np.asarray(arrays['labels'], np.int32))
+  shape_ok = (split.pixels.ndim == 4 and split.pixels.shape[1:] == INPUT_SHAPE and
+              split.pixels.dtype == np.uint8 and split.labels.shape == split.pixels.shape[:1])
+  if not shape_ok or int(split.sizes.sum()) != split.labels.size:
+    return None
+  return split
 
 
-def _unpack(npz) -> Dict[str, ArrayPair]:
-  x = _PIXEL_VALUES[npz['pixels']].reshape((-1,) + INPUT_SHAPE)
-  y = npz['labels'].astype(np.int32)
-  bounds = np.concatenate([[0], np.cumsum(npz['sizes'])])
-  return {str(w): (x[a:b], y[a:b]) for w, a, b in zip(npz['writers'], bounds[:-1], bounds[1:])}
+def read_split_packed(directory: str, num_classes: int = NUM_CLASSES,
+                      cache_dir: Optional[str] = None) -> PackedSplit:
+  """A LEAF split directory as a PackedSplit, from the cache when its files are unchanged.
+
+  With `cache_dir`, a split whose pixels are all k/255 is kept there and reused while the
+  files' bytes are unchanged; a file that changes while it is parsed is parsed again next time,
+  never cached. A damaged cache folder is rebuilt.
+  """
+  files = split_files(directory)
+  path = _cache_path(cache_dir, files, num_classes) if cache_dir else None
+  cached = _read_cache(path) if path and os.path.isdir(path) else None
+  if cached is not None:
+    return cached
+  split = _read_split(directory, num_classes)
+  if path and split.pixels.dtype == np.uint8:
+    if path == _cache_path(cache_dir, split_files(directory), num_classes):
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)  # damaged: replaced
+      _write_cache(path, split)
+      return _read_cache(path) or split
+  return split
 
 
 def read_split(directory: str, num_classes: int = NUM_CLASSES,
                cache_dir: Optional[str] = None) -> Dict[str, ArrayPair]:
-  """{writer: (x float32 [n,28,28,1] in [0,1], y int32 [n])} of a LEAF split directory.
-
-  With `cache_dir`, validated arrays are kept there and reused while the files' bytes are
-  unchanged; a file that changes while it is parsed is parsed again next time, never cached.
-  """
-  files = split_files(directory)
-  path = _cache_path(cache_dir, files, num_classes) if cache_dir else None
-  if path and os.path.isfile(path):
-    try:
-      with np.load(path) as npz:
-        return _unpack(npz)
-    except (OSError, ValueError, KeyError, zlib.error):
-      pass  # A damaged cache is rebuilt below.
-  writers = _read_split(directory, num_classes)
-  packed = _pack(writers) if path else None
-  if packed is not None and path == _cache_path(cache_dir, split_files(directory), num_classes):
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}.npz'
-    np.savez(tmp, **packed)
-    os.replace(tmp, path)
-  return writers
+  """{writer: (x [n,28,28,1], y int32 [n])} of a LEAF split directory; x as in PackedSplit."""
+  return read_split_packed(directory, num_classes, cache_dir).by_writer()
 
 
 def default_cache_dir() -> str:
@@ -241,11 +345,18 @@ def default_cache_dir() -> str:
   return os.path.join(base, 'tff_backdoor')
 
 
+def read_leaf_packed(data_dir: str, num_classes: int = NUM_CLASSES,
+                     cache_dir: Optional[str] = None) -> Tuple[PackedSplit, PackedSplit]:
+  """(train, test) PackedSplits of a LEAF data directory with train/ and test/."""
+  if not os.path.isdir(data_dir):
+    raise DataError(f'--data_dir {data_dir} not found (a LEAF folder with train/ and test/)')
+  return tuple(read_split_packed(os.path.join(data_dir, split), num_classes, cache_dir)
+               for split in ('train', 'test'))
+
+
 def read_leaf_dir(data_dir: str, num_classes: int = NUM_CLASSES,
                   cache_dir: Optional[str] = None) -> Tuple[Dict[str, ArrayPair],
                                                             Dict[str, ArrayPair]]:
-  """(train, test) {writer: (x, y)} of a LEAF data directory with train/ and test/."""
-  if not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir {data_dir} not found (a LEAF folder with train/ and test/)')
-  return tuple(read_split(os.path.join(data_dir, split), num_classes, cache_dir)
-               for split in ('train', 'test'))
+  """(train, test) {writer: (x, y)} of a LEAF data directory; x as in PackedSplit.pixels."""
+  train, test = read_leaf_packed(data_dir, num_classes, cache_dir)
+  return train.by_writer(), test.by_writer()

@@ -16,6 +16,7 @@ from tff_backdoor.data import emnist as emnist_lib
 from tff_backdoor.data import femnist as femnist_lib
 from tff_backdoor.data import idx as idx_lib
 from tff_backdoor.data import partition as partition_lib
+from tff_backdoor.data.array_client_data import ArrayClientData
 from tff_backdoor.data.core import DataError, FederatedData
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS, ArrayPair
 from tff_backdoor.data.core import empty_pair
@@ -147,17 +148,22 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def client_arrays(client_data: tff.simulation.datasets.ClientData,
-                  client_ids: Optional[Sequence[str]] = None) -> Dict[str, ArrayPair]:
+                  client_ids: Optional[Sequence[str]] = None,
+                  compact: bool = False) -> Dict[str, ArrayPair]:
   """Materialises clients' x/y data as numpy {client_id: (x, y)}, without per-element loops.
 
   Arrays of ClientData built from numpy are returned as read-only views (no copy); EMNIST
   from our loader is read in one SQL scan; anything else is iterated once in big batches.
+  With `compact`, images an `ArrayClientData` stores as uint8 codes (FEMNIST) stay uint8
+  (k meaning k/255, 4x smaller; `data.core.float_images` reads them); otherwise x is float32.
   """
   all_ids = list(client_data.client_ids)
   ids = all_ids if client_ids is None else list(client_ids)
   unknown = set(ids) - set(all_ids)
   if unknown:
     raise DataError(f'unknown client ids {sorted(unknown)[:5]}; pick from client_data.client_ids')
+  if isinstance(client_data, ArrayClientData):
+    return {cid: tuple(map(_readonly, client_data.client_arrays(cid, compact))) for cid in ids}
   if isinstance(client_data, tff.simulation.datasets.TestClientData):
     slices = tff_private.tensor_slices(client_data)
     if (isinstance(slices, dict) and slices

@@ -37,6 +37,7 @@ def describe_setup(setup: 'ExperimentSetup') -> str:
            f"sizes min/median/max "
            f"{sizes.get('min', 0):.0f}/{sizes.get('median', 0):.0f}/{sizes.get('max', 0):.0f}",
            f'test {len(setup.data.test[1])}, server {len(setup.data.server[1])}',
+           f'data ready in {setup.data_seconds:.1f} s',
            f'{config.fed_avg.clients_per_round} per round']
   if setup.task is not None:
     sizes = {k: len(v[1]) for k, v in setup.task.eval_sets().items()}

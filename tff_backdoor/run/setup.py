@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -50,6 +51,7 @@ class ExperimentSetup:
   # The run's random streams (`streams(config.run.seed)`): `task` and `schedule` are drawn by
   # `prepare`, `sampling` and `round_data` by the rounds (and restored by --resume).
   streams: Dict[str, np.random.Generator] = dataclasses.field(default_factory=dict)
+  data_seconds: float = 0.0  # how long `load_data` took (the parse, or the cache read)
 
 
 def streams(seed: int) -> Dict[str, np.random.Generator]:
@@ -218,12 +220,14 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   config.validate()
   warm_start.check_source(config)
   rngs = streams(config.run.seed)
+  start = time.perf_counter()
   data = load_data(config)
+  data_seconds = time.perf_counter() - start
   client_ids = sorted(data.train.client_ids)
   if config.fed_avg.clients_per_round > len(client_ids):
     raise ValueError(f'--clients_per_round={config.fed_avg.clients_per_round} is larger than '
                      f'the {len(client_ids)} clients of {config.data.dataset}')
-  clients = data_lib.client_arrays(data.train, client_ids)
+  clients = data_lib.client_arrays(data.train, client_ids, compact=True)
   task = build_task(config, data, clients, seed=int(rngs['task'].integers(2**31)))
   schedule = build_schedule(config, client_ids, seed=int(rngs['schedule'].integers(2**31)))
   keras_builder = lambda: models.build_model(config.fed_avg.model, data.input_shape,
@@ -238,4 +242,5 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
   if task is not None:
     eval_sets.update(task.eval_sets())
   return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
-                         learning_process, client_work, eval_sets, capture_process, rngs)
+                         learning_process, client_work, eval_sets, capture_process, rngs,
+                         data_seconds)
