@@ -16,8 +16,9 @@ to tau = 10 and 5 iterations. Both keep v across rounds as here. BackFed has non
 
 Departure (docs/DEFENSES.md): no worker momentum. The paper applies CC to worker momenta
 m_i = (1 - beta) g_i + beta m_i(prev); an aggregator sees what the client work sends, and
-FedAvg's honest clients keep no state across rounds, so here, as in FLPoison's aggregator,
-x_i are the FedAvg model updates themselves.
+FedAvg's honest clients keep no state across rounds, so here x_i are the FedAvg model
+updates themselves. (FLPoison's clients keep their momentum-0.9 SGD optimizer across rounds
+and send one FedSGD step, so its updates carry worker momentum.)
 """
 from __future__ import annotations
 
