@@ -10,11 +10,13 @@ Histories accumulate the raw updates, as the paper's H_i += Delta_i (BackFed and
 the updates clipped to norm 1).
 
 Departure (docs/DEFENSES.md): the aggregate is the a-weighted MEAN, sum_i a_i Delta_i /
-sum_i a_i, where the paper (and its authors' code, and FLPoison) step by the SUM
-sum_i a_i Delta_i. The paper's Delta are FedSGD gradients; FedAvg's are model deltas of
-several local steps, and the sum would move the model by up to n times their mean (a step
-that grows with the clients per round). Dividing keeps FedAvg's step and only reweights, as
-BackFed does; the paper's step is this one times sum_i a_i.
+sum_i a_i, where the paper (with the authors' ML/code and FLPoison) steps by the SUM
+sum_i a_i Delta_i, and the authors' deep-fg trainer by sum_i a_i Delta_i / n. The paper's
+Delta are FedSGD gradients; FedAvg's are model deltas of several local steps, and the sum
+would move the model by up to n times their mean (a step that grows with the clients per
+round); / n keeps that scale but shrinks the honest step by the sybils' share. Dividing by
+sum_i a_i keeps FedAvg's step for the clients kept and only reweights, as BackFed does; the
+paper's step is this one times sum_i a_i.
 
 Client identities: the rule needs to know who sent an update across rounds, and a TFF
 aggregator sees only (update, weight) at each client. `FoolsGoldFactory` reads the weight as
