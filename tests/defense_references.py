@@ -139,14 +139,62 @@ def foolsgold_weights(histories, kappa=1.0):
   return wv
 
 
+def foolsgold_paper_weights(histories, kappa=1.0):
+  """alpha of Fung et al. (RAID 2020), Algorithm 1, written from the paper, one client a time.
+
+  Where the paper leaves a case open: j ranges over the other clients and a client's v_i is
+  at least 0 (it has no similarity to itself; no client is pardoned towards a negative v);
+  a zero history has cosine 0 with everyone; alpha = 1 - max_j cs_ij is kept in [0, 1]
+  before it is divided by its maximum (all 0: stays 0); the logit of alpha = 1 is +inf and of
+  alpha = 0 is -inf, and the logit is clipped to [0, 1] (the paper: "clipped").
+  """
+  h = np.asarray(histories, np.float64)
+  n = len(h)
+
+  def cosine(a, b):
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+  cs = [[cosine(h[i], h[j]) if i != j else None for j in range(n)] for i in range(n)]
+  v = [max([0.0] + [cs[i][j] for j in range(n) if j != i]) for i in range(n)]
+  alpha = []
+  for i in range(n):
+    pardoned = [cs[i][j] * v[i] / v[j] if v[j] > v[i] else cs[i][j]
+                for j in range(n) if j != i]
+    alpha.append(min(1.0, max(0.0, 1.0 - max([0.0] + pardoned))))
+  top = max(alpha, default=0.0)
+  out = []
+  for a in alpha:
+    a = a / top if top > 0 else 0.0
+    logit = np.inf if a == 1.0 else (-np.inf if a == 0.0 else kappa * (np.log(a / (1 - a)) + 0.5))
+    out.append(min(1.0, max(0.0, logit)))
+  return np.array(out)
+
+
 def foolsgold_round(updates, weights, history, tensors=2, kappa=1.0):
-  """(aggregate as a list of arrays, new history, a) of one round; weight = identity + 1."""
+  """One round of Fung et al.'s Algorithm 1: (the paper's step, new history, alpha).
+
+  H_i += Delta_i (the last `tensors` tensors: the indicative features this package keeps),
+  then w_{t+1} = w_t + sum_i alpha_i Delta_i: the paper's step is NOT divided by sum alpha;
+  `ours` gives this package's step. Identity from the weight: client = round(weight) - 1
+  (weight 0, or an identity beyond the population: absent).
+  """
   history = np.array(history, np.float64)
   keep = [i for i, w in enumerate(weights) if w > 0 and round(float(w)) - 1 < len(history)]
   ids = [int(round(float(weights[i]))) - 1 for i in keep]
   for i, c in zip(keep, ids):
     history[c] += flat_update(updates[i][-tensors:] if tensors else updates[i])
-  wv = foolsgold_weights(history[ids], kappa) if ids else np.zeros(0)
-  aggregate = [sum(a * np.asarray(updates[i][v], np.float64) for a, i in zip(wv, keep))
-               / (wv.sum() or 1.0) for v in range(len(updates[0]))]
-  return aggregate, history, wv
+  alpha = foolsgold_paper_weights(history[ids], kappa) if ids else np.zeros(0)
+  step = [sum((a * np.asarray(updates[i][v], np.float64) for a, i in zip(alpha, keep)),
+              np.zeros(np.shape(updates[0][v]))) for v in range(len(updates[0]))]
+  return step, history, alpha
+
+
+def ours(step, alpha):
+  """This package's FoolsGold step from the paper's: divided by sum alpha (0 if all are 0).
+
+  The departure README's defense table and docs/DEFENSES.md give: with FedAvg's model deltas
+  the paper's sum would scale the server step with the clients per round.
+  """
+  total = float(np.sum(alpha))
+  return [x / total if total > 0 else np.zeros_like(x) for x in step]

@@ -88,11 +88,22 @@ def _clip(update, bound):
 
 def _weighted_mean(u, w):
   w = np.asarray(w, np.float64)
-  return [sum(wi * c[j] for wi, c in zip(w, u)) / w.sum() for j in range(len(SHAPES))]
+  return [sum(wi * c[j] for wi, c in zip(w, u)) / w.sum() for j in range(len(u[0]))]
 
 
 def _stack(u):
-  return [np.stack([c[j] for c in u]).astype(np.float64) for j in range(len(SHAPES))]
+  return [np.stack([c[j] for c in u]).astype(np.float64) for j in range(len(u[0]))]
+
+
+def _unweighted_sum_over_n(u):
+  """Sum of the updates / the number of clients (= clients_per_round in these tests)."""
+  return [sum(x) / len(u) for x in zip(*u)]
+
+
+def _foolsgold_first_round(u, w, population=8, tensors=2):
+  width = sum(x.size for x in u[0][-tensors:])
+  step, _, alpha = refs.foolsgold_round(u, w, np.zeros([population, width]), tensors)
+  return refs.ours(step, alpha)
 
 
 def _trimmed_mean(u, beta):
@@ -123,6 +134,7 @@ def _bias_filter(u, w, z=3.5):
   return _weighted_mean([c for c, k in zip(u, keep) if k], [x for x, k in zip(w, keep) if k])
 
 
+# Any number of clients and tensors: tests/test_aggregators_learning.py reuses them.
 REFERENCES = {
     'none': _weighted_mean,
     'clip': lambda u, w: _weighted_mean([_clip(c, 3.0) for c in u], w),
@@ -130,14 +142,14 @@ REFERENCES = {
     'zeroing': lambda u, w: _weighted_mean(
         [c if _norm(c) <= 3.0 else [0 * x for x in c] for c in u], w),
     'clip_mean': lambda u, w: _clip(_weighted_mean(u, w), 3.0),
-    'weak_dp': lambda u, w: [sum(x) / N for x in zip(*[_clip(c, 3.0) for c in u])],
+    'weak_dp': lambda u, w: _unweighted_sum_over_n([_clip(c, 3.0) for c in u]),
     'median': lambda u, w: [np.median(x, axis=0) for x in _stack(u)],
     'trimmed_mean': lambda u, w: _trimmed_mean(u, 0.2),
     'krum': lambda u, w: _krum(u, 1, 1)[0],
     'multi_krum': lambda u, w: _krum(u, 1, 3)[0],
     'bias_filter': _bias_filter,
-    'sun_mean': lambda u, w: [sum(x) / N for x in zip(*u)],
-    'sun_dp': lambda u, w: [sum(x) / N for x in zip(*[_clip(c, 3.0) for c in u])],
+    'sun_mean': lambda u, w: _unweighted_sum_over_n(u),
+    'sun_dp': lambda u, w: _unweighted_sum_over_n([_clip(c, 3.0) for c in u]),
     'geomed': refs.geomed,
     'bulyan': lambda u, w: refs.bulyan(u, 1),
     'centered_clip': lambda u, w: refs.unflat(
@@ -145,8 +157,8 @@ REFERENCES = {
     'rlr': lambda u, w: refs.rlr(u, w, 3),
     'flame': lambda u, w: refs.flame_filter(u)[0],
     'crfl': _weighted_mean,
-    'fltrust': lambda u, w: [np.zeros(s) for s in SHAPES],  # see tests/test_fltrust.py
-    'foolsgold': lambda u, w: refs.foolsgold_round(u, w, np.zeros([8, 7]))[0],
+    'fltrust': lambda u, w: [np.zeros(x.shape) for x in u[0]],  # see tests/test_fltrust.py
+    'foolsgold': _foolsgold_first_round,
 }
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tff_backdoor import cli
@@ -127,6 +128,12 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--seed=4294967296'], '--seed must be in [0, 2**32)'),
     (['--seed=-1'], '--seed must be in [0, 2**32)'),
     (['--output_dir='], '--output_dir is empty'),
+    (['--defense=foolsgold', '--sample_with_replacement'],
+     'error: --defense=foolsgold needs distinct clients in a round: drop '
+     '--sample_with_replacement'),
+    (['--capture_rounds=0', '--sample_with_replacement'],
+     'error: --capture_rounds needs distinct clients in a round: drop '
+     '--sample_with_replacement'),
 ])
 def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
   result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
@@ -148,9 +155,14 @@ def test_the_largest_seed_the_flag_allows_works_where_the_seed_goes():
   with pytest.raises(ValueError, match=r'--seed must be in \[0, 2\*\*32\), got 4294967296'):
     config_lib.ExperimentConfig.from_flat(seed=largest + 1).validate()
   assert len(experiment_setup.streams(largest)) > 1
-  for name in ('sun_cnn', 'tiny_cnn'):
-    assert models.build_model(name, (28, 28, 1), 10, seed=largest).count_params() > 0
-  assert dp.SeededGaussianSumQuery(1.0, 1.0, seed=largest).initial_global_state() is not None
+  for name in ('sun_cnn', 'tiny_cnn'):  # the seed reaches the initializers, reproducibly
+    weights = [models.build_model(name, (28, 28, 1), 10, seed=s).get_weights()
+               for s in (largest, largest, 0)]
+    assert [w.shape for w in weights[0]] == [w.shape for w in weights[2]]
+    assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
+    assert not np.array_equal(weights[0][0], weights[2][0])
+  noise_state = dp.SeededGaussianSumQuery(1.0, 1.0, seed=largest).initial_global_state()
+  np.testing.assert_array_equal(noise_state.noise_state.seeds, [0, largest])  # int64, intact
 
 
 def test_an_old_flat_name_cannot_be_set_on_the_nested_config():

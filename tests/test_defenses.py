@@ -150,10 +150,15 @@ def test_flame_drops_the_minority_direction_and_clips_at_the_median():
   assert m['clipped_count'] == np.sum(kept & (norms > bound))
 
 
-def _flame_noise(seed, rounds=2, noise_ratio=0.5):
+# Enough coordinates that a sample std is within 1% (1 / sqrt(2 * 20000)) of the true std.
+NOISE_SHAPES = ((20000,),)
+
+
+def _flame_noise(seed, rounds=2, noise_ratio=0.5, shapes=SHAPES):
   factory = flame.flame_factory(noise_ratio, seed=seed)
-  process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
-  updates = [[np.zeros(s, np.float32) + c for s in SHAPES] for c in (1.0, 1.0, 1.0, 1.0)]
+  process = factory.create(tff.types.to_type([tff.TensorType(np.float32, s) for s in shapes]),
+                           WEIGHT_TYPE)
+  updates = [[np.zeros(s, np.float32) + c for s in shapes] for c in (1.0, 1.0, 1.0, 1.0)]
   state, outputs = process.initialize(), []
   for _ in range(rounds):
     output = process.next(state, updates, [np.float32(1.0)] * 4)
@@ -168,7 +173,12 @@ def test_flame_noise_is_lambda_times_median_norm_and_seeded():
   (noise, measurements), (later, _) = outputs
   norm = np.sqrt(11.0)  # every update is all ones, 11 coordinates
   np.testing.assert_allclose(measurements['noise_stddev'], 0.5 * norm, rtol=1e-6)
-  assert 0.3 * norm < np.std(np.concatenate([noise, later])) < 1.7 * norm
+  # Fixed seed, 20000 draws: the sample std is lambda * median norm (sqrt(20000)) within 3%.
+  (big, big_measurements), = _flame_noise(seed=3, rounds=1, shapes=NOISE_SHAPES)
+  big_norm = np.sqrt(20000.0)
+  np.testing.assert_allclose(big_measurements['noise_stddev'], 0.5 * big_norm, rtol=1e-6)
+  np.testing.assert_allclose(np.std(big), 0.5 * big_norm, rtol=0.03)
+  assert abs(np.mean(big)) < 0.03 * 0.5 * big_norm  # centred on the clipped mean
   assert not np.allclose(noise, later)
   np.testing.assert_array_equal(noise, _flame_noise(seed=3, rounds=1)[0][0])
   assert not np.allclose(noise, _flame_noise(seed=4, rounds=1)[0][0])
@@ -190,13 +200,16 @@ def test_crfl_clips_the_model_to_the_growing_bound_then_adds_seeded_noise():
     np.testing.assert_allclose(np.linalg.norm(flat), bound, rtol=1e-6)
     np.testing.assert_allclose(flat, flat[0])  # the direction of w - lr * g is kept
 
-  def noised(seed):
+  def noised(seed, shapes=SHAPES):
     noisy = crfl.CrflOptimizer(tff.learning.optimizers.build_sgdm(1.0), sigma=0.1, seed=seed)
-    _, new = noisy.next(noisy.initialize(_specs()), [tf.zeros(s) for s in SHAPES],
-                        [tf.zeros(s) for s in SHAPES])
+    specs = [tf.TensorSpec(s, tf.float32) for s in shapes]
+    _, new = noisy.next(noisy.initialize(specs), [tf.zeros(s) for s in shapes],
+                        [tf.zeros(s) for s in shapes])
     return np.concatenate([np.ravel(x) for x in new])
 
-  assert 0.03 < np.std(noised(1)) < 0.2
+  # Fixed seed, 20000 draws: the sample std is sigma = 0.1 within 3%, mean 0.
+  np.testing.assert_allclose(np.std(noised(1, NOISE_SHAPES)), 0.1, rtol=0.03)
+  assert abs(np.mean(noised(1, NOISE_SHAPES))) < 0.003
   np.testing.assert_array_equal(noised(1), noised(1))
   assert not np.allclose(noised(1), noised(2))
 

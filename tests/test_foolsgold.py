@@ -25,6 +25,35 @@ def test_weights_match_the_reference_code_on_random_histories():
     np.testing.assert_allclose(got, refs.foolsgold_weights(histories), atol=1e-5)
 
 
+def test_the_paper_and_the_authors_code_give_the_same_weights():
+  """Algorithm 1 as written (tests/defense_references.foolsgold_paper_weights) and the
+  authors' `foolsgold` (with its 0.99 for the largest alpha) agree at kappa = 1."""
+  rng = np.random.default_rng(2)
+  for n in (1, 2, 5, 8):
+    histories = rng.normal(size=(n, 6))
+    histories[n // 2] = histories[0] * 3.0 + 0.01 * rng.normal(size=6)
+    np.testing.assert_allclose(refs.foolsgold_paper_weights(histories),
+                               refs.foolsgold_weights(histories), atol=1e-9)
+
+
+def test_the_step_is_the_papers_divided_by_the_sum_of_the_weights():
+  """Fung et al.: w += sum_i alpha_i Delta_i; this package divides by sum_i alpha_i (the
+  departure docs/DEFENSES.md gives). Three diverse clients and a fourth near-copy of one."""
+  factory = foolsgold.FoolsGoldFactory(num_clients=4, history_tensors=0)
+  process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
+  rng = np.random.default_rng(5)
+  updates = [[rng.normal(size=s).astype(np.float32) for s in SHAPES] for _ in range(3)]
+  updates.append([(x * 2.0 + 0.01).astype(np.float32) for x in updates[0]])
+  weights = [np.float32(c + 1) for c in range(4)]
+  result = process.next(process.initialize(), updates, weights).result
+  width = sum(int(np.prod(s)) for s in SHAPES)
+  step, _, alpha = refs.foolsgold_round(updates, weights, np.zeros([4, width]), tensors=0)
+  assert list(alpha) == [0.0, 1.0, 1.0, 0.0]  # the copied pair: 0; sum(alpha) = 2
+  for got, paper in zip(result, step):
+    np.testing.assert_allclose(got, paper / np.sum(alpha), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, paper, rtol=0.05)  # the paper's step is twice as large
+
+
 def _round_updates(rng, sybil_direction):
   """Clients 0-3 honest and diverse; clients 6 and 7 sybils sending the same direction."""
   updates = {c: [rng.normal(size=s).astype(np.float32) for s in SHAPES] for c in range(4)}
@@ -45,8 +74,8 @@ def test_two_rounds_match_numpy_and_the_sybils_get_weight_zero():
   for _ in range(2):
     updates, weights = _round_updates(rng, direction)
     output = process.next(state, updates, weights)
-    expected, history, wv = refs.foolsgold_round(updates, weights, history)
-    for got, want in zip(output.result, expected):
+    step, history, wv = refs.foolsgold_round(updates, weights, history)
+    for got, want in zip(output.result, refs.ours(step, wv)):  # ours: step / sum(alpha)
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(output.state['history'], history, rtol=1e-5, atol=1e-5)
     state = output.state

@@ -144,3 +144,11 @@ def test_the_graph_reads_imports_inside_functions_and_type_checking_blocks():
   assert 'tff_backdoor.run.setup' in GRAPH['tff_backdoor.run.evaluation']  # TYPE_CHECKING
   assert 'tff_backdoor.run.warm_start' in GRAPH['tff_backdoor.cli']  # inside a function
   assert _stage('tff_backdoor.run.setup') > _stage('tff_backdoor.config')
+
+
+def test_the_attacks_import_nothing_from_execution():
+  """Issue 40: client work is public TF and TFF; where and how TFF runs is not its concern."""
+  reached = sorted(f'{name} imports {other}' for name, imported in GRAPH.items()
+                   if name.startswith('tff_backdoor.attacks') for other in imported
+                   if other.startswith('tff_backdoor.execution'))
+  assert reached == []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import defense_references as refs
 from tests import tiny
 from tff_backdoor import models
 from tff_backdoor.analysis import captures
@@ -71,23 +72,58 @@ def test_constrain_and_scale_anomaly_term_shrinks_the_attacker(idx_dir, tmp_path
   assert 0 < norms['0.6'] < 0.9 * norms['1.0']
 
 
-def test_fltrust_bounds_the_step_by_the_server_update(idx_dir, tmp_path):
+def _aggregates_applied(run_dir):
+  """initial_weights.npz - final_model.keras, flat: with server SGD at learning rate 1, the sum
+  of the rounds' aggregates (TFF's sign, as the captured updates: initial - trained)."""
+  return _weights(run_dir, 'initial_weights.npz') - _weights(run_dir, 'final_model.keras')
+
+
+def _flat_rows(capture):
+  """[num_clients, D] float64: each captured client's update, flat in variable order."""
+  return np.concatenate([u.reshape(len(u), -1) for u in capture.updates], axis=1).astype(
+      np.float64)
+
+
+def test_fltrust_step_is_the_trusted_updates_rescaled_to_the_server_update(idx_dir, tmp_path):
+  """Cao et al.: step = ||g0|| sum_i c_i g_i / ||g_i|| with c_i = ReLU(cos_i) / sum ReLU(cos):
+  the step, solved for c on the captured unit updates, has c >= 0 summing to 1, nonzero for
+  exactly the trusted clients; the boosted attacker counts once, at norm ||g0||."""
   rows = _run(idx_dir, tmp_path, '--defense=fltrust', '--fltrust_root_per_class=5',
-              '--attack=boost', '--boost=50', '--rounds=1')
+              '--attack=boost', '--boost=50', '--rounds=1', '--capture_rounds=0')
   row = rows[0]
-  assert row['aggregator/server_update_norm'] > 0
-  assert 0 <= row['aggregator/trusted_count'] <= row['aggregator/client_count'] == 4
-  initial = np.load(tmp_path / 'initial_weights.npz')
-  final = tf.keras.models.load_model(tmp_path / 'final_model.keras',
-                                     custom_objects=models.CUSTOM_OBJECTS).get_weights()
-  step = np.sqrt(sum(np.sum(np.square(final[i] - initial[f'arr_{i}']))
-                     for i in range(len(final))))
-  assert 0 < step <= row['aggregator/server_update_norm'] * (1 + 1e-4)  # boost 50 undone
-  assert row['mean_malicious_update_norm'] > 10 * step
+  g0_norm = row['aggregator/server_update_norm']
+  assert g0_norm > 0 and row['aggregator/client_count'] == 4
+  x = _flat_rows(captures.load_captures(str(tmp_path / 'captures'))[0])
+  units = x / np.linalg.norm(x, axis=1, keepdims=True)
+  step = _aggregates_applied(tmp_path)
+  c, *_ = np.linalg.lstsq(units.T, step / g0_norm, rcond=None)
+  np.testing.assert_allclose(units.T @ c, step / g0_norm, atol=1e-4)
+  assert np.all(c > -1e-4)
+  assert row['aggregator/trusted_count'] == np.sum(c > 1e-4) >= 1
+  np.testing.assert_allclose(np.sum(c), 1.0, atol=1e-3)
+  np.testing.assert_allclose(np.linalg.norm(step), g0_norm * np.linalg.norm(units.T @ c),
+                             rtol=1e-3)
+  assert row['mean_malicious_update_norm'] > 10 * np.linalg.norm(step)
 
 
-def test_foolsgold_knows_its_clients(idx_dir, tmp_path):
-  rows = _run(idx_dir, tmp_path, '--defense=foolsgold')
-  assert all(0 < r['aggregator/mean_foolsgold_weight'] <= 1 for r in rows)
-  assert all(0 <= r['aggregator/zero_weight_count'] <= 4 for r in rows)
-  assert all(r['aggregator/client_count'] == 4 for r in rows)
+def test_foolsgold_weights_and_steps_match_the_reference_on_the_captured_updates(
+    idx_dir, tmp_path):
+  """Both rounds' FoolsGold weights (identity = a fixed index per client id: the rule only
+  compares identities) and the model's step, from the captured updates."""
+  rows = _run(idx_dir, tmp_path, '--defense=foolsgold', '--capture_rounds=0-1')
+  rounds = captures.load_captures(str(tmp_path / 'captures'))
+  ids = {c: i for i, c in enumerate(sorted({c for r in rounds for c in r.client_ids}))}
+  variables = len(rounds[0].updates)
+  history = np.zeros([len(ids), sum(u[0].size for u in rounds[0].updates[-2:])])
+  total = 0.0
+  for row, capture in zip(rows, rounds):
+    updates = [[u[k] for u in capture.updates] for k in range(capture.num_clients)]
+    weights = [float(ids[c] + 1) for c in capture.client_ids]
+    step, history, wv = refs.foolsgold_round(updates, weights, history)
+    aggregate = refs.ours(step, wv)
+    assert row['aggregator/client_count'] == 4
+    assert row['aggregator/zero_weight_count'] == np.sum(wv == 0)
+    np.testing.assert_allclose(row['aggregator/mean_foolsgold_weight'], np.mean(wv),
+                               rtol=1e-4, atol=1e-6)
+    total = total + np.concatenate([np.ravel(aggregate[v]) for v in range(variables)])
+  np.testing.assert_allclose(_aggregates_applied(tmp_path), total, rtol=1e-3, atol=1e-5)

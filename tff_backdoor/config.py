@@ -280,9 +280,12 @@ def _check_combinations(config: ExperimentConfig) -> None:
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
   config.flain.validate(prefix='--')
-  if schedule.with_replacement and run.capture_rounds:
-    raise ValueError('--capture_rounds needs distinct clients in a round: drop '
-                     '--sample_with_replacement')
+  # A client drawn twice would be two rows of one capture, or to FoolsGold two sybils.
+  for needs_distinct, what in ((run.capture_rounds, '--capture_rounds'),
+                               (config.defense.name == 'foolsgold', '--defense=foolsgold')):
+    if schedule.with_replacement and needs_distinct:
+      raise ValueError(f'{what} needs distinct clients in a round: drop '
+                       '--sample_with_replacement')
   if run.workers:
     workers.parse_workers(run.workers)
   for needs_server, what in ((config.flain.enabled, '--flain'),

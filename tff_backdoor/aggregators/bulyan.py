@@ -10,11 +10,11 @@ which at most f are Byzantine, and n >= 4f + 3:
 Krum alone lets an attacker move one coordinate far while staying close in L2; step 2 bounds
 every coordinate by the honest values around the median.
 
-Popular implementations depart from it: BackFed's Bulyan replaces step 2 by a coordinate-wise
-trimmed mean (drop f largest and f smallest of the theta values), which keeps the middle
-theta - 2f values rather than the theta - 2f closest to the median; FLPoison re-runs Krum on
-the remaining updates but records the winner's index in the reduced array as an index into
-the full one, so after the first pick it can select the wrong clients.
+FLPoison departs from it (docs/DEFENSES.md): it sets beta = n - 2f = theta, so step 2 never
+runs and its Bulyan is the mean of the Krum picks; and it re-runs Krum on the remaining
+updates but records the winner's index in the reduced array as an index into the full one,
+so after the first pick it can select the wrong clients. BackFed (commit ab3bcbd) has no
+Bulyan.
 """
 from __future__ import annotations
 

@@ -12,8 +12,13 @@ tau = 100, L = 1. On updates of norm a few units, as in the Sun et al. EMNIST se
 100 clips nothing; it is a radius to tune per task (`--cc_tau`).
 
 Popular implementations: FLPoison uses the same (tau = 100, one iteration); Blades defaults
-to tau = 10 and 5 iterations. Both keep v across rounds as here. The paper applies CC to
-worker momenta of SGD steps; here, as in those FL suites, x_i are FedAvg model updates.
+to tau = 10 and 5 iterations. Both keep v across rounds as here. BackFed has none.
+
+Departure (docs/DEFENSES.md): no worker momentum. The paper applies CC to worker momenta
+m_i = (1 - beta) g_i + beta m_i(prev); an aggregator sees what the client work sends, and
+FedAvg's honest clients keep no state across rounds, so here x_i are the FedAvg model
+updates themselves. (FLPoison's clients keep their momentum-0.9 SGD optimizer across rounds
+and send one FedSGD step, so its updates carry worker momentum.)
 """
 from __future__ import annotations
 

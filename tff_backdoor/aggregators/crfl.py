@@ -20,7 +20,9 @@ sigma = 0.01. Their models differ from ours, so rho_t may need rescaling (`--crf
 Departures: FLPoison's CRFL clips and noises the *aggregated update* (norm 3, std 0.001), not
 the model; the authors (and BackFed, through its weak-DP server) clip the model. The authors
 noise every entry of the state dict (buffers included); an optimizer sees only trainable
-weights, which is everything for this package's models (no batch norm).
+weights, which is everything for this package's models (no batch norm). The model a run
+evaluates after a round (`run.driver`, the process state's weights) already carries that
+round's noise; the authors evaluate before the noise (docs/DEFENSES.md).
 """
 from __future__ import annotations
 

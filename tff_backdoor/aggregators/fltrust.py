@@ -18,6 +18,11 @@ Unweighted, like the paper: a client's weight only says whether it takes part (>
 non-finite update (zeroed with weight 0 by `NonFiniteGuardFactory`) and a zero update have
 trust 0; a non-finite or zero g0 gives every client trust 0 and the round a zero update.
 
+Departures (docs/DEFENSES.md): the paper leaves the all-distrusted round open; here it is a
+zero update (nothing trusted, nothing applied), as in BackFed, which keeps the model. FLPoison
+instead averages the rescaled updates uniformly when every trust is 0, so such a round moves
+the model.
+
 Measurements: `trusted_count` (clients with TS > 0), `mean_trust` (over the clients taking
 part), `server_update_norm` (||g0||).
 """

@@ -4,11 +4,19 @@ Each client's history is the sum of all its updates so far. Among the clients of
 with cs_ij the cosine similarity of the histories of i and j (cs_ii = 0) and v_i = max_j cs_ij:
 pardoning scales cs_ij by v_i / v_j where v_i < v_j; a_i = 1 - max_j cs_ij clipped to [0, 1],
 divided by the largest a, with 1 replaced by 0.99; then the logit
-a_i = kappa * (ln(a_i / (1 - a_i)) + 0.5), clipped to [0, 1]. The aggregate is the a-weighted
-mean of the round's updates (the reference code's steps, as in `foolsgold` of
-DistributedML/FoolsGold; BackFed also normalises a to sum 1). Histories accumulate the raw
-updates, as the paper's H_i += Delta_i (BackFed adds unit-normalised updates, FLPoison clips
-them to norm 1); BackFed sets a logit of -inf to 1 where the reference code, and this, give 0.
+a_i = kappa * (ln(a_i / (1 - a_i)) + 0.5), clipped to [0, 1] (the steps of `foolsgold` in
+the authors' DistributedML/FoolsGold, which give Algorithm 1's weights at kappa = 1).
+Histories accumulate the raw updates, as the paper's H_i += Delta_i (BackFed and FLPoison add
+the updates clipped to norm 1).
+
+Departure (docs/DEFENSES.md): the aggregate is the a-weighted MEAN, sum_i a_i Delta_i /
+sum_i a_i, where the paper (with the authors' ML/code and FLPoison) steps by the SUM
+sum_i a_i Delta_i, and the authors' deep-fg trainer by sum_i a_i Delta_i / n. The paper's
+Delta are FedSGD gradients; FedAvg's are model deltas of several local steps, and the sum
+would move the model by up to n times their mean (a step that grows with the clients per
+round); / n keeps that scale but shrinks the honest step by the sybils' share. Dividing by
+sum_i a_i keeps FedAvg's step for the clients kept and only reweights, as BackFed does; the
+paper's step is this one times sum_i a_i.
 
 Client identities: the rule needs to know who sent an update across rounds, and a TFF
 aggregator sees only (update, weight) at each client. `FoolsGoldFactory` reads the weight as

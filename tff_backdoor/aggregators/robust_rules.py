@@ -211,6 +211,10 @@ class KrumFactory(ServerRuleFactory):
   arrive than planned, the rule degrades gracefully: it uses max(1, n - f - 2) neighbours
   (0 when n = 1) and selects min(m, n) clients.
 
+  Squared distances and n - f - 2 neighbours are the paper's (and BackFed's); FLPoison scores
+  with unsquared distances and n - f - 1 neighbours, which can pick another winner
+  (docs/DEFENSES.md).
+
   Measurements: `rejected_count` (n - number selected) and `krum_score_min` (score of the
   best client).
   """

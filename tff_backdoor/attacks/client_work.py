@@ -55,7 +55,6 @@ from tff_backdoor import models as models_lib
 from tff_backdoor.attacks import global_update as global_update_lib
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks import gradient_transforms
-from tff_backdoor.execution import tff_private
 
 _POISON_SHUFFLE_BUFFER = 100_000
 _DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
@@ -86,6 +85,20 @@ def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
     fields['client_index'] = tf.constant(int(client_index), tf.int64)
   control = tf.data.Dataset.from_tensors(fields)
   return collections.OrderedDict(benign=benign, malicious=malicious, control=control)
+
+
+def zero_if_any_non_finite(structure):
+  """(structure, 0), or (zeros like it, 1) if any value is NaN or Inf.
+
+  What TFF's client work does to an update before it leaves the client (its own
+  `tensor_utils.zero_all_if_any_non_finite`, which TFF does not export), in public TF.
+  """
+  flat = tf.nest.flatten(structure)
+  if not flat:
+    return structure, tf.constant(0)
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
+  return tf.cond(finite, lambda: (structure, tf.constant(0)),
+                 lambda: (tf.nest.map_structure(tf.zeros_like, structure), tf.constant(1)))
 
 
 def _global_norm(structure) -> tf.Tensor:
@@ -282,7 +295,7 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
     update, num_examples = tf.cond(control['is_malicious'],
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
-    update, has_non_finite = tff_private.zero_all_if_any_non_finite(update)
+    update, has_non_finite = zero_if_any_non_finite(update)
     if identify_clients:
       num_examples = control['client_index'] + 1
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),

@@ -201,7 +201,7 @@ class _RemoteContext:
   def _form(self, comp):
     if comp not in self._forms:
       try:
-        self._forms[comp] = internals().mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
+        self._forms[comp] = internals().tff.backends.native.compile_to_mergeable_comp_form(comp)
       except Exception as e:  # pylint: disable=broad-except
         reason = _first_sentence(e)
         if self._non_mergeable == 'error':
