@@ -15,10 +15,15 @@ from absl import flags
 
 from tff_backdoor import cli
 
+from studies import population
 from studies import reproduction
 
-flags.DEFINE_list('families', ['sun'], f'Family sets: {", ".join(reproduction.FAMILIES)} (sweep '
-                  'directories), or bilgin (experiments.anomaly_localization output directories).')
+# Every family set a sweep directory can be tabulated with.
+FAMILIES = {**reproduction.FAMILIES, 'sun_population': population.SUN_POPULATION}
+
+flags.DEFINE_list('families', ['sun'], f'Family sets: {", ".join(FAMILIES)} (sweep '
+                  'directories; sun_population reads the 293- and the 3,580-writer sweeps '
+                  'together), or bilgin (experiments.anomaly_localization output directories).')
 flags.DEFINE_list('bilgin_factors', ['num_malicious', 'client_lr', 'malicious_rate'],
                   '--families=bilgin: the factor sweeps to tabulate.')
 flags.DEFINE_string('output_dir', None, 'Where the PNGs and CSVs go (default: none written).')
@@ -26,7 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def _report(dirs):
-  known = [*reproduction.FAMILIES, 'bilgin']
+  known = [*FAMILIES, 'bilgin']
   unknown = [f for f in FLAGS.families if f not in known]
   if unknown:
     raise ValueError(f'unknown --families {", ".join(unknown)}; choose from {", ".join(known)}')
@@ -36,7 +41,7 @@ def _report(dirs):
     return reproduction.render_bilgin(dirs, FLAGS.bilgin_factors, FLAGS.output_dir)
   runs = reproduction.load_runs(dirs)
   cost = reproduction.wall_clock_markdown('wall clock', reproduction.run_seconds(runs))
-  return [cost] + [text for name in FLAGS.families for spec in reproduction.FAMILIES[name]
+  return [cost] + [text for name in FLAGS.families for spec in FAMILIES[name]
                    for text in reproduction.render(runs, spec, FLAGS.output_dir)]
 
 

@@ -48,6 +48,12 @@ OPTIONAL_METRICS = tuple(
     for sub, prefix in POSTHOC_FLAIN.items()
     for key, title in (('test', 'main acc'), ('backdoor', 'backdoor acc'),
                        ('collateral', 'collateral')))
+# A run longer than the horizon of the 60-round studies also gets their window (rounds from
+# --attack_start to 59), so a 300-round run says whether a 60-round verdict still holds.
+SHORT_HORIZON = 60
+OPTIONAL_METRICS += tuple((f'first{SHORT_HORIZON}_{key}', f'{title} (rounds < {SHORT_HORIZON})')
+                          for key, title in (('test', 'main acc'), ('backdoor', 'backdoor acc'),
+                                             ('collateral', 'collateral')))
 METRIC_TITLES = dict(METRICS + OPTIONAL_METRICS)
 
 
@@ -84,12 +90,16 @@ class PlateauCheck:
   window: int = 10
 
 
-def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Optional[float]]:
-  """Mean test and backdoor accuracy and collateral rate over the evaluated rounds >= `start`."""
+def window_means(rows: Sequence[Mapping[str, Any]], start: int, end: float = math.inf,
+                 prefix: str = 'window') -> Dict[str, Optional[float]]:
+  """Mean test and backdoor accuracy and collateral rate over the evaluated rounds in
+  [start, end), as PREFIX_test, PREFIX_backdoor and PREFIX_collateral."""
   out = {}
-  for key, metric in (('window_test', 'test_accuracy'), ('window_backdoor', 'backdoor_accuracy'),
-                      ('window_collateral', 'collateral_accuracy')):
-    values = [metrics_io.number(r.get(metric)) for r in rows if r.get('round', -1) >= start]
+  for key, metric in ((f'{prefix}_test', 'test_accuracy'),
+                      (f'{prefix}_backdoor', 'backdoor_accuracy'),
+                      (f'{prefix}_collateral', 'collateral_accuracy')):
+    values = [metrics_io.number(r.get(metric)) for r in rows
+              if start <= r.get('round', -1) < end]
     values = [v for v in values if v is not None]
     out[key] = float(np.mean(values)) if values else None
   return out
@@ -110,7 +120,10 @@ def summarize_run(directory: str, flags: Mapping[str, str],
       ('flain_test', after, 'test_accuracy'), ('flain_backdoor', after, 'backdoor_accuracy'),
       ('collateral', final, 'collateral_accuracy'),
       ('flain_collateral', after, 'collateral_accuracy'), ('seconds', final, 'seconds'))}
-  values.update(window_means(run.rows, int(config.get('attack_start', 0))))
+  start = int(config.get('attack_start', 0))
+  values.update(window_means(run.rows, start))
+  if int(config.get('rounds', 0)) > SHORT_HORIZON:
+    values.update(window_means(run.rows, start, SHORT_HORIZON, f'first{SHORT_HORIZON}'))
   values.update(_posthoc_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory)
 
@@ -380,12 +393,15 @@ def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
 
 
 def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = None) -> List[str]:
-  """Markdown of a Family, CrossTable or PlateauCheck, then the PNG/CSV paths written.
+  """Markdown of a Family, CrossTable, PlateauCheck or any spec with a `render(runs,
+  output_dir)` method, then the PNG/CSV paths written.
 
   A spec with no finished run yet (a sweep still running) gives one line saying so.
   """
   if isinstance(spec, PlateauCheck):
     return [plateau_markdown(runs, spec)]
+  if hasattr(spec, 'render'):  # a table type of its own module (e.g. population.Comparison)
+    return spec.render(runs, output_dir)
   if isinstance(spec, CrossTable):
     if not cross_rows(runs, spec.row_flags, spec.column_flag, spec.where):
       return [f'**{spec.title}**: no finished run yet']
@@ -514,6 +530,40 @@ SUN_AUTHORS_30_FAMILIES = tuple(
                         title=f.title + ' (30 writers a round)')
     for f in (SUN_AUTHORS_FAMILIES[0], *_AUTHORS_DEFENSES, _AUTHORS_FRACTION))
 
+# The same families on the whole LEAF FEMNIST population (experiments/grids/sun_full*.grid,
+# issue 38): 3,580 digit writers instead of 293; (b) goes to 300 tasks, and at 30 writers a
+# round (b) is asked too (3 / 30 / 300 tasks).
+def _on_full_population(family: Any, prefix: str) -> Any:
+  return dataclasses.replace(
+      family, key=family.key.replace('sun_authors_', prefix, 1),
+      title=family.title.replace('the 293 writers', 'the 3,580 writers'))
+
+
+_AUTHORS_TASKS = next(f for f in SUN_AUTHORS_FAMILIES if f.key == 'sun_authors_b_tasks')
+SUN_FULL_FAMILIES = tuple(_on_full_population(f, 'sun_full_') for f in SUN_AUTHORS_FAMILIES)
+SUN_FULL_30_FAMILIES = tuple(
+    dataclasses.replace(f, title=f.title + ' (30 writers a round)')
+    for f in (_on_full_population(f, 'sun_full_30_') for f in (
+        SUN_AUTHORS_FAMILIES[0], *_AUTHORS_DEFENSES, _AUTHORS_TASKS, _AUTHORS_FRACTION)))
+
+# The paper's horizon (experiments/grids/sun_full_300.grid): 300 rounds at 30 writers a round;
+# the first-60 columns are the window of the 60-round tables, read off the same runs.
+_FULL_300_METRICS = ('first60_backdoor', 'window_test', 'window_backdoor', 'test', 'backdoor',
+                     'collateral', 'seconds')
+SUN_FULL_300_FAMILIES = (
+    PlateauCheck('sun_full_300_plateau', 'Has the clean run plateaued by round 300?',
+                 dict(SUN_AUTHORS_BASE, schedule='none'), window=50),
+    Family('sun_full_300_boost', '300 rounds, 30 writers a round: the boosted attacker every '
+           'round against the authors\' aggregation at M = 1, with noise of std sigma on the SUM',
+           'sum_noise_stddev', dict(SUN_AUTHORS_BASE, defense='sun_dp'),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_BOOST), metrics=_FULL_300_METRICS,
+           curves=True, wall_clock=True),
+    Family('sun_full_300_norm_bounded', '300 rounds, 30 writers a round: the norm-bounded '
+           'attacker every round against the authors\' aggregation at bound M', 'clip_norm',
+           dict(SUN_AUTHORS_BASE, defense='sun_dp', attack='norm_bounded'),
+           references=(_AUTHORS_NO_ATTACK, _AUTHORS_NORM_BOUNDED), metrics=_FULL_300_METRICS,
+           curves=True, wall_clock=True))
+
 # ----------------------------------------------------------------------------- FLAIN
 
 _DEFENSE_COLUMNS = (('clip', 'clip'), ('weak DP', 'weak_dp'), ('median', 'median'),
@@ -584,7 +634,9 @@ FLAIN_FEMNIST_TABLES = tuple(
 
 FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'sun_authors': SUN_AUTHORS_FAMILIES,
-            'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'flain': FLAIN_TABLES,
+            'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'sun_full': SUN_FULL_FAMILIES,
+            'sun_full_30': SUN_FULL_30_FAMILIES, 'sun_full_300': SUN_FULL_300_FAMILIES,
+            'flain': FLAIN_TABLES,
             'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES}
 
 

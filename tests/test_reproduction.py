@@ -437,3 +437,42 @@ def test_plateau_check_compares_the_last_two_windows(tmp_path):
   assert line.startswith('**P** (1 seed):') and 'change +0.333' in line
   assert 'no finished run' in reproduction.plateau_markdown(
       runs, reproduction.PlateauCheck('p', 'P', {'schedule': 'y'}))
+
+
+def _population_sweep(directory, backdoor_of_k, clean_backdoor):
+  directory.mkdir()
+  runs = [({'a': 'x', 'k': k, 'seed': '0'}, {'test_accuracy': 0.8, 'backdoor_accuracy': b},
+           _rows([0.5, 0.5, 0.8, 0.8], [0.0, 0.0, b, b])) for k, b in backdoor_of_k.items()]
+  runs.append(({'a': 'clean', 'k': '2', 'seed': '0'}, {'test_accuracy': 0.9},
+               _rows([0.5, 0.5, 0.9, 0.9], [0.0, 0.0, clean_backdoor, clean_backdoor])))
+  return _sweep(directory, runs)
+
+
+def test_population_comparison_joins_the_two_studies_row_by_row(tmp_path):
+  from studies import population
+  small = _population_sweep(tmp_path / 'small', {'2': 0.4, '10': 0.9}, 0.1)
+  full = _population_sweep(tmp_path / 'full', {'2': 0.7, '30': 0.2}, 0.0)
+  comparison = population.Comparison('p', 'title', ('small', '293'), ('full', '3,580'),
+                                     FAMILY, FAMILY, metrics=('window_backdoor',))
+  rows = comparison.rows(reproduction.load_runs([small, full]))
+  assert [r['label'] for r in rows] == ['clean (reference)', '2', '30', '10']
+  by_label = {r['label']: r for r in rows}
+  assert by_label['2']['window_backdoor_small'] == pytest.approx(0.4)
+  assert by_label['2']['window_backdoor_change'] == pytest.approx(0.3)
+  assert by_label['clean (reference)']['window_backdoor_change'] == pytest.approx(-0.1)
+  assert by_label['30']['n_small'] == 0 and by_label['30']['window_backdoor_change'] is None
+  text = comparison.render(reproduction.load_runs([small, full]), str(tmp_path))[0]
+  assert '| 2 | 1 / 1 | 0.400 | 0.700 | +0.300 |' in text and '| 10 | 1 / 0 | 0.900 | - | - |' in text
+  assert 'needs finished runs of both' in comparison.render(reproduction.load_runs([small]))[0]
+
+
+def test_a_long_run_also_reports_the_short_horizon_window(tmp_path):
+  rows = _rows([0.5] * 70, [1.0 if r < 60 else 0.0 for r in range(70)])
+  _write_run(str(tmp_path / 'long'), {'test_accuracy': 0.5}, rows, attack_start=0)
+  with open(tmp_path / 'long' / 'config.json', 'w') as f:
+    json.dump({'attack_start': 0, 'rounds': 70}, f)
+  values = reproduction.summarize_run(str(tmp_path / 'long'), {}).values
+  assert values['first60_backdoor'] == pytest.approx(1.0)
+  assert values['window_backdoor'] == pytest.approx(60 / 70)
+  _write_run(str(tmp_path / 'short'), {'test_accuracy': 0.5}, rows[:60], attack_start=0)
+  assert 'first60_backdoor' not in reproduction.summarize_run(str(tmp_path / 'short'), {}).values
