@@ -1,0 +1,84 @@
+"""Copies a sweep's finished run records (no models) into a directory that is committed.
+
+  python -m experiments.collect_records runs/sun_full experiments/results/sun_full
+
+REPRODUCTION.md's tables are reprinted from committed records: for every run of the sweep
+whose final.json marks it finished (`run_checks.final_problem`), its `config.json`,
+`final.json` and `metrics.jsonl` are copied to DEST/<run name>/, and the sweep's `sweep.json`
+to DEST/, so `experiments.reproduction_tables DEST` reads them like the sweep. Models,
+checkpoints, logs and TensorBoard files stay behind. A record already in DEST with other bytes
+is refused (a finished run is never overwritten silently) unless --replace.
+"""
+import filecmp
+import os
+import shutil
+from typing import List
+
+from absl import flags
+
+from tff_backdoor import cli
+from tff_backdoor import metrics_io
+from tff_backdoor.run import rundir
+
+from studies import run_checks
+from studies import sweep_plan
+from studies import sweep_results
+
+RECORD_FILES = (rundir.CONFIG_FILE, rundir.FINAL_FILE, rundir.METRICS_JSONL)
+flags.DEFINE_bool('replace', False, 'Overwrite committed records whose bytes differ.')
+FLAGS = flags.FLAGS
+
+
+def finished_runs(sweep_dir: str) -> List[str]:
+  """The sweep's run directories whose final.json marks a finished run, in sweep order."""
+  out = []
+  for _, directory, _ in sweep_results.iter_run_dirs(sweep_dir):
+    config_path = os.path.join(directory, rundir.CONFIG_FILE)
+    final_path = os.path.join(directory, rundir.FINAL_FILE)
+    if not os.path.exists(final_path) or not os.path.exists(config_path):
+      continue
+    if run_checks.final_problem(final_path, metrics_io.read_json(config_path)) is None:
+      out.append(directory)
+  return out
+
+
+def collect(sweep_dir: str, dest: str, replace: bool = False) -> List[str]:
+  """Copies the finished runs' records; returns the names of the runs copied or updated."""
+  runs = finished_runs(sweep_dir)
+  clashes = [os.path.join(dest, os.path.basename(d), name) for d in runs for name in RECORD_FILES
+             if os.path.exists(os.path.join(dest, os.path.basename(d), name)) and
+             not filecmp.cmp(os.path.join(d, name), os.path.join(dest, os.path.basename(d),
+                                                                  name), shallow=False)]
+  if clashes and not replace:
+    raise ValueError(f'{clashes[0]} differs from the sweep\'s record ({len(clashes)} file(s)); '
+                     'a committed record is not overwritten: check it, or pass --replace')
+  copied = []
+  for directory in runs:
+    target = os.path.join(dest, os.path.basename(directory))
+    os.makedirs(target, exist_ok=True)
+    fresh = [n for n in RECORD_FILES if not os.path.exists(os.path.join(target, n)) or
+             not filecmp.cmp(os.path.join(directory, n), os.path.join(target, n), shallow=False)]
+    for name in fresh:
+      shutil.copyfile(os.path.join(directory, name), os.path.join(target, name))
+    if fresh:
+      copied.append(os.path.basename(directory))
+  shutil.copyfile(os.path.join(sweep_dir, sweep_plan.SWEEP_FILE),
+                  os.path.join(dest, sweep_plan.SWEEP_FILE))
+  return copied
+
+
+def main(argv):
+  if len(argv) != 3:
+    cli.fail('give a sweep directory and the destination: '
+             'python -m experiments.collect_records SWEEP_DIR DEST')
+  sweep_dir, dest = argv[1:]
+  if not os.path.exists(os.path.join(sweep_dir, sweep_plan.SWEEP_FILE)):
+    cli.fail(f'{sweep_dir} is not a sweep directory (no {sweep_plan.SWEEP_FILE})')
+  copied = cli.run_or_fail(lambda: collect(sweep_dir, dest, FLAGS.replace))
+  total = len(finished_runs(sweep_dir))
+  print(f'{dest}: {len(copied)} run record(s) copied or updated, {total} finished in '
+        f'{sweep_dir}')
+
+
+if __name__ == '__main__':
+  cli.run_program(main, flags_parser=cli.one_line_flags_parser)

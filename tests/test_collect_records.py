@@ -1,0 +1,52 @@
+"""experiments.collect_records: finished runs' records copied, models left, records kept."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import collect_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sweep(root):
+  runs = []
+  for name, final in (('done', {'rounds': 2, 'test_accuracy': 0.5}), ('cut', None),
+                      ('wrong_rounds', {'rounds': 1})):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / 'config.json').write_text(json.dumps({'rounds': 2}))
+    (d / 'metrics.jsonl').write_text('{"round": 0}\n')
+    (d / 'final_model.keras').write_text('model')
+    if final is not None:
+      (d / 'final.json').write_text(json.dumps(final))
+    runs.append({'name': name, 'flags': {}, 'group': 'g', 'status': 'finished'})
+  (root / 'sweep.json').write_text(json.dumps({'runs': runs}))
+  return str(root)
+
+
+def test_only_finished_runs_are_copied_without_models(tmp_path):
+  sweep, dest = _sweep(tmp_path / 'sweep'), str(tmp_path / 'dest')
+  assert collect_records.collect(sweep, dest) == ['done']
+  assert sorted(os.listdir(dest)) == ['done', 'sweep.json']
+  assert sorted(os.listdir(os.path.join(dest, 'done'))) == ['config.json', 'final.json',
+                                                            'metrics.jsonl']
+  assert collect_records.collect(sweep, dest) == []  # the same bytes: nothing to do
+
+
+def test_a_committed_record_with_other_bytes_is_refused_in_one_line(tmp_path):
+  sweep, dest = _sweep(tmp_path / 'sweep'), str(tmp_path / 'dest')
+  collect_records.collect(sweep, dest)
+  with open(os.path.join(sweep, 'done', 'final.json'), 'w') as f:
+    json.dump({'rounds': 2, 'test_accuracy': 0.9}, f)
+  result = subprocess.run([sys.executable, '-m', 'experiments.collect_records', sweep, dest],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and result.stderr.count('\n') == 1
+  assert 'done/final.json differs' in result.stderr
+  with open(os.path.join(dest, 'done', 'final.json')) as f:
+    assert json.load(f)['test_accuracy'] == 0.5  # kept
+  assert collect_records.collect(sweep, dest, replace=True) == ['done']
+  with open(os.path.join(dest, 'done', 'final.json')) as f:
+    assert json.load(f)['test_accuracy'] == 0.9
