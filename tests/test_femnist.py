@@ -346,3 +346,11 @@ def test_pixels_that_are_not_k_over_255_stay_float_and_are_not_cached(tmp_path):
   data = _load(root, only_digits=True)
   x, _ = data_lib.client_arrays(data.train, compact=True)['w1']
   assert x.dtype == np.float32 and x[0, 0, 0, 0] == np.float32(0.5)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_parse_not_the_run(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  blocker = tmp_path / 'cache'
+  blocker.write_text('a file where the cache folder should be')
+  split = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=str(blocker))
+  assert split.writers == ['w1', 'w2', 'w3'] and split.pixels.dtype == np.uint8

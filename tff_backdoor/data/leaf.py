@@ -328,7 +328,10 @@ def read_split_packed(directory: str, num_classes: int = NUM_CLASSES,
     if path == _cache_path(cache_dir, split_files(directory), num_classes):
       if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)  # damaged: replaced
-      _write_cache(path, split)
+      try:
+        _write_cache(path, split)
+      except OSError:  # a cache that cannot be written (read-only, full) costs a parse, no more
+        return split
       return _read_cache(path) or split
   return split
 
