@@ -27,7 +27,8 @@ of the EMNIST setting and sun_cnn's logits layer (128 x 10 + 10 = 1,290 values) 
 Mergeable: the updates reach the server with `federated_stack`.
 
 Measurements: `zero_weight_count` (clients given weight 0, the sybils), `mean_foolsgold_weight`
-(over the clients taking part).
+(over the clients taking part), `client_decisions` (each client's weight a in [0, 1], in the
+order received; 0 for an absent client).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.aggregators import robust_rules
 from tff_backdoor.aggregators.robust_rules import federated_stack
 
 
@@ -96,9 +98,11 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
     result = tf.nest.map_structure(
         lambda x: tf.math.divide_no_nan(tf.tensordot(wv, x, axes=1), tf.reduce_sum(wv)),
         stacked)
-    return result, history, collections.OrderedDict(
-        zero_weight_count=tf.reduce_sum(tf.cast(tf.equal(wv, 0.0), _common.COUNT_TF_TYPE)),
-        mean_foolsgold_weight=tf.math.divide_no_nan(tf.reduce_sum(wv), tf.cast(n, tf.float32)))
+    return result, history, robust_rules.received_order(collections.OrderedDict([
+        ('zero_weight_count', tf.reduce_sum(tf.cast(tf.equal(wv, 0.0), _common.COUNT_TF_TYPE))),
+        ('mean_foolsgold_weight',
+         tf.math.divide_no_nan(tf.reduce_sum(wv), tf.cast(n, tf.float32))),
+        (_common.DECISIONS_KEY, wv)]), valid)
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:

@@ -79,6 +79,24 @@ def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
   return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
 
 
+def received_order(measurements: collections.OrderedDict,
+                   participates: tf.Tensor) -> collections.OrderedDict:
+  """`measurements` with its per-client decisions (over the participants) spread back to
+  every client received, in the order received; an absent client (weight 0) gets 0."""
+  if _common.DECISIONS_KEY not in measurements:
+    return measurements
+  measurements = collections.OrderedDict(measurements)
+  measurements[_common.DECISIONS_KEY] = tf.scatter_nd(
+      tf.where(participates), tf.cast(measurements[_common.DECISIONS_KEY], tf.float32),
+      tf.shape(participates, out_type=tf.int64))
+  return measurements
+
+
+def no_decisions() -> tf.Tensor:
+  """The per-client decisions of a round in which no client takes part (none)."""
+  return tf.zeros([0], tf.float32)
+
+
 class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=abc.ABCMeta):
   """Base of the rules applied at the server to the stacked updates of all clients.
 
@@ -86,7 +104,10 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
   `federated_aggregate`, so the computation stays mergeable), keeps the clients with weight
   > 0, and runs the subclass's `_rule` on them in one TensorFlow computation at the server;
   zeros if no client takes part. The process has no state. A subclass implements `_rule` and
-  `_empty_measurements`, and may validate `value_type` by overriding `create`.
+  `_empty_measurements`, and may validate `value_type` by overriding `create`. A rule that
+  admits or weights clients reports its decision per participant under
+  `_common.DECISIONS_KEY` (float32 [n]; `no_decisions()` when empty); the process reports it
+  for every client received, in the order received (`received_order`).
   """
 
   @abc.abstractmethod
@@ -128,7 +149,9 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
         return (tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), value_spec),
                 self._empty_measurements())
 
-      return tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec), empty)
+      result, measurements = tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec),
+                                     empty)
+      return result, received_order(measurements, participates)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -211,8 +234,8 @@ class KrumFactory(ServerRuleFactory):
   arrive than planned, the rule degrades gracefully: it uses max(1, n - f - 2) neighbours
   (0 when n = 1) and selects min(m, n) clients.
 
-  Measurements: `rejected_count` (n - number selected) and `krum_score_min` (score of the
-  best client).
+  Measurements: `rejected_count` (n - number selected), `krum_score_min` (score of the
+  best client) and `client_decisions` (1 selected, 0 not).
   """
 
   def __init__(self, num_byzantine: int = 1, num_selected: int = 1):
@@ -244,9 +267,13 @@ class KrumFactory(ServerRuleFactory):
     selected = tf.math.top_k(-scores, k=num_selected, sorted=True).indices
     result = tf.nest.map_structure(lambda x: tf.reduce_mean(tf.gather(x, selected), axis=0),
                                    stacked)
-    return result, collections.OrderedDict(
-        rejected_count=n - num_selected, krum_score_min=tf.reduce_min(scores))
+    admitted = tf.reduce_sum(tf.one_hot(selected, n), axis=0)
+    return result, collections.OrderedDict([
+        ('rejected_count', n - num_selected), ('krum_score_min', tf.reduce_min(scores)),
+        (_common.DECISIONS_KEY, admitted)])
 
   def _empty_measurements(self):
-    return collections.OrderedDict(rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
-                                   krum_score_min=tf.constant(0.0, _common.NORM_TF_TYPE))
+    return collections.OrderedDict([
+        ('rejected_count', tf.constant(0, _common.COUNT_TF_TYPE)),
+        ('krum_score_min', tf.constant(0.0, _common.NORM_TF_TYPE)),
+        (_common.DECISIONS_KEY, no_decisions())])
