@@ -49,7 +49,7 @@ def test_readme_example_clipping_in_build_weighted_fed_avg():
 @pytest.mark.parametrize('name', aggregators.DEFENSES)
 def test_every_registry_defense_runs_a_round(name):
   num_clients = 7 if name == 'bulyan' else NUM_CLIENTS  # Bulyan's f = 1 needs 4f + 3.
-  population = {'foolsgold_clients': 8} if name == 'foolsgold' else {}  # a run fills it in
+  population = {f'{name}_clients': 8} if name in ('foolsgold', 'fldetector') else {}  # the run's
   factory = aggregators.build_defense(aggregators.DefenseConfig(name=name, **population),
                                       clients_per_round=num_clients, seed=0)
   learning_process = tff.learning.algorithms.build_weighted_fed_avg(

@@ -87,7 +87,7 @@ def test_weighting_rules_report_their_weights():
   ids = [1.0, 2.0, 0.0, 4.0, 5.0, 6.0, 7.0]  # weight = identity + 1; position 2 is absent
   _, m = agg._run('foolsgold', updates, ids)
   ids[NONFINITE] = 0.0  # the guard's doing
-  _, _, wv = refs.foolsgold_round(updates, ids, np.zeros([8, 7]))  # 4 + 3 columns
+  _, _, wv = refs.foolsgold_round(updates, ids, np.zeros([8, 15]))  # 12 + 3 columns
   expected = _spread([i for i in range(agg.N) if ids[i] > 0], wv)
   np.testing.assert_allclose(np.asarray(m['client_decisions']), expected, atol=1e-5)
   assert expected[0] == expected[5] == 0.0 and 0.0 < expected.max()

@@ -40,7 +40,6 @@ import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import robust_rules
-from tff_backdoor.aggregators.robust_rules import federated_stack
 
 
 def foolsgold_weights(histories: tf.Tensor, confidence: float) -> tf.Tensor:
@@ -111,26 +110,10 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
     kept = specs[-self._tensors:] if self._tensors else specs
     width = int(sum(np.prod(s.shape) for s in kept))
 
-    @tff.tensorflow.computation
-    def initial_state():
-      return collections.OrderedDict(history=tf.zeros([self._num_clients, width]))
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_eval(initial_state, tff.SERVER)
-
-    @tff.tensorflow.computation
-    def apply_rule(stacked, weights, state):
-      result, history, measurements = self._rule(stacked, tf.cast(weights, tf.float32),
-                                                 state['history'])
+    def rule(stacked, weights, state):
+      result, history, measurements = self._rule(stacked, weights, state['history'])
       return result, collections.OrderedDict(history=history), measurements
 
-    @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS),
-                               tff.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, value, weight):
-      stacked, weights = federated_stack(tff.federated_zip((value, weight)))
-      result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
-      return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return robust_rules.stateful_rule_process(
+        value_type, weight_type,
+        lambda: collections.OrderedDict(history=tf.zeros([self._num_clients, width])), rule)

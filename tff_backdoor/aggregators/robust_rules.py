@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import collections
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -69,6 +69,40 @@ def federated_stack(value: tff.Value) -> tff.Value:
   return tff.federated_aggregate(value, empty_stack(), accumulate, merge, report)
 
 
+def stateful_rule_process(value_type: tff.Type, weight_type: tff.Type,
+                          initial_state: Callable[[], Any],
+                          rule: Callable[[Any, tf.Tensor, Any], tuple]
+                          ) -> tff.templates.AggregationProcess:
+  """A process that stacks every (value, weight) and runs `rule` at the server with a state.
+
+  `initial_state()` builds the state in TF; `rule(stacked, weights float32 [n], state)`
+  returns (aggregate structured as one value, new state, measurements). One
+  `federated_aggregate`, so the process stays mergeable (FoolsGold, FLDetector).
+  """
+
+  @tff.tensorflow.computation
+  def initial():
+    return initial_state()
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_eval(initial, tff.SERVER)
+
+  @tff.tensorflow.computation
+  def apply_rule(stacked, weights, state):
+    return rule(stacked, tf.cast(weights, tf.float32), state)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(value_type, tff.CLIENTS),
+                             tff.FederatedType(weight_type, tff.CLIENTS))
+  def next_fn(state, value, weight):
+    stacked, weights = federated_stack(tff.federated_zip((value, weight)))
+    result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
+    return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
 def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
   """Median along axis 0 (the clients), averaging the two middle values when n is even.
 
@@ -79,16 +113,15 @@ def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
   return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
 
 
-def received_order(measurements: collections.OrderedDict,
-                   participates: tf.Tensor) -> collections.OrderedDict:
-  """`measurements` with its per-client decisions (over the participants) spread back to
-  every client received, in the order received; an absent client (weight 0) gets 0."""
-  if _common.DECISIONS_KEY not in measurements:
-    return measurements
+def received_order(measurements: collections.OrderedDict, participates: tf.Tensor,
+                   keys: tuple = (_common.DECISIONS_KEY,)) -> collections.OrderedDict:
+  """`measurements` with its per-client values under `keys` (over the participants) spread
+  back to every client received, in the order received; an absent client (weight 0) gets 0."""
   measurements = collections.OrderedDict(measurements)
-  measurements[_common.DECISIONS_KEY] = tf.scatter_nd(
-      tf.where(participates), tf.cast(measurements[_common.DECISIONS_KEY], tf.float32),
-      tf.shape(participates, out_type=tf.int64))
+  for key in set(keys) & set(measurements):
+    measurements[key] = tf.scatter_nd(
+        tf.where(participates), tf.cast(measurements[key], tf.float32),
+        tf.shape(participates, out_type=tf.int64))
   return measurements
 
 
