@@ -12,9 +12,10 @@ import pytest
 import tensorflow_federated as tff
 
 from tests import defense_references as refs
+from tests import detector_references as detector_refs
 from tff_backdoor import aggregators
 
-SHAPES = ((2, 3), (4,), (3,))  # The last tensor plays the logits bias (3 classes).
+SHAPES = ((2, 3), (4, 3), (3,))  # The last two play a Dense output layer (3 classes).
 VALUE_TYPE = tff.types.to_type([tff.TensorType(np.float32, s) for s in SHAPES])
 WEIGHT_TYPE = tff.TensorType(np.float32)
 N = 7
@@ -44,12 +45,14 @@ OVERRIDES = {
     'crfl': {},  # Its aggregator is the weighted mean; its step is the server optimizer's.
     'fltrust': {},  # No server update written into the state: every trust is 0.
     'foolsgold': {'foolsgold_clients': 8},  # weights 1..5: identities 0..4 (some shared)
+    'fldetector': {'fldetector_clients': 8},  # its first round: no history, the plain mean
+    'deepsight': {},
 }
 # Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
 UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
 # Defenses whose weights are not example counts: FLTrust trusts the server's update (none in
-# these tests), FoolsGold reads a weight as the client's identity + 1.
-IDENTITY_WEIGHTED = ('fltrust', 'foolsgold')
+# these tests), FoolsGold and FLDetector read a weight as the client's identity + 1.
+IDENTITY_WEIGHTED = ('fltrust', 'foolsgold', 'fldetector')
 
 
 def _updates(seed: int, n: int = N):
@@ -159,6 +162,8 @@ REFERENCES = {
     'crfl': _weighted_mean,
     'fltrust': lambda u, w: [np.zeros(x.shape) for x in u[0]],  # see tests/test_fltrust.py
     'foolsgold': _foolsgold_first_round,
+    'fldetector': lambda u, w: [np.mean(x, axis=0) for x in _stack(u)],  # tests/test_fldetector
+    'deepsight': lambda u, w: detector_refs.deepsight(u)[0],
 }
 
 
@@ -375,7 +380,7 @@ def test_validate_defense_lists_valid_names_and_accepts_defaults():
 def test_build_defense_validates_and_is_weighted():
   with pytest.raises(ValueError, match='too large'):
     aggregators.build_defense(aggregators.DefenseConfig(name='krum', krum_f=2), 6)
-  same = [np.full(s, 0.1, np.float32) for s in SHAPES]  # norm 0.36, inside every bound
+  same = [np.full(s, 0.1, np.float32) for s in SHAPES]  # norm 0.46, inside every bound
   weights = list(np.linspace(1.0, 3.0, N, dtype=np.float32))
   for name in aggregators.DEFENSES:
     process = _process(name, **OVERRIDES[name])  # built by build_defense

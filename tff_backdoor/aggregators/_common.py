@@ -9,6 +9,11 @@ import tensorflow_federated as tff
 
 NORM_TF_TYPE = np.float32  # Same dtypes as tff.aggregators.clipping_factory's measurements.
 COUNT_TF_TYPE = np.int32
+# Measurement of the per-client decision, float32 [clients received], in the order the round
+# received them: the client's weight in the aggregate (1/0 = admitted/rejected for a filter,
+# its weight for a weighting rule; 0 for an absent client). `run.detection` joins it with
+# the round's attackers.
+DECISIONS_KEY = 'client_decisions'
 
 
 def default_mean_factory() -> tff.aggregators.MeanFactory:

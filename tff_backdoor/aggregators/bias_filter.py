@@ -57,7 +57,8 @@ class BiasAnomalyFilterFactory(robust_rules.ServerRuleFactory):
   more of them are rejected: watch `rejected_count`.
 
   Measurements: `rejected_count` (participating clients rejected), `bias_score_max` (largest
-  score) and `bias_threshold` (threshold in force this round).
+  score), `bias_threshold` (threshold in force this round) and `client_decisions` (1 kept,
+  0 rejected).
   """
 
   def __init__(self, z_threshold: float = 3.5, bias_index: int = -1):
@@ -102,10 +103,12 @@ class BiasAnomalyFilterFactory(robust_rules.ServerRuleFactory):
 
     return tf.nest.map_structure(weighted_mean, stacked), collections.OrderedDict(
         rejected_count=tf.reduce_sum(tf.cast(rejected, _common.COUNT_TF_TYPE)),
-        bias_score_max=tf.reduce_max(scores), bias_threshold=threshold)
+        bias_score_max=tf.reduce_max(scores), bias_threshold=threshold,
+        **{_common.DECISIONS_KEY: 1.0 - tf.cast(rejected, tf.float32)})
 
   def _empty_measurements(self):
     return collections.OrderedDict(
         rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
         bias_score_max=tf.constant(0.0, _common.NORM_TF_TYPE),
-        bias_threshold=tf.constant(self._z_threshold, _common.NORM_TF_TYPE))
+        bias_threshold=tf.constant(self._z_threshold, _common.NORM_TF_TYPE),
+        **{_common.DECISIONS_KEY: robust_rules.no_decisions()})

@@ -79,8 +79,9 @@ class BulyanFactory(robust_rules.ServerRuleFactory):
   `config.validate_defense`; if fewer clients take part in a round, the rule degrades
   gracefully instead of failing: theta = max(1, n - 2f) and beta = max(1, theta - 2f).
 
-  Measurements: `rejected_count` (n - theta, clients not selected by the Krum phase) and
-  `bulyan_kept_per_coordinate` (beta).
+  Measurements: `rejected_count` (n - theta, clients not selected by the Krum phase),
+  `bulyan_kept_per_coordinate` (beta) and `client_decisions` (1 for the theta clients the
+  Krum phase selects: the coordinate-wise trimming that follows has no per-client verdict).
   """
 
   def __init__(self, num_byzantine: int = 1):
@@ -102,10 +103,12 @@ class BulyanFactory(robust_rules.ServerRuleFactory):
         lambda x: tf.cast(closest_to_median_mean(tf.cast(tf.boolean_mask(x, selected),
                                                          tf.float32), beta), x.dtype),
         stacked)
-    return result, collections.OrderedDict(rejected_count=n - theta,
-                                           bulyan_kept_per_coordinate=beta)
+    return result, collections.OrderedDict([
+        ('rejected_count', n - theta), ('bulyan_kept_per_coordinate', beta),
+        (_common.DECISIONS_KEY, tf.cast(selected, tf.float32))])
 
   def _empty_measurements(self):
-    return collections.OrderedDict(
-        rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
-        bulyan_kept_per_coordinate=tf.constant(0, _common.COUNT_TF_TYPE))
+    return collections.OrderedDict([
+        ('rejected_count', tf.constant(0, _common.COUNT_TF_TYPE)),
+        ('bulyan_kept_per_coordinate', tf.constant(0, _common.COUNT_TF_TYPE)),
+        (_common.DECISIONS_KEY, robust_rules.no_decisions())])

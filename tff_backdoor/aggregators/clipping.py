@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.aggregators import robust_rules
 
 WeightedFactory = tff.aggregators.WeightedAggregationFactory
 
@@ -89,7 +90,8 @@ def norm_zeroing_factory(zeroing_norm: float,
   that the bound means the same as the clipping bound.
 
   Measurements (from `tff.aggregators.zeroing_factory`): `zeroed_count`, `zeroing_norm`, and
-  the inner factory's under `zeroing`.
+  the inner factory's under `zeroing`; ours: `client_decisions` (1 kept, 0 zeroed or absent,
+  in the order received: `zeroing_decisions`).
 
   Args:
     zeroing_norm: The L2 bound. Must be > 0.
@@ -99,9 +101,31 @@ def norm_zeroing_factory(zeroing_norm: float,
   Returns:
     A `tff.aggregators.WeightedAggregationFactory`.
   """
-  return tff.aggregators.zeroing_factory(float(zeroing_norm),
-                                         inner_agg_factory or _common.default_mean_factory(),
-                                         norm_order=2.0)
+  zeroing = tff.aggregators.zeroing_factory(float(zeroing_norm),
+                                            inner_agg_factory or _common.default_mean_factory(),
+                                            norm_order=2.0)
+  return tff.aggregators.add_measurements(
+      zeroing, client_measurement_fn=lambda v, w: zeroing_decisions(v, w, float(zeroing_norm)))
+
+
+def zeroing_decisions(value: tff.Value, weight: tff.Value, zeroing_norm: float) -> tff.Value:
+  """At SERVER, {client_decisions: float32 [clients]}: 1 where a client is kept by zeroing.
+
+  The same test as TFF's zeroing (L2 norm > bound is zeroed), made at the clients and
+  stacked in the order received (`robust_rules.federated_stack`); weight 0 is absent (0).
+  """
+  @tff.tensorflow.computation(value.type_signature.member, weight.type_signature.member)
+  def kept(value, weight):
+    keep = tf.logical_and(_common.global_l2_norm(value) <= zeroing_norm,
+                          tf.cast(weight, tf.float32) > 0.0)
+    return tf.cast(keep, tf.float32)
+
+  @tff.tensorflow.computation
+  def as_measurements(decisions):
+    return collections.OrderedDict([(_common.DECISIONS_KEY, decisions)])
+
+  return tff.federated_map(
+      as_measurements, robust_rules.federated_stack(tff.federated_map(kept, (value, weight))))
 
 
 class AggregateClippingFactory(tff.aggregators.WeightedAggregationFactory):

@@ -13,7 +13,8 @@ from tff_backdoor.options import check_field, option
 DEFENSES = ('none', 'clip', 'adaptive_clip', 'zeroing', 'clip_mean', 'weak_dp', 'median',
             'trimmed_mean', 'krum', 'multi_krum', 'bias_filter', 'sun_mean', 'sun_dp',
             'geomed', 'bulyan', 'centered_clip', 'rlr', 'flame',
-            'crfl', 'fltrust', 'foolsgold')  # registry.DEFENSE_BUILDERS
+            'crfl', 'fltrust', 'foolsgold', 'fldetector',
+            'deepsight')  # registry.DEFENSE_BUILDERS
 
 # The defenses' parameters: (field, default, rule, help); DefenseConfig's docstring says why
 # each default. One row a field: a defense's new parameter is a new row.
@@ -50,6 +51,22 @@ DEFENSE_PARAMETERS = (
     ('foolsgold_tensors', 2, NONNEGATIVE,
      'foolsgold: trailing update tensors kept in the history (2: output layer; 0: all).'),
     ('foolsgold_confidence', 1.0, POSITIVE, "foolsgold: kappa of the logit (paper: 1)."),
+    ('fldetector_clients', 0, NONNEGATIVE,
+     "fldetector: population size, identities 0..n-1 (0 = the run's clients)."),
+    ('fldetector_window', 10, AT_LEAST_ONE,
+     'fldetector: window N of L-BFGS pairs and of scores (paper: 10).'),
+    ('fldetector_gap_samples', 20, AT_LEAST_ONE,
+     "fldetector: gap statistic's uniform reference sets B (authors' code: 20)."),
+    ('fldetector_max_clusters', 10, AT_LEAST_ONE,
+     "fldetector: gap statistic's largest k (authors' code: 10)."),
+    ('deepsight_tau', 1.0 / 3.0, OPEN_UNIT,
+     'deepsight: accept a cluster with fewer suspicious members than this share (paper: 1/3).'),
+    ('deepsight_threshold_factor', 0.01, OPEN_UNIT,
+     'deepsight: floor of the exceedings threshold / largest NEUP (paper: 0.01).'),
+    ('deepsight_min_cluster_size', 5, AT_LEAST_ONE,
+     "deepsight: HDBSCAN min_cluster_size (the peers' 5; >= 2)."),
+    ('deepsight_min_samples', 4, AT_LEAST_ONE,
+     "deepsight: HDBSCAN min_samples, sklearn's convention (FLPoison's 3 + 1)."),
 )
 
 
@@ -96,6 +113,10 @@ class DefenseConfig:
   * `foolsgold_tensors` = 2, `foolsgold_confidence` = 1: the history keeps the output layer
     (kernel and bias), as FLPoison's indicative features do; kappa = 1 as in Fung et al.;
     `foolsgold_clients` = 0: a run fills in its population size (`run.setup`).
+  * fldetector: window N = 10 (Zhang et al.), gap statistic with B = 20 reference sets and
+    k <= 10 (the authors' code); `fldetector_clients` = 0: the run's population, as FoolsGold.
+  * deepsight: tau = 1/3 and the 0.01 floor of Rieger et al.; HDBSCAN as the peers call it
+    (`aggregators.deepsight` docstring).
   """
   name: str = option('none', 'Defense applied while aggregating client updates.',
                      choices=DEFENSES, flag='defense')
@@ -135,6 +156,8 @@ def validate_defense(config: DefenseConfig, clients_per_round: int) -> None:
   if config.name == 'bulyan' and not clients_per_round >= 4 * config.bulyan_f + 3:
     raise ValueError(f'bulyan_f={config.bulyan_f} is too large for clients_per_round='
                      f'{clients_per_round}: Bulyan needs clients_per_round >= 4*bulyan_f + 3')
+  if config.name == 'fldetector' and config.fldetector_gap_samples < 2:
+    raise ValueError('fldetector_gap_samples must be at least 2 (a spread of reference sets)')
   if config.name == 'rlr' and config.rlr_threshold > clients_per_round:
     raise ValueError(f'rlr_threshold={config.rlr_threshold} exceeds clients_per_round='
                      f'{clients_per_round}: every coordinate would be flipped')

@@ -43,7 +43,8 @@ class FlameFilterFactory(robust_rules.ServerRuleFactory):
   Unweighted like the paper; clients with weight 0 are absent (see `robust_rules`).
 
   Measurements: `rejected_count` (clients outside the cluster), `clipping_norm` (S, the
-  median norm) and `clipped_count` (kept clients whose norm exceeded S).
+  median norm), `clipped_count` (kept clients whose norm exceeded S) and `client_decisions`
+  (1 in the cluster, 0 outside).
   """
 
   def __init__(self, min_samples: int = 2):
@@ -66,12 +67,14 @@ class FlameFilterFactory(robust_rules.ServerRuleFactory):
     return result, collections.OrderedDict(
         rejected_count=tf.reduce_sum(tf.cast(tf.logical_not(kept), _common.COUNT_TF_TYPE)),
         clipping_norm=bound,
-        clipped_count=tf.reduce_sum(tf.cast(kept & (norms > bound), _common.COUNT_TF_TYPE)))
+        clipped_count=tf.reduce_sum(tf.cast(kept & (norms > bound), _common.COUNT_TF_TYPE)),
+        **{_common.DECISIONS_KEY: kept_float})
 
   def _empty_measurements(self):
     return collections.OrderedDict(rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
                                    clipping_norm=tf.constant(0.0, _common.NORM_TF_TYPE),
-                                   clipped_count=tf.constant(0, _common.COUNT_TF_TYPE))
+                                   clipped_count=tf.constant(0, _common.COUNT_TF_TYPE),
+                                   **{_common.DECISIONS_KEY: robust_rules.no_decisions()})
 
 
 def flame_factory(noise_ratio: float = 0.001, min_samples: int = 2,

@@ -6,7 +6,8 @@ the norm of g0, and the aggregate is sum_i TS_i * (||g0|| / ||g_i||) g_i / sum_i
 
 `FLTrustFactory` is a `tff.aggregators.WeightedAggregationFactory`: g0 is broadcast to the
 clients, each computes its trust and rescaled update, and two `federated_sum`s finish the
-rule, so it is mergeable and never stacks the updates. g0 itself is the `reference` field of
+rule, so it is mergeable and never stacks the updates (only the trust scores, one scalar a
+client, reach the server with `federated_stack`, for the per-client decisions). g0 itself is the `reference` field of
 the process state, which the learning process writes before every round:
 `learning.server_update.compose_with_server_update` does so with the server's own local
 training (`process.compose_fed_avg(server_update_fn=...)`). To use it in a plain TFF process,
@@ -24,7 +25,8 @@ instead averages the rescaled updates uniformly when every trust is 0, so such a
 the model.
 
 Measurements: `trusted_count` (clients with TS > 0), `mean_trust` (over the clients taking
-part), `server_update_norm` (||g0||).
+part), `server_update_norm` (||g0||), `client_decisions` (each client's TS, in the order
+received).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.aggregators.robust_rules import federated_stack
 
 REFERENCE_KEY = 'reference'  # the state field holding the server's update g0
 
@@ -88,7 +91,11 @@ class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
       return rescaled, counts
 
     @tff.tensorflow.computation
-    def finish(weighted_sum, counts, state):
+    def trust_of(counts):
+      return counts['trust']
+
+    @tff.tensorflow.computation
+    def finish(weighted_sum, counts, state, trusts):
       result = tf.nest.map_structure(
           lambda s: tf.math.divide_no_nan(s, tf.cast(counts['trust'], s.dtype)), weighted_sum)
       measurements = collections.OrderedDict(
@@ -96,6 +103,7 @@ class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
           mean_trust=tf.math.divide_no_nan(counts['trust'],
                                            tf.cast(counts['participants'], tf.float32)),
           server_update_norm=_common.global_l2_norm(state[REFERENCE_KEY]))
+      measurements[_common.DECISIONS_KEY] = trusts
       return result, measurements
 
     @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
@@ -104,8 +112,9 @@ class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
     def next_fn(state, value, weight):
       reference = tff.federated_broadcast(getattr(state, REFERENCE_KEY))
       rescaled, counts = tff.federated_map(client_share, (value, reference, weight))
+      trusts = federated_stack(tff.federated_map(trust_of, counts))
       result, measurements = tff.federated_map(
-          finish, (tff.federated_sum(rescaled), tff.federated_sum(counts), state))
+          finish, (tff.federated_sum(rescaled), tff.federated_sum(counts), state, trusts))
       return tff.templates.MeasuredProcessOutput(state=state, result=result,
                                                  measurements=measurements)
 

@@ -35,7 +35,8 @@ of the EMNIST setting and sun_cnn's logits layer (128 x 10 + 10 = 1,290 values) 
 Mergeable: the updates reach the server with `federated_stack`.
 
 Measurements: `zero_weight_count` (clients given weight 0, the sybils), `mean_foolsgold_weight`
-(over the clients taking part).
+(over the clients taking part), `client_decisions` (each client's weight a in [0, 1], in the
+order received; 0 for an absent client).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
-from tff_backdoor.aggregators.robust_rules import federated_stack
+from tff_backdoor.aggregators import robust_rules
 
 
 def foolsgold_weights(histories: tf.Tensor, confidence: float) -> tf.Tensor:
@@ -104,9 +105,11 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
     result = tf.nest.map_structure(
         lambda x: tf.math.divide_no_nan(tf.tensordot(wv, x, axes=1), tf.reduce_sum(wv)),
         stacked)
-    return result, history, collections.OrderedDict(
-        zero_weight_count=tf.reduce_sum(tf.cast(tf.equal(wv, 0.0), _common.COUNT_TF_TYPE)),
-        mean_foolsgold_weight=tf.math.divide_no_nan(tf.reduce_sum(wv), tf.cast(n, tf.float32)))
+    return result, history, robust_rules.received_order(collections.OrderedDict([
+        ('zero_weight_count', tf.reduce_sum(tf.cast(tf.equal(wv, 0.0), _common.COUNT_TF_TYPE))),
+        ('mean_foolsgold_weight',
+         tf.math.divide_no_nan(tf.reduce_sum(wv), tf.cast(n, tf.float32))),
+        (_common.DECISIONS_KEY, wv)]), valid)
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
@@ -115,26 +118,10 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
     kept = specs[-self._tensors:] if self._tensors else specs
     width = int(sum(np.prod(s.shape) for s in kept))
 
-    @tff.tensorflow.computation
-    def initial_state():
-      return collections.OrderedDict(history=tf.zeros([self._num_clients, width]))
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_eval(initial_state, tff.SERVER)
-
-    @tff.tensorflow.computation
-    def apply_rule(stacked, weights, state):
-      result, history, measurements = self._rule(stacked, tf.cast(weights, tf.float32),
-                                                 state['history'])
+    def rule(stacked, weights, state):
+      result, history, measurements = self._rule(stacked, weights, state['history'])
       return result, collections.OrderedDict(history=history), measurements
 
-    @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS),
-                               tff.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, value, weight):
-      stacked, weights = federated_stack(tff.federated_zip((value, weight)))
-      result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
-      return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return robust_rules.stateful_rule_process(
+        value_type, weight_type,
+        lambda: collections.OrderedDict(history=tf.zeros([self._num_clients, width])), rule)

@@ -15,8 +15,10 @@ from tff_backdoor.aggregators import bulyan
 from tff_backdoor.aggregators import centered_clipping
 from tff_backdoor.aggregators import clipping
 from tff_backdoor.aggregators import crfl
+from tff_backdoor.aggregators import deepsight
 from tff_backdoor.aggregators import dp
 from tff_backdoor.aggregators import flame
+from tff_backdoor.aggregators import fldetector
 from tff_backdoor.aggregators import fltrust
 from tff_backdoor.aggregators import foolsgold
 from tff_backdoor.aggregators import geometric_median
@@ -60,6 +62,13 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     # Reads the weight as the client's identity: build_attacker_client_work(identify_clients=).
     'foolsgold': lambda c, n, seed: foolsgold.FoolsGoldFactory(
         c.foolsgold_clients, c.foolsgold_tensors, c.foolsgold_confidence),
+    # Also reads the weight as the client's identity.
+    'fldetector': lambda c, n, seed: fldetector.FLDetectorFactory(
+        c.fldetector_clients, n, c.fldetector_window, c.fldetector_gap_samples,
+        c.fldetector_max_clusters, seed or 0),
+    'deepsight': lambda c, n, seed: deepsight.DeepSightFactory(
+        c.deepsight_tau, c.deepsight_threshold_factor, c.deepsight_min_cluster_size,
+        c.deepsight_min_samples),
 }
 
 # Defenses acting on the global model after aggregation: name -> the server optimizer wrapping

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import collections
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -69,6 +69,40 @@ def federated_stack(value: tff.Value) -> tff.Value:
   return tff.federated_aggregate(value, empty_stack(), accumulate, merge, report)
 
 
+def stateful_rule_process(value_type: tff.Type, weight_type: tff.Type,
+                          initial_state: Callable[[], Any],
+                          rule: Callable[[Any, tf.Tensor, Any], tuple]
+                          ) -> tff.templates.AggregationProcess:
+  """A process that stacks every (value, weight) and runs `rule` at the server with a state.
+
+  `initial_state()` builds the state in TF; `rule(stacked, weights float32 [n], state)`
+  returns (aggregate structured as one value, new state, measurements). One
+  `federated_aggregate`, so the process stays mergeable (FoolsGold, FLDetector).
+  """
+
+  @tff.tensorflow.computation
+  def initial():
+    return initial_state()
+
+  @tff.federated_computation()
+  def init_fn():
+    return tff.federated_eval(initial, tff.SERVER)
+
+  @tff.tensorflow.computation
+  def apply_rule(stacked, weights, state):
+    return rule(stacked, tf.cast(weights, tf.float32), state)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(value_type, tff.CLIENTS),
+                             tff.FederatedType(weight_type, tff.CLIENTS))
+  def next_fn(state, value, weight):
+    stacked, weights = federated_stack(tff.federated_zip((value, weight)))
+    result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
+    return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
 def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
   """Median along axis 0 (the clients), averaging the two middle values when n is even.
 
@@ -79,6 +113,23 @@ def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
   return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
 
 
+def received_order(measurements: collections.OrderedDict, participates: tf.Tensor,
+                   keys: tuple = (_common.DECISIONS_KEY,)) -> collections.OrderedDict:
+  """`measurements` with its per-client values under `keys` (over the participants) spread
+  back to every client received, in the order received; an absent client (weight 0) gets 0."""
+  measurements = collections.OrderedDict(measurements)
+  for key in set(keys) & set(measurements):
+    measurements[key] = tf.scatter_nd(
+        tf.where(participates), tf.cast(measurements[key], tf.float32),
+        tf.shape(participates, out_type=tf.int64))
+  return measurements
+
+
+def no_decisions() -> tf.Tensor:
+  """The per-client decisions of a round in which no client takes part (none)."""
+  return tf.zeros([0], tf.float32)
+
+
 class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=abc.ABCMeta):
   """Base of the rules applied at the server to the stacked updates of all clients.
 
@@ -86,7 +137,10 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
   `federated_aggregate`, so the computation stays mergeable), keeps the clients with weight
   > 0, and runs the subclass's `_rule` on them in one TensorFlow computation at the server;
   zeros if no client takes part. The process has no state. A subclass implements `_rule` and
-  `_empty_measurements`, and may validate `value_type` by overriding `create`.
+  `_empty_measurements`, and may validate `value_type` by overriding `create`. A rule that
+  admits or weights clients reports its decision per participant under
+  `_common.DECISIONS_KEY` (float32 [n]; `no_decisions()` when empty); the process reports it
+  for every client received, in the order received (`received_order`).
   """
 
   @abc.abstractmethod
@@ -128,7 +182,9 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
         return (tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), value_spec),
                 self._empty_measurements())
 
-      return tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec), empty)
+      result, measurements = tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec),
+                                     empty)
+      return result, received_order(measurements, participates)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -215,8 +271,8 @@ class KrumFactory(ServerRuleFactory):
   with unsquared distances and n - f - 1 neighbours, which can pick another winner
   (docs/DEFENSES.md).
 
-  Measurements: `rejected_count` (n - number selected) and `krum_score_min` (score of the
-  best client).
+  Measurements: `rejected_count` (n - number selected), `krum_score_min` (score of the
+  best client) and `client_decisions` (1 selected, 0 not).
   """
 
   def __init__(self, num_byzantine: int = 1, num_selected: int = 1):
@@ -248,9 +304,13 @@ class KrumFactory(ServerRuleFactory):
     selected = tf.math.top_k(-scores, k=num_selected, sorted=True).indices
     result = tf.nest.map_structure(lambda x: tf.reduce_mean(tf.gather(x, selected), axis=0),
                                    stacked)
-    return result, collections.OrderedDict(
-        rejected_count=n - num_selected, krum_score_min=tf.reduce_min(scores))
+    admitted = tf.reduce_sum(tf.one_hot(selected, n), axis=0)
+    return result, collections.OrderedDict([
+        ('rejected_count', n - num_selected), ('krum_score_min', tf.reduce_min(scores)),
+        (_common.DECISIONS_KEY, admitted)])
 
   def _empty_measurements(self):
-    return collections.OrderedDict(rejected_count=tf.constant(0, _common.COUNT_TF_TYPE),
-                                   krum_score_min=tf.constant(0.0, _common.NORM_TF_TYPE))
+    return collections.OrderedDict([
+        ('rejected_count', tf.constant(0, _common.COUNT_TF_TYPE)),
+        ('krum_score_min', tf.constant(0.0, _common.NORM_TF_TYPE)),
+        (_common.DECISIONS_KEY, no_decisions())])

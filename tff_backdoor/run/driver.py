@@ -2,8 +2,8 @@
 
 `run_experiment(config)` is what experiments/emnist_backdoor.py's `main` calls;
 `run_prepared(setup)` runs a setup built (and possibly changed) beforehand. The rounds are
-`loop.run_rounds` with hooks for capture, evaluation and metrics, progress and checkpoints;
-FLAIN is a hook of the end of the run.
+`loop.run_rounds` with hooks for capture, detection (whom the defense caught), evaluation and
+metrics, progress and checkpoints; FLAIN is a hook of the end of the run.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tff_backdoor.execution import contexts
 from tff_backdoor.run import capture as capture_lib
 from tff_backdoor.run import checkpoint
 from tff_backdoor.run import client_inputs
+from tff_backdoor.run import detection
 from tff_backdoor.run import evaluation
 from tff_backdoor.run import flain_hook
 from tff_backdoor.run import loop
@@ -251,12 +252,13 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   _announce(progress, setup, source, first_round)
   state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
                           _round_inputs(setup, streams),
-                          [capture, metrics, shown, CheckpointHook(config, streams, metrics,
-                                                                   start)])
+                          [capture, detection.DetectionHook(), metrics, shown,
+                           CheckpointHook(config, streams, metrics, start)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
   final['eval_seconds'] = metrics.eval_seconds
+  final.update(detection.totals(writer.rows))  # from the rows: also over resumed rounds
   if config.flain.enabled:
     loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
   metrics_io.write_json(os.path.join(run.output_dir, rundir.FINAL_FILE), final)

@@ -176,9 +176,13 @@ def fltrust_root(config: ExperimentConfig, data: data_lib.FederatedData) -> Arra
                                     seed=config.run.seed, num_classes=data.num_classes)
 
 
+# Defenses that read a client's weight as its identity -> their population-size field.
+POPULATION_FIELDS = {'foolsgold': 'foolsgold_clients', 'fldetector': 'fldetector_clients'}
+
+
 def identifies_clients(config: ExperimentConfig) -> bool:
-  """Whether the run's client data carries population indices (FoolsGold's identities)."""
-  return config.defense.name == 'foolsgold'
+  """Whether the run's client data carries population indices (FoolsGold's, FLDetector's)."""
+  return config.defense.name in POPULATION_FIELDS
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
@@ -186,11 +190,13 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
   """(process, its client work, capturing process or None) for the config's FedAvg and defense.
 
   Both processes share one client work, built here with the rest (before any eager model).
-  `data` gives --defense=fltrust its root set and --defense=foolsgold its population.
+  `data` gives --defense=fltrust its root set and --defense=foolsgold/fldetector their
+  population.
   """
   fed_avg, defense = config.fed_avg, config.defense
-  if defense.name == 'foolsgold' and not defense.foolsgold_clients:  # the run's population
-    defense = dataclasses.replace(defense, foolsgold_clients=len(data.train.client_ids))
+  field = POPULATION_FIELDS.get(defense.name)
+  if field and not getattr(defense, field):  # the run's population
+    defense = dataclasses.replace(defense, **{field: len(data.train.client_ids)})
   aggregator = defense_registry.build_defense(defense, fed_avg.clients_per_round,
                                               seed=config.run.seed)
   client_optimizer = tff.learning.optimizers.build_sgdm(fed_avg.client_lr)

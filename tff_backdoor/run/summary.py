@@ -37,6 +37,10 @@ def _defense_line(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any])
     parts.append(f'every update cut to norm <= {bound:g}')
   if clipped.size:
     parts.append(f'{clipped.sum():.0f} updates clipped over {len(rows)} rounds')
+  caught = [sum(r.get(f'detection_{k}') or 0 for r in rows) for k in ('tp', 'fn', 'fp', 'tn')]
+  if any(caught):
+    parts.append(f'flagged {caught[0]} of {caught[0] + caught[1]} attacker updates and '
+                 f'{caught[2]} of {caught[2] + caught[3]} honest ones')
   if norms:
     parts.append(norms)
   return '; '.join(parts)
