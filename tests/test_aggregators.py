@@ -94,6 +94,14 @@ def _weighted_mean(u, w):
   return [sum(wi * c[j] for wi, c in zip(w, u)) / w.sum() for j in range(len(u[0]))]
 
 
+def _fldetector_first_round(u, w, population):
+  """Its first round has no history: the plain mean of the clients whose weight names one of
+  the population (index + 1); a weight above it (an example count in plain FedAvg) drops out.
+  Later rounds: tests/test_fldetector.py."""
+  known = [c for c, wi in zip(u, w) if 0 < wi <= population]
+  return [np.mean(x, axis=0) for x in _stack(known)]
+
+
 def _stack(u):
   return [np.stack([c[j] for c in u]).astype(np.float64) for j in range(len(u[0]))]
 
@@ -162,7 +170,8 @@ REFERENCES = {
     'crfl': _weighted_mean,
     'fltrust': lambda u, w: [np.zeros(x.shape) for x in u[0]],  # see tests/test_fltrust.py
     'foolsgold': _foolsgold_first_round,
-    'fldetector': lambda u, w: [np.mean(x, axis=0) for x in _stack(u)],  # tests/test_fldetector
+    'fldetector': lambda u, w: _fldetector_first_round(u, w, OVERRIDES['fldetector'][
+        'fldetector_clients']),
     'deepsight': lambda u, w: detector_refs.deepsight(u)[0],
 }
 
