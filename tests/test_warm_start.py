@@ -163,6 +163,26 @@ def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):
   with pytest.raises(OSError, match=r'truncated/final_model\.keras: not a complete \.keras '
                      r'archive \(3000 bytes: truncated'):
     warm_start.load(truncated, model)
+  # Issue 41: a byte flipped in place keeps the size (and the zip directory): a CRC error.
+  flipped = str(tmp_path / 'flipped')
+  shutil.copytree(source, flipped)
+  path = os.path.join(flipped, 'final_model.keras')
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(OSError, match=r'flipped/final_model\.keras: damaged \.keras archive'):
+    warm_start.load(flipped, model)
+  # A model gone NaN is refused: it would train nothing and exit 0.
+  broken = str(tmp_path / 'nonfinite')
+  shutil.copytree(source, broken)
+  weights = model.get_weights()
+  weights[0][...] = np.nan
+  model.set_weights(weights)
+  model.save(os.path.join(broken, 'final_model.keras'))
+  with pytest.raises(ValueError, match=rf'is not finite \({weights[0].size} of \d+ weights NaN'):
+    warm_start.load(broken, models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0))
 
 
 def test_a_weights_file_that_is_not_one_is_named_with_the_reason(tmp_path):

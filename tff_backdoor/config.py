@@ -18,8 +18,8 @@ from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
 from tff_backdoor.flain_config import FlainConfig
-from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE
-from tff_backdoor.options import UNIT_INTERVAL
+from tff_backdoor.options import AT_LEAST_ONE, DIRICHLET_ALPHA, FRACTION, NONNEGATIVE, POSITIVE
+from tff_backdoor.options import SEED_RANGE, UNIT_INTERVAL
 from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
 from tff_backdoor.options import from_flat_value, to_flat_value
 
@@ -47,7 +47,8 @@ class DataConfig(Fields):
   num_clients: Optional[int] = option(
       None, 'Clients to partition into (default 100); emnist/femnist: a seeded subset of '
       'writers (default and 0: every writer).')
-  alpha: float = option(0.5, 'Dirichlet concentration (partition=dirichlet).')
+  alpha: float = option(0.5, 'Dirichlet concentration (partition=dirichlet).',
+                        rule=DIRICHLET_ALPHA)
   shards_per_client: int = option(2, 'partition=shards.')
   server_holdout: Optional[int] = option(
       None, 'Clean examples kept at the server (FLAIN auxiliary data), disjoint from clients '
@@ -55,7 +56,7 @@ class DataConfig(Fields):
       rule=NONNEGATIVE)
   train_fraction: float = option(
       1.0, 'Centralised data: train on this seeded, class-stratified share of the training '
-      'pool (1 = all); a cheaper population of the same shape.')
+      'pool (1 = all); a cheaper population of the same shape.', rule=UNIT_INTERVAL)
 
   @property
   def natural(self) -> bool:
@@ -110,8 +111,9 @@ class ScheduleConfig(Fields):
   name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
   attack_every: int = option(1, 'fixed_frequency: one attacker every k.', rule=AT_LEAST_ONE)
   malicious_fraction: float = option(
-      0.1, 'random_fraction / fixed_per_round: malicious share of the population.')
-  attackers_per_round: int = option(1, 'fixed_per_round.')
+      0.1, 'random_fraction / fixed_per_round: malicious share of the population.',
+      rule=FRACTION)
+  attackers_per_round: int = option(1, 'fixed_per_round.', rule=NONNEGATIVE)
   start: int = option(0, 'First attack round (0-based).', flag='attack_start',
                       rule=NONNEGATIVE)
   stop: Optional[int] = option(None, 'Round attacks stop (0 = never).', flag='attack_stop',
@@ -292,7 +294,10 @@ def _check_combinations(config: ExperimentConfig) -> None:
 
 
 def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
-  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' or None -> none. Rounds are 0-based."""
+  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' or None -> none. Rounds are 0-based.
+
+  An open range 'k-' runs to the last round (it used to mean round k alone).
+  """
   spec = (spec or '').strip()
   if not spec:
     return set()
@@ -301,8 +306,9 @@ def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
   rounds = set()
   for part in spec.split(','):
     try:
-      lo, _, hi = part.strip().partition('-')
-      lo_i, hi_i = int(lo), int(hi or lo)
+      lo, dash, hi = part.strip().partition('-')
+      lo_i = int(lo)
+      hi_i = int(hi) if hi.strip() else (total_rounds - 1 if dash else lo_i)
     except ValueError:
       raise ValueError(f"bad round list {spec!r}: use e.g. '0-4,10' or 'all'") from None
     if lo_i < 0 or hi_i < lo_i or hi_i >= total_rounds:

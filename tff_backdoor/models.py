@@ -151,6 +151,13 @@ def _not_an_archive(path: str, kind: str) -> Optional[str]:
   if not zipfile.is_zipfile(path):
     return (f'{path}: not a complete {kind} archive ({os.path.getsize(path)} bytes: truncated, '
             'or another format)')
+  try:  # every member's CRC: a byte damaged in place keeps the size and the zip directory
+    with zipfile.ZipFile(path) as archive:
+      damaged = archive.testzip()
+  except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    return f'{path}: damaged {kind} archive ({type(e).__name__}: {e})'
+  if damaged is not None:
+    return f'{path}: damaged {kind} archive ({damaged} fails its CRC check)'
   return None
 
 

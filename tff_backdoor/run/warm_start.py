@@ -24,8 +24,8 @@ carry over; the contract of a warm-started run (tested in tests/test_warm_start.
   K rounds ends with the model the R+K-round run ends with (to float rounding); with
   sampling or shuffling the two differ only in their random draws.
 
-The source must have the same architecture (`--model`, input shape, classes); a mismatch is
-a one-line ValueError.
+The source must have the same architecture (`--model`, input shape, classes) and finite
+weights; a mismatch or a NaN/Inf weight is a one-line ValueError.
 """
 from __future__ import annotations
 
@@ -132,4 +132,9 @@ def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
     for variable, leaf in zip(variables, leaves):
       variable.assign(leaf.astype(variable.dtype.as_numpy_dtype))
   weights = [np.array(w) for w in keras_model.get_weights()]
+  bad = sum(int(np.size(w) - np.count_nonzero(np.isfinite(w))) for w in weights)
+  if bad:  # it would train on nothing (every update non-finite, zeroed) and exit 0
+    raise ValueError(f'--init_from={run_dir}: the model in {path} is not finite ({bad} of '
+                     f'{sum(np.size(w) for w in weights)} weights NaN or Inf); warm-start from '
+                     'a finite model')
   return InitSource(os.path.abspath(path), rounds, weights, weights_sha256(weights))

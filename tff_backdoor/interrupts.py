@@ -1,0 +1,95 @@
+"""Ctrl-C ends a run at any moment in one line, `interrupted`, with exit code 130.
+
+Python's default SIGINT handler raises KeyboardInterrupt wherever the main thread happens to
+be, and some places lose it or make it loud: inside an import (a traceback of the import
+chain), inside a callback Python reports as "unraisable" (jax's `_xla_gc_callback` prints
+"Exception ignored" and the run goes on, on a TFF worker restarted after the same Ctrl-C
+killed it), in an atexit hook, or in the spawned LEAF parsers (a `SpawnProcess` traceback
+each). So the run program's first statement calls `exit_on_interrupt`: its handler records
+the interrupt and ends the process itself, printing one line, SIGKILLing this process's
+children (TFF's worker_binary, the parsers) and leaving with `os._exit(130)`, skipping the
+unwinding that can fail. Nothing written is lost: metrics rows are written and closed one
+at a time, checkpoints are renamed into place whole (a torn last row or a hidden partial
+checkpoint is what `--resume` already recovers from).
+
+Standard library only: it is imported before anything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Iterator, List, Tuple
+
+EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+_received: List[int] = []  # the signals handled, for tests and for re-checks
+
+
+def interrupted() -> bool:
+  """True once `exit_on_interrupt`'s handler has run (it does not return, but threads may)."""
+  return bool(_received)
+
+
+def child_processes() -> List[Tuple[int, str]]:
+  """(pid, command name) of this process's direct children (Linux /proc; [] elsewhere)."""
+  me, children = str(os.getpid()), []
+  try:
+    entries = [e for e in os.listdir('/proc') if e.isdigit()]
+  except OSError:
+    return children
+  for entry in entries:
+    try:
+      with open(f'/proc/{entry}/stat', 'rb') as f:
+        stat = f.read().decode(errors='replace')
+    except OSError:
+      continue
+    # Format: pid (comm) state ppid ...; comm may hold spaces, so split at the last ')'.
+    fields = stat[stat.rfind(')') + 2:].split()
+    if len(fields) > 1 and fields[1] == me:
+      children.append((int(entry), stat[stat.find('(') + 1:stat.rfind(')')]))
+  return children
+
+
+def _handle(signum: int, frame) -> None:
+  """Ends the process: one line, children SIGKILLed, exit 130, no unwinding."""
+  del frame
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt this
+  _received.append(signum)
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except  (a closed or broken stream)
+      pass
+  os.write(2, b'interrupted\n')
+  for pid, _ in child_processes():
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except OSError:
+      pass
+  os._exit(EXIT_CODE)  # pylint: disable=protected-access
+
+
+def exit_on_interrupt() -> None:
+  """Installs the handler (main thread only; call it first thing in a program's __main__)."""
+  signal.signal(signal.SIGINT, _handle)
+
+
+@contextlib.contextmanager
+def held_while_starting_children() -> Iterator[None]:
+  """Blocks SIGINT in this thread while it starts child processes, which inherit the mask
+  through exec, so a Ctrl-C in their start-up cannot print a traceback; children call
+  `ignore_in_child` first. A Ctrl-C in the block is delivered when it ends (or to another
+  thread at once), not lost."""
+  old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def ignore_in_child() -> None:
+  """A worker process's initializer: Ctrl-C is its parent's to handle (it then kills it)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
