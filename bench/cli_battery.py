@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from absl import app
 from absl import flags
 
+from tff_backdoor import interrupts
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string('work', '/tmp/cli_battery', 'Scratch folder (deleted and rewritten).')
 flags.DEFINE_integer('sigints', 20, 'Ctrl-C tries.', lower_bound=0)
@@ -73,21 +75,6 @@ def flip_middle_byte(path: str) -> None:
     f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def session_processes(sid: int) -> List[str]:
-  """'pid comm' of every live (non-zombie) process of session `sid`."""
-  found = []
-  for entry in (e for e in os.listdir('/proc') if e.isdigit()):
-    try:
-      with open(f'/proc/{entry}/stat') as f:
-        stat = f.read()
-    except OSError:
-      continue
-    fields = stat[stat.rfind(')') + 2:].split()
-    if fields[0] != 'Z' and int(fields[3]) == sid:
-      found.append(f'{entry} {stat[stat.find("(") + 1:stat.rfind(")")]}')
-  return found
-
-
 def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[str]]:
   """SIGINT to the process group of a tiny 400-round run `after_s` seconds after its start."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
@@ -105,7 +92,7 @@ def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[s
     os.killpg(proc.pid, signal.SIGKILL)
     _, err = proc.communicate()
   time.sleep(0.5)
-  left = session_processes(proc.pid)
+  left = interrupts.session_processes(proc.pid)
   lines = [l for l in err.splitlines() if l.strip()]
   return (proc.returncode, time.time() - start, lines), left
 

@@ -23,21 +23,6 @@ def idx_dir(tmp_path_factory):
   return tiny.write_idx_dataset(str(tmp_path_factory.mktemp('idx')))
 
 
-def _session_left(sid: int) -> list:
-  """Live processes of session `sid` (its worker_binary, parsers...)."""
-  left = []
-  for pid in [int(e) for e in os.listdir('/proc') if e.isdigit()]:
-    try:
-      with open(f'/proc/{pid}/stat') as f:
-        stat = f.read()
-    except OSError:
-      continue
-    fields = stat[stat.rfind(')') + 2:].split()
-    if fields[0] != 'Z' and int(fields[3]) == sid:
-      left.append(stat[:stat.rfind(')') + 1])
-  return left
-
-
 @pytest.mark.parametrize('after_s', [0.3, 1.5, 'first row'])
 def test_sigint_to_the_group_at_any_moment_is_one_line_and_exit_130(idx_dir, tmp_path,
                                                                     after_s):
@@ -63,7 +48,7 @@ def test_sigint_to_the_group_at_any_moment_is_one_line_and_exit_130(idx_dir, tmp
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (130, 'interrupted\n')
     time.sleep(0.3)
-    assert _session_left(proc.pid) == []
+    assert interrupts.session_processes(proc.pid) == []
     if after_s == 'first row':  # every row written stays whole
       rows = [json.loads(l) for l in (out / 'metrics.jsonl').read_text().splitlines()]
       assert [r['round'] for r in rows] == list(range(len(rows))) and rows

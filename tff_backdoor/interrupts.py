@@ -32,24 +32,33 @@ def interrupted() -> bool:
   return bool(_received)
 
 
-def child_processes() -> List[Tuple[int, str]]:
-  """(pid, command name) of this process's direct children (Linux /proc; [] elsewhere)."""
-  me, children = str(os.getpid()), []
+def _processes() -> Iterator[Tuple[int, str, List[str]]]:
+  """(pid, command name, the stat fields after the name) of every process (Linux /proc)."""
   try:
     entries = [e for e in os.listdir('/proc') if e.isdigit()]
   except OSError:
-    return children
+    return
   for entry in entries:
     try:
       with open(f'/proc/{entry}/stat', 'rb') as f:
         stat = f.read().decode(errors='replace')
     except OSError:
       continue
-    # Format: pid (comm) state ppid ...; comm may hold spaces, so split at the last ')'.
-    fields = stat[stat.rfind(')') + 2:].split()
-    if len(fields) > 1 and fields[1] == me:
-      children.append((int(entry), stat[stat.find('(') + 1:stat.rfind(')')]))
-  return children
+    # Format: pid (comm) state ppid pgrp session ...; comm may hold spaces: split at the last ')'.
+    yield int(entry), stat[stat.find('(') + 1:stat.rfind(')')], stat[stat.rfind(')') + 2:].split()
+
+
+def child_processes() -> List[Tuple[int, str]]:
+  """(pid, command name) of this process's direct children ([] where there is no /proc)."""
+  me = str(os.getpid())
+  return [(pid, name) for pid, name, fields in _processes() if fields[1:2] == [me]]
+
+
+def session_processes(sid: int) -> List[str]:
+  """'pid name' of every live (not zombie) process of session `sid`: what a Ctrl-C of a
+  program started with `start_new_session=True` left behind."""
+  return [f'{pid} {name}' for pid, name, fields in _processes()
+          if len(fields) > 3 and fields[0] != 'Z' and fields[3] == str(sid)]
 
 
 def _handle(signum: int, frame) -> None:
