@@ -25,7 +25,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from absl import app
 from absl import flags
 
+from tests import tiny  # TensorFlow: imported before absl's main (Keras needs it so)
 from tff_backdoor import interrupts
+from tff_backdoor import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string('work', '/tmp/cli_battery', 'Scratch folder (deleted and rewritten).')
@@ -128,18 +130,38 @@ def case_flags(data_dir: str, work: str) -> None:
 
 
 def case_nonfinite(data_dir: str, work: str) -> None:
-  """A model turned non-finite (client_lr=1e12 under sun_mean), then --init_from it."""
+  """Models made non-finite or diverged by flags; --init_from a non-finite final model."""
   out = os.path.join(work, 'nonfinite')
-  result = experiment(tiny_flags(data_dir, out, client_lr='1e12', defense='sun_mean',
-                                 checkpoint_every=1))
-  show('--client_lr=1e12 (non-finite)', result)
-  show('--init_from the non-finite run', experiment(tiny_flags(
-      data_dir, os.path.join(work, 'warm_nonfinite'), init_from=out)))
-  out = os.path.join(work, 'diverged')
-  result = experiment(tiny_flags(data_dir, out, client_lr='50', defense='sun_mean'))
-  final = _read(os.path.join(out, 'final.json'))
-  show('--client_lr=50 (finite divergence)', result,
-       note=f'final.json diverged_round={final.get("diverged_round")}')
+  show('--client_lr=1e12 --server_lr=1e10', experiment(tiny_flags(
+      data_dir, out, client_lr='1e12', server_lr='1e10', defense='sun_mean')),
+       note='')
+  print(f'  rows kept: {len(_rows(out))}', flush=True)
+  for name, extra in (('--client_lr=50 (sun_mean)', dict(client_lr='50', defense='sun_mean')),
+                      ('--client_lr=1e12 (sun_mean)', dict(client_lr='1e12',
+                                                           defense='sun_mean')),
+                      ('--defense=weak_dp --dp_sigma=1e30', dict(defense='weak_dp',
+                                                                 dp_sigma='1e30'))):
+    out = os.path.join(work, 'diverged')
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    start = time.time()
+    done = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor',
+                           *tiny_flags(data_dir, out, **extra)], cwd=REPO, env=env, text=True,
+                          capture_output=True, check=False)
+    lines = [l for l in done.stderr.splitlines() if l.strip()]
+    final = _read(os.path.join(out, 'final.json'))
+    last = (done.stdout.strip().splitlines() or [''])[-1]
+    show(name, (done.returncode, time.time() - start, lines),
+         note=f'diverged_round={final.get("diverged_round")}; last stdout line: {last[:110]}'
+         if final else '')
+
+
+def _rows(out: str) -> List[Dict]:
+  try:
+    with open(os.path.join(out, 'metrics.jsonl')) as f:
+      return [json.loads(line) for line in f]
+  except OSError:
+    return []
 
 
 def _read(path: str) -> Dict:
@@ -151,57 +173,72 @@ def _read(path: str) -> Dict:
 
 
 def case_damaged_model(data_dir: str, work: str) -> None:
+  """A byte flipped in final_model.keras; a final model gone NaN (what --crfl_sigma=inf left
+  before it was refused) as --init_from."""
   out = os.path.join(work, 'source')
-  show('a finished tiny run', experiment(tiny_flags(data_dir, out)))
-  model = os.path.join(out, 'final_model.keras')
-  flip_middle_byte(model)
-  with zipfile.ZipFile(model) as z:
-    crc = z.testzip()
+  show('a finished tiny run', experiment(tiny_flags(data_dir, out)), note='(the source)')
+  nan_source = os.path.join(work, 'nan_source')
+  shutil.copytree(out, nan_source)
+  model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
+  model.set_weights([w * float('nan') for w in model.get_weights()])
+  model.save(os.path.join(nan_source, 'final_model.keras'), include_optimizer=False)
+  show('--init_from a NaN final model', experiment(tiny_flags(
+      data_dir, os.path.join(work, 'warm_nan'), init_from=nan_source)))
+  model_path = os.path.join(out, 'final_model.keras')
+  flip_middle_byte(model_path)
+  with zipfile.ZipFile(model_path) as z:
+    print(f'  (flipped byte at {os.path.getsize(model_path) // 2}: member {z.testzip()} '
+          'fails its CRC)', flush=True)
   show('flipped byte: --init_from', experiment(tiny_flags(
-      data_dir, os.path.join(work, 'warm'), init_from=out)), note='')
-  show('flipped byte: per_class_accuracy', run('experiments.per_class_accuracy',
-                                               [f'--run_dir={out}']))
+      data_dir, os.path.join(work, 'warm'), init_from=out)))
+  show('flipped byte: per_class_accuracy', run('experiments.per_class_accuracy', [out]))
   show('flipped byte: apply_flain', run('experiments.apply_flain', [
-      f'--run_dir={out}', f'--output_dir={os.path.join(work, "flain")}']))
-  print(f'  (the damaged member: {crc})', flush=True)
+      out, '--flain_aux_per_class=5', f'--output_dir={os.path.join(work, "flain")}']))
 
 
 def case_moved_resume(data_dir: str, work: str) -> None:
-  """Run killed-like (3 of 6 rounds, checkpoints), moved by --overwrite=move, --resume'd."""
+  """The issue's sequence: run A (6 rounds, a checkpoint a round) Ctrl-C'd after 3 rows; run B
+  started over with --overwrite=move (A goes to DIR.old-1); --resume A where it now is."""
   out = os.path.join(work, 'moved')
-  args = dict(rounds=6, checkpoint_every=1)
-  experiment(tiny_flags(data_dir, out, **args))
-  # Make it unfinished: drop the final files, keep rounds 0-2's checkpoint.
-  for name in ('final.json', 'final_model.keras'):
-    os.remove(os.path.join(out, name))
-  moved = out + '.elsewhere'
-  shutil.rmtree(moved, ignore_errors=True)
-  shutil.move(out, moved)
-  result = experiment(tiny_flags(data_dir, moved, resume='true', **args))
-  show('--resume of a moved run', result,
-       note=f'final.json rounds={_read(os.path.join(moved, "final.json")).get("rounds")} '
-       f'{result[2][-1] if result[2] else ""}')
+  args = tiny_flags(data_dir, out, rounds=6, checkpoint_every=1)
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
+                          cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  while proc.poll() is None and len(_rows(out)) < 3:
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGINT)
+  proc.wait()
+  print(f'  A interrupted (rc {proc.returncode}) after {len(_rows(out))} rows', flush=True)
+  show('B: the same flags, --overwrite=move', experiment([*args, '--overwrite=move']))
+  moved = out + '.old-1'
+  result = experiment([*args[:-1], f'--output_dir={moved}', '--resume'])
+  same = [_no_time(r) for r in _rows(moved)] == [_no_time(r) for r in _rows(out)]
+  show('--resume A in DIR.old-1', result,
+       note=f'rounds {[r["round"] for r in _rows(moved)]}; every metric equals B\'s: {same}')
+
+
+def _no_time(row: Dict) -> Dict:
+  return {k: v for k, v in row.items() if k != 'round_seconds'}
 
 
 def case_sweeps(data_dir: str, work: str) -> None:
-  """A final.json of {} in a sweep; the grid clip_norm=3,3.0."""
+  """Grid values 3 and 3.0 (in an axis; across grids); a final.json of {} in a sweep."""
   sweep = os.path.join(work, 'sweep')
-  grid = os.path.join(work, 'grid.txt')
-  with open(grid, 'w') as f:
-    f.write('defense=clip\nclip_norm=3,3.0\n')
-  base = ' '.join(tiny_flags(data_dir, '/unused')[:-1])
-  result = run('experiments.sweep', [f'--grid={grid}', f'--output_dir={sweep}', '--seeds=1',
-                                     f'--base_flags={base}', '--parallel=1'])
+  base = ' '.join(tiny_flags(data_dir, '/unused')[:-1] + ['--defense=clip'])
+  show('sweep --grid=clip_norm=3,3.0', run('experiments.sweep', [
+      '--grid=clip_norm=3,3.0;seed=0', f'--output_dir={sweep}', f'--base_flags={base}']))
+  union = ['--grid=clip_norm=3;seed=0', '--grid=clip_norm=3.0;seed=0',
+           f'--output_dir={sweep}', f'--base_flags={base}', '--parallel=1']
+  result = run('experiments.sweep', union)
   runs = sorted(d for d in os.listdir(sweep) if os.path.isdir(os.path.join(sweep, d)))
-  show('sweep grid clip_norm=3,3.0', result, note=f'run folders: {runs}')
-  if runs:
-    with open(os.path.join(sweep, runs[0], 'final.json'), 'w') as f:
-      f.write('{}')
-  result = run('experiments.sweep', [f'--grid={grid}', f'--output_dir={sweep}', '--seeds=1',
-                                     f'--base_flags={base}', '--parallel=1'])
-  final = _read(os.path.join(sweep, runs[0], 'final.json')) if runs else {}
+  show('sweep grids clip_norm=3 + clip_norm=3.0', result, note=f'run folders: {runs}')
+  final_path = os.path.join(sweep, runs[0], 'final.json')
+  with open(final_path, 'w') as f:
+    f.write('{}')
+  result = run('experiments.sweep', union)
   show('sweep: a final.json of {}', result,
-       note=f'rerun: final.json now has {len(final)} fields')
+       note=f'redone: final.json now has {len(_read(final_path))} fields')
 
 
 CASES: Dict[str, Callable[[str, str], None]] = {
@@ -211,8 +248,6 @@ CASES: Dict[str, Callable[[str, str], None]] = {
 
 def main(argv: List[str]) -> None:
   del argv
-  sys.path.insert(0, REPO)
-  from tests import tiny  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   shutil.rmtree(FLAGS.work, ignore_errors=True)
   data_dir = tiny.write_idx_dataset(os.path.join(FLAGS.work, 'idx'))
   for name, case in CASES.items():
