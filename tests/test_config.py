@@ -77,6 +77,8 @@ def test_registry_names_agree_with_their_builders():
   from tff_backdoor import models
   from tff_backdoor.attacks import schedules, tasks
   assert set(config_lib.MODELS) == set(models.MODEL_BUILDERS)
+  assert {name: len(models.build_model(name, (28, 28, 1), 10, seed=0).trainable_weights)
+          for name in config_lib.MODELS} == config_lib.UPDATE_TENSORS
   assert set(config_lib.SCHEDULES) == set(schedules.SCHEDULES)
   assert tuple(config_lib.PATTERNS) == tuple(tasks.PATTERNS)
 
@@ -143,6 +145,12 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--output_dir=/etc/hostname'], '--output_dir=/etc/hostname is a file'),
     (['--output_dir=/etc/hostname/run'], 'is under /etc/hostname, which is a file'),
     (['--capture_rounds=-3'], "bad round list '-3'"),
+    (['--defense=bias_filter', '--bias_index=99'], '--bias_index=99 is out of range'),
+    (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=3',
+      '--num_clients=10', '--malicious_fraction=0.2'],
+     '--attackers_per_round=3 exceeds the 2 malicious clients'),
+    (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=11'],
+     '--attackers_per_round=11 must be in [1, --clients_per_round=10]'),
 ])
 def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
   started = time.time()

@@ -11,6 +11,7 @@ module it configures.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
@@ -25,6 +26,9 @@ from tff_backdoor.options import from_flat_value, to_flat_value
 
 # Names of the registries whose builders import TensorFlow (tests check they agree).
 MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
+# Tensors of each model's update (its trainable weights), so --bias_index is checked with the
+# flags (and by a sweep's precheck), not when the defense is built.
+UPDATE_TENSORS = {'sun_cnn': 8, 'tiny_cnn': 6}
 TASKS = ('none', 'targeted', 'pixel')  # run.setup.TASK_BUILDERS
 SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
 PATTERNS = ('square', 'plus')  # attacks.tasks.PATTERNS
@@ -281,6 +285,13 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError(f'--attack_stop={schedule.stop} must be after '
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
+  _check_fixed_per_round(config)
+  tensors = UPDATE_TENSORS.get(config.fed_avg.model)
+  if config.defense.name == 'bias_filter' and tensors and not (
+      -tensors <= config.defense.bias_index < tensors):
+    raise ValueError(f'--bias_index={config.defense.bias_index} is out of range: '
+                     f'--model={config.fed_avg.model} updates {tensors} tensors (-1: the last, '
+                     'the logits bias)')
   config.flain.validate(prefix='--')
   if schedule.with_replacement and run.capture_rounds:
     raise ValueError('--capture_rounds needs distinct clients in a round: drop '
@@ -291,6 +302,23 @@ def _check_combinations(config: ExperimentConfig) -> None:
                              (config.defense.name == 'fltrust', '--defense=fltrust')):
     if needs_server and data.server_holdout is not None and data.server_holdout < 1:
       raise ValueError(f'{what} needs server-side data: set --server_holdout > 0')
+
+
+def _check_fixed_per_round(config: ExperimentConfig) -> None:
+  """--schedule=fixed_per_round's attackers fit a round and, where --num_clients gives the
+  population before the data loads, the malicious set (round(fraction x population))."""
+  schedule, per_round = config.schedule, config.schedule.attackers_per_round
+  if schedule.name != 'fixed_per_round':
+    return
+  if not 1 <= per_round <= config.fed_avg.clients_per_round:
+    raise ValueError(f'--attackers_per_round={per_round} must be in [1, --clients_per_round='
+                     f'{config.fed_avg.clients_per_round}]')
+  population = config.data.num_clients
+  malicious = math.floor(schedule.malicious_fraction * population + 0.5) if population else None
+  if malicious is not None and malicious < per_round:
+    raise ValueError(f'--attackers_per_round={per_round} exceeds the {malicious} malicious '
+                     f'clients of --malicious_fraction={schedule.malicious_fraction} x '
+                     f'--num_clients={population}')
 
 
 def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
