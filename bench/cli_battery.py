@@ -24,10 +24,11 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from absl import app
 from absl import flags
+import h5py
+import numpy as np
 
 from tests import tiny  # TensorFlow: imported before absl's main (Keras needs it so)
 from tff_backdoor import interrupts
-from tff_backdoor import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string('work', '/tmp/cli_battery', 'Scratch folder (deleted and rewritten).')
@@ -75,6 +76,27 @@ def flip_middle_byte(path: str) -> None:
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def nan_weights(path: str) -> None:
+  """Sets every model weight (not the optimizer's) inside the .keras archive `path` to NaN,
+  as a run whose model turned non-finite used to save it."""
+  with zipfile.ZipFile(path) as archive:
+    members = {name: archive.read(name) for name in archive.namelist()}
+  weights = path + '.weights.h5'
+  with open(weights, 'wb') as f:
+    f.write(members['model.weights.h5'])
+  def to_nan(name: str, item) -> None:
+    if isinstance(item, h5py.Dataset) and item.dtype.kind == 'f' and 'optimizer' not in name:
+      item[...] = np.nan
+  with h5py.File(weights, 'r+') as h5:
+    h5.visititems(to_nan)
+  with open(weights, 'rb') as f:
+    members['model.weights.h5'] = f.read()
+  os.remove(weights)
+  with zipfile.ZipFile(path, 'w') as archive:
+    for name, data in members.items():
+      archive.writestr(name, data)
 
 
 def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[str]]:
@@ -179,9 +201,7 @@ def case_damaged_model(data_dir: str, work: str) -> None:
   show('a finished tiny run', experiment(tiny_flags(data_dir, out)), note='(the source)')
   nan_source = os.path.join(work, 'nan_source')
   shutil.copytree(out, nan_source)
-  model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
-  model.set_weights([w * float('nan') for w in model.get_weights()])
-  model.save(os.path.join(nan_source, 'final_model.keras'), include_optimizer=False)
+  nan_weights(os.path.join(nan_source, 'final_model.keras'))
   show('--init_from a NaN final model', experiment(tiny_flags(
       data_dir, os.path.join(work, 'warm_nan'), init_from=nan_source)))
   model_path = os.path.join(out, 'final_model.keras')
