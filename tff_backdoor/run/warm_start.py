@@ -86,6 +86,9 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   earlier = int(config.get('init_from_rounds', 0))
   final = os.path.join(run_dir, rundir.FINAL_MODEL)
   if os.path.isfile(final):
+    damaged = metrics_io.archive_problem(final, '.keras')  # truncated, a flipped byte
+    if damaged:
+      raise ValueError(f'--init_from={run_dir}: {damaged}')
     rounds = _read_json(os.path.join(run_dir, rundir.FINAL_FILE)).get(
         'rounds', config.get('rounds'))
     if rounds is None:
@@ -96,6 +99,9 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   if ckpt is None:
     raise ValueError(f'--init_from={run_dir} has neither {rundir.FINAL_MODEL} nor a checkpoint '
                      f'({rundir.CHECKPOINTS_DIR}/LATEST): is it a run directory?')
+  damaged = metrics_io.archive_problem(os.path.join(ckpt, checkpoint.STATE), '.npz')
+  if damaged:
+    raise ValueError(f'--init_from={run_dir}: {damaged}')
   return ckpt, earlier + int(_read_json(os.path.join(ckpt, checkpoint.META))['next_round'])
 
 
