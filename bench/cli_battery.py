@@ -6,7 +6,8 @@ Every case runs `python -m ...` in a new interpreter on a tiny MNIST-format data
 under --work (tests/tiny.write_idx_dataset: 600 8x8 images, 3 classes) with the tiny CNN, so
 the whole battery takes a few minutes on 2 cores. Each line: case, exit code, wall seconds,
 stderr line count, and the last stderr line (or what the case checks). The SIGINT case sends
-SIGINT to the run's process group (as a terminal does) at random moments in [0.2, 15] s and
+SIGINT to the run's process group (as a terminal does) at random moments in [0.2, 15] s, then
+0-3 s after the run's first metrics row (in the rounds however loaded the machine is), and
 also reports any process of that session left behind (a TFF worker_binary, a parser).
 """
 from __future__ import annotations
@@ -32,7 +33,9 @@ from tff_backdoor import interrupts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string('work', '/tmp/cli_battery', 'Scratch folder (deleted and rewritten).')
-flags.DEFINE_integer('sigints', 20, 'Ctrl-C tries.', lower_bound=0)
+flags.DEFINE_integer('sigints', 20, 'Ctrl-C tries at 0.2-15 s of the run.', lower_bound=0)
+flags.DEFINE_integer('sigints_in_rounds', 10, 'Ctrl-C tries 0-3 s after its first row.',
+                     lower_bound=0)
 flags.DEFINE_list('only', [], 'Run only these cases (names as printed).')
 flags.DEFINE_integer('seed', 41, 'Seed of the SIGINT moments.')
 FLAGS = flags.FLAGS
@@ -99,8 +102,10 @@ def nan_weights(path: str) -> None:
       archive.writestr(name, data)
 
 
-def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[str]]:
-  """SIGINT to the process group of a tiny 400-round run `after_s` seconds after its start."""
+def sigint_once(data_dir: str, out: str, after_s: float, after_first_row: bool = False
+                ) -> Tuple[Result, List[str]]:
+  """SIGINT to the process group of a tiny 400-round run `after_s` seconds after its start
+  (or after its first metrics row: in the rounds, whatever the machine's load)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   shutil.rmtree(out, ignore_errors=True)
   start = time.time()
@@ -108,6 +113,10 @@ def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[s
       [sys.executable, '-m', 'experiments.emnist_backdoor',
        *tiny_flags(data_dir, out, rounds=400, checkpoint_every=5)], cwd=REPO, env=env,
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  if after_first_row:
+    while proc.poll() is None and not _rows(out):
+      time.sleep(0.05)
+    start = time.time()
   time.sleep(max(0.0, after_s - (time.time() - start)))
   os.killpg(proc.pid, signal.SIGINT)
   try:
@@ -122,18 +131,24 @@ def sigint_once(data_dir: str, out: str, after_s: float) -> Tuple[Result, List[s
 
 
 def case_sigints(data_dir: str, work: str) -> None:
+  """--sigints moments in [0.2, 15] s of the run, then --sigints_in_rounds in [0, 3] s after
+  its first metrics row (where the interrupt could land in jax's gc callback)."""
   rng = random.Random(FLAGS.seed)
+  out = os.path.join(work, 'sigint')
+  tries = [(round(rng.uniform(0.2, 15.0), 2), False) for _ in range(FLAGS.sigints)]
+  tries += [(round(rng.uniform(0.0, 3.0), 2), True) for _ in range(FLAGS.sigints_in_rounds)]
   bad = 0
-  for i in range(FLAGS.sigints):
-    after = round(rng.uniform(0.2, 15.0), 2)
-    result, left = sigint_once(data_dir, os.path.join(work, 'sigint'), after)
+  for i, (after, in_rounds) in enumerate(tries):
+    result, left = sigint_once(data_dir, out, after, in_rounds)
     ok = result[0] == 130 and len(result[2]) <= 2 and not left and not any(
         'Traceback' in l for l in result[2])
     bad += not ok
-    show(f'sigint #{i + 1:02d} at {after:5.2f}s', result,
-         f'{"ok" if ok else "FAIL"} stderr={result[2][-2:]} left={left}')
-  print(f'sigint: {FLAGS.sigints - bad} of {FLAGS.sigints} ended rc 130, <= 2 lines, no '
-        'traceback, nothing left', flush=True)
+    when = f'row 1 + {after:4.2f}s' if in_rounds else f'{after:5.2f}s'
+    show(f'sigint #{i + 1:02d} at {when}', result,
+         f'{"ok" if ok else "FAIL"} rows_written={len(_rows(out))} '
+         f'stderr={result[2][-2:] if ok else result[2][:2]} left={left}')
+  print(f'sigint: {len(tries) - bad} of {len(tries)} ended rc 130, <= 2 lines, no traceback, '
+        'nothing left', flush=True)
 
 
 def case_flags(data_dir: str, work: str) -> None:
