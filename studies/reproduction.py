@@ -306,7 +306,9 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
       row_cells.append(_cell(agg, metric) if agg else '-')
       flat_row[f'{title} mean'] = agg and agg.get(f'{metric}_mean')
       flat_row[f'{title} std'] = agg and agg.get(f'{metric}_std')
-    flat_row['seeds'] = '/'.join(map(str, seeds))
+    diverged = sum(columns[v]['diverged'] for _, v, _ in table.columns if v in columns)
+    flat_row['seeds'] = '/'.join(map(str, seeds)) + (f' ({diverged} diverged)' if diverged
+                                                      else '')
     flat.append(flat_row)
     lines.append('| ' + ' | '.join([*key, flat_row['seeds'] or '0', *row_cells]) + ' |')
   return '\n'.join(lines), flat

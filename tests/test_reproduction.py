@@ -131,6 +131,11 @@ def test_a_final_json_without_a_finished_runs_fields_is_no_run_and_divergence_is
   # k=10's two seeds are gone; run2, one of k=2's two, diverged.
   assert lines[4:] == ['| clean (reference) | 1 | 0.000 |',
                        '| 2 | 2 (1 diverged) | 0.600 ± 0.141 |'], lines
+  table = reproduction.CrossTable('c', 'cross', ('a',), 'k', (('k=2', '2', 'backdoor'),),
+                                  where={'a': 'x'})
+  text, flat = reproduction.cross_markdown(runs, table)
+  assert text.splitlines()[-1] == '| x | 2 (1 diverged) | 0.600 ± 0.141 |'
+  assert [r['seeds'] for r in flat] == ['2 (1 diverged)']
 
 
 def test_cross_rows_put_one_flag_in_columns(tmp_path):
