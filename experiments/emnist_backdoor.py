@@ -10,9 +10,13 @@ initial_weights.npz (round-0 global model: --init_from's model for a warm start)
 final_model.keras, captures/ (--capture_rounds),
 flain.json and flain_model.keras (--flain).
 """
-from absl import flags
+if __name__ == '__main__':  # first: Ctrl-C during the imports below ends in one line too
+  from tff_backdoor import interrupts
+  interrupts.exit_on_interrupt()
 
-from tff_backdoor import cli
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tff_backdoor import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 cli.define_config_flags()
 FLAGS = flags.FLAGS

@@ -64,6 +64,7 @@ class RunSummary:
   flags: Mapping[str, str]  # the sweep's grid flags, as given (strings)
   values: Mapping[str, Optional[float]]  # keys of METRICS
   directory: str = ''  # the run directory (its metrics.jsonl gives the curves)
+  diverged_round: Optional[int] = None  # final.json's: the round its model diverged at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +108,11 @@ def window_means(rows: Sequence[Mapping[str, Any]], start: int, end: float = mat
 
 def summarize_run(directory: str, flags: Mapping[str, str],
                   name: Optional[str] = None) -> Optional[RunSummary]:
-  """A finished run's numbers (None while final.json is missing)."""
+  """A finished run's numbers (None while final.json is missing or lacks what a finished
+  run writes, e.g. `{}`)."""
   run = plots.load_run(directory, name)
   final = run.final
-  if final is None:
+  if final is None or rundir.missing_final_fields(final):
     return None
   config_path = os.path.join(directory, rundir.CONFIG_FILE)
   config = metrics_io.read_json(config_path) if os.path.exists(config_path) else {}
@@ -125,7 +127,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
   if int(config.get('rounds', 0)) > SHORT_HORIZON:
     values.update(window_means(run.rows, start, SHORT_HORIZON, f'first{SHORT_HORIZON}'))
   values.update(_posthoc_flain(directory))
-  return RunSummary(run.name, dict(flags), values, directory)
+  return RunSummary(run.name, dict(flags), values, directory, final.get('diverged_round'))
 
 
 def _posthoc_flain(directory: str) -> Dict[str, Optional[float]]:
@@ -159,7 +161,8 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
 
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
   """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
-  row: Dict[str, Any] = {'label': label, 'n': len(runs)}
+  row: Dict[str, Any] = {'label': label, 'n': len(runs),
+                         'diverged': sum(r.diverged_round is not None for r in runs)}
   present = [key for key, _ in OPTIONAL_METRICS if any(r.values.get(key) is not None
                                                          for r in runs)]
   for key in [k for k, _ in METRICS] + present:
@@ -223,7 +226,9 @@ def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
   lines = ['| ' + ' | '.join(header) + ' |',
            '| --- | ---: |' + ' ---: |' * len(metrics)]
   for row in rows:
-    lines.append('| ' + ' | '.join([str(row['label']), str(row['n']),
+    # A run whose model diverged (health.DIVERGED_*) is counted, and marked with its count.
+    seeds = str(row['n']) + (f' ({row["diverged"]} diverged)' if row.get('diverged') else '')
+    lines.append('| ' + ' | '.join([str(row['label']), seeds,
                                     *[_cell(row, m) for m in metrics]]) + ' |')
   return '\n'.join(lines)
 
@@ -314,7 +319,9 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
       row_cells.append(_cell(agg, metric) if agg else '-')
       flat_row[f'{title} mean'] = agg and agg.get(f'{metric}_mean')
       flat_row[f'{title} std'] = agg and agg.get(f'{metric}_std')
-    flat_row['seeds'] = '/'.join(map(str, seeds))
+    diverged = sum(columns[v]['diverged'] for _, v, _ in table.columns if v in columns)
+    flat_row['seeds'] = '/'.join(map(str, seeds)) + (f' ({diverged} diverged)' if diverged
+                                                      else '')
     flat.append(flat_row)
     lines.append('| ' + ' | '.join([*key, flat_row['seeds'] or '0', *row_cells]) + ' |')
   return '\n'.join(lines), flat

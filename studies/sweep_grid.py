@@ -9,7 +9,8 @@ configurations. A value holding `,` or `;` is written in double quotes
 (`capture_rounds="0-9,20",all`); `""` is the empty string. Several grids are
 swept as their union (duplicates run once), e.g. `--grid='defense=none;seed=0,1'
 --grid='defense=clip;clip_norm=1,3;seed=0,1'` runs no useless `clip_norm` variants of
-`none`. A grid file holds one axis (or several, `;`-separated) per line, `#` comments and
+`none`. Values that parse to the same number (`3`, `3.0`) are one value: repeated in an
+axis they are refused, across grids the first spelling runs. A grid file holds one axis (or several, `;`-separated) per line, `#` comments and
 blank lines are ignored, and a line `---` starts the next grid.
 """
 from __future__ import annotations
@@ -67,6 +68,16 @@ def _unquote(value: str, axis: str) -> str:
   return value
 
 
+def same_value_key(value: str) -> object:
+  """What a grid value means: numbers by their value ('3', '3.0' and '3e0' are one clip_norm;
+  a flag parses them to the same number), anything else by its text."""
+  try:
+    number = float(value)
+  except ValueError:
+    return value
+  return ('number', number) if number == number else value  # NaN: by its text
+
+
 def parse_axis(text: str) -> Axis:
   """'defense=none,clip' -> ('defense', ('none', 'clip'))."""
   name, eq, values = text.partition('=')
@@ -80,8 +91,10 @@ def parse_axis(text: str) -> Axis:
     if not raw.strip():
       raise GridError(f'grid axis {name!r} has an empty value (write "" for an empty string)')
     value = _unquote(raw, name)
-    if value in parsed:
-      raise GridError(f'grid axis {name!r} repeats the value {value!r}')
+    same = [v for v in parsed if same_value_key(v) == same_value_key(value)]
+    if same:
+      raise GridError(f'grid axis {name!r} repeats the value {same[0]!r}'
+                      + (f' (as {value!r})' if same[0] != value else ''))
     parsed.append(value)
   return name, tuple(parsed)
 
@@ -141,7 +154,7 @@ def expand(grids: Sequence[Grid]) -> List[Dict[str, str]]:
     names = [name for name, _ in grid]
     for values in itertools.product(*[vals for _, vals in grid]):
       config = dict(zip(names, values))
-      key = frozenset(config.items())
+      key = frozenset((k, same_value_key(v)) for k, v in config.items())
       if key not in seen:
         seen.add(key)
         configs.append(config)

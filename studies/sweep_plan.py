@@ -303,7 +303,10 @@ def _unfinished(directory: str, spec: SweepSpec) -> str:
     config = metrics_io.read_json(config_path) if os.path.exists(config_path) else None
   except ValueError:
     config = None  # reported as a mismatch by run_status
-  return run_checks.final_problem(final_path, config if isinstance(config, dict) else None) or ''
+  required = (rundir.FINAL_FIELDS if spec.program in run_checks.CONFIG_FLAG_PROGRAMS
+              and spec.done_file == rundir.FINAL_FILE else ())
+  return run_checks.final_problem(final_path, config if isinstance(config, dict) else None,
+                                  required) or ''
 
 
 def check_flags(spec: SweepSpec) -> None:

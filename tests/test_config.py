@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +78,8 @@ def test_registry_names_agree_with_their_builders():
   from tff_backdoor import models
   from tff_backdoor.attacks import schedules, tasks
   assert set(config_lib.MODELS) == set(models.MODEL_BUILDERS)
+  assert {name: len(models.build_model(name, (28, 28, 1), 10, seed=0).trainable_weights)
+          for name in config_lib.MODELS} == config_lib.UPDATE_TENSORS
   assert set(config_lib.SCHEDULES) == set(schedules.SCHEDULES)
   assert tuple(config_lib.PATTERNS) == tuple(tasks.PATTERNS)
 
@@ -134,14 +137,50 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--capture_rounds=0', '--sample_with_replacement'],
      'error: --capture_rounds needs distinct clients in a round: drop '
      '--sample_with_replacement'),
+    # Issue 41: inf was accepted where nan was refused; a bad --output_dir was found after
+    # TensorFlow loaded (10-14 s, a raw errno, exit 1).
+    (['--dp_sigma=inf'], '--dp_sigma must be a finite number, got inf'),
+    (['--sum_noise_stddev=inf'], '--sum_noise_stddev must be a finite number'),
+    (['--flame_lambda=inf'], '--flame_lambda must be a finite number'),
+    (['--crfl_sigma=inf'], '--crfl_sigma must be a finite number'),
+    (['--crfl_sigma=nan'], '--crfl_sigma must be a finite number'),
+    (['--client_lr=inf'], '--client_lr must be a finite number'),
+    (['--alpha=1e-9'], '--alpha must be in [1e-3, 1e6]'),
+    (['--malicious_fraction=1.5'], '--malicious_fraction must be in [0, 1]'),
+    (['--train_fraction=0'], '--train_fraction must be in (0, 1]'),
+    (['--output_dir=/proc/x'], '--output_dir=/proc/x cannot be written'),
+    (['--output_dir=/etc/hostname'], '--output_dir=/etc/hostname is a file'),
+    (['--output_dir=/etc/hostname/run'], 'is under /etc/hostname, which is a file'),
+    (['--capture_rounds=-3'], "bad round list '-3'"),
+    (['--defense=bias_filter', '--bias_index=99'], '--bias_index=99 is out of range'),
+    (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=3',
+      '--num_clients=10', '--malicious_fraction=0.2'],
+     '--attackers_per_round=3 exceeds the 2 malicious clients'),
+    (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=11'],
+     '--attackers_per_round=11 must be in [1, --clients_per_round=10]'),
 ])
 def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
+  started = time.time()
   result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
+  seconds = time.time() - started
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert result.returncode == 2, result.stderr
   assert len(lines) == 1 and len(lines[0]) < 200, result.stderr
   assert lines[0].startswith('error: ') and flag in lines[0]
+  assert seconds < 2.0, f'{seconds:.1f} s: checked after TensorFlow loaded?'
+
+
+def test_an_output_dir_check_leaves_nothing_behind(tmp_path):
+  cli.check_output_folder(str(tmp_path / 'a' / 'b'), 'output_dir')
+  assert os.listdir(tmp_path) == []
+
+
+def test_open_capture_ranges_run_to_the_last_round():
+  assert config_lib.parse_rounds('0-', 4) == {0, 1, 2, 3}
+  assert config_lib.parse_rounds('2-, 0', 4) == {0, 2, 3}
+  with pytest.raises(ValueError, match="bad round range '4-'"):
+    config_lib.parse_rounds('4-', 4)
 
 
 def test_the_largest_seed_the_flag_allows_works_where_the_seed_goes():

@@ -22,6 +22,7 @@ STAGES = (
     # What everything stands on: config field metadata, record formats, where TFF runs
     # (execution contexts, worker processes, the one module of private TFF imports).
     ('foundations', ('tff_backdoor', 'tff_backdoor.options', 'tff_backdoor.metrics_io',
+                     'tff_backdoor.interrupts',
                      'tff_backdoor.lazy_exports', 'tff_backdoor.execution')),
     # Library pieces that need nothing of federated learning: data, models, FLAIN, and the
     # pure NumPy analysis of captured updates (capture format, anomaly scores, diagnostics).

@@ -15,9 +15,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(directory, final, rows, attack_start):
+  """A run directory; its final.json gets the fields every finished run writes."""
   os.makedirs(directory)
   with open(os.path.join(directory, 'final.json'), 'w') as f:
-    json.dump(final, f)
+    json.dump({'rounds': len(rows), 'partition': {}, **final}, f)
   with open(os.path.join(directory, 'config.json'), 'w') as f:
     json.dump({'attack_start': attack_start}, f)
   with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
@@ -110,6 +111,31 @@ def test_unfinished_runs_are_left_out_and_non_sweeps_rejected(tmp_path):
   assert 'run0' not in [r.name for r in runs] and len(runs) == 5
   with pytest.raises(ValueError, match='not a sweep directory'):
     reproduction.load_runs([str(tmp_path)])
+
+
+def test_a_final_json_without_a_finished_runs_fields_is_no_run_and_divergence_is_marked(
+    tmp_path):
+  """Issue 41: a final.json of {} or {"test_accuracy": 0.99} counted as a finished seed."""
+  sweep = _family_sweep(tmp_path / 's')
+  for run, final in (('run0', {}), ('run1', {'test_accuracy': 0.99})):
+    with open(os.path.join(sweep, run, 'final.json'), 'w') as f:
+      json.dump(final, f)
+  with open(os.path.join(sweep, 'run2', 'final.json')) as f:
+    diverged = dict(json.load(f), diverged_round=1)
+  with open(os.path.join(sweep, 'run2', 'final.json'), 'w') as f:
+    json.dump(diverged, f)
+  runs = reproduction.load_runs([sweep])
+  assert sorted(r.name for r in runs) == ['run2', 'run3', 'run4', 'run5']
+  assert [r.diverged_round for r in runs if r.name == 'run2'] == [1]
+  lines = reproduction.family_markdown(runs, FAMILY, metrics=('backdoor',)).splitlines()
+  # k=10's two seeds are gone; run2, one of k=2's two, diverged.
+  assert lines[4:] == ['| clean (reference) | 1 | 0.000 |',
+                       '| 2 | 2 (1 diverged) | 0.600 ± 0.141 |'], lines
+  table = reproduction.CrossTable('c', 'cross', ('a',), 'k', (('k=2', '2', 'backdoor'),),
+                                  where={'a': 'x'})
+  text, flat = reproduction.cross_markdown(runs, table)
+  assert text.splitlines()[-1] == '| x | 2 (1 diverged) | 0.600 ± 0.141 |'
+  assert [r['seeds'] for r in flat] == ['2 (1 diverged)']
 
 
 def test_cross_rows_put_one_flag_in_columns(tmp_path):

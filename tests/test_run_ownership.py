@@ -84,6 +84,9 @@ def test_fresh_restart_with_overwrite_move_keeps_the_old_run_and_resumes_only_it
   assert sorted(os.listdir(out / 'checkpoints')) == ['LATEST', 'ckpt-000001', 'ckpt-000002']
   driver.run_experiment(_config(idx_dir, out, resume=True))
   assert _rows(out) == reference
+  # Issue 41: A, moved, resumes where it now is (was: "was run with different output_dir").
+  driver.run_experiment(_config(idx_dir, tmp_path / 'run.old-1', resume=True))
+  assert _rows(tmp_path / 'run.old-1') == reference
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(idx_dir, tmp_path):

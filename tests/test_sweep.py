@@ -73,6 +73,8 @@ def test_parse_grid_axes_values_whitespace_and_quotes():
     ('seed=0,,1', 'empty value'),
     ('seed=', 'empty value'),
     ('seed=0,0', 'repeats the value'),
+    ('clip_norm=3,3.0', r"repeats the value '3' \(as '3.0'\)"),  # issue 41: one value
+    ('clip_norm=0.001,1e-3', "repeats the value '0.001'"),
     ('seed=0;seed=1', 'appears twice'),
     ('x="a', 'unbalanced double quote'),
     ('x=a"b"', 'misplaced double quote'),
@@ -106,6 +108,27 @@ def test_expand_is_the_ordered_union_without_duplicates():
            sweep_grid.parse_grid('a=3')]
   assert sweep_grid.expand(grids) == [{'a': '1', 'b': 'x'}, {'a': '1', 'b': 'y'},
                                   {'a': '2', 'b': 'x'}, {'a': '2', 'b': 'y'}, {'a': '3'}]
+
+
+def test_expand_runs_values_that_parse_to_the_same_number_once():
+  grids = [sweep_grid.parse_grid('clip_norm=3;seed=0'),
+           sweep_grid.parse_grid('clip_norm=3.0,4;seed=0')]
+  assert sweep_grid.expand(grids) == [{'clip_norm': '3', 'seed': '0'},
+                                      {'clip_norm': '4', 'seed': '0'}]
+
+
+def test_a_final_json_without_a_finished_runs_fields_is_redone(tmp_path):
+  """Issue 41: a final.json of {} or {"test_accuracy": 0.99} counted as a finished seed."""
+  spec = sweep_plan.SweepSpec(str(tmp_path), [sweep_grid.parse_grid('seed=0')])
+  directory = str(tmp_path / 'run')
+  os.makedirs(directory)
+  for final, why in (({}, 'lacks rounds, test_accuracy, partition'),
+                     ({'test_accuracy': 0.99}, 'lacks rounds, partition'),
+                     ({'rounds': 3, 'test_accuracy': 0.5, 'partition': {}}, '')):
+    with open(os.path.join(directory, 'final.json'), 'w') as f:
+      json.dump(final, f)
+    assert why in sweep_plan._unfinished(directory, spec)  # pylint: disable=protected-access
+    assert bool(why) == bool(sweep_plan._unfinished(directory, spec))  # pylint: disable=protected-access
 
 
 def test_run_names_are_deterministic_safe_and_distinct():

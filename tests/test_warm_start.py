@@ -160,9 +160,31 @@ def test_bad_sources_fail_in_one_line(idx_dir, source, tmp_path):
   with open(os.path.join(truncated, 'final_model.keras'), 'r+b') as f:
     f.truncate(3000)
   model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0)
-  with pytest.raises(OSError, match=r'truncated/final_model\.keras: not a complete \.keras '
+  with pytest.raises(ValueError, match=r'truncated/final_model\.keras: not a complete \.keras '
                      r'archive \(3000 bytes: truncated'):
     warm_start.load(truncated, model)
+  # Issue 41: a byte flipped in place keeps the size (and the zip directory): a CRC error.
+  flipped = str(tmp_path / 'flipped')
+  shutil.copytree(source, flipped)
+  path = os.path.join(flipped, 'final_model.keras')
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(ValueError, match=r'flipped/final_model\.keras: damaged \.keras archive'):
+    warm_start.check_source(_config(idx_dir, tmp_path / 'a', init_from=flipped))  # before TF
+  with pytest.raises(OSError, match=r'flipped/final_model\.keras: damaged \.keras archive'):
+    models.load_weights_file(model, os.path.join(flipped, 'final_model.keras'))
+  # A model gone NaN is refused: it would train nothing and exit 0.
+  broken = str(tmp_path / 'nonfinite')
+  shutil.copytree(source, broken)
+  weights = model.get_weights()
+  weights[0][...] = np.nan
+  model.set_weights(weights)
+  model.save(os.path.join(broken, 'final_model.keras'))
+  with pytest.raises(ValueError, match=rf'is not finite \({weights[0].size} of \d+ weights NaN'):
+    warm_start.load(broken, models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=0))
 
 
 def test_a_weights_file_that_is_not_one_is_named_with_the_reason(tmp_path):

@@ -10,6 +10,7 @@ import importlib
 import os
 import signal
 import sys
+import tempfile
 from typing import Any, Callable, List, NoReturn, Optional, Sequence
 
 from absl import app
@@ -41,6 +42,23 @@ def check_output_file(path: str, flag: str) -> None:
     os.remove(probe)
   except OSError as e:
     fail(f'--{flag}={path} cannot be written ({e.strerror or e})')
+
+
+def check_output_folder(path: str, flag: str) -> None:
+  """ValueError (one line naming `--flag`) unless a folder can be written at `path`: it is a
+  folder or can be made one. Probes with a temporary folder removed at once, so a flag check
+  leaves nothing behind, and a file, a path under a file or /proc fail before TensorFlow loads."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f'--{flag}={path} is a file: give a folder')
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f'--{flag}={path} is under {existing}, which is a file')
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix='.write-probe-', dir=existing))
+  except OSError as e:
+    raise ValueError(f'--{flag}={path} cannot be written ({e.strerror or e})') from None
 
 
 def exit_on_sigterm() -> None:
@@ -152,6 +170,7 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig
         target[field.name if section == 'defense' else name] = values[name]
   config = config_lib.ExperimentConfig.from_flat(
       defense=config_lib.DefenseConfig(**defense), **flat).validate()
+  check_output_folder(config.run.output_dir, 'output_dir')
   if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
     from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
     warm_start.check_source(config)

@@ -11,6 +11,7 @@ module it configures.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
@@ -18,13 +19,16 @@ from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
 from tff_backdoor.flain_config import FlainConfig
-from tff_backdoor.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, SEED_RANGE
-from tff_backdoor.options import UNIT_INTERVAL
+from tff_backdoor.options import AT_LEAST_ONE, DIRICHLET_ALPHA, FRACTION, NONNEGATIVE, POSITIVE
+from tff_backdoor.options import SEED_RANGE, UNIT_INTERVAL
 from tff_backdoor.options import Fields, check_field, check_fields, flag_name, option
 from tff_backdoor.options import from_flat_value, to_flat_value
 
 # Names of the registries whose builders import TensorFlow (tests check they agree).
 MODELS = ('sun_cnn', 'tiny_cnn')  # models.MODEL_BUILDERS
+# Tensors of each model's update (its trainable weights), so --bias_index is checked with the
+# flags (and by a sweep's precheck), not when the defense is built.
+UPDATE_TENSORS = {'sun_cnn': 8, 'tiny_cnn': 6}
 TASKS = ('none', 'targeted', 'pixel')  # run.setup.TASK_BUILDERS
 SCHEDULES = ('none', 'fixed_frequency', 'random_fraction', 'fixed_per_round')  # attacks.schedules
 PATTERNS = ('square', 'plus')  # attacks.tasks.PATTERNS
@@ -47,7 +51,8 @@ class DataConfig(Fields):
   num_clients: Optional[int] = option(
       None, 'Clients to partition into (default 100); emnist/femnist: a seeded subset of '
       'writers (default and 0: every writer).')
-  alpha: float = option(0.5, 'Dirichlet concentration (partition=dirichlet).')
+  alpha: float = option(0.5, 'Dirichlet concentration (partition=dirichlet).',
+                        rule=DIRICHLET_ALPHA)
   shards_per_client: int = option(2, 'partition=shards.')
   server_holdout: Optional[int] = option(
       None, 'Clean examples kept at the server (FLAIN auxiliary data), disjoint from clients '
@@ -55,7 +60,7 @@ class DataConfig(Fields):
       rule=NONNEGATIVE)
   train_fraction: float = option(
       1.0, 'Centralised data: train on this seeded, class-stratified share of the training '
-      'pool (1 = all); a cheaper population of the same shape.')
+      'pool (1 = all); a cheaper population of the same shape.', rule=UNIT_INTERVAL)
 
   @property
   def natural(self) -> bool:
@@ -110,8 +115,9 @@ class ScheduleConfig(Fields):
   name: str = option('none', 'When attackers take part.', choices=SCHEDULES, flag='schedule')
   attack_every: int = option(1, 'fixed_frequency: one attacker every k.', rule=AT_LEAST_ONE)
   malicious_fraction: float = option(
-      0.1, 'random_fraction / fixed_per_round: malicious share of the population.')
-  attackers_per_round: int = option(1, 'fixed_per_round.')
+      0.1, 'random_fraction / fixed_per_round: malicious share of the population.',
+      rule=FRACTION)
+  attackers_per_round: int = option(1, 'fixed_per_round.', rule=NONNEGATIVE)
   start: int = option(0, 'First attack round (0-based).', flag='attack_start',
                       rule=NONNEGATIVE)
   stop: Optional[int] = option(None, 'Round attacks stop (0 = never).', flag='attack_stop',
@@ -279,6 +285,13 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError(f'--attack_stop={schedule.stop} must be after '
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
+  _check_fixed_per_round(config)
+  tensors = UPDATE_TENSORS.get(config.fed_avg.model)
+  if config.defense.name == 'bias_filter' and tensors and not (
+      -tensors <= config.defense.bias_index < tensors):
+    raise ValueError(f'--bias_index={config.defense.bias_index} is out of range: '
+                     f'--model={config.fed_avg.model} updates {tensors} tensors (-1: the last, '
+                     'the logits bias)')
   config.flain.validate(prefix='--')
   # A client drawn twice would be two rows of one capture, or to FoolsGold two sybils.
   for needs_distinct, what in ((run.capture_rounds, '--capture_rounds'),
@@ -294,8 +307,28 @@ def _check_combinations(config: ExperimentConfig) -> None:
       raise ValueError(f'{what} needs server-side data: set --server_holdout > 0')
 
 
+def _check_fixed_per_round(config: ExperimentConfig) -> None:
+  """--schedule=fixed_per_round's attackers fit a round and, where --num_clients gives the
+  population before the data loads, the malicious set (round(fraction x population))."""
+  schedule, per_round = config.schedule, config.schedule.attackers_per_round
+  if schedule.name != 'fixed_per_round':
+    return
+  if not 1 <= per_round <= config.fed_avg.clients_per_round:
+    raise ValueError(f'--attackers_per_round={per_round} must be in [1, --clients_per_round='
+                     f'{config.fed_avg.clients_per_round}]')
+  population = config.data.num_clients
+  malicious = math.floor(schedule.malicious_fraction * population + 0.5) if population else None
+  if malicious is not None and malicious < per_round:
+    raise ValueError(f'--attackers_per_round={per_round} exceeds the {malicious} malicious '
+                     f'clients of --malicious_fraction={schedule.malicious_fraction} x '
+                     f'--num_clients={population}')
+
+
 def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
-  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' or None -> none. Rounds are 0-based."""
+  """'0-4,10' -> {0,1,2,3,4,10}; 'all' -> every round; '' or None -> none. Rounds are 0-based.
+
+  An open range 'k-' runs to the last round (it used to mean round k alone).
+  """
   spec = (spec or '').strip()
   if not spec:
     return set()
@@ -304,8 +337,9 @@ def parse_rounds(spec: Optional[str], total_rounds: int) -> set:
   rounds = set()
   for part in spec.split(','):
     try:
-      lo, _, hi = part.strip().partition('-')
-      lo_i, hi_i = int(lo), int(hi or lo)
+      lo, dash, hi = part.strip().partition('-')
+      lo_i = int(lo)
+      hi_i = int(hi) if hi.strip() else (total_rounds - 1 if dash else lo_i)
     except ValueError:
       raise ValueError(f"bad round list {spec!r}: use e.g. '0-4,10' or 'all'") from None
     if lo_i < 0 or hi_i < lo_i or hi_i >= total_rounds:

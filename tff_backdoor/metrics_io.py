@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import os
+import zipfile
+import zlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -118,3 +120,21 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
       if i < len(lines) - 1:
         raise ValueError(f'{path}:{i + 1} is not valid JSON') from None
   return rows
+
+
+def archive_problem(path: str, kind: str) -> Optional[str]:
+  """Why `path` is no complete, intact zip archive (.keras and .npz files are), or None if it
+  is one. TensorFlow-free, so a program checks a model file before TensorFlow loads."""
+  if not os.path.isfile(path):
+    return f'{path}: no such file'
+  if not zipfile.is_zipfile(path):
+    return (f'{path}: not a complete {kind} archive ({os.path.getsize(path)} bytes: truncated, '
+            'or another format)')
+  try:  # every member's CRC: a byte damaged in place keeps the size and the zip directory
+    with zipfile.ZipFile(path) as archive:
+      damaged = archive.testzip()
+  except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    return f'{path}: damaged {kind} archive ({type(e).__name__}: {e})'
+  if damaged is not None:
+    return f'{path}: damaged {kind} archive ({damaged} fails its CRC check)'
+  return None

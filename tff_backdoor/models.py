@@ -16,6 +16,8 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tff_backdoor import metrics_io
+
 # Name of the dense layer FLAIN works on by default (first dense layer after the convolutions).
 SUN_CNN_FLAIN_LAYER = 'dense_features'
 
@@ -144,21 +146,11 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int,
   return MODEL_BUILDERS[name](input_shape=input_shape, num_classes=num_classes, seed=seed)
 
 
-def _not_an_archive(path: str, kind: str) -> Optional[str]:
-  """Why `path` is no complete zip archive (.keras and .npz files are), or None if it is one."""
-  if not os.path.isfile(path):
-    return f'{path}: no such file'
-  if not zipfile.is_zipfile(path):
-    return (f'{path}: not a complete {kind} archive ({os.path.getsize(path)} bytes: truncated, '
-            'or another format)')
-  return None
-
-
 def load_weights_file(keras_model: tf.keras.Model, path: str) -> None:
   """`keras_model.load_weights(path)`, but a missing, truncated or foreign file is an OSError
   naming the file and why (h5py's own message names neither). A model that does not fit
   keeps Keras' ValueError."""
-  problem = _not_an_archive(path, '.keras') if path.endswith('.keras') else None
+  problem = metrics_io.archive_problem(path, '.keras') if path.endswith('.keras') else None
   if problem is None:
     try:
       keras_model.load_weights(path)
@@ -171,7 +163,7 @@ def load_weights_file(keras_model: tf.keras.Model, path: str) -> None:
 def read_weights_npz(path: str) -> List[np.ndarray]:
   """The arrays arr_0, arr_1, ... of an .npz written by `np.savez(path, *weights)`; ValueError
   naming the file and why if it is missing, truncated, pickled or holds other keys."""
-  problem = _not_an_archive(path, '.npz')
+  problem = metrics_io.archive_problem(path, '.npz')
   if problem is None:
     try:
       with np.load(path, allow_pickle=False) as npz:

@@ -20,6 +20,10 @@ class Rule:
 
 POSITIVE = Rule('> 0', lambda v: math.isfinite(v) and v > 0)
 NONNEGATIVE = Rule('>= 0', lambda v: v >= 0)
+FRACTION = Rule('in [0, 1]', lambda v: 0 <= v <= 1)
+# numpy's Dirichlet draws take ~1 s each below about 1e-3 and the split redraws up to 1,000
+# times (a 2-hour hang at 1e-9); below it every client gets a single class anyway.
+DIRICHLET_ALPHA = Rule('in [1e-3, 1e6]', lambda v: 1e-3 <= v <= 1e6)
 FINITE_NONNEGATIVE = Rule('finite and >= 0', lambda v: math.isfinite(v) and v >= 0)
 AT_LEAST_ONE = Rule('>= 1', lambda v: v >= 1)
 UNIT_INTERVAL = Rule('in (0, 1]', lambda v: 0 < v <= 1)
@@ -66,6 +70,8 @@ def check_field(field: dataclasses.Field, value: Any, prefix: str = '') -> None:
                                or (kind is int and int(value) != value)):
     raise ValueError(f'{name} must be an integer, got {value!r}' if kind is int
                      else f'{name} must be a number, got {value!r}')
+  if kind is float and not math.isfinite(value):  # inf as well as nan, whatever the rule
+    raise ValueError(f'{name} must be a finite number, got {value}')
   choices, rule = field.metadata.get('choices'), field.metadata.get('rule')
   if choices and value not in choices:
     raise ValueError(f'unknown {name}={value!r}; choose one of {", ".join(choices)}')

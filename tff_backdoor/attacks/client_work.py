@@ -303,7 +303,8 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
     tf.cond(has_non_finite > 0, _reset_metrics(model), tf.no_op)
     stats = collections.OrderedDict(
         is_malicious=tf.cast(control['is_malicious'], tf.float32),
-        update_norm=_global_norm(update))
+        update_norm=_global_norm(update),
+        nonfinite=tf.cast(has_non_finite > 0, tf.float32))
     return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
             model.report_local_unfinalized_metrics(), stats)
 
@@ -345,11 +346,13 @@ def _norm_summary():
   """(per-client stats -> summable parts, summed parts -> the norm measurements) computations."""
 
   @tff.tensorflow.computation(tff.StructWithPythonType(
-      [('is_malicious', np.float32), ('update_norm', np.float32)], collections.OrderedDict))
+      [('is_malicious', np.float32), ('update_norm', np.float32), ('nonfinite', np.float32)],
+      collections.OrderedDict))
   def norm_stats(stats):
     malicious = stats['is_malicious']
     return collections.OrderedDict(
         attackers=malicious,
+        nonfinite=stats['nonfinite'],
         honest=1.0 - malicious,
         honest_norm=(1.0 - malicious) * stats['update_norm'],
         malicious_norm=malicious * stats['update_norm'])
@@ -358,6 +361,7 @@ def _norm_summary():
   def summarize(sums):
     return collections.OrderedDict(
         num_attackers=tf.cast(tf.round(sums['attackers']), tf.int32),
+        nonfinite_count=tf.cast(tf.round(sums['nonfinite']), tf.int32),
         mean_honest_update_norm=tf.math.divide_no_nan(sums['honest_norm'], sums['honest']),
         mean_malicious_update_norm=tf.math.divide_no_nan(sums['malicious_norm'],
                                                          sums['attackers']))
@@ -382,7 +386,9 @@ def build_attacker_client_work(
   (`make_client_data(client_index=)`) and the weight is that index + 1, for FoolsGold.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
-  `mean_honest_update_norm`, `mean_malicious_update_norm`, `max_update_norm`.
+  `nonfinite_count` (updates with a NaN or Inf, zeroed with weight 0 here, as TFF's own client
+  work does, so the aggregator's guard never sees them), `mean_honest_update_norm`,
+  `mean_malicious_update_norm`, `max_update_norm`.
   """
   attack.validate_for_client_work()
   if metrics_aggregator is None:
@@ -424,6 +430,7 @@ def build_attacker_client_work(
     measurements = tff.federated_zip(collections.OrderedDict(
         train=metrics_aggregation_fn(model_outputs),
         num_attackers=summary.num_attackers,
+        nonfinite_count=summary.nonfinite_count,
         mean_honest_update_norm=summary.mean_honest_update_norm,
         mean_malicious_update_norm=summary.mean_malicious_update_norm,
         max_update_norm=max_norm))

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tff_backdoor import interrupts
 from tff_backdoor.data.core import PIXEL_VALUES, ArrayPair, DataError
 
 IMAGE_SIZE = 784
@@ -245,8 +246,11 @@ def _read_files(paths: List[str], num_classes: int) -> List[PackedSplit]:
   if workers < 2 or sum(os.path.getsize(p) for p in paths) < _PARALLEL_BYTES:
     return [read_file_packed(p, num_classes) for p in paths]
   context = multiprocessing.get_context('spawn')
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    return list(pool.map(read_file_packed, paths, [num_classes] * len(paths)))
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=context, initializer=interrupts.ignore_in_child) as pool:
+    with interrupts.held_while_starting_children():  # map starts the processes
+      parsed = pool.map(read_file_packed, paths, [num_classes] * len(paths))
+    return list(parsed)
 
 
 def _read_split(directory: str, num_classes: int) -> PackedSplit:

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from tff_backdoor import interrupts
 from tff_backdoor.execution import tff_private
 
 Worker = Tuple[str, int]
@@ -282,26 +283,8 @@ def stop_workers_at_exit() -> None:
 
 def _child_worker_pids() -> List[int]:
   """PIDs of this process's direct children whose command is TFF's worker binary."""
-  me = os.getpid()
-  pids = []
-  try:
-    entries = os.listdir('/proc')
-  except OSError:  # Not Linux: nothing we can do cheaply.
-    return pids
-  for entry in entries:
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat', 'rb') as f:
-        stat = f.read().decode(errors='replace')
-    except OSError:
-      continue
-    # Format: pid (comm) state ppid ...; comm may contain spaces, so split at the last ')'.
-    comm = stat[stat.find('(') + 1:stat.rfind(')')]
-    fields = stat[stat.rfind(')') + 2:].split()
-    if len(fields) > 1 and int(fields[1]) == me and comm.startswith(_BINARY_NAME[:15]):
-      pids.append(int(entry))
-  return pids
+  return [pid for pid, name in interrupts.child_processes()
+          if name.startswith(_BINARY_NAME[:15])]
 
 
 def stop_local_workers(timeout_s: float = 5.0) -> int:

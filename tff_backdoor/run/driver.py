@@ -26,6 +26,7 @@ from tff_backdoor.run import client_inputs
 from tff_backdoor.run import detection
 from tff_backdoor.run import evaluation
 from tff_backdoor.run import flain_hook
+from tff_backdoor.run import health as health_lib
 from tff_backdoor.run import loop
 from tff_backdoor.run import ownership
 from tff_backdoor.run import progress as progress_lib
@@ -68,7 +69,11 @@ def resume_state(config: ExperimentConfig, state, streams):
 
 
 def _check_same_config(config: ExperimentConfig) -> None:
-  """ValueError if the run directory's config.json has other settings than `config`."""
+  """ValueError if the run directory's config.json has other settings than `config`.
+
+  Its `output_dir` may differ: a run is its settings, not its path, so a run directory moved
+  or copied elsewhere (e.g. to DIR.old-1 by `--overwrite=move`) resumes where it now is.
+  """
   path = os.path.join(config.run.output_dir, rundir.CONFIG_FILE)
   if not os.path.exists(path):
     return
@@ -76,7 +81,8 @@ def _check_same_config(config: ExperimentConfig) -> None:
   current = json.loads(json.dumps(config.to_dict()))
   # Keys newer than the run's config.json count as equal when they keep their default.
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-  diff = sorted(k for k in current if k not in RESUME_IGNORED and saved.get(k) != current[k]
+  diff = sorted(k for k in current if k not in RESUME_IGNORED + ('output_dir',)
+                and saved.get(k) != current[k]
                 and (k in saved or current[k] != defaults.get(k)))
   if diff:
     raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '
@@ -96,6 +102,12 @@ def round_row(round_num: int, flat: Dict[str, Any], flags: Sequence[bool]) -> Di
     row[key] = flat.get(f'client_work/{key}')
   row.update({k: v for k, v in flat.items()
               if k.startswith('aggregator/') and not isinstance(v, list)})
+  # README's `nonfinite_count`: every NaN/Inf client update zeroed, by the client work (which
+  # sees them first) or by the aggregator's guard; TFF's finalizer counts an aggregate it
+  # refused to apply for the same reason.
+  row['nonfinite_count'] = int((flat.get('client_work/nonfinite_count') or 0)
+                               + (flat.get('aggregator/nonfinite_count') or 0))
+  row['update_non_finite'] = flat.get('finalizer/update_non_finite')
   return row
 
 
@@ -249,13 +261,18 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   progress = progress_lib.Progress(config.fed_avg.rounds, first_round, enabled=run.verbose)
   capture = capture_lib.CaptureHook(setup, variable_names)
   shown = progress_lib.ProgressHook(progress)
+  health = health_lib.HealthHook(setup.process, state, writer.rows)
   _announce(progress, setup, source, first_round)
+  # The row is measured (health) before it is written (metrics); a non-finite model stops
+  # the run after its row is written and before a checkpoint of it is saved.
   state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
                           _round_inputs(setup, streams),
-                          [capture, detection.DetectionHook(), metrics, shown,
+                          [capture, detection.DetectionHook(), health, metrics, shown,
+                           health_lib.NonFiniteStop(run.output_dir),
                            CheckpointHook(config, streams, metrics, start)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
-  final = _final(setup, evaluator, state, start, metrics.last_eval)
+  final = loop.finish([health], state, _final(setup, evaluator, state, start,
+                                              metrics.last_eval))
   final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
   final['eval_seconds'] = metrics.eval_seconds
   final.update(detection.totals(writer.rows))  # from the rows: also over resumed rounds

@@ -30,6 +30,14 @@ INITIAL_WEIGHTS = 'initial_weights.npz'  # The round-0 model (what FLAIN measure
 FLAIN_MODEL = 'flain_model.keras'  # The final model after FLAIN.
 LOCK_FILE = '.run.lock'  # `ownership.claim`'s flock: one run writes in a directory at a time.
 SPOOL_DIR = '.capture_spool'  # Where a local run's capture rounds spool client updates.
+# What every finished run's final.json holds (runs of every version); a final.json without
+# one of them (`{}`, a hand-made `{"test_accuracy": 0.99}`) is not a finished run.
+FINAL_FIELDS = ('rounds', 'test_accuracy', 'partition')
+
+
+def missing_final_fields(final: Any) -> List[str]:
+  """The FINAL_FIELDS that `final` (a parsed final.json) lacks; all of them if not a dict."""
+  return [k for k in FINAL_FIELDS if not isinstance(final, dict) or k not in final]
 
 
 def spool_dir(run_dir: str) -> str:

@@ -171,9 +171,16 @@ def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
 
 def fltrust_root(config: ExperimentConfig, data: data_lib.FederatedData) -> ArrayPair:
   """FLTrust's root set: --fltrust_root_per_class images a class from the server split (the
-  one FLAIN's auxiliary set comes from), seeded by --seed."""
-  return flain_lib.select_auxiliary(*data.server, per_class=config.defense.fltrust_root_per_class,
-                                    seed=config.run.seed, num_classes=data.num_classes)
+  one FLAIN's auxiliary set comes from), seeded by --seed; a one-line ValueError naming the
+  two flags that size it if the split cannot give it."""
+  per_class = config.defense.fltrust_root_per_class
+  try:
+    return flain_lib.select_auxiliary(*data.server, per_class=per_class, seed=config.run.seed,
+                                      num_classes=data.num_classes)
+  except ValueError as e:
+    raise ValueError(f'--defense=fltrust: no root set of --fltrust_root_per_class={per_class} '
+                     f'images a class in the server split of {len(data.server[1])} images '
+                     f'(--server_holdout): {e}') from None
 
 
 # Defenses that read a client's weight as its identity -> their population-size field.

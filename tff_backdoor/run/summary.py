@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tff_backdoor.run import health
+
 
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
   out = [r.get(key) for r in rows]
@@ -74,7 +76,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any],
   elif 'backdoor_accuracy' in rows[-1]:
     lines.append('no round had an attacker')
   lines.append(_defense_line(rows, defense))
-  return lines
+  diverged = health.divergence_line(rows)
+  return lines + ([diverged] if diverged else [])
 
 
 def describe_run(rows: Sequence[Mapping[str, Any]], config: Dict[str, Any]) -> List[str]:

@@ -24,8 +24,8 @@ carry over; the contract of a warm-started run (tested in tests/test_warm_start.
   K rounds ends with the model the R+K-round run ends with (to float rounding); with
   sampling or shuffling the two differ only in their random draws.
 
-The source must have the same architecture (`--model`, input shape, classes); a mismatch is
-a one-line ValueError.
+The source must have the same architecture (`--model`, input shape, classes) and finite
+weights; a mismatch or a NaN/Inf weight is a one-line ValueError.
 """
 from __future__ import annotations
 
@@ -86,6 +86,9 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   earlier = int(config.get('init_from_rounds', 0))
   final = os.path.join(run_dir, rundir.FINAL_MODEL)
   if os.path.isfile(final):
+    damaged = metrics_io.archive_problem(final, '.keras')  # truncated, a flipped byte
+    if damaged:
+      raise ValueError(f'--init_from={run_dir}: {damaged}')
     rounds = _read_json(os.path.join(run_dir, rundir.FINAL_FILE)).get(
         'rounds', config.get('rounds'))
     if rounds is None:
@@ -96,6 +99,9 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   if ckpt is None:
     raise ValueError(f'--init_from={run_dir} has neither {rundir.FINAL_MODEL} nor a checkpoint '
                      f'({rundir.CHECKPOINTS_DIR}/LATEST): is it a run directory?')
+  damaged = metrics_io.archive_problem(os.path.join(ckpt, checkpoint.STATE), '.npz')
+  if damaged:
+    raise ValueError(f'--init_from={run_dir}: {damaged}')
   return ckpt, earlier + int(_read_json(os.path.join(ckpt, checkpoint.META))['next_round'])
 
 
@@ -132,4 +138,9 @@ def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
     for variable, leaf in zip(variables, leaves):
       variable.assign(leaf.astype(variable.dtype.as_numpy_dtype))
   weights = [np.array(w) for w in keras_model.get_weights()]
+  bad = sum(int(np.size(w) - np.count_nonzero(np.isfinite(w))) for w in weights)
+  if bad:  # it would train on nothing (every update non-finite, zeroed) and exit 0
+    raise ValueError(f'--init_from={run_dir}: the model in {path} is not finite ({bad} of '
+                     f'{sum(np.size(w) for w in weights)} weights NaN or Inf); warm-start from '
+                     'a finite model')
   return InitSource(os.path.abspath(path), rounds, weights, weights_sha256(weights))
