@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -159,16 +158,27 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=11'],
      '--attackers_per_round=11 must be in [1, --clients_per_round=10]'),
 ])
-def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag):
-  started = time.time()
+def test_a_bad_flag_is_one_short_line_naming_it_exit_2(args, flag, no_tensorflow):
+  """Refused before TensorFlow loads: with a TensorFlow that fails on import on the path, the
+  line is still the flag's (how fast that is: bench/cli_battery.py, not a timed test)."""
   result = subprocess.run([sys.executable, '-m', 'experiments.emnist_backdoor', *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-  seconds = time.time() - started
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=no_tensorflow)
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert result.returncode == 2, result.stderr
   assert len(lines) == 1 and len(lines[0]) < 200, result.stderr
   assert lines[0].startswith('error: ') and flag in lines[0]
-  assert seconds < 2.0, f'{seconds:.1f} s: checked after TensorFlow loaded?'
+
+
+@pytest.fixture(scope='module')
+def no_tensorflow(tmp_path_factory):
+  """An environment whose `import tensorflow` fails loudly (a stand-in package first on the
+  path), so a program that loads TensorFlow before its flag check cannot print one line."""
+  root = tmp_path_factory.mktemp('no_tf')
+  (root / 'tensorflow').mkdir()
+  (root / 'tensorflow' / '__init__.py').write_text(
+      "raise ImportError('TensorFlow was imported before the flag check')\n")
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), REPO]))
 
 
 def test_an_output_dir_check_leaves_nothing_behind(tmp_path):

@@ -2,6 +2,7 @@
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -354,3 +355,37 @@ def test_a_cache_folder_that_cannot_be_written_costs_a_parse_not_the_run(tmp_pat
   blocker.write_text('a file where the cache folder should be')
   split = leaf.read_split_packed(os.path.join(root, 'train'), cache_dir=str(blocker))
   assert split.writers == ['w1', 'w2', 'w3'] and split.pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--clients_per_round=3'], r'--clients_per_round=3 is larger than the 2 writers of .*/train'),
+    (['--num_clients=5', '--clients_per_round=2'], r'--num_clients=5 but .*/train has 2 writers'),
+    (['--task=targeted', '--num_tasks=2', '--task_min_samples=2', '--clients_per_round=1'],
+     r'--num_tasks=2 but only 1 writers of .*/train hold at least 2 images of class 7'),
+])
+def test_what_the_writers_cannot_serve_is_refused_before_tensorflow(tmp_path, args, message):
+  root = _leaf_dir(tmp_path / 'leaf')  # digit writers: w1 (7, 7, 1), w2 (7, 3, 3)
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.emnist_backdoor', '--dataset=femnist',
+       f'--data_dir={root}', f'--cache_dir={tmp_path / "cache"}', '--rounds=1',
+       f'--output_dir={tmp_path / "out"}', *args],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True, timeout=120)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert re.search(message, lines[0]), lines[0]
+  assert 'tensorflow' not in result.stderr.lower() and not os.path.exists(tmp_path / 'out')
+
+
+def test_a_sweeps_precheck_refuses_a_configuration_the_writers_cannot_serve(tmp_path):
+  root = _leaf_dir(tmp_path / 'leaf')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', '--grid=clients_per_round=1,3',
+       f'--base_flags=--dataset=femnist --data_dir={root} --cache_dir={tmp_path / "cache"} '
+       '--rounds=1', f'--output_dir={tmp_path / "sweep"}'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  errors = [l for l in result.stderr.splitlines() if 'clients_per_round=3' in l]
+  assert len(errors) == 1 and 'larger than the 2 writers' in errors[0]
+  assert not os.path.exists(tmp_path / 'sweep' / 'clients_per_round=1')  # nothing ran

@@ -61,6 +61,23 @@ def check_output_folder(path: str, flag: str) -> None:
     raise ValueError(f'--{flag}={path} cannot be written ({e.strerror or e})') from None
 
 
+def check_writer_data(config: config_lib.ExperimentConfig) -> None:
+  """For a LEAF folder (--dataset=femnist), the requests its writers must serve, checked from
+  its labels before TensorFlow loads (`data.writer_counts`; a sweep checks every
+  configuration with it)."""
+  data = config.data
+  if data.dataset != 'femnist' or not data.data_dir:
+    return
+  from tff_backdoor.data import writer_counts  # pylint: disable=g-import-not-at-top  (TF-free)
+  targeted = config.task.name == 'targeted'
+  writer_counts.check_writers(
+      writer_counts.writer_counts(data.data_dir, data.only_digits, data.cache_dir),
+      clients_per_round=config.fed_avg.clients_per_round, num_clients=data.num_clients,
+      num_tasks=config.task.num_tasks if targeted else None,
+      source_class=config.task.source_class if targeted else None,
+      task_min_samples=config.task.min_samples)
+
+
 def exit_on_sigterm() -> None:
   """Turns SIGTERM into a normal exit, so atexit hooks (TFF worker cleanup) still run."""
   def handler(signum, frame):
@@ -171,6 +188,7 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig
   config = config_lib.ExperimentConfig.from_flat(
       defense=config_lib.DefenseConfig(**defense), **flat).validate()
   check_output_folder(config.run.output_dir, 'output_dir')
+  check_writer_data(config)
   if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
     from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top
     warm_start.check_source(config)
