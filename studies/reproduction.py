@@ -38,7 +38,8 @@ METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
            ('window_backdoor', 'backdoor acc (attack rounds)'),
            ('flain_test', 'main acc after FLAIN'), ('flain_backdoor', 'backdoor acc after FLAIN'),
            ('collateral', 'collateral (final)'), ('flain_collateral', 'collateral after FLAIN'),
-           ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'))
+           ('window_collateral', 'collateral (attack rounds)'), ('seconds', 's / run'),
+           ('lifespan', 'lifespan (rounds)'), ('lifespan_censored', 'share still above'))
 # FLAIN re-applied after training by `experiments.apply_flain --output_subdir=DIR` (e.g. from a
 # warm start's pretraining init, in both threshold modes): read only where RUN_DIR/DIR exists,
 # so a family's CSV gets these columns only if some of its runs have them.
@@ -95,6 +96,16 @@ def window_means(rows: Sequence[Mapping[str, Any]], start: int) -> Dict[str, Opt
   return out
 
 
+def lifespan_values(final: Mapping[str, Any]) -> Dict[str, Optional[float]]:
+  """final.json's backdoor lifespan (analysis.lifespan) and whether it was censored (1.0: the
+  backdoor was still above the threshold at the end, so the lifespan is a lower bound; a
+  cell's mean of it is the share of seeds still above). None for runs without one."""
+  rounds = metrics_io.number(final.get('lifespan_rounds'))
+  if rounds is None:
+    return {'lifespan': None, 'lifespan_censored': None}
+  return {'lifespan': rounds, 'lifespan_censored': float(bool(final.get('lifespan_censored')))}
+
+
 def summarize_run(directory: str, flags: Mapping[str, str],
                   name: Optional[str] = None) -> Optional[RunSummary]:
   """A finished run's numbers (None while final.json is missing)."""
@@ -111,6 +122,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
       ('collateral', final, 'collateral_accuracy'),
       ('flain_collateral', after, 'collateral_accuracy'), ('seconds', final, 'seconds'))}
   values.update(window_means(run.rows, int(config.get('attack_start', 0))))
+  values.update(lifespan_values(final))
   values.update(_posthoc_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory)
 
@@ -582,10 +594,27 @@ FLAIN_FEMNIST_TABLES = tuple(
                      'model; distributed_parts 4 = DBA; malicious_fraction 0 = no attacker)'),
         ('test', 'FLAIN on FEMNIST writers, main-task (test) accuracy of the final model')))
 
+# Durability (durability.grid): attackers in rounds 0-9, then clean rounds; the lifespan of
+# the backdoor after the last attack round, per attack and defense.
+_DURABILITY_DEFENSES = (('no defense', 'none'), ('clip', 'clip'), ('median', 'median'),
+                        ('Multi-Krum', 'multi_krum'))
+DURABILITY_TABLES = tuple(
+    CrossTable(f'durability_{metric}', title, ('task', 'attack'), 'defense',
+               tuple((name, value, metric) for name, value in _DURABILITY_DEFENSES),
+               where={'attack_stop': '10'})
+    for metric, title in (
+        ('lifespan', 'Durability: rounds after the last attack round until backdoor accuracy '
+                     'stays below 0.5 (a censored run counts the rounds it observed)'),
+        ('lifespan_censored', 'Durability: share of seeds whose backdoor is still >= 0.5 at '
+                              'the end (their lifespan is a lower bound)'),
+        ('backdoor', 'Durability: backdoor accuracy at the end (20 rounds after the attack)'),
+        ('test', 'Durability: main accuracy at the end')))
+
 FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'sun_authors': SUN_AUTHORS_FAMILIES,
             'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'flain': FLAIN_TABLES,
-            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES}
+            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES,
+            'durability': DURABILITY_TABLES}
 
 
 # ----------------------------------------------------------------------------- Bilgin

@@ -19,6 +19,7 @@ import tensorflow_federated as tff
 
 from tff_backdoor import metrics_io
 from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
+from tff_backdoor.analysis import lifespan
 from tff_backdoor.execution import contexts
 from tff_backdoor.run import capture as capture_lib
 from tff_backdoor.run import checkpoint
@@ -257,6 +258,7 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
   final['eval_seconds'] = metrics.eval_seconds
+  final.update(lifespan.from_rows(writer.rows, config.schedule.lifespan_threshold))
   if config.flain.enabled:
     loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
   metrics_io.write_json(os.path.join(run.output_dir, rundir.FINAL_FILE), final)
