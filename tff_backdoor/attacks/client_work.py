@@ -44,6 +44,10 @@ modes, or one of the attacks after them:
   passes (Hessian-vector products count twice) are added to the client's `num_examples`
   metric, so `examples_trained` shows what the attacker spends.
 
+- `a3fl` (Zhang et al. 2023): data_poison training; what differs is the trigger on its
+  malicious images, which the run optimizes before the round against the global model and an
+  adversarially unlearned copy of it (`attacks.a3fl`, `run.adaptive_trigger`).
+
 Updates follow TFF's sign convention (`initial - trained`, applied by the server optimizer as a
 gradient). The client weight is the number of benign examples (the authors' choice), or of all
 trained examples for `data_poison`. Non-finite updates are zeroed with weight 0, as in TFF.
@@ -319,7 +323,7 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
 # lists the same names without TensorFlow (a test checks).
 ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded,
              'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale,
-             'anticipate': _anticipate}
+             'anticipate': _anticipate, 'a3fl': _data_poison}
 # Modes whose client work receives the last global update with the weights (global_update).
 GLOBAL_UPDATE_MODES = ('neurotoxin',)
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
@@ -21,6 +21,7 @@ from tff_backdoor import metrics_io
 from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
 from tff_backdoor.analysis import lifespan
 from tff_backdoor.execution import contexts
+from tff_backdoor.run import adaptive_trigger
 from tff_backdoor.run import capture as capture_lib
 from tff_backdoor.run import checkpoint
 from tff_backdoor.run import client_inputs
@@ -113,6 +114,9 @@ class MetricsHook(loop.Hook):
     rounds, every = self.setup.config.fed_avg.rounds, self.setup.config.run.eval_every
     attackers = [bool(p.is_attacker) for p in r.participants]
     r.row.update(round_row(r.number, metrics_io.flatten_metrics(r.output.metrics), attackers))
+    # An attack's work outside the clients (A3FL's trigger search) counts as trained examples.
+    r.row['examples_trained'] = ((r.row['examples_trained'] or 0)
+                                 + r.row.get(adaptive_trigger.EXTRA_KEY, 0))
     if (r.number + 1) % every == 0 or r.number + 1 == rounds:
       started = time.time()
       self.evaluator.load(self.setup.process.get_model_weights(r.state))
@@ -176,12 +180,16 @@ def _announce(progress: progress_lib.Progress, setup: ExperimentSetup, source,
     progress.write(f'resumed from round {first_round} of {setup.config.fed_avg.rounds}')
 
 
-def _round_inputs(setup: ExperimentSetup, streams) -> loop.RoundInputs:
-  """round n -> (participants, client data), drawing from the sampling and round_data streams."""
+def _round_inputs(setup: ExperimentSetup, streams,
+                  trigger: Optional[adaptive_trigger.AdaptiveTrigger] = None) -> loop.RoundInputs:
+  """round n -> (participants, client data), drawing from the sampling and round_data streams
+  (after `trigger`'s search, for an attack that adapts its trigger)."""
   def inputs(round_num: int):
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                setup.config.fed_avg.clients_per_round,
                                                streams['sampling'])
+    if trigger is not None:
+      trigger.before_inputs(participants)
     client_data, _ = client_inputs.round_client_data(setup, participants,
                                                      streams['round_data'])
     return participants, client_data
@@ -250,10 +258,12 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   capture = capture_lib.CaptureHook(setup, variable_names)
   shown = progress_lib.ProgressHook(progress)
   _announce(progress, setup, source, first_round)
+  trigger = adaptive_trigger.build(setup, state)  # A3FL; its after_round before metrics'
   state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
-                          _round_inputs(setup, streams),
-                          [capture, metrics, shown, CheckpointHook(config, streams, metrics,
-                                                                   start)])
+                          _round_inputs(setup, streams, trigger),
+                          [trigger] * (trigger is not None) + [
+                              capture, metrics, shown,
+                              CheckpointHook(config, streams, metrics, start)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = _final(setup, evaluator, state, start, metrics.last_eval)
   final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
