@@ -105,6 +105,7 @@ def test_a3fl_run_measures_the_backdoor_with_the_optimized_trigger(tmp_path):
   final = driver.run_prepared(setup)
   trigger = setup.task.trigger_value
   assert trigger.shape == (8, 8, 1) and np.any(trigger[setup.task.mask] != 0.5)
+  np.testing.assert_array_equal(np.load(tmp_path / 'run' / 'a3fl_trigger.npy'), trigger)
   stamped = setup.eval_sets['backdoor'][0][:, setup.task.mask]  # what backdoor acc. used
   np.testing.assert_array_equal(stamped, np.broadcast_to(trigger[setup.task.mask],
                                                          stamped.shape))

@@ -4,7 +4,8 @@ Lifespan (Neurotoxin, Zhang et al. 2022; A3FL and Chameleon report the same quan
 number of rounds after the last attack round until backdoor accuracy falls below a threshold
 and stays there. With L the last round that had an attacker and r* the first evaluated round
 after L from which every evaluated round is below the threshold, the lifespan is r* - (L + 1):
-0 when the first round without attackers already has the backdoor below it.
+0 when the first round without attackers already has the backdoor below it (so also for a
+backdoor that never reached the threshold: read it beside the backdoor accuracy at the stop).
 
 - Rounds with no evaluation (`--eval_every` > 1) are skipped: r* is an evaluated round, so the
   lifespan has the resolution of the evaluation (the fall happened after the evaluated round

@@ -243,7 +243,8 @@ def _anticipate(c: _ClientPass, attack: AttackConfig, batch_size: int):
   """`anticipate_epochs` passes over the mixture, each batch one step of the client optimizer
   along the unrolled gradient (`attacks.anticipate`); the first benign batch stands for the
   honest clients. Weight: the mixture's examples, as data_poison; every example pass of the
-  simulation goes to `extra_examples` (the honest estimate B(w0) once, then each step's)."""
+  simulation goes to `extra_examples` (the honest estimate B(w0) once, then each step's).
+  An attacker without benign data has no b0 and sends a zero update."""
   c.restart()
   sim, local, k = c.simulator, c.local, attack.anticipate_rounds
   lr = tf.cast(c.hparams['learning_rate'], tf.float32)

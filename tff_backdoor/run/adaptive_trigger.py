@@ -15,6 +15,7 @@ Not checkpointed: after --resume the search restarts from the initial grey trigg
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from tff_backdoor.data.core import float_images
 from tff_backdoor.run import loop
 
 EXTRA_KEY = 'trigger_search_examples'
+TRIGGER_FILE = 'a3fl_trigger.npy'  # the newest trigger, in the run directory
 
 
 class AdaptiveTrigger(loop.Hook):
@@ -45,11 +47,14 @@ class AdaptiveTrigger(loop.Hook):
     self._apply()
 
   def _apply(self) -> None:
-    """The search's trigger on the task and, in place, on the 'backdoor' evaluation images."""
+    """The search's trigger on the task and, in place, on the 'backdoor' evaluation images;
+    saved as TRIGGER_FILE ([H, W, C] in [0, 1]; its values count only on the task's mask)."""
     task, trigger = self.setup.task, self.search.trigger
     task.set_trigger(trigger)
     images = self.setup.eval_sets['backdoor'][0]
     images[...] = tasks_lib.stamp(images, task.mask, trigger)
+    os.makedirs(self.setup.config.run.output_dir, exist_ok=True)
+    np.save(os.path.join(self.setup.config.run.output_dir, TRIGGER_FILE), trigger)
 
   def before_inputs(self, participants: Sequence[Any]) -> None:
     """Searches the trigger when the round has attackers (their images, this state's model)."""

@@ -115,8 +115,9 @@ class MetricsHook(loop.Hook):
     attackers = [bool(p.is_attacker) for p in r.participants]
     r.row.update(round_row(r.number, metrics_io.flatten_metrics(r.output.metrics), attackers))
     # An attack's work outside the clients (A3FL's trigger search) counts as trained examples.
-    r.row['examples_trained'] = ((r.row['examples_trained'] or 0)
-                                 + r.row.get(adaptive_trigger.EXTRA_KEY, 0))
+    extra = r.row.get(adaptive_trigger.EXTRA_KEY)
+    if extra:
+      r.row['examples_trained'] = (r.row['examples_trained'] or 0) + extra
     if (r.number + 1) % every == 0 or r.number + 1 == rounds:
       started = time.time()
       self.evaluator.load(self.setup.process.get_model_weights(r.state))
