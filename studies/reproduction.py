@@ -27,10 +27,7 @@ from tff_backdoor.run import rundir
 from studies import plots
 from studies import sweep_plan
 
-# (key, column title) of the per-run numbers a table can show.
 from studies import sweep_results
-
-# (key, column title) of the per-run numbers a table can show.
 
 # (key, column title) of the per-run numbers a table can show.
 METRICS = (('test', 'main acc (final)'), ('backdoor', 'backdoor acc (final)'),
@@ -54,6 +51,8 @@ SHORT_HORIZON = 60
 OPTIONAL_METRICS += tuple((f'first{SHORT_HORIZON}_{key}', f'{title} (rounds < {SHORT_HORIZON})')
                           for key, title in (('test', 'main acc'), ('backdoor', 'backdoor acc'),
                                              ('collateral', 'collateral')))
+# The backdoor's lifespan after the last attack round (final.json of runs since issue 39).
+OPTIONAL_METRICS += (('lifespan', 'lifespan (rounds)'), ('lifespan_censored', 'share still above'))
 METRIC_TITLES = dict(METRICS + OPTIONAL_METRICS)
 
 
@@ -106,6 +105,16 @@ def window_means(rows: Sequence[Mapping[str, Any]], start: int, end: float = mat
   return out
 
 
+def lifespan_values(final: Mapping[str, Any]) -> Dict[str, Optional[float]]:
+  """final.json's backdoor lifespan (analysis.lifespan) and whether it was censored (1.0: the
+  backdoor was still above the threshold at the end, so the lifespan is a lower bound; a
+  cell's mean of it is the share of seeds still above). None for runs without one."""
+  rounds = metrics_io.number(final.get('lifespan_rounds'))
+  if rounds is None:
+    return {'lifespan': None, 'lifespan_censored': None}
+  return {'lifespan': rounds, 'lifespan_censored': float(bool(final.get('lifespan_censored')))}
+
+
 def summarize_run(directory: str, flags: Mapping[str, str],
                   name: Optional[str] = None) -> Optional[RunSummary]:
   """A finished run's numbers (None while final.json is missing or lacks what a finished
@@ -126,6 +135,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
   values.update(window_means(run.rows, start))
   if int(config.get('rounds', 0)) > SHORT_HORIZON:
     values.update(window_means(run.rows, start, SHORT_HORIZON, f'first{SHORT_HORIZON}'))
+  values.update(lifespan_values(final))
   values.update(_posthoc_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory, final.get('diverged_round'))
 
@@ -639,12 +649,29 @@ FLAIN_FEMNIST_TABLES = tuple(
                      'model; distributed_parts 4 = DBA; malicious_fraction 0 = no attacker)'),
         ('test', 'FLAIN on FEMNIST writers, main-task (test) accuracy of the final model')))
 
+# Durability (durability.grid): attackers in rounds 0-9, then clean rounds; the lifespan of
+# the backdoor after the last attack round, per attack and defense.
+_DURABILITY_DEFENSES = (('no defense', 'none'), ('clip', 'clip'), ('median', 'median'),
+                        ('Multi-Krum', 'multi_krum'))
+DURABILITY_TABLES = tuple(
+    CrossTable(f'durability_{metric}', title, ('task', 'attack'), 'defense',
+               tuple((name, value, metric) for name, value in _DURABILITY_DEFENSES),
+               where={'attack_stop': '10'})
+    for metric, title in (
+        ('lifespan', 'Durability: rounds after the last attack round until backdoor accuracy '
+                     'stays below 0.5 (a censored run counts the rounds it observed)'),
+        ('lifespan_censored', 'Durability: share of seeds whose backdoor is still >= 0.5 at '
+                              'the end (their lifespan is a lower bound)'),
+        ('backdoor', 'Durability: backdoor accuracy at the end (20 rounds after the attack)'),
+        ('test', 'Durability: main accuracy at the end')))
+
 FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_femnist_30': SUN_FEMNIST_30_FAMILIES, 'sun_authors': SUN_AUTHORS_FAMILIES,
             'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'sun_full': SUN_FULL_FAMILIES,
             'sun_full_30': SUN_FULL_30_FAMILIES, 'sun_full_300': SUN_FULL_300_FAMILIES,
             'flain': FLAIN_TABLES,
-            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES}
+            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES,
+            'durability': DURABILITY_TABLES}
 
 
 # ----------------------------------------------------------------------------- Bilgin

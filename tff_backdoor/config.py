@@ -122,6 +122,11 @@ class ScheduleConfig(Fields):
                       rule=NONNEGATIVE)
   stop: Optional[int] = option(None, 'Round attacks stop (0 = never).', flag='attack_stop',
                                unset=0, rule=NONNEGATIVE)
+  lifespan_threshold: float = option(
+      0.5, 'final.json lifespan_rounds: rounds after the last attack round until backdoor '
+      'accuracy stays below this (analysis.lifespan; 0.5 as in Neurotoxin\'s durability '
+      "figures: BackFed's code logs the post-attack curve but defines no lifespan).",
+      rule=UNIT_INTERVAL)
   with_replacement: bool = option(
       False, "Draw each round's clients uniformly with replacement, as Sun et al.'s code does "
       '(a client can appear twice; the attacker of a fixed_frequency round is the last drawn).',

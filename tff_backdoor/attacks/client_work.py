@@ -15,7 +15,7 @@ every client of every round the same masks, a function of the batch step only, a
 the worker starting each call with fresh random-op state.)
 
 Attackers follow Sun et al. 2019 (google-research/federated targeted_attack) in one of three
-modes, or one of the two attacks after them:
+modes, or one of the attacks after them:
 
 - `data_poison`: train on benign and malicious examples shuffled together; no scaling.
 - `boost` (explicit boosting / model replacement): delta_b + boost * delta_m, where delta_b is
@@ -36,6 +36,18 @@ modes, or one of the two attacks after them:
   alpha * task loss + (1 - alpha) * ||w - w0||_2 (`gradient_transforms.with_distance_term`),
   then send boost * (w0 - w) (their gamma = n / eta: clients per round over the server rate).
 
+- `anticipate` (Wen et al. 2022): from w0, `anticipate_epochs` passes over the shuffled
+  mixture; each batch is one client-optimizer step along the gradient of the backdoor loss
+  summed over k simulated global models (this round's mean with n - 1 honest clients, then
+  k - 1 rounds of honest clients only, honest updates estimated by one SGD step on the
+  attacker's first clean batch; `attacks.anticipate`). No scaling. The simulation's example
+  passes (Hessian-vector products count twice) are added to the client's `num_examples`
+  metric, so `examples_trained` shows what the attacker spends.
+
+- `a3fl` (Zhang et al. 2023): data_poison training; what differs is the trigger on its
+  malicious images, which the run optimizes before the round against the global model and an
+  adversarially unlearned copy of it (`attacks.a3fl`, `run.adaptive_trigger`).
+
 Updates follow TFF's sign convention (`initial - trained`, applied by the server optimizer as a
 gradient). The client weight is the number of benign examples (the authors' choice), or of all
 trained examples for `data_poison`. Non-finite updates are zeroed with weight 0, as in TFF.
@@ -52,6 +64,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor import models as models_lib
+from tff_backdoor.attacks import anticipate as anticipate_lib
 from tff_backdoor.attacks import global_update as global_update_lib
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks import gradient_transforms
@@ -178,6 +191,10 @@ class _ClientPass:
   # The last global update and whether there is one (neurotoxin's client work only).
   global_update: object = None
   has_global_update: object = None
+  # Anticipate's scratch model (anticipate.Simulator) and the example passes it adds to the
+  # client's `num_examples` metric (a variable the client work zeroes per client).
+  simulator: object = None
+  extra_examples: object = None
 
   def pass_key(self, index) -> tf.Tensor:
     """Key of the client's `index`-th training pass (distinct per pass of one client)."""
@@ -200,13 +217,59 @@ def _honest(c: _ClientPass, attack: AttackConfig, batch_size: int):
   return c.delta(), num_examples
 
 
+def _mixture(c: _ClientPass, batch_size: int) -> tf.data.Dataset:
+  """The client's benign and malicious examples shuffled together (seeded), batched."""
+  mixed = c.benign.unbatch().concatenate(c.malicious.unbatch())
+  mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=c.seed, reshuffle_each_iteration=False)
+  return mixed.batch(batch_size)
+
+
 def _data_poison(c: _ClientPass, attack: AttackConfig, batch_size: int, transform=None):
   del attack
   c.restart()
-  mixed = c.benign.unbatch().concatenate(c.malicious.unbatch())
-  mixed = mixed.shuffle(_POISON_SHUFFLE_BUFFER, seed=c.seed, reshuffle_each_iteration=False)
-  num_examples = c.train(mixed.batch(batch_size), 0, transform)
+  num_examples = c.train(_mixture(c, batch_size), 0, transform)
   return c.delta(), num_examples
+
+
+def _examples(batch) -> tf.Tensor:
+  return tf.shape(batch['y'], out_type=tf.int64)[0]
+
+
+def _count(data: tf.data.Dataset) -> tf.Tensor:
+  return data.reduce(tf.zeros([], tf.int64), lambda n, batch: n + _examples(batch))
+
+
+def _anticipate(c: _ClientPass, attack: AttackConfig, batch_size: int):
+  """`anticipate_epochs` passes over the mixture, each batch one step of the client optimizer
+  along the unrolled gradient (`attacks.anticipate`); the first benign batch stands for the
+  honest clients. Weight: the mixture's examples, as data_poison; every example pass of the
+  simulation goes to `extra_examples` (the honest estimate B(w0) once, then each step's).
+  An attacker without benign data has no b0 and sends a zero update."""
+  c.restart()
+  sim, local, k = c.simulator, c.local, attack.anticipate_rounds
+  lr = tf.cast(c.hparams['learning_rate'], tf.float32)
+  trainable = tf.nest.flatten(local.weights.trainable)
+  clean = c.benign.take(1).repeat()
+  honest = clean.take(1).reduce(tuple(tf.identity(w) for w in trainable),
+                                lambda w, batch: tuple(sim.benign_step(w, batch, lr)))
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+  opt_state = local.optimizer.set_hparams(local.optimizer.initialize(specs), c.hparams)
+
+  def step(state, batches):
+    passes, opt_state = state
+    backdoor, clean_batch = batches
+    grads = anticipate_lib.anticipated_gradient(
+        sim, [tf.identity(v) for v in trainable], honest, clean_batch, backdoor,
+        attack.anticipate_clients, k, lr)
+    opt_state, updated = local.optimizer.next(opt_state, tuple(trainable), tuple(grads))
+    with tf.control_dependencies([v.assign(u) for v, u in zip(trainable, updated)]):
+      cost = anticipate_lib.examples_per_step(k, _examples(clean_batch), _examples(backdoor))
+      return passes + cost, opt_state
+
+  data = tf.data.Dataset.zip((_mixture(c, batch_size).repeat(attack.anticipate_epochs), clean))
+  passes, _ = data.reduce((tf.zeros([], tf.int64), opt_state), step)
+  c.extra_examples.assign_add(passes + _count(clean.take(1)))
+  return c.delta(), _count(_mixture(c, batch_size))
 
 
 def _neurotoxin(c: _ClientPass, attack: AttackConfig, batch_size: int):
@@ -260,7 +323,8 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
 # Attack mode -> the malicious client's (update, number of examples); attack_config.ATTACK_MODES
 # lists the same names without TensorFlow (a test checks).
 ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded,
-             'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale}
+             'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale,
+             'anticipate': _anticipate, 'a3fl': _data_poison}
 # Modes whose client work receives the last global update with the weights (global_update).
 GLOBAL_UPDATE_MODES = ('neurotoxin',)
 
@@ -281,6 +345,12 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   attack.validate_for_client_work()
   local = _LocalTraining(model_fn, optimizer)
   model = local.model
+  simulator = None
+  if attack.mode == 'anticipate':
+    scratch = _LocalTraining(model_fn, optimizer)
+    simulator = anticipate_lib.Simulator(scratch.model, tf.nest.flatten(scratch.weights.trainable))
+  # Example passes an attack makes beyond its model's forward passes (reported in num_examples).
+  extra_examples = tf.Variable(tf.zeros([], tf.int64), trainable=False, name='extra_examples')
 
   # No autograph: the control flow below is explicit (tf.cond, dataset reduce), and converting
   # this function and everything it calls was most of a run's tracing time.
@@ -291,7 +361,8 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
     client = _ClientPass(local, initial_weights, client_data['benign'], client_data['malicious'],
                          control['seed'], optimizer_hparams,
                          tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)]),
-                         global_update, has_global_update)
+                         global_update, has_global_update, simulator, extra_examples)
+    extra_examples.assign(tf.zeros([], tf.int64))
     update, num_examples = tf.cond(control['is_malicious'],
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
@@ -305,8 +376,10 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
         is_malicious=tf.cast(control['is_malicious'], tf.float32),
         update_norm=_global_norm(update),
         nonfinite=tf.cast(has_non_finite > 0, tf.float32))
+    metrics = model.report_local_unfinalized_metrics()
+    metrics['num_examples'] = [metrics['num_examples'][0] + extra_examples.read_value()]
     return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
-            model.report_local_unfinalized_metrics(), stats)
+            metrics, stats)
 
   return client_update
 

@@ -448,6 +448,13 @@ class PixelTriggerTask(BackdoorTask):
     eval_x = stamp(test_x[selected], self.mask, trigger_value)
     self._eval = (eval_x, np.full((eval_x.shape[0],), self.target_class, np.int32))
 
+  def set_trigger(self, value: Union[float, Sequence[float], np.ndarray]) -> None:
+    """Replaces the trigger's values (scalar, per channel, or [H, W, C] per pixel: A3FL's
+    optimized trigger) on the same mask: attackers stamp it from now on and the 'backdoor'
+    set is restamped (stamping overwrites every masked pixel, so restamping is exact)."""
+    self.trigger_value = value
+    self._eval = (stamp(self._eval[0], self.mask, value), self._eval[1])
+
   def is_source(self, y: np.ndarray) -> np.ndarray:
     """Boolean mask of the examples that may carry the trigger."""
     if self.source_class is None:

@@ -12,14 +12,16 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow_federated as tff
 
 from tff_backdoor import metrics_io
 from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
+from tff_backdoor.analysis import lifespan
 from tff_backdoor.execution import contexts
+from tff_backdoor.run import adaptive_trigger
 from tff_backdoor.run import capture as capture_lib
 from tff_backdoor.run import checkpoint
 from tff_backdoor.run import client_inputs
@@ -125,6 +127,10 @@ class MetricsHook(loop.Hook):
     rounds, every = self.setup.config.fed_avg.rounds, self.setup.config.run.eval_every
     attackers = [bool(p.is_attacker) for p in r.participants]
     r.row.update(round_row(r.number, metrics_io.flatten_metrics(r.output.metrics), attackers))
+    # An attack's work outside the clients (A3FL's trigger search) counts as trained examples.
+    extra = r.row.get(adaptive_trigger.EXTRA_KEY)
+    if extra:
+      r.row['examples_trained'] = (r.row['examples_trained'] or 0) + extra
     if (r.number + 1) % every == 0 or r.number + 1 == rounds:
       started = time.time()
       self.evaluator.load(self.setup.process.get_model_weights(r.state))
@@ -188,12 +194,16 @@ def _announce(progress: progress_lib.Progress, setup: ExperimentSetup, source,
     progress.write(f'resumed from round {first_round} of {setup.config.fed_avg.rounds}')
 
 
-def _round_inputs(setup: ExperimentSetup, streams) -> loop.RoundInputs:
-  """round n -> (participants, client data), drawing from the sampling and round_data streams."""
+def _round_inputs(setup: ExperimentSetup, streams,
+                  trigger: Optional[adaptive_trigger.AdaptiveTrigger] = None) -> loop.RoundInputs:
+  """round n -> (participants, client data), drawing from the sampling and round_data streams
+  (after `trigger`'s search, for an attack that adapts its trigger)."""
   def inputs(round_num: int):
     participants = setup.schedule.sample_round(round_num, setup.client_ids,
                                                setup.config.fed_avg.clients_per_round,
                                                streams['sampling'])
+    if trigger is not None:
+      trigger.before_inputs(participants)
     client_data, _ = client_inputs.round_client_data(setup, participants,
                                                      streams['round_data'])
     return participants, client_data
@@ -265,17 +275,20 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   _announce(progress, setup, source, first_round)
   # The row is measured (health) before it is written (metrics); a non-finite model stops
   # the run after its row is written and before a checkpoint of it is saved.
+  trigger = adaptive_trigger.build(setup, state)  # A3FL; its after_round before metrics'
   state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
-                          _round_inputs(setup, streams),
-                          [capture, detection.DetectionHook(), health, metrics, shown,
-                           health_lib.NonFiniteStop(run.output_dir),
-                           CheckpointHook(config, streams, metrics, start)])
+                          _round_inputs(setup, streams, trigger),
+                          [trigger] * (trigger is not None) + [
+                              capture, detection.DetectionHook(), health, metrics, shown,
+                              health_lib.NonFiniteStop(run.output_dir),
+                              CheckpointHook(config, streams, metrics, start)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = loop.finish([health], state, _final(setup, evaluator, state, start,
                                               metrics.last_eval))
   final['examples_trained'] = int(sum(r.get('examples_trained') or 0 for r in writer.rows))
   final['eval_seconds'] = metrics.eval_seconds
   final.update(detection.totals(writer.rows))  # from the rows: also over resumed rounds
+  final.update(lifespan.from_rows(writer.rows, config.schedule.lifespan_threshold))
   if config.flain.enabled:
     loop.finish([flain_hook.FlainHook(setup, evaluator, initial_weights, progress)], state, final)
   metrics_io.write_json(os.path.join(run.output_dir, rundir.FINAL_FILE), final)

@@ -1,0 +1,118 @@
+"""A3FL (Zhang et al. 2023): the trigger step against a NumPy reference, the search against its
+own objective, and a run whose backdoor is measured with the optimized trigger."""
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from tests import tiny
+from tff_backdoor.attacks import a3fl
+from tff_backdoor.attacks import tasks as tasks_lib
+
+SHAPE, CLASSES, TARGET = (4, 4, 1), 3, 2
+
+
+def _linear(seed):
+  model = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=SHAPE),
+                               tf.keras.layers.Dense(CLASSES)])
+  rng = np.random.default_rng(seed)
+  model.set_weights([rng.normal(size=(16, CLASSES)).astype(np.float32),
+                     rng.normal(size=CLASSES).astype(np.float32)])
+  return model
+
+
+def _mask():
+  mask = np.zeros(SHAPE[:2], bool)
+  mask[1:3, 1:3] = True
+  return mask
+
+
+def _ce_gradient(kernel, bias, stamped, mask):
+  """d mean CE(target) / d trigger of a linear softmax model, by hand."""
+  logits = stamped.reshape(len(stamped), -1) @ kernel + bias
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  p[:, TARGET] -= 1.0
+  d_input = (p @ kernel.T / len(stamped)).reshape(stamped.shape)
+  return (d_input * mask[None, :, :, None]).sum(0)
+
+
+def test_trigger_step_is_the_signed_gradient_of_both_models_losses():
+  search = a3fl.TriggerSearch(lambda: _linear(0), _mask(), 1, TARGET, batch_size=8,
+                              lr=0.05, noise_lambda=5.0)
+  search.adversary.set_weights(_linear(1).get_weights())
+  rng = np.random.default_rng(2)
+  x = rng.random((6, *SHAPE)).astype(np.float32)
+  trigger = rng.random(SHAPE).astype(np.float32)
+  m = _mask()[:, :, None]
+  stamped = x * (1 - m) + trigger * m
+  (k0, b0), (k1, b1) = search.model.get_weights(), search.adversary.get_weights()
+  plain = _ce_gradient(k0, b0, stamped, _mask())
+  both = plain + 5.0 * 0.7 * _ce_gradient(k1, b1, stamped, _mask())
+  for weight, gradient in ((None, plain), (tf.constant(0.7), both)):
+    got = search.trigger_step(tf.constant(x), tf.constant(trigger), weight).numpy()
+    want = np.clip(trigger - 0.05 * np.sign(gradient), 0, 1)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(got[~_mask()], trigger[~_mask()])  # off the mask: untouched
+  assert np.any(np.sign(plain) != np.sign(both))  # the adversary's term changes the direction
+
+
+def test_search_lowers_the_backdoor_loss_and_counts_its_passes():
+  rng = np.random.default_rng(3)
+  x = rng.random((10, *SHAPE)).astype(np.float32)
+  y = rng.integers(0, CLASSES, 10).astype(np.int32)
+  search = a3fl.TriggerSearch(lambda: _linear(4), _mask(), 1, TARGET, batch_size=4, epochs=3,
+                              lr=0.1, adv_epochs=2, adv_every=1)
+  weights = search.model.get_weights()
+
+  def loss(trigger):
+    stamped = a3fl.stamp(x, tf.constant(trigger), search.mask)
+    return float(tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+        np.full(10, TARGET), search.model(stamped), from_logits=True)))
+
+  before = loss(search.trigger)
+  np.testing.assert_array_equal(search.trigger, 0.5)  # the authors' grey start
+  passes = search.search(weights, x, x, y)
+  assert loss(search.trigger) < before - 0.05
+  # epoch 0: 10 passes; epochs 1, 2: an adversary (2 epochs x 10) and 2 x 10 passes each.
+  assert passes == 10 + 2 * (20 + 20)
+  assert 0.0 < a3fl.kernel_similarity(search.adversary, search.model) < 1.0
+
+
+def test_set_trigger_restamps_the_backdoor_set():
+  test_x = np.zeros((4, 6, 6, 1), np.float32)
+  task = tasks_lib.PixelTriggerTask(test_x, np.array([0, 0, 1, 2]), target_class=1,
+                                    source_class=0, trigger_size=2)
+  values = np.random.default_rng(0).random((6, 6, 1)).astype(np.float32)
+  task.set_trigger(values)
+  x, _ = task.eval_sets()['backdoor']
+  np.testing.assert_array_equal(x[:, task.mask], np.broadcast_to(values[task.mask], (2, 4, 1)))
+  np.testing.assert_array_equal(x[:, ~task.mask], 0.0)
+  poisoned, _ = task.poison(np.ones((1, 6, 6, 1), np.float32), 0)
+  np.testing.assert_array_equal(poisoned[0][task.mask], values[task.mask])
+
+
+def test_a3fl_run_measures_the_backdoor_with_the_optimized_trigger(tmp_path):
+  from tff_backdoor.run import driver
+  from tff_backdoor.run import setup as setup_lib
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  config = tiny.run_config(
+      idx_dir, tmp_path / 'run', num_clients=12, clients_per_round=4, rounds=2,
+      batch_size=10, seed=3, task='pixel', source_class=1, target_class=0, trigger_size=3,
+      schedule='fixed_frequency', attack_every=1, attack_stop=1, attack='a3fl',
+      a3fl_trigger_epochs=3, a3fl_adv_epochs=1, eval_subset=0)
+  setup = setup_lib.prepare(config)
+  final = driver.run_prepared(setup)
+  trigger = setup.task.trigger_value
+  assert trigger.shape == (8, 8, 1) and np.any(trigger[setup.task.mask] != 0.5)
+  np.testing.assert_array_equal(np.load(tmp_path / 'run' / 'a3fl_trigger.npy'), trigger)
+  stamped = setup.eval_sets['backdoor'][0][:, setup.task.mask]  # what backdoor acc. used
+  np.testing.assert_array_equal(stamped, np.broadcast_to(trigger[setup.task.mask],
+                                                         stamped.shape))
+  with open(tmp_path / 'run' / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  assert [r['num_attackers'] for r in rows] == [1, 0]
+  assert rows[0]['trigger_search_examples'] > 0 and rows[1]['trigger_search_examples'] == 0
+  assert rows[0]['examples_trained'] > rows[0]['trigger_search_examples']
+  assert final['examples_trained'] == sum(r['examples_trained'] for r in rows)
+  assert final['last_attack_round'] == 0

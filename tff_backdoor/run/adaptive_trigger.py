@@ -1,0 +1,84 @@
+"""The run's side of A3FL: before an attack round, the attackers' trigger is optimized against
+the global model they download (`attacks.a3fl.TriggerSearch`), then their data is built with it.
+
+Why here and not in the client work: the trigger must also be what backdoor accuracy is
+measured with, and it carries over from one attack round to the next (the authors' attacker
+keeps `self.trigger`). Searched in the TFF client it would have to travel back through the
+process's measurements and forward again through its state. In the run it is plain NumPy:
+`before_inputs` runs the search on the weights of the state the round starts from (exactly what
+the attackers receive) and the attackers' own images, sets it on the task (attackers stamp it
+in `round_client_data`) and restamps the 'backdoor' evaluation set in place. The attackers of a
+round share one trigger, searched on their images together (A3FL's single adversary). Its cost,
+in example passes, is added to the round's `examples_trained` (`trigger_search_examples`).
+
+Not checkpointed: after --resume the search restarts from the initial grey trigger.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from tff_backdoor.attacks import a3fl
+from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.attacks.attack_config import TRIGGER_MODES
+from tff_backdoor.data.core import float_images
+from tff_backdoor.run import loop
+
+EXTRA_KEY = 'trigger_search_examples'
+TRIGGER_FILE = 'a3fl_trigger.npy'  # the newest trigger, in the run directory
+
+
+class AdaptiveTrigger(loop.Hook):
+  """Keeps the state a round starts from and searches the trigger before its inputs."""
+
+  def __init__(self, setup: Any, state: Any):
+    task, attack = setup.task, setup.config.attack
+    if not isinstance(task, tasks_lib.PixelTriggerTask) or task.distributed_parts != 1:
+      raise ValueError(f'--attack={attack.mode} optimizes a pixel trigger: it needs '
+                       '--task=pixel with --distributed_parts=1')
+    self.setup, self.state, self.extra = setup, state, 0
+    self.search = a3fl.TriggerSearch(
+        setup.keras_builder, task.mask, setup.data.input_shape[-1], task.target_class,
+        setup.config.fed_avg.batch_size, epochs=attack.a3fl_trigger_epochs,
+        lr=attack.a3fl_trigger_lr, adv_epochs=attack.a3fl_adv_epochs,
+        adv_every=attack.a3fl_adv_every, noise_lambda=attack.a3fl_lambda)
+    self._apply()
+
+  def _apply(self) -> None:
+    """The search's trigger on the task and, in place, on the 'backdoor' evaluation images;
+    saved as TRIGGER_FILE ([H, W, C] in [0, 1]; its values count only on the task's mask)."""
+    task, trigger = self.setup.task, self.search.trigger
+    task.set_trigger(trigger)
+    images = self.setup.eval_sets['backdoor'][0]
+    images[...] = tasks_lib.stamp(images, task.mask, trigger)
+    os.makedirs(self.setup.config.run.output_dir, exist_ok=True)
+    np.save(os.path.join(self.setup.config.run.output_dir, TRIGGER_FILE), trigger)
+
+  def before_inputs(self, participants: Sequence[Any]) -> None:
+    """Searches the trigger when the round has attackers (their images, this state's model)."""
+    self.extra = 0
+    ids = [p.client_id for p in participants if p.is_attacker]
+    if not ids:
+      return
+    x = np.concatenate([float_images(self.setup.clients[c][0]) for c in ids])
+    y = np.concatenate([np.asarray(self.setup.clients[c][1], np.int32).reshape(-1)
+                        for c in ids])
+    source = x[self.setup.task.is_source(y)]
+    if not len(source):
+      return
+    self.setup.process.get_model_weights(self.state).assign_weights_to(self.search.model)
+    self.extra = self.search.search(self.search.model.get_weights(), source, x, y)
+    self._apply()
+
+  def after_round(self, r: loop.Round) -> None:
+    self.state = r.state
+    r.row[EXTRA_KEY] = self.extra
+
+
+def build(setup: Any, state: Any) -> Optional[AdaptiveTrigger]:
+  """The hook for a run whose attack optimizes its trigger (TRIGGER_MODES), else None."""
+  if setup.config.attack.mode not in TRIGGER_MODES:
+    return None
+  return AdaptiveTrigger(setup, state)
