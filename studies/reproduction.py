@@ -171,8 +171,10 @@ def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
 
 def aggregate_runs(runs: Sequence[RunSummary], label: str) -> Dict[str, Any]:
   """{'label', 'n', KEY_mean, KEY_std for every metric} over the runs (seeds)."""
-  row: Dict[str, Any] = {'label': label, 'n': len(runs),
-                         'diverged': sum(r.diverged_round is not None for r in runs)}
+  row: Dict[str, Any] = {'label': label, 'n': len(runs)}
+  diverged = sum(r.diverged_round is not None for r in runs)
+  if diverged:  # a column only where a run diverged: tables of healthy runs keep their CSVs
+    row['diverged'] = diverged
   present = [key for key, _ in OPTIONAL_METRICS if any(r.values.get(key) is not None
                                                          for r in runs)]
   for key in [k for k, _ in METRICS] + present:
@@ -329,7 +331,7 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
       row_cells.append(_cell(agg, metric) if agg else '-')
       flat_row[f'{title} mean'] = agg and agg.get(f'{metric}_mean')
       flat_row[f'{title} std'] = agg and agg.get(f'{metric}_std')
-    diverged = sum(columns[v]['diverged'] for _, v, _ in table.columns if v in columns)
+    diverged = sum(columns[v].get('diverged', 0) for _, v, _ in table.columns if v in columns)
     flat_row['seeds'] = '/'.join(map(str, seeds)) + (f' ({diverged} diverged)' if diverged
                                                       else '')
     flat.append(flat_row)
