@@ -71,8 +71,8 @@ def test_the_parallel_leaf_parsers_start_with_sigint_ignored(tmp_path, monkeypat
   monkeypatch.setattr(leaf, '_PARALLEL_BYTES', 0)
   monkeypatch.setattr(os, 'cpu_count', lambda: 2)
   parsed = leaf._read_files(paths, 10)  # pylint: disable=protected-access
-  assert [sorted(p) for p in parsed] == [['w0'], ['w1']]
-  assert [int(p[f'w{i}'][1][0]) for i, p in enumerate(parsed)] == [0, 1]
+  assert [p.writers for p in parsed] == [['w0'], ['w1']]
+  assert [int(p.labels[0]) for p in parsed] == [0, 1]
   assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the parent's is untouched
   assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 

@@ -306,7 +306,7 @@ def test_bad_flags_of_any_configuration_stop_the_sweep_before_it_starts(tmp_path
       'Did you mean: defense ?',
       'error: configuration rounds=0,seed=0: --rounds must be >= 1, got 0',
       'error: configuration pretrain: flag --attack=nope: value should be one of '
-      '<data_poison|boost|norm_bounded|neurotoxin|constrain_scale>'], lines
+      '<data_poison|boost|norm_bounded|neurotoxin|constrain_scale|anticipate|a3fl>'], lines
   assert not out.exists() and result.stdout == ''
 
 
