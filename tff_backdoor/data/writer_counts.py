@@ -48,9 +48,8 @@ def _stamp(data_dir: str) -> tuple:
   directory = os.path.join(data_dir, 'train')
   if not os.path.isdir(directory):
     return ()
-  return tuple((f, os.stat(os.path.join(directory, f)).st_size,
-                os.stat(os.path.join(directory, f)).st_mtime_ns)
-               for f in sorted(os.listdir(directory)))
+  stats = [(f, os.stat(os.path.join(directory, f))) for f in sorted(os.listdir(directory))]
+  return tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
 
 
 @functools.lru_cache(maxsize=8)
