@@ -203,3 +203,34 @@ def test_resume_refuses_a_different_configuration(tmp_path):
   other.fed_avg.rounds, other.run.seed = 1, 6
   with pytest.raises(ValueError, match='seed'):
     driver.run_experiment(other)
+
+
+def test_a_run_written_before_newer_defense_settings_resumes(tmp_path):
+  """A run whose config.json predates some `defense` settings (they keep their defaults) and
+  whose checkpoints carry that version's identity resumes to the same rows; a changed nested
+  setting is still refused."""
+  from tff_backdoor.run import ownership  # pylint: disable=g-import-not-at-top
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  clip = {'name': 'clip', 'clip_norm': 5.0}
+  out = tmp_path / 'run'
+  driver.run_experiment(_config(idx_dir, out, rounds=4, defense=clip))
+  reference = _rows(out)
+  saved = json.loads((out / 'config.json').read_text())
+  newer = [k for k in saved['defense'] if k.startswith(('fldetector', 'deepsight'))]
+  assert newer, 'expected defense settings to drop'
+  for key in newer:  # what an older version wrote: those keys did not exist
+    del saved['defense'][key]
+  (out / 'config.json').write_text(json.dumps(saved))
+  old_identity = ownership.legacy_identity(saved, driver._IDENTITY_IGNORED)
+  assert old_identity != driver.run_identity(_config(idx_dir, out, rounds=4, defense=clip))
+  for ckpt in sorted((out / 'checkpoints').glob('ckpt-*')):
+    manifest = json.loads((ckpt / 'MANIFEST.json').read_text())
+    manifest['owner']['run'] = old_identity
+    (ckpt / 'MANIFEST.json').write_text(json.dumps(manifest))
+  _flip_bit(str(out / 'checkpoints' / 'ckpt-000004' / 'state.npz'))  # redo round 4
+  driver.run_experiment(_config(idx_dir, out, rounds=4, defense=clip, resume=True))
+  assert _rows(out) == reference
+  # A setting the old version had, changed:
+  changed = _config(idx_dir, out, rounds=4, defense={**clip, 'clip_norm': 7.0}, resume=True)
+  with pytest.raises(ValueError, match='different defense'):
+    driver.run_experiment(changed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 from tff_backdoor.attacks.attack_config import AttackConfig
@@ -180,6 +180,25 @@ EXECUTION_KEY = 'execution'  # config.json's record of the execution settings (n
 SECTIONS = (('data', DataConfig), ('fed_avg', FedAvgConfig), ('task', TaskConfig),
             ('attack', AttackConfig), ('schedule', ScheduleConfig),
             ('defense', DefenseConfig), ('flain', FlainConfig), ('run', RunConfig))
+
+
+def non_default(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:
+  """The entries of a config.json mapping that differ from `defaults`, nested ones too.
+
+  A key added by a newer version keeps its default in older runs' terms, so dropping the
+  default-valued entries makes two configs of the same run compare (and hash) equal across
+  versions; a nested dict (`defense`) is pruned key by key for the same reason.
+  """
+  out: Dict[str, Any] = {}
+  for key, value in values.items():
+    default = defaults.get(key)
+    if isinstance(value, dict) and isinstance(default, dict):
+      value = non_default(value, default)
+      if value:
+        out[key] = value
+    elif value != default:
+      out[key] = value
+  return out
 
 
 def flat_fields() -> Iterator[Tuple[str, str, dataclasses.Field]]:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_backdoor import metrics_io
-from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig
+from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig, non_default
 from tff_backdoor.analysis import lifespan
 from tff_backdoor.execution import contexts
 from tff_backdoor.run import adaptive_trigger
@@ -43,9 +43,12 @@ RESUME_IGNORED = ('resume', 'verbose', 'checkpoint_every', 'keep_checkpoints', '
                   'num_subrounds', 'overwrite')
 
 
+_IDENTITY_IGNORED = RESUME_IGNORED + ('output_dir', 'tensorboard')
+
+
 def run_identity(config: ExperimentConfig) -> str:
   """The identity every checkpoint of this run carries (`ownership.identity`)."""
-  return ownership.identity(config.to_dict(), RESUME_IGNORED + ('output_dir', 'tensorboard'))
+  return ownership.identity(config.to_dict(), _IDENTITY_IGNORED)
 
 
 def resume_state(config: ExperimentConfig, state, streams):
@@ -56,11 +59,13 @@ def resume_state(config: ExperimentConfig, state, streams):
   skipped with one line on stderr; none usable: CheckpointError.
   """
   directory = os.path.join(config.run.output_dir, rundir.CHECKPOINTS_DIR)
-  _check_same_config(config)
+  saved = _saved_config(config)
+  _check_same_config(config, saved)
   if not checkpoint.has_checkpoints(directory):
     return state, 0, {}
+  older = () if saved is None else (ownership.legacy_identity(saved, _IDENTITY_IGNORED),)
   unusable = ownership.resume_filter(run_identity(config), config.run.output_dir,
-                                     checkpoint.checkpoint_owner)
+                                     checkpoint.checkpoint_owner, also=older)
   state, meta, path = checkpoint.restore_newest(
       directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True),
       unusable=unusable)
@@ -70,22 +75,27 @@ def resume_state(config: ExperimentConfig, state, streams):
   return state, int(meta['next_round']), meta
 
 
-def _check_same_config(config: ExperimentConfig) -> None:
+def _saved_config(config: ExperimentConfig) -> Optional[Dict[str, Any]]:
+  """The run directory's config.json as written (before this run rewrites it), or None."""
+  path = os.path.join(config.run.output_dir, rundir.CONFIG_FILE)
+  return metrics_io.read_json(path) if os.path.exists(path) else None
+
+
+def _check_same_config(config: ExperimentConfig, saved: Optional[Dict[str, Any]]) -> None:
   """ValueError if the run directory's config.json has other settings than `config`.
 
   Its `output_dir` may differ: a run is its settings, not its path, so a run directory moved
-  or copied elsewhere (e.g. to DIR.old-1 by `--overwrite=move`) resumes where it now is.
+  or copied elsewhere (e.g. to DIR.old-1 by `--overwrite=move`) resumes where it now is. Keys
+  newer than the run's config.json (nested `defense` ones too) count as equal at their default.
   """
-  path = os.path.join(config.run.output_dir, rundir.CONFIG_FILE)
-  if not os.path.exists(path):
+  if saved is None:
     return
-  saved = metrics_io.read_json(path)
-  current = json.loads(json.dumps(config.to_dict()))
-  # Keys newer than the run's config.json count as equal when they keep their default.
+  ignored = RESUME_IGNORED + ('output_dir', EXECUTION_KEY)
   defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-  diff = sorted(k for k in current if k not in RESUME_IGNORED + ('output_dir',)
-                and saved.get(k) != current[k]
-                and (k in saved or current[k] != defaults.get(k)))
+  current = json.loads(json.dumps(config.to_dict()))
+  theirs, ours = (non_default({k: v for k, v in values.items() if k not in ignored},
+                                         defaults) for values in (saved, current))
+  diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
   if diff:
     raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '
                      f'{", ".join(diff)}; use a new --output_dir')

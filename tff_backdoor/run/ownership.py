@@ -38,16 +38,41 @@ class RunDirectoryError(ValueError):
   """The run directory is in use or holds another run (the message is one line)."""
 
 
+def _settings(config: Mapping[str, Any], ignored: Sequence[str]) -> Dict[str, Any]:
+  """config.json's settings as JSON values, minus `ignored` and the execution record."""
+  current = json.loads(json.dumps(metrics_io.to_jsonable(dict(config))))
+  return {k: v for k, v in current.items()
+          if k not in ignored and k != config_lib.EXECUTION_KEY}
+
+
+def _today_defaults() -> Dict[str, Any]:
+  return json.loads(json.dumps(config_lib.ExperimentConfig().to_dict()))
+
+
 def identity(config: Mapping[str, Any], ignored: Sequence[str]) -> str:
   """SHA-256 (hex) of config.json's settings minus `ignored` and the execution record.
 
-  Only settings that differ from their defaults enter, so a setting added by a newer version
-  (at its default) does not change the identity of a run written before it.
+  Only settings that differ from their defaults enter, nested ones (`defense`) key by key, so
+  a setting added by a newer version (at its default) never changes the identity of a run.
   """
-  defaults = json.loads(json.dumps(config_lib.ExperimentConfig().to_dict()))
-  current = json.loads(json.dumps(metrics_io.to_jsonable(dict(config))))
-  kept = {k: v for k, v in current.items()
-          if k not in ignored and k != config_lib.EXECUTION_KEY and v != defaults.get(k)}
+  kept = config_lib.non_default(_settings(config, ignored), _today_defaults())
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def legacy_identity(saved: Mapping[str, Any], ignored: Sequence[str]) -> str:
+  """The identity versions up to 2026-12-05 gave checkpoints: top-level keys pruned only.
+
+  Computed from the run's own config.json (`saved`), whose `defense` has the keys of its
+  version: the default it is compared with is cut to those keys, as that version had it.
+  """
+  defaults = _today_defaults()
+  kept = {}
+  for key, value in _settings(saved, ignored).items():
+    default = defaults.get(key)
+    if isinstance(value, dict) and isinstance(default, dict):
+      default = {k: default[k] for k in value if k in default}
+    if value != default:
+      kept[key] = value
   return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,17 +195,19 @@ def _legacy_rows_problem(output_dir: str, checkpoint_path: str) -> Optional[str]
 
 
 def resume_filter(run_identity: str, output_dir: str,
-                  owner_of: Callable[[str], Dict[str, Any]]) -> Callable[[str], Optional[str]]:
+                  owner_of: Callable[[str], Dict[str, Any]],
+                  also: Sequence[str] = ()) -> Callable[[str], Optional[str]]:
   """For `checkpoint.restore_newest`: why an intact checkpoint cannot be resumed (or None).
 
-  A checkpoint of another run identity raises RunDirectoryError (one line); one whose rows
-  metrics.jsonl no longer holds as written (torn, cut, rewritten) is skipped.
+  A checkpoint of another run identity (neither `run_identity` nor one of `also`, e.g. the
+  `legacy_identity` of the run's config.json) raises RunDirectoryError (one line); one whose
+  rows metrics.jsonl no longer holds as written (torn, cut, rewritten) is skipped.
   """
   metrics_path = os.path.join(output_dir, rundir.METRICS_JSONL)
 
   def problem(path: str) -> Optional[str]:
     owner = owner_of(path)
-    if owner.get('run') not in (None, run_identity):
+    if owner.get('run') not in (None, run_identity, *also):
       raise RunDirectoryError(
           f'cannot --resume: {path} was written by another run (run identity '
           f'{str(owner["run"])[:12]}, this configuration is {run_identity[:12]}); use another '
