@@ -362,6 +362,10 @@ def test_a_cache_folder_that_cannot_be_written_costs_a_parse_not_the_run(tmp_pat
     (['--num_clients=5', '--clients_per_round=2'], r'--num_clients=5 but .*/train has 2 writers'),
     (['--task=targeted', '--num_tasks=2', '--task_min_samples=2', '--clients_per_round=1'],
      r'--num_tasks=2 but only 1 writers of .*/train hold at least 2 images of class 7'),
+    (['--defense=fltrust', '--fltrust_root_per_class=1', '--server_holdout=10',
+      '--clients_per_round=1'],
+     r'--fltrust_root_per_class=1 but the server split of 10 images \(--server_holdout\) '
+     r'holds fewer of class: count \{\d: 0, \d: 0\}'),
 ])
 def test_what_the_writers_cannot_serve_is_refused_before_tensorflow(tmp_path, args, message):
   root = _leaf_dir(tmp_path / 'leaf')  # digit writers: w1 (7, 7, 1), w2 (7, 3, 3)
@@ -375,6 +379,17 @@ def test_what_the_writers_cannot_serve_is_refused_before_tensorflow(tmp_path, ar
   assert result.returncode == 2 and len(lines) == 1, result.stderr
   assert re.search(message, lines[0]), lines[0]
   assert 'tensorflow' not in result.stderr.lower() and not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('holdout', [None, 10, 12])
+def test_the_server_split_counts_from_labels_are_those_the_load_carves(tmp_path, holdout):
+  from tff_backdoor.data import writer_counts  # pylint: disable=g-import-not-at-top
+  root = _leaf_dir(tmp_path / 'leaf')
+  data = _load(root, server_holdout=holdout)
+  counts = writer_counts.server_class_counts(root, cache_dir=os.path.join(root, 'cache'),
+                                             server_holdout=holdout)
+  np.testing.assert_array_equal(counts, np.bincount(data.server[1], minlength=10))
+  assert counts.sum() == (2 if holdout is None else holdout)
 
 
 def test_a_sweeps_precheck_refuses_a_configuration_the_writers_cannot_serve(tmp_path):

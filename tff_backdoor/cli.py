@@ -62,9 +62,9 @@ def check_output_folder(path: str, flag: str) -> None:
 
 
 def check_writer_data(config: config_lib.ExperimentConfig) -> None:
-  """For a LEAF folder (--dataset=femnist), the requests its writers must serve, checked from
-  its labels before TensorFlow loads (`data.writer_counts`; a sweep checks every
-  configuration with it)."""
+  """For a LEAF folder (--dataset=femnist), the requests its writers (and, for FLTrust, its
+  server split) must serve, checked from its labels before TensorFlow loads
+  (`data.writer_counts`; a sweep checks every configuration with it)."""
   data = config.data
   if data.dataset != 'femnist' or not data.data_dir:
     return
@@ -76,6 +76,11 @@ def check_writer_data(config: config_lib.ExperimentConfig) -> None:
       num_tasks=config.task.num_tasks if targeted else None,
       source_class=config.task.source_class if targeted else None,
       task_min_samples=config.task.min_samples)
+  if config.defense.name == 'fltrust':
+    writer_counts.check_root_set(
+        writer_counts.server_class_counts(data.data_dir, data.only_digits, data.cache_dir,
+                                          data.server_holdout),
+        config.defense.fltrust_root_per_class)
 
 
 def exit_on_sigterm() -> None:

@@ -130,6 +130,18 @@ def default_server_holdout(pool_size: int) -> int:
   return min(1000, pool_size // 5)
 
 
+def stratified_take(counts: np.ndarray, size: int) -> np.ndarray:
+  """How many of `size` held-out examples each class gives (`stratified_holdout`'s split):
+  in proportion to `counts`, largest remainders rounded up. Labels only, so a run's flags can
+  be checked against its server split before the data loads."""
+  counts = np.asarray(counts, dtype=np.int64)
+  exact = counts * size / max(int(counts.sum()), 1)
+  take = np.floor(exact).astype(np.int64)
+  for k in np.argsort(-(exact - take), kind='stable')[:size - int(take.sum())]:
+    take[k] += 1
+  return take
+
+
 def stratified_holdout(labels: np.ndarray, size: int, seed: Any) -> Tuple[np.ndarray, np.ndarray]:
   """Seeded (held_out, rest) sorted index arrays; held_out has `size` examples, class-stratified.
 
@@ -142,10 +154,7 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: Any) -> Tuple[np.nda
     raise DataError(f'server_holdout must be in [0, {n - 1}] for {n} examples, got {size}')
   rng = np.random.default_rng(seed)
   classes, counts = np.unique(labels, return_counts=True)
-  exact = counts * size / n
-  take = np.floor(exact).astype(np.int64)
-  for k in np.argsort(-(exact - take), kind='stable')[:size - int(take.sum())]:
-    take[k] += 1
+  take = stratified_take(counts, size)
   held = [rng.choice(np.flatnonzero(labels == c), t, replace=False)
           for c, t in zip(classes, take) if t]
   held = np.sort(np.concatenate(held).astype(np.int64)) if held else np.zeros(0, np.int64)

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from tff_backdoor.data import leaf
+from tff_backdoor.data import partition
 from tff_backdoor.data.core import DataError
 
 NUM_DIGITS = 10
@@ -86,3 +87,37 @@ def check_writers(counts: WriterCounts, *, clients_per_round: int, num_clients: 
       raise DataError(f'--num_tasks={num_tasks} but only {eligible} writers of {where} hold '
                       f'at least {max(1, task_min_samples)} images of class {source_class} '
                       '(--task_min_samples)')
+
+
+def server_class_counts(data_dir: str, only_digits: bool = True,
+                        cache_dir: Optional[str] = None,
+                        server_holdout: Optional[int] = None) -> np.ndarray:
+  """Images a class in the server split `femnist.load_femnist` carves from the test split
+  (stratified, so the counts follow from the labels alone); DataError for a bad folder."""
+  directory = os.path.join(os.path.abspath(data_dir), 'test')
+  if not os.path.isdir(directory):
+    raise DataError(f'--data_dir {data_dir} has no test/ folder')
+  split = leaf.read_split_packed(directory, leaf.NUM_CLASSES,
+                                 os.path.abspath(cache_dir or leaf.default_cache_dir()))
+  labels = np.asarray(split.labels)
+  num_classes = NUM_DIGITS if only_digits else leaf.NUM_CLASSES
+  labels = labels[labels < num_classes]
+  size = (partition.default_server_holdout(labels.size) if server_holdout is None
+          else server_holdout)
+  if not 0 <= size < labels.size:
+    raise DataError(f'--server_holdout={size} must be below the {labels.size} test images of '
+                    f'{directory}')
+  take = np.zeros(num_classes, np.int64)
+  classes, counts = np.unique(labels, return_counts=True)
+  take[classes] = partition.stratified_take(counts, size)
+  return take
+
+
+def check_root_set(server_counts: np.ndarray, per_class: int) -> None:
+  """DataError (one line naming both flags) if the server split cannot give FLTrust's root
+  set of `per_class` images of every class."""
+  short = {c: int(n) for c, n in enumerate(server_counts) if n < per_class}
+  if short:
+    raise DataError(f'--fltrust_root_per_class={per_class} but the server split of '
+                    f'{int(server_counts.sum())} images (--server_holdout) holds fewer of '
+                    f'class: count {short}')
