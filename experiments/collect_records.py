@@ -4,7 +4,8 @@
 
 REPRODUCTION.md's tables are reprinted from committed records: for every run of the sweep
 whose final.json marks it finished (`run_checks.final_problem`), its `config.json`,
-`final.json` and `metrics.jsonl` are copied to DEST/<run name>/, and the sweep's `sweep.json`
+`final.json` and `metrics.jsonl` are copied to DEST/<run name>/ (with the FLAIN results
+`experiments.apply_flain --output_subdir=SUB` left in SUB/flain.json), and the sweep's `sweep.json`
 to DEST/, so `experiments.reproduction_tables DEST` reads them like the sweep. Models,
 checkpoints, logs and TensorBoard files stay behind. A record already in DEST with other bytes
 is refused (a finished run is never overwritten silently) unless --replace.
@@ -58,11 +59,19 @@ def finished_runs(sweep_dir: str, where: Sequence[sweep_grid.Grid] = ()) -> List
   return out
 
 
+def record_files(directory: str) -> List[str]:
+  """A run's record files: RECORD_FILES and any SUB/flain.json of FLAIN applied afterwards."""
+  posthoc = sorted(os.path.join(sub, rundir.FLAIN_FILE) for sub in os.listdir(directory)
+                   if os.path.isfile(os.path.join(directory, sub, rundir.FLAIN_FILE)))
+  return [*RECORD_FILES, *posthoc]
+
+
 def collect(sweep_dir: str, dest: str, replace: bool = False,
             where: Optional[Sequence[sweep_grid.Grid]] = None) -> List[str]:
   """Copies the finished runs' records; returns the names of the runs copied or updated."""
   runs = finished_runs(sweep_dir, where or ())
-  clashes = [os.path.join(dest, os.path.basename(d), name) for d in runs for name in RECORD_FILES
+  clashes = [os.path.join(dest, os.path.basename(d), name) for d in runs
+             for name in record_files(d)
              if os.path.exists(os.path.join(dest, os.path.basename(d), name)) and
              not filecmp.cmp(os.path.join(d, name), os.path.join(dest, os.path.basename(d),
                                                                   name), shallow=False)]
@@ -73,9 +82,11 @@ def collect(sweep_dir: str, dest: str, replace: bool = False,
   for directory in runs:
     target = os.path.join(dest, os.path.basename(directory))
     os.makedirs(target, exist_ok=True)
-    fresh = [n for n in RECORD_FILES if not os.path.exists(os.path.join(target, n)) or
-             not filecmp.cmp(os.path.join(directory, n), os.path.join(target, n), shallow=False)]
+    fresh = [n for n in record_files(directory) if not os.path.exists(os.path.join(target, n))
+             or not filecmp.cmp(os.path.join(directory, n), os.path.join(target, n),
+                                shallow=False)]
     for name in fresh:
+      os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
       shutil.copyfile(os.path.join(directory, name), os.path.join(target, name))
     if fresh:
       copied.append(os.path.basename(directory))

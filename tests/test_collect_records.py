@@ -63,6 +63,9 @@ def test_where_copies_only_the_runs_whose_grid_flags_match_one_of_them(tmp_path)
     (d / 'config.json').write_text(json.dumps({'rounds': 2}))
     (d / 'metrics.jsonl').write_text('{"round": 0}\n')
     (d / 'final.json').write_text(json.dumps({'rounds': 2, 'test_accuracy': 0.5}))
+    (d / 'flain_origin_quantile').mkdir()  # FLAIN applied afterwards: its result is a record
+    (d / 'flain_origin_quantile' / 'flain.json').write_text('{"after": {}}')
+    (d / 'flain_origin_quantile' / 'model.keras').write_text('model')  # not a record
     runs.append({'name': name, 'flags': flags, 'group': 'g', 'status': 'finished'})
   (root / 'sweep.json').write_text(json.dumps({'runs': runs}))
   dest = str(tmp_path / 'new')
@@ -72,6 +75,7 @@ def test_where_copies_only_the_runs_whose_grid_flags_match_one_of_them(tmp_path)
       cwd=REPO, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(dest)) == ['a3fl_krum', 'boost_deepsight', 'sweep.json']
+  assert os.listdir(os.path.join(dest, 'a3fl_krum', 'flain_origin_quantile')) == ['flain.json']
   reruns = str(tmp_path / 'reruns')
   from studies import sweep_grid  # pylint: disable=g-import-not-at-top
   assert collect_records.collect(str(root), reruns, where=[sweep_grid.parse_grid(
