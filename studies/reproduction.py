@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tff_backdoor import metrics_io
+from tff_backdoor.run import detection
 from tff_backdoor.run import rundir
 
 from studies import plots
@@ -53,6 +54,12 @@ OPTIONAL_METRICS += tuple((f'first{SHORT_HORIZON}_{key}', f'{title} (rounds < {S
                                              ('collateral', 'collateral')))
 # The backdoor's lifespan after the last attack round (final.json of runs since issue 39).
 OPTIONAL_METRICS += (('lifespan', 'lifespan (rounds)'), ('lifespan_censored', 'share still above'))
+# Whom a filtering defense caught (`run.detection` totals, runs since issue 39): TPR over the
+# rounds with attackers, FPR over them and over the rounds without.
+DETECTION_METRICS = (('detection_tpr', 'detection TPR (attack rounds)'),
+                     ('detection_fpr_attack_rounds', 'detection FPR (attack rounds)'),
+                     ('detection_fpr_attack_free', 'detection FPR (attack-free rounds)'))
+OPTIONAL_METRICS += DETECTION_METRICS
 METRIC_TITLES = dict(METRICS + OPTIONAL_METRICS)
 
 
@@ -115,6 +122,15 @@ def lifespan_values(final: Mapping[str, Any]) -> Dict[str, Optional[float]]:
   return {'lifespan': rounds, 'lifespan_censored': float(bool(final.get('lifespan_censored')))}
 
 
+def detection_values(final: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+                     ) -> Dict[str, Optional[float]]:
+  """DETECTION_METRICS of a run: final.json's detection totals, or the same totals summed
+  from its metrics rows (`detection.totals`) if final.json has none; None for a run whose
+  defense reported no per-client decisions, or that predates them."""
+  totals = final if any(k in final for k, _ in DETECTION_METRICS) else detection.totals(rows)
+  return {key: metrics_io.number(totals.get(key)) for key, _ in DETECTION_METRICS}
+
+
 def summarize_run(directory: str, flags: Mapping[str, str],
                   name: Optional[str] = None) -> Optional[RunSummary]:
   """A finished run's numbers (None while final.json is missing or lacks what a finished
@@ -136,6 +152,7 @@ def summarize_run(directory: str, flags: Mapping[str, str],
   if int(config.get('rounds', 0)) > SHORT_HORIZON:
     values.update(window_means(run.rows, start, SHORT_HORIZON, f'first{SHORT_HORIZON}'))
   values.update(lifespan_values(final))
+  values.update(detection_values(final, run.rows))
   values.update(_posthoc_flain(directory))
   return RunSummary(run.name, dict(flags), values, directory, final.get('diverged_round'))
 
@@ -311,10 +328,29 @@ class CrossTable:
   columns: Tuple[Tuple[str, str, str], ...]
   where: Mapping[str, str] = dataclasses.field(default_factory=dict)
   heatmap: bool = False  # also write KEY.png: the cell means as a heat map
+  # Column values shown only if some run of the table has them (defenses added after the
+  # table's first records, whose CSVs then keep their bytes).
+  optional_values: Tuple[str, ...] = ()
+  # A metric key: runs without it are left out (records older than the metric), so a row or a
+  # seed count is only what measured it.
+  only_with: Optional[str] = None
+
+  def selected(self, runs: Sequence[RunSummary]) -> List[RunSummary]:
+    """The runs the table reads: those matching `where` (and having `only_with`)."""
+    return [r for r in runs if _matches(r, self.where) and
+            (self.only_with is None or r.values.get(self.only_with) is not None)]
+
+  def shown_columns(self, runs: Sequence[RunSummary]) -> Tuple[Tuple[str, str, str], ...]:
+    """The columns, without the optional ones no selected run has."""
+    present = {str(r.flags.get(self.column_flag, '')) for r in self.selected(runs)}
+    return tuple(c for c in self.columns
+                 if c[1] not in self.optional_values or c[1] in present)
 
 
 def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, List[Dict]]:
   """(markdown, flat rows for a CSV): 'mean ± std' per cell, the seed count in each row."""
+  runs = table.selected(runs)
+  table = dataclasses.replace(table, columns=table.shown_columns(runs))
   cells = cross_rows(runs, table.row_flags, table.column_flag, table.where)
   if not cells:
     raise ValueError(f'no finished run of table {table.key!r} ({table.title})')
@@ -422,14 +458,15 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
   if hasattr(spec, 'render'):  # a table type of its own module (e.g. population.Comparison)
     return spec.render(runs, output_dir)
   if isinstance(spec, CrossTable):
-    if not cross_rows(runs, spec.row_flags, spec.column_flag, spec.where):
+    if not cross_rows(spec.selected(runs), spec.row_flags, spec.column_flag, spec.where):
       return [f'**{spec.title}**: no finished run yet']
     text, flat = cross_markdown(runs, spec)
     out = [text]
     if output_dir:
       out.append(metrics_io.write_csv(os.path.join(output_dir, f'{spec.key}.csv'), flat))
       if spec.heatmap:
-        out.append(plot_cross_heatmap(flat, spec, os.path.join(output_dir, f'{spec.key}.png')))
+        shown = dataclasses.replace(spec, columns=spec.shown_columns(runs))
+        out.append(plot_cross_heatmap(flat, shown, os.path.join(output_dir, f'{spec.key}.png')))
     return out
   references, rows = family_rows(runs, spec)
   if not rows:
@@ -607,7 +644,10 @@ _MATRIX_DEFENSES = (('none', 'none'), ('clip', 'clip'), ('adaptive clip', 'adapt
                     # the peer suites' defenses (issue 29)
                     ('geometric median', 'geomed'), ('Bulyan', 'bulyan'),
                     ('centered clip', 'centered_clip'), ('RLR', 'rlr'), ('FLAME', 'flame'),
-                    ('CRFL', 'crfl'), ('FLTrust', 'fltrust'), ('FoolsGold', 'foolsgold'))
+                    ('CRFL', 'crfl'), ('FLTrust', 'fltrust'), ('FoolsGold', 'foolsgold'),
+                    # issue 39's detectors: columns once their runs exist (femnist_matrix_ext)
+                    ('FLDetector', 'fldetector'), ('DeepSight', 'deepsight'))
+_MATRIX_NEW_DEFENSES = ('fldetector', 'deepsight')
 
 
 # The matrix's cells: 20% attackers, the square trigger (femnist_attacks.grid's FLAIN study adds
@@ -622,7 +662,8 @@ def _matrix_table(metric: str, title: str, flain: bool = False) -> CrossTable:
     columns += (('FLAIN', 'none', f'flain_origin_{metric}'),
                 ('FLAIN (warm-start init)', 'none', f'flain_{metric}'))
   return CrossTable(f'matrix_{metric}', f'Attack x defense matrix: {title}', ('task', 'attack'),
-                    'defense', columns, where=_MATRIX_WHERE, heatmap=True)
+                    'defense', columns, where=_MATRIX_WHERE, heatmap=True,
+                    optional_values=_MATRIX_NEW_DEFENSES)
 
 
 MATRIX_TABLES = (
@@ -632,6 +673,25 @@ MATRIX_TABLES = (
     _matrix_table('test', 'main accuracy at the end', flain=True),
     _matrix_table('backdoor', 'backdoor accuracy at the end', flain=True),
     _matrix_table('collateral', 'collateral rate at the end (targeted)', flain=True))
+
+# Whom the matrix's filtering defenses caught (`run.detection`; femnist_matrix_ext.grid): per
+# defense that admits or rejects clients, TPR and FPR over the attack rounds (every round of
+# the matrix has attackers) and, where a run has rounds without attackers, FPR over those.
+# Runs without detection fields (recorded before issue 39) are left out, not shown as 0.
+_FILTERING_DEFENSES = (('zeroing', 'zeroing'), ('Krum', 'krum'), ('Multi-Krum', 'multi_krum'),
+                       ('bias filter', 'bias_filter'), ('Bulyan', 'bulyan'), ('FLAME', 'flame'),
+                       ('FLTrust', 'fltrust'), ('FoolsGold', 'foolsgold'),
+                       ('FLDetector', 'fldetector'), ('DeepSight', 'deepsight'))
+DETECTION_TABLES = tuple(
+    CrossTable(f'matrix_{metric}', f'Attack x defense matrix, detection: {title}',
+               ('task', 'attack'), 'defense',
+               tuple((name, value, metric) for name, value in _FILTERING_DEFENSES),
+               where=_MATRIX_WHERE, heatmap=True, only_with=metric)
+    for metric, title in (
+        ('detection_tpr', 'TPR over the attack rounds (attackers flagged / attackers received)'),
+        ('detection_fpr_attack_rounds', 'FPR over the attack rounds (honest clients flagged / '
+                                        'honest clients received)'),
+        ('detection_fpr_attack_free', 'FPR over the rounds without attackers')))
 
 # FLAIN on FEMNIST writers (femnist_attacks.grid): pixel trigger (distributed_parts 1) and DBA
 # (4 parts), data poisoning; FLAIN in both threshold modes from the pretraining's round-0 model
@@ -672,7 +732,8 @@ FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_authors_30': SUN_AUTHORS_30_FAMILIES, 'sun_full': SUN_FULL_FAMILIES,
             'sun_full_30': SUN_FULL_30_FAMILIES, 'sun_full_300': SUN_FULL_300_FAMILIES,
             'flain': FLAIN_TABLES,
-            'matrix': MATRIX_TABLES, 'flain_femnist': FLAIN_FEMNIST_TABLES,
+            'matrix': MATRIX_TABLES, 'matrix_detection': DETECTION_TABLES,
+            'flain_femnist': FLAIN_FEMNIST_TABLES,
             'durability': DURABILITY_TABLES}
 
 

@@ -3,11 +3,13 @@ own objective, and a run whose backdoor is measured with the optimized trigger."
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import tiny
 from tff_backdoor.attacks import a3fl
 from tff_backdoor.attacks import tasks as tasks_lib
+from tff_backdoor.run import adaptive_trigger
 
 SHAPE, CLASSES, TARGET = (4, 4, 1), 3, 2
 
@@ -116,3 +118,60 @@ def test_a3fl_run_measures_the_backdoor_with_the_optimized_trigger(tmp_path):
   assert rows[0]['examples_trained'] > rows[0]['trigger_search_examples']
   assert final['examples_trained'] == sum(r['examples_trained'] for r in rows)
   assert final['last_attack_round'] == 0
+
+
+def _a3fl_config(idx_dir, out, **kw):
+  return tiny.run_config(
+      idx_dir, out, num_clients=12, clients_per_round=4, rounds=4, batch_size=10, seed=3,
+      task='pixel', source_class=1, target_class=0, trigger_size=3, schedule='fixed_frequency',
+      attack_every=1, attack='a3fl', a3fl_trigger_epochs=2, a3fl_adv_epochs=1, eval_subset=0,
+      checkpoint_every=1, **kw)
+
+
+def _run_rows(out):
+  with open(out / 'metrics.jsonl') as f:
+    return [{k: v for k, v in json.loads(line).items() if k != 'round_seconds'} for line in f]
+
+
+def test_a_killed_and_resumed_a3fl_run_writes_the_rows_of_an_uninterrupted_one(tmp_path):
+  """The trigger goes into every checkpoint and comes back on --resume: the search of the
+  rounds after the kill continues from it (from the grey trigger the rows would differ)."""
+  import tensorflow_federated as tff
+  from tff_backdoor.run import driver
+  from tff_backdoor.run import setup as setup_lib
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  driver.run_experiment(_a3fl_config(idx_dir, tmp_path / 'ref'))
+  reference = _run_rows(tmp_path / 'ref')
+  assert all(r['num_attackers'] == 1 and r['trigger_search_examples'] > 0 for r in reference)
+
+  out = tmp_path / 'killed'
+  setup = setup_lib.prepare(_a3fl_config(idx_dir, out))
+  setup.process = tiny.StopAfter(setup.process, 2)
+  with pytest.raises(KeyboardInterrupt):
+    driver.run_prepared(setup)
+  tff.backends.native.set_sync_local_cpp_execution_context()
+  with open(out / 'checkpoints' / 'ckpt-000002' / 'meta.json') as f:
+    saved = np.asarray(json.load(f)[adaptive_trigger.META_KEY], np.float32)
+  assert saved.shape == (8, 8, 1) and np.any(saved != a3fl.INITIAL_VALUE)
+
+  driver.run_experiment(_a3fl_config(idx_dir, out, resume=True))
+  assert _run_rows(out) == reference
+  np.testing.assert_array_equal(np.load(out / 'a3fl_trigger.npy'),
+                                np.load(tmp_path / 'ref' / 'a3fl_trigger.npy'))
+
+
+def test_a_checkpoint_without_a_trigger_restarts_the_search_and_says_so(tmp_path, capfd):
+  from tff_backdoor.run import setup as setup_lib
+  idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
+  setup = setup_lib.prepare(_a3fl_config(idx_dir, tmp_path / 'run'))
+  state = setup.process.initialize()
+  hook = adaptive_trigger.build(setup, state, {'next_round': 2})
+  assert 'holds no A3FL trigger' in capfd.readouterr().err
+  np.testing.assert_array_equal(hook.search.trigger, a3fl.INITIAL_VALUE)
+  bad = np.zeros((2, 2, 1)).tolist()
+  with pytest.raises(ValueError, match='another configuration'):
+    adaptive_trigger.build(setup, state, {'next_round': 2, adaptive_trigger.META_KEY: bad})
+  good = np.full(hook.search.trigger.shape, 0.25, np.float32)
+  restored = adaptive_trigger.build(setup, state, {adaptive_trigger.META_KEY: good.tolist()})
+  np.testing.assert_array_equal(setup.task.trigger_value, good)
+  np.testing.assert_array_equal(restored.search.trigger, good)

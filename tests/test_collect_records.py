@@ -50,3 +50,37 @@ def test_a_committed_record_with_other_bytes_is_refused_in_one_line(tmp_path):
   assert collect_records.collect(sweep, dest, replace=True) == ['done']
   with open(os.path.join(dest, 'done', 'final.json')) as f:
     assert json.load(f)['test_accuracy'] == 0.9
+
+
+def test_where_copies_only_the_runs_whose_grid_flags_match_one_of_them(tmp_path):
+  root = tmp_path / 'sweep'
+  runs = []
+  for name, flags in (('a3fl_krum', {'attack': 'a3fl', 'defense': 'krum'}),
+                      ('boost_krum', {'attack': 'boost', 'defense': 'krum'}),
+                      ('boost_deepsight', {'attack': 'boost', 'defense': 'deepsight'})):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / 'config.json').write_text(json.dumps({'rounds': 2}))
+    (d / 'metrics.jsonl').write_text('{"round": 0}\n')
+    (d / 'final.json').write_text(json.dumps({'rounds': 2, 'test_accuracy': 0.5}))
+    (d / 'flain_origin_quantile').mkdir()  # FLAIN applied afterwards: its result is a record
+    (d / 'flain_origin_quantile' / 'flain.json').write_text('{"after": {}}')
+    (d / 'flain_origin_quantile' / 'model.keras').write_text('model')  # not a record
+    runs.append({'name': name, 'flags': flags, 'group': 'g', 'status': 'finished'})
+  (root / 'sweep.json').write_text(json.dumps({'runs': runs}))
+  dest = str(tmp_path / 'new')
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.collect_records', str(root), dest,
+       '--where=attack=a3fl', '--where=defense=deepsight,fldetector'],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(dest)) == ['a3fl_krum', 'boost_deepsight', 'sweep.json']
+  assert os.listdir(os.path.join(dest, 'a3fl_krum', 'flain_origin_quantile')) == ['flain.json']
+  reruns = str(tmp_path / 'reruns')
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  assert collect_records.collect(str(root), reruns, where=[sweep_grid.parse_grid(
+      'attack=boost;defense=krum,bulyan')]) == ['boost_krum']
+  bad = subprocess.run(
+      [sys.executable, '-m', 'experiments.collect_records', str(root), dest, '--where=attack'],
+      cwd=REPO, capture_output=True, text=True, check=False)
+  assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1

@@ -51,3 +51,33 @@ def test_tables_read_the_lifespan_from_final_json():
   tables = reproduction.FAMILIES['durability']
   assert [t.key for t in tables][:2] == ['durability_lifespan', 'durability_lifespan_censored']
   assert [c[1] for c in tables[0].columns] == ['none', 'clip', 'median', 'multi_krum']
+
+
+def test_the_durability_tables_take_the_lifespan_from_final_json_not_the_rows(tmp_path):
+  """The rows below would give lifespan 0 (backdoor never above 0.5); final.json's numbers
+  are what the table shows, and a run without them has no cell."""
+  import json
+  from studies import reproduction
+  rows = [{'round': r, 'test_accuracy': 0.9, 'backdoor_accuracy': 0.1, 'num_attackers': 1}
+          for r in range(3)]
+  entries = []
+  for i, (defense, seed, final) in enumerate((
+      ('none', 0, {'lifespan_rounds': 4, 'lifespan_censored': False}),
+      ('none', 1, {'lifespan_rounds': 6, 'lifespan_censored': True}),
+      ('clip', 0, {}))):  # no lifespan in final.json
+    run = tmp_path / f'run{i}'
+    run.mkdir()
+    (run / 'final.json').write_text(json.dumps(
+        {'rounds': 3, 'partition': {}, 'test_accuracy': 0.9, 'backdoor_accuracy': 0.1, **final}))
+    (run / 'config.json').write_text(json.dumps({'attack_start': 0}))
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    entries.append({'name': run.name, 'group': 'g', 'status': 'finished', 'flags': {
+        'task': 'pixel', 'attack': 'neurotoxin', 'defense': defense, 'seed': str(seed),
+        'attack_stop': '10'}})
+  (tmp_path / 'sweep.json').write_text(json.dumps({'runs': entries}))
+  runs = reproduction.load_runs([str(tmp_path)])
+  lifespan, censored = reproduction.FAMILIES['durability'][:2]
+  text, _ = reproduction.cross_markdown(runs, lifespan)
+  assert text.splitlines()[-1] == '| pixel | neurotoxin | 1/2 | 5.000 ± 1.414 | - | - | - |'
+  text, _ = reproduction.cross_markdown(runs, censored)
+  assert text.splitlines()[-1] == '| pixel | neurotoxin | 1/2 | 0.500 ± 0.707 | - | - | - |'

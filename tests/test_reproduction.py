@@ -354,11 +354,16 @@ def test_render_reports_a_family_without_runs_in_one_line(tmp_path):
       f'**{reproduction.FLAIN_TABLES[0].title}**: no finished run yet']
 
 
+# The defenses of the matrix's committed records (issue 39 adds fldetector and deepsight).
+OLD_MATRIX_DEFENSES = [v for v in dict(reproduction._MATRIX_DEFENSES).values()
+                       if v not in ('fldetector', 'deepsight')]
+
+
 def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
   runs = []
   for task in ('targeted', 'pixel'):
     for attack in ('data_poison', 'boost', 'norm_bounded'):
-      for defense in dict(reproduction._MATRIX_DEFENSES).values():
+      for defense in OLD_MATRIX_DEFENSES:
         for seed in range(3):
           values = {'backdoor': 0.9 if defense == 'none' else 0.1 + 0.1 * seed, 'test': 0.8,
                     'flain_backdoor': 0.05 if defense == 'none' else None,
@@ -377,8 +382,8 @@ def test_matrix_tables_have_every_defense_flain_and_a_heat_map(tmp_path):
       '| FoolsGold | FLAIN | FLAIN (warm-start init) |')
   from tff_backdoor.aggregators import defense_config  # every defense has its column
   assert set(dict(reproduction._MATRIX_DEFENSES).values()) == set(defense_config.DEFENSES) - {
-      'sun_mean', 'sun_dp',  # the authors' Sun aggregation is section 1's, not a matrix defense
-      'fldetector', 'deepsight'}  # their columns come with issue 39's matrix runs (item 5)
+      'sun_mean', 'sun_dp'}  # the authors' Sun aggregation is section 1's, not a matrix defense
+  assert 'FLDetector' not in text and 'DeepSight' not in text  # no run of theirs: no column
   assert ('| pixel | boost | 3 | 0.900 ± 0.000 | 0.200 ± 0.100 |') in text
   assert text.splitlines()[-1].endswith('| 0.200 ± 0.100 | 0.500 ± 0.000 | 0.050 ± 0.000 |')
   out = reproduction.render(runs, table, str(tmp_path))
@@ -503,3 +508,70 @@ def test_a_long_run_also_reports_the_short_horizon_window(tmp_path):
   assert values['window_backdoor'] == pytest.approx(60 / 70)
   _write_run(str(tmp_path / 'short'), {'test_accuracy': 0.5}, rows[:60], attack_start=0)
   assert 'first60_backdoor' not in reproduction.summarize_run(str(tmp_path / 'short'), {}).values
+
+
+def _matrix_flags(task, attack, defense, seed):
+  return {'task': task, 'attack': attack, 'defense': defense, 'seed': str(seed),
+          'malicious_fraction': '0.2', 'distributed_parts': '1'}
+
+
+def test_matrix_gets_the_new_defenses_and_attacks_where_they_have_runs_and_gaps_stay_missing():
+  runs = [reproduction.RunSummary('r', _matrix_flags('pixel', attack, defense, seed),
+                                  {'backdoor': 0.5 + 0.1 * seed})
+          for attack, defense in (('data_poison', 'none'), ('data_poison', 'fldetector'),
+                                  ('a3fl', 'none'), ('a3fl', 'krum'))
+          for seed in range(2)]
+  table = reproduction.MATRIX_TABLES[4]
+  text, flat = reproduction.cross_markdown(runs, table)
+  header = text.splitlines()[2]
+  assert header.endswith('| FoolsGold | FLDetector | FLAIN | FLAIN (warm-start init) |')
+  assert 'DeepSight' not in header  # no deepsight run
+  lines = {l.split(' | ')[1]: l for l in text.splitlines() if l.startswith('| pixel |')}
+  assert set(lines) == {'a3fl', 'data_poison'}
+  titles = header.strip('| ').split(' | ')
+  a3fl = lines['a3fl'].strip('| ').split(' | ')
+  assert a3fl[titles.index('FLDetector')] == '-'  # a cell without runs is missing, not 0
+  assert a3fl[titles.index('Krum')] == '0.550 ± 0.071'
+  dp = dict(zip(titles, lines['data_poison'].strip('| ').split(' | ')))
+  assert dp['FLDetector'] == '0.550 ± 0.071' and dp['Krum'] == '-'
+  row = next(r for r in flat if r['attack'] == 'a3fl')
+  assert row['FLDetector mean'] is None and 'DeepSight mean' not in row
+
+
+def _detection_final(tp, fn, fp, tn, free_fpr=None):
+  final = {'test_accuracy': 0.9, 'backdoor_accuracy': 0.1, 'detection_tp': tp,
+           'detection_fn': fn, 'detection_fp': fp, 'detection_tn': tn,
+           'detection_tpr': tp / (tp + fn), 'detection_fpr': fp / (fp + tn),
+           'detection_fpr_attack_rounds': fp / (fp + tn)}
+  if free_fpr is not None:
+    final['detection_fpr_attack_free'] = free_fpr
+  return final
+
+
+def test_detection_tables_read_final_json_or_the_rows_and_leave_out_old_records(tmp_path):
+  rows = [{'round': 0, 'test_accuracy': 0.9, 'backdoor_accuracy': 0.1}]
+  # The same counts in the metrics rows only (a final.json without totals).
+  row_counts = [dict(rows[0], detection_tp=1, detection_fn=1, detection_fp=0, detection_tn=8)]
+  sweep = _sweep(tmp_path, [
+      (_matrix_flags('pixel', 'boost', 'krum', 0), _detection_final(2, 0, 1, 7), rows),
+      (_matrix_flags('pixel', 'boost', 'krum', 1), _detection_final(1, 1, 3, 5, 0.25), rows),
+      (_matrix_flags('pixel', 'boost', 'flame', 0), {'test_accuracy': 0.9,
+                                                     'backdoor_accuracy': 0.1}, row_counts),
+      # a record from before issue 39: no detection fields anywhere, so no cell
+      (_matrix_flags('pixel', 'boost', 'bulyan', 0), {'test_accuracy': 0.9,
+                                                      'backdoor_accuracy': 0.1}, rows),
+      (_matrix_flags('targeted', 'boost', 'bulyan', 0), {'test_accuracy': 0.9,
+                                                         'backdoor_accuracy': 0.1}, rows)])
+  runs = reproduction.load_runs([sweep])
+  tpr, fpr, free = reproduction.FAMILIES['matrix_detection']
+  text, flat = reproduction.cross_markdown(runs, tpr)
+  assert [l for l in text.splitlines() if l.startswith('| ')][2:] == [
+      '| pixel | boost | 1/2 | - | 0.750 ± 0.354 | - | - | - | 0.500 | - | - | - | - |']
+  assert flat[0]['Bulyan mean'] is None
+  text, _ = reproduction.cross_markdown(runs, fpr)
+  assert text.splitlines()[-1] == (
+      '| pixel | boost | 1/2 | - | 0.250 ± 0.177 | - | - | - | 0.000 | - | - | - | - |')
+  text, _ = reproduction.cross_markdown(runs, free)
+  assert text.splitlines()[-1] == '| pixel | boost | 1 | - | 0.250 | - | - | - | - | - | - | - | - |'
+  only_old = reproduction.load_runs([sweep])[3:]
+  assert reproduction.render(only_old, tpr) == [f'**{tpr.title}**: no finished run yet']

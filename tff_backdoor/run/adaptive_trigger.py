@@ -11,12 +11,18 @@ in `round_client_data`) and restamps the 'backdoor' evaluation set in place. The
 round share one trigger, searched on their images together (A3FL's single adversary). Its cost,
 in example passes, is added to the round's `examples_trained` (`trigger_search_examples`).
 
-Not checkpointed: after --resume the search restarts from the initial grey trigger.
+Checkpointed: the trigger is the search's only state carried between rounds (the models are
+reset from the global weights at every search), so each checkpoint's meta.json holds it
+(`META_KEY`, covered by the checkpoint's manifest) and --resume puts it back on the task and the
+'backdoor' set before the first resumed round: a killed and resumed A3FL run writes the rows of
+an uninterrupted one. A checkpoint written before the trigger was saved has none: the search
+then restarts from the grey trigger, said in one line on stderr.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +34,7 @@ from tff_backdoor.run import loop
 
 EXTRA_KEY = 'trigger_search_examples'
 TRIGGER_FILE = 'a3fl_trigger.npy'  # the newest trigger, in the run directory
+META_KEY = 'a3fl_trigger'  # the trigger in a checkpoint's meta.json ([H, W, C] nested lists)
 
 
 class AdaptiveTrigger(loop.Hook):
@@ -56,6 +63,23 @@ class AdaptiveTrigger(loop.Hook):
     os.makedirs(self.setup.config.run.output_dir, exist_ok=True)
     np.save(os.path.join(self.setup.config.run.output_dir, TRIGGER_FILE), trigger)
 
+  def checkpoint_meta(self) -> Dict[str, Any]:
+    """What a checkpoint keeps of the search: the trigger (float32 values are exact in JSON)."""
+    return {META_KEY: self.search.trigger.tolist()}
+
+  def restore(self, meta: Mapping[str, Any]) -> None:
+    """Puts back the trigger of a checkpoint's `meta` (see the module docstring)."""
+    if META_KEY not in meta:
+      print(f'the checkpoint resumed from holds no A3FL trigger ({META_KEY}; written before it '
+            'was saved): the search restarts from the grey trigger', file=sys.stderr, flush=True)
+      return
+    trigger = np.asarray(meta[META_KEY], np.float32)
+    if trigger.shape != self.search.trigger.shape:
+      raise ValueError(f'the checkpoint\'s A3FL trigger has shape {trigger.shape}, the task\'s '
+                       f'{self.search.trigger.shape}: it was written by another configuration')
+    self.search.trigger = trigger
+    self._apply()
+
   def before_inputs(self, participants: Sequence[Any]) -> None:
     """Searches the trigger when the round has attackers (their images, this state's model)."""
     self.extra = 0
@@ -77,8 +101,13 @@ class AdaptiveTrigger(loop.Hook):
     r.row[EXTRA_KEY] = self.extra
 
 
-def build(setup: Any, state: Any) -> Optional[AdaptiveTrigger]:
-  """The hook for a run whose attack optimizes its trigger (TRIGGER_MODES), else None."""
+def build(setup: Any, state: Any, resumed_meta: Optional[Mapping[str, Any]] = None
+          ) -> Optional[AdaptiveTrigger]:
+  """The hook for a run whose attack optimizes its trigger (TRIGGER_MODES), else None;
+  `resumed_meta`: the meta of the checkpoint a resumed run starts from (its trigger restored)."""
   if setup.config.attack.mode not in TRIGGER_MODES:
     return None
-  return AdaptiveTrigger(setup, state)
+  hook = AdaptiveTrigger(setup, state)
+  if resumed_meta:
+    hook.restore(resumed_meta)
+  return hook

@@ -157,11 +157,13 @@ class MetricsHook(loop.Hook):
 
 
 class CheckpointHook(loop.Hook):
-  """Saves the loop state (process state, RNG streams, last evaluation) every k rounds."""
+  """Saves the loop state (process state, RNG streams, last evaluation, an adaptive attack's
+  trigger) every k rounds."""
 
-  def __init__(self, config: ExperimentConfig, streams, metrics: MetricsHook, start: float):
+  def __init__(self, config: ExperimentConfig, streams, metrics: MetricsHook, start: float,
+               trigger: Optional[adaptive_trigger.AdaptiveTrigger] = None):
     self.config, self.streams, self.metrics, self.start = config, streams, metrics, start
-    self.identity = run_identity(config)
+    self.identity, self.trigger = run_identity(config), trigger
 
   def after_round(self, r: loop.Round) -> None:
     run = self.config.run
@@ -172,7 +174,8 @@ class CheckpointHook(loop.Hook):
         {'next_round': r.number + 1, 'last_eval': self.metrics.last_eval,
          'seconds': time.time() - self.start,
          'rng': {name: self.streams[name].bit_generator.state
-                 for name in ('round_data', 'sampling')}},
+                 for name in ('round_data', 'sampling')},
+         **(self.trigger.checkpoint_meta() if self.trigger is not None else {})},
         keep=run.keep_checkpoints,
         owner=ownership.checkpoint_owner(self.identity, run.output_dir))
 
@@ -285,13 +288,13 @@ def _run(setup: ExperimentSetup) -> Dict[str, Any]:
   _announce(progress, setup, source, first_round)
   # The row is measured (health) before it is written (metrics); a non-finite model stops
   # the run after its row is written and before a checkpoint of it is saved.
-  trigger = adaptive_trigger.build(setup, state)  # A3FL; its after_round before metrics'
+  trigger = adaptive_trigger.build(setup, state, meta)  # A3FL; after_round before metrics'
   state = loop.run_rounds(setup.process, state, range(first_round, config.fed_avg.rounds),
                           _round_inputs(setup, streams, trigger),
                           [trigger] * (trigger is not None) + [
                               capture, detection.DetectionHook(), health, metrics, shown,
                               health_lib.NonFiniteStop(run.output_dir),
-                              CheckpointHook(config, streams, metrics, start)])
+                              CheckpointHook(config, streams, metrics, start, trigger)])
   loop.finish([shown, metrics, capture], state)  # the bar, the metric files, the spool
   final = loop.finish([health], state, _final(setup, evaluator, state, start,
                                               metrics.last_eval))
