@@ -8,17 +8,24 @@ import tensorflow_federated as tff
 
 from tests import tiny
 from tff_backdoor.attacks import AttackConfig, make_client_data
-from tff_backdoor.attacks import global_update
 from tff_backdoor.attacks import gradient_transforms
 from tff_backdoor.learning import process as process_lib
 from tff_backdoor.learning import update_capture
+from tff_backdoor.learning.side_channel import SideChannel
 
 LR = 0.1
 MASKED = 0.3
 
 
 def _client_work(attack):
-  return tiny.client_work(attack, LR)
+  return tiny.client_work(attack, LR,
+                          channel=SideChannel(global_update=attack.reads_global_update))
+
+
+def _sent(weights, global_update, has_global_update):
+  """What a global-update side channel sends a client (`learning.side_channel`)."""
+  return collections.OrderedDict(model=weights, server=collections.OrderedDict(
+      global_update=global_update, has_global_update=has_global_update))
 
 
 def _initial_weights():
@@ -44,7 +51,7 @@ def test_neurotoxin_update_is_exactly_zero_on_the_top_coordinates_of_the_global_
   rng = np.random.default_rng(0)
   last = [rng.normal(size=np.shape(t)).astype(np.float32) for t in weights.trainable]
   work = _client_work(AttackConfig('neurotoxin', mask_fraction=MASKED))
-  sent = collections.OrderedDict(model=weights, last_update=last, has_last_update=True)
+  sent = _sent(weights, last, True)
   out = work.next(work.initialize(), [sent], [_attacker(data)])
   update = _flat(out.result[0].update)
   magnitude = np.abs(_flat(last))
@@ -60,7 +67,7 @@ def test_neurotoxin_without_a_previous_update_is_data_poison(data):
   weights = _initial_weights()
   zeros = [np.zeros(np.shape(t), np.float32) for t in weights.trainable]
   work = _client_work(AttackConfig('neurotoxin', mask_fraction=MASKED))
-  sent = collections.OrderedDict(model=weights, last_update=zeros, has_last_update=False)
+  sent = _sent(weights, zeros, False)
   toxic = work.next(work.initialize(), [sent], [_attacker(data)]).result[0].update
   poison = _client_work(AttackConfig('data_poison'))
   plain = poison.next(poison.initialize(), [weights], [_attacker(data)]).result[0].update
@@ -94,8 +101,9 @@ def test_process_hands_the_attacker_the_last_global_update(data):
   np.testing.assert_allclose(out1.metrics['distributor']['last_update_norm'],
                              np.linalg.norm(w1 - w0), rtol=1e-5)
   work = _client_work(AttackConfig('neurotoxin', mask_fraction=MASKED))
+  distributor = process_lib.build_distributor(tiny.model_fn(), SideChannel(global_update=True))
   updates = update_capture.capture_client_updates(
-      work, out0.state, process.get_model_weights(out0.state), clients)
+      work, out0.state, process.get_model_weights(out0.state), clients, distributor)
   attacker = np.concatenate([np.ravel(u) for u in updates[1]])
   top = np.argsort(-np.abs(w1 - w0))[:int(np.floor(MASKED * w0.size))]
   np.testing.assert_array_equal(attacker[top], 0.0)
@@ -133,6 +141,8 @@ def test_invalid_new_attack_parameters_are_rejected():
     AttackConfig('constrain_scale', alpha=0.0).validate()
 
 
-def test_only_neurotoxin_processes_get_the_global_update_distributor():
-  assert global_update.expects_global_update(_client_work(AttackConfig('neurotoxin')))
-  assert not global_update.expects_global_update(_client_work(AttackConfig('constrain_scale', boost=1.0)))
+def test_neurotoxin_asks_for_the_global_update_side_channel_explicitly():
+  assert AttackConfig('neurotoxin').reads_global_update
+  assert not AttackConfig('constrain_scale', boost=1.0).reads_global_update
+  with pytest.raises(ValueError, match='reads the last global update'):
+    tiny.client_work(AttackConfig('neurotoxin'), LR)

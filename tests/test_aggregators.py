@@ -13,6 +13,7 @@ import tensorflow_federated as tff
 
 from tests import defense_references as refs
 from tests import detector_references as detector_refs
+from tests import tiny
 from tff_backdoor import aggregators
 
 SHAPES = ((2, 3), (4, 3), (3,))  # The last two play a Dense output layer (3 classes).
@@ -43,15 +44,17 @@ OVERRIDES = {
     'rlr': {'rlr_threshold': 3},
     'flame': {'flame_lambda': 0.0},  # Noise is tested separately.
     'crfl': {},  # Its aggregator is the weighted mean; its step is the server optimizer's.
-    'fltrust': {},  # No server update written into the state: every trust is 0.
-    'foolsgold': {'foolsgold_clients': 8},  # weights 1..5: identities 0..4 (some shared)
+    'fltrust': {},  # The server update g0 sent with the updates is zero: every trust is 0.
+    'foolsgold': {'foolsgold_clients': 8},  # weights 1..5 name identities 0..4 (some shared)
     'fldetector': {'fldetector_clients': 8},  # its first round: no history, the plain mean
     'deepsight': {},
 }
 # Defenses that ignore the weights: (sum of clipped updates + noise) / clients_per_round.
 UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
-# Defenses whose weights are not example counts: FLTrust trusts the server's update (none in
-# these tests), FoolsGold and FLDetector read a weight as the client's identity + 1.
+# Defenses that read side information (learning.side_channel) with the updates: FLTrust trusts
+# the server's update g0 (zero in these tests), FoolsGold and FLDetector read the client's
+# identity. Here their updates carry ClientInfo whose identity is round(weight) - 1, so the
+# references read a weight as the identity + 1; the weight itself only says who takes part.
 IDENTITY_WEIGHTED = ('fltrust', 'foolsgold', 'fldetector')
 
 
@@ -70,12 +73,24 @@ def _updates(seed: int, n: int = N):
 def _process(name: str, **overrides) -> tff.templates.AggregationProcess:
   factory = aggregators.build_defense(aggregators.DefenseConfig(name=name, **overrides),
                                       clients_per_round=N, seed=0)
-  return factory.create(VALUE_TYPE, WEIGHT_TYPE)
+  if name not in IDENTITY_WEIGHTED:
+    return factory.create(VALUE_TYPE, WEIGHT_TYPE)
+  return factory.create(tiny.info_update_type(VALUE_TYPE, client_info=True,
+                                              root_update=name == 'fltrust'), WEIGHT_TYPE)
+
+
+def _values(name, updates, weights):
+  """What `name`'s process takes: the updates, with ClientInfo for IDENTITY_WEIGHTED."""
+  if name not in IDENTITY_WEIGHTED:
+    return updates
+  ids = [int(round(w)) - 1 if np.isfinite(w) else -1 for w in weights]
+  g0 = [np.zeros(s, np.float32) for s in SHAPES] if name == 'fltrust' else None
+  return tiny.with_info(updates, ids, g0)
 
 
 def _run(name, updates, weights, overrides=None):
   process = _process(name, **(OVERRIDES[name] if overrides is None else overrides))
-  output = process.next(process.initialize(), updates, weights)
+  output = process.next(process.initialize(), _values(name, updates, weights), weights)
   return [np.asarray(x) for x in output.result], output.measurements
 
 

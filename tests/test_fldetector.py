@@ -5,12 +5,14 @@ import tensorflow_federated as tff
 
 from tests import detector_references as refs
 from tests import test_experiment as experiment
+from tests import tiny
 from tff_backdoor.aggregators import fldetector
 from tff_backdoor.aggregators import kmeans_1d
 
 SHAPES = ((3, 2), (4,), (2,))
 WIDTH = 12
 VALUE_TYPE = tff.types.to_type([tff.TensorType(np.float32, s) for s in SHAPES])
+UPDATE_TYPE = tiny.info_update_type(VALUE_TYPE, client_info=True)
 WEIGHT_TYPE = tff.TensorType(np.float32)
 POPULATION, PER_ROUND, WINDOW = 12, 8, 3
 
@@ -55,7 +57,7 @@ def _cohort(rng, t):
 
 def test_rounds_match_the_reference_and_flag_the_attackers():
   factory = fldetector.FLDetectorFactory(POPULATION, PER_ROUND, window=WINDOW, seed=5)
-  process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
+  process = factory.create(UPDATE_TYPE, WEIGHT_TYPE)
   reference = refs.FLDetector(POPULATION, WINDOW)
   rng = np.random.default_rng(2)
   curvature = np.diag(rng.uniform(0.5, 1.5, WIDTH))
@@ -66,7 +68,7 @@ def test_rounds_match_the_reference_and_flag_the_attackers():
     rows = np.array([curvature @ (w - centers[c]) + (2.0 * rng.normal(size=WIDTH) if c < 2 else 0.0)
                      + 0.01 * rng.normal(size=WIDTH) for c in ids], np.float32)
     updates = [[r[:6].reshape(3, 2), r[6:10], r[10:]] for r in rows]
-    output = process.next(state, updates, [np.float32(c + 1) for c in ids])
+    output = process.next(state, tiny.with_info(updates, ids), [np.float32(3)] * len(ids))
     draws = fldetector.reference_draws(5, tf.constant(t), 20, len(ids)).numpy()
     aggregate, admitted, scores = reference.round(rows, ids, draws)
     got = np.concatenate([np.ravel(x) for x in output.result])

@@ -1,5 +1,7 @@
 """FLTrust: the rule against NumPy, the NaN guard, and the server's own update in the process."""
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow_federated as tff
@@ -11,7 +13,7 @@ from tff_backdoor.aggregators import fltrust
 from tff_backdoor.attacks import AttackConfig, make_client_data
 from tff_backdoor.learning import process as process_lib
 from tff_backdoor.learning import update_capture
-from tff_backdoor.learning import server_update
+from tff_backdoor.learning import root_update
 
 SHAPES = ((2, 3), (4,))
 VALUE_TYPE = tff.types.to_type([tff.TensorType(np.float32, s) for s in SHAPES])
@@ -31,10 +33,13 @@ def _hand_made(seed=0):
   return updates, weights, reference
 
 
+UPDATE_TYPE = tiny.info_update_type(VALUE_TYPE, root_update=True)
+
+
 def _round(factory, updates, weights, reference):
-  process = factory.create(VALUE_TYPE, WEIGHT_TYPE)
-  state = fltrust.with_reference(process.initialize(), reference)
-  output = process.next(state, updates, weights)
+  process = factory.create(UPDATE_TYPE, WEIGHT_TYPE)
+  output = process.next(process.initialize(),
+                        tiny.with_info(updates, range(len(updates)), reference), weights)
   return refs.flat_update(output.result), output.measurements
 
 
@@ -64,32 +69,31 @@ def test_fltrust_behind_the_guard_drops_non_finite_updates_and_a_non_finite_refe
   result, m = _round(factory, updates, weights, nan_reference)
   np.testing.assert_array_equal(result, 0.0)
   assert m['trusted_count'] == 0
-  tff.backends.native.compile_to_mergeable_comp_form(factory.create(VALUE_TYPE, WEIGHT_TYPE).next)
+  tff.backends.native.compile_to_mergeable_comp_form(factory.create(UPDATE_TYPE, WEIGHT_TYPE).next)
 
 
-def _process_and_server_fn(root, client_work):
-  model_fn = tiny.model_fn()
-  server_fn = server_update.build_server_update_fn(
-      model_fn, tff.learning.optimizers.build_sgdm(LR), root, batch_size=4, epochs=1, seed=3,
-      hparams_type=client_work.get_hparams.type_signature.result)
+def _process(root, attack):
   factory = aggregators.build_defense(aggregators.DefenseConfig(name='fltrust'), 3, seed=0)
-  process = process_lib.compose_fed_avg(model_fn, client_work, model_aggregator=factory,
-                                        server_update_fn=server_fn)
-  return process, server_fn
+  return process_lib.build_attacked_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR), attack=attack, batch_size=4,
+      model_aggregator=factory, root=root, root_epochs=1, root_seed=3)
 
 
 def test_process_trains_the_server_update_and_aggregates_against_it():
   root = tiny.arrays(8, seed=7)
-  work = tiny.client_work(AttackConfig('boost', boost=5.0), LR)
-  process, server_fn = _process_and_server_fn(root, work)
+  process = _process(root, AttackConfig('boost', boost=5.0))
   empty = tiny.dataset(0, seed=3)
-  clients = [make_client_data(tiny.dataset(8, seed=1), empty, False, 1),
-             make_client_data(tiny.dataset(8, seed=2), empty, False, 2),
-             make_client_data(tiny.dataset(8, seed=1), tiny.dataset(4, seed=5), True, 3)]
+  clients = [make_client_data(tiny.dataset(8, seed=1), empty, False, 1, client_index=0),
+             make_client_data(tiny.dataset(8, seed=2), empty, False, 2, client_index=1),
+             make_client_data(tiny.dataset(8, seed=1), tiny.dataset(4, seed=5), True, 3,
+                              client_index=2)]
   state = process.initialize()
   weights = process.get_model_weights(state)
-  g0 = server_fn(weights, work.get_hparams(state.client_work))
-  updates = update_capture.capture_client_updates(work, state, weights, clients)
+  g0 = root_update.build_root_update_fn(tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR),
+                                        root, batch_size=4, epochs=1, seed=3)(weights)
+  work = tiny.client_work(AttackConfig('boost', boost=5.0), LR)  # the same clients, no channel
+  updates = update_capture.capture_client_updates(
+      work, state, weights, [collections.OrderedDict(c, control=c["control"].map(_without_index)) for c in clients])
   output = process.next(state, clients)
   expected = refs.flat_update(weights.trainable) - refs.fltrust(updates, [1.0] * 3, g0)
   np.testing.assert_allclose(refs.flat_update(process.get_model_weights(output.state).trainable), expected,
@@ -97,24 +101,16 @@ def test_process_trains_the_server_update_and_aggregates_against_it():
   m = output.metrics['aggregator']
   np.testing.assert_allclose(m['server_update_norm'], np.linalg.norm(refs.flat_update(g0)), rtol=1e-6)
   assert np.linalg.norm(refs.flat_update(g0)) > 0
+  assert 'reference' not in str(state.aggregator)  # g0 is no state: it comes with the updates
 
 
-def test_plain_tff_client_work_composes_with_the_server_update():
-  """The documented use outside this package: TFF's own model-delta client work."""
-  model_fn = tiny.model_fn()
-  work = tff.learning.templates.build_model_delta_client_work(
-      model_fn, tff.learning.optimizers.build_sgdm(LR), tff.learning.ClientWeighting.NUM_EXAMPLES)
-  process, _ = _process_and_server_fn(tiny.arrays(8, seed=7), work)
-  output = process.next(process.initialize(), [tiny.dataset(8, seed=1), tiny.dataset(8, seed=2)])
-  m = output.metrics['aggregator']
-  assert m['server_update_norm'] > 0 and m['client_count'] == 2
+def _without_index(control):
+  return collections.OrderedDict(is_malicious=control['is_malicious'], seed=control['seed'])
 
 
-def test_composition_refuses_an_aggregator_without_a_reference():
-  work = tiny.client_work(AttackConfig('boost', boost=1.0), LR)
-  with pytest.raises(TypeError, match="no 'reference' field"):
-    _ = process_lib.compose_fed_avg(
-        tiny.model_fn(), work, server_update_fn=tff.tensorflow.computation(
-            lambda w, h: w.trainable, process_lib.compose_fed_avg(
-                tiny.model_fn(), work).get_model_weights.type_signature.result,
-            work.get_hparams.type_signature.result))
+def test_plain_build_weighted_fed_avg_is_refused_in_one_line():
+  factory = aggregators.build_defense(aggregators.DefenseConfig(name='fltrust'), 3, seed=0)
+  with pytest.raises(ValueError, match=r"^FLTrust needs the server's own update g0 .*"
+                                       r"build_attacked_fed_avg\(\.\.\., root=\(x, y\)\)[^\n]*$"):
+    tff.learning.algorithms.build_weighted_fed_avg(
+        tiny.model_fn(), tff.learning.optimizers.build_sgdm(LR), model_aggregator=factory)

@@ -105,3 +105,22 @@ def initial_weights():
   p = tff.learning.algorithms.build_weighted_fed_avg(
       model_fn(), tff.learning.optimizers.build_sgdm(0.1))
   return p.get_model_weights(p.initialize())
+
+
+def info_update_type(value_type, **channel):
+  """A client update type with side information (`learning.side_channel`), e.g.
+  `info_update_type(VALUE_TYPE, client_info=True)`."""
+  from tff_backdoor.learning import side_channel
+  return side_channel.client_update_type(value_type, side_channel.SideChannel(**channel))
+
+
+def with_info(updates, ids, root_update=None):
+  """Client updates as a side channel sends them: each with its ClientInfo (identity `ids[i]`,
+  and g0 if `root_update` is given)."""
+  values = []
+  for update, client in zip(updates, ids):
+    info = collections.OrderedDict(client=np.int32(client), is_malicious=False)
+    if root_update is not None:
+      info['root_update'] = root_update
+    values.append(collections.OrderedDict(delta=update, info=info))
+  return values

@@ -19,6 +19,7 @@ _LAZY = {
     'CenteredClippingFactory': 'centered_clipping',
     'CrflOptimizer': 'crfl',
     'DeepSightFactory': 'deepsight',
+    'DeltasOnlyFactory': 'deltas_only',
     'flame_factory': 'flame',
     'FlameFilterFactory': 'flame',
     'FLDetectorFactory': 'fldetector',

@@ -39,6 +39,11 @@ def inner_or_default(inner_agg_factory: Any) -> tff.aggregators.WeightedAggregat
   return inner_agg_factory
 
 
+def in_population(ids: tf.Tensor, num_clients: int) -> tf.Tensor:
+  """bool: which client identities (population indices) are in 0 .. num_clients - 1."""
+  return tf.logical_and(ids >= 0, ids < num_clients)
+
+
 def check_float_value_type(value_type: tff.Type) -> None:
   if not tff.types.is_structure_of_floats(value_type):
     raise TypeError(f'All values in value_type must be of floating dtype, found {value_type}')

@@ -19,9 +19,8 @@ Where we depart from the paper, and why:
 * No DDifs. A DDif compares the local and global models' outputs on random inputs; an
   aggregator sees only the updates, not the global model nor a model to run. The ensemble
   is therefore the mean of two clusterings (bias cosine, NEUPs), not three (DDifs on 3
-  seeds). Writing the global model into the aggregator state each round (as
-  `learning.server_update` does for FLTrust's reference) would give it the model: left to
-  do.
+  seeds). Sending the global model through the side channel (`learning.side_channel`, as
+  FLTrust's g0 travels) would give it the model: left to do.
 * HDBSCAN settings are not in the paper; we take the peers' calls of the hdbscan library:
   min_cluster_size 5 and FLPoison's min_samples 3, which is 4 in scikit-learn's
   convention (the point counts), our default; no single cluster allowed (as BackFed).

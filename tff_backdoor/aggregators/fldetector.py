@@ -14,8 +14,9 @@ In aggregator terms: the global update of round k is the aggregate a_k (our resu
 w_k - w_{k-1} = -eta a_{k-1} under FedAvg's server SGD (learning rate eta, no momentum). The
 L-BFGS product B v is unchanged when every Delta w and v are scaled by the same factor (B
 scales by its inverse), so the state stores a_{k-1} for Delta w and v = a_{t-1}, and eta
-is not needed. A client's identity travels as its weight (population index + 1, 0 =
-absent), as for FoolsGold (`foolsgold` module docstring): the scores are per client.
+is not needed. A client's identity is its ClientInfo's population index, as for FoolsGold
+(`foolsgold` module docstring; a plain `build_weighted_fed_avg` is refused): the scores are
+per client; a weight of 0 means absent.
 
 Where we depart from the paper, and why:
 * The paper's g_i^{t-1} is the client's own previous update (every client takes part in
@@ -61,6 +62,7 @@ from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import _rows
 from tff_backdoor.aggregators import kmeans_1d
 from tff_backdoor.aggregators import robust_rules
+from tff_backdoor.learning import side_channel
 
 
 SCORES_KEY = 'fldetector_scores'
@@ -107,7 +109,7 @@ def reference_draws(seed: int, round_number: tf.Tensor, samples: int, n: tf.Tens
 
 
 class FLDetectorFactory(tff.aggregators.WeightedAggregationFactory):
-  """`WeightedAggregationFactory` for FLDetector; the weight is the client's index + 1."""
+  """`WeightedAggregationFactory` for FLDetector; takes updates with ClientInfo."""
 
   def __init__(self, num_clients: int, clients_per_round: int, window: int = 10,
                gap_samples: int = 20, max_clusters: int = 10, seed: int = 0):
@@ -196,10 +198,9 @@ class FLDetectorFactory(tff.aggregators.WeightedAggregationFactory):
     return collections.OrderedDict(
         (k, tf.ensure_shape(v, state[k].shape)) for k, v in new.items())  # a fixed state type
 
-  def _rule(self, stacked, weights, state):
+  def _rule(self, stacked, weights, ids, state):
     """(aggregate, new state, measurements) of one round on the stacked updates."""
-    ids = tf.cast(tf.round(weights), tf.int32) - 1
-    valid = tf.logical_and(weights > 0.0, ids < self._num_clients)
+    valid = tf.logical_and(weights > 0.0, _common.in_population(ids, self._num_clients))
     ids = tf.boolean_mask(ids, valid)
     rows = _rows.flat_rows(tf.nest.map_structure(lambda x: tf.boolean_mask(x, valid), stacked))
     flagged, scores, table, counts = self._detect(state, ids, rows)
@@ -218,16 +219,18 @@ class FLDetectorFactory(tff.aggregators.WeightedAggregationFactory):
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    _common.check_float_value_type(value_type)
-    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
+    delta_type = side_channel.delta_type(value_type)
+    _common.check_float_value_type(delta_type)
+    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(delta_type))
     width = int(sum(np.prod(s.shape) for s in specs))
 
-    def rule(stacked, weights, state):
-      aggregate, new_state, measurements = self._rule(stacked, weights, state)
+    def rule(stacked, weights, ids, state):
+      aggregate, new_state, measurements = self._rule(stacked, weights, ids, state)
       return unflatten(aggregate, specs, stacked), new_state, measurements
 
-    return robust_rules.stateful_rule_process(value_type, weight_type,
-                                              lambda: self._initial_state(width), rule)
+    return robust_rules.identified_rule_process(
+        value_type, weight_type, lambda: self._initial_state(width), rule,
+        "FLDetector needs each client's identity")
 
 
 def unflatten(vector: tf.Tensor, specs: list, like: Any) -> Any:

@@ -4,16 +4,15 @@ Each round the server trains its own update g0 from the current global model on 
 root set. A client update g_i gets the trust score TS_i = ReLU(cos(g_i, g0)), is rescaled to
 the norm of g0, and the aggregate is sum_i TS_i * (||g0|| / ||g_i||) g_i / sum_i TS_i.
 
-`FLTrustFactory` is a `tff.aggregators.WeightedAggregationFactory`: g0 is broadcast to the
-clients, each computes its trust and rescaled update, and two `federated_sum`s finish the
-rule, so it is mergeable and never stacks the updates (only the trust scores, one scalar a
-client, reach the server with `federated_stack`, for the per-client decisions). g0 itself is the `reference` field of
-the process state, which the learning process writes before every round:
-`learning.server_update.compose_with_server_update` does so with the server's own local
-training (`process.compose_fed_avg(server_update_fn=...)`). To use it in a plain TFF process,
-build that process with `compose_with_server_update` around any `ClientWorkProcess` (e.g.
-`tff.learning.templates.build_model_delta_client_work`); in `build_weighted_fed_avg` nothing
-writes the reference, every trust is 0 and the model never moves.
+`FLTrustFactory` is a `tff.aggregators.WeightedAggregationFactory`: each client computes its
+trust and rescaled update where it is, and two `federated_sum`s finish the rule, so it is
+mergeable and never stacks the updates (only the trust scores, one scalar a client, reach the
+server with `federated_stack`, for the per-client decisions). g0 comes through the side
+channel (`learning.side_channel`): the distributor trains it at the server from the round's
+global model (`learning.root_update`) and broadcasts it with the model, as the paper's server
+does, and each client hands it on to the aggregator in its ClientInfo (`info.root_update`).
+A process built with `learning.process.build_attacked_fed_avg(root=(x, y))` does so; in a
+plain `build_weighted_fed_avg` there is no g0 and the factory refuses to build.
 
 Unweighted, like the paper: a client's weight only says whether it takes part (> 0). A
 non-finite update (zeroed with weight 0 by `NonFiniteGuardFactory`) and a zero update have
@@ -37,8 +36,7 @@ import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators.robust_rules import federated_stack
-
-REFERENCE_KEY = 'reference'  # the state field holding the server's update g0
+from tff_backdoor.learning import side_channel
 
 
 def trust_and_rescaled(value, reference, participates):
@@ -55,66 +53,56 @@ def trust_and_rescaled(value, reference, participates):
   return trust, rescaled
 
 
-def with_reference(state, reference):
-  """`state` of an FLTrust process (possibly wrapped) with g0 replaced by `reference`."""
-  state = collections.OrderedDict(state)
-  state[REFERENCE_KEY] = reference
-  return state
-
-
 class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
   """`WeightedAggregationFactory` for FLTrust's aggregation rule (see the module docstring)."""
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    _common.check_float_value_type(value_type)
-    value_spec = tff.types.type_to_tf_tensor_specs(value_type)
-
-    @tff.tensorflow.computation
-    def initial_state():
-      return collections.OrderedDict([(REFERENCE_KEY, tf.nest.map_structure(
-          lambda s: tf.zeros(s.shape, s.dtype), value_spec))])
+    side_channel.require(value_type, 'root_update',
+                         "FLTrust needs the server's own update g0 on its root set each round",
+                         'root=(x, y)')
+    delta_type = side_channel.delta_type(value_type)
+    _common.check_float_value_type(delta_type)
 
     @tff.federated_computation()
     def init_fn():
-      return tff.federated_eval(initial_state, tff.SERVER)
+      return tff.federated_value((), tff.SERVER)
 
-    state_type = init_fn.type_signature.result.member
-
-    @tff.tensorflow.computation(value_type, value_type, weight_type)
-    def client_share(value, reference, weight):
+    @tff.tensorflow.computation(value_type, weight_type)
+    def client_share(value, weight):
       participates = tf.cast(weight, tf.float32) > 0.0
-      trust, rescaled = trust_and_rescaled(value, reference, participates)
+      reference = value[side_channel.INFO]['root_update']
+      trust, rescaled = trust_and_rescaled(value[side_channel.DELTA], reference, participates)
       counts = collections.OrderedDict(
           trust=trust, trusted=tf.cast(trust > 0.0, _common.COUNT_TF_TYPE),
           participants=tf.cast(participates, _common.COUNT_TF_TYPE))
-      return rescaled, counts
+      return rescaled, counts, _common.global_l2_norm(reference)
 
     @tff.tensorflow.computation
     def trust_of(counts):
       return counts['trust']
 
     @tff.tensorflow.computation
-    def finish(weighted_sum, counts, state, trusts):
+    def finish(weighted_sum, counts, reference_norm, trusts):
       result = tf.nest.map_structure(
           lambda s: tf.math.divide_no_nan(s, tf.cast(counts['trust'], s.dtype)), weighted_sum)
       measurements = collections.OrderedDict(
           trusted_count=counts['trusted'],
           mean_trust=tf.math.divide_no_nan(counts['trust'],
                                            tf.cast(counts['participants'], tf.float32)),
-          server_update_norm=_common.global_l2_norm(state[REFERENCE_KEY]))
+          server_update_norm=reference_norm)
       measurements[_common.DECISIONS_KEY] = trusts
       return result, measurements
 
-    @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+    @tff.federated_computation(init_fn.type_signature.result,
                                tff.FederatedType(value_type, tff.CLIENTS),
                                tff.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, value, weight):
-      reference = tff.federated_broadcast(getattr(state, REFERENCE_KEY))
-      rescaled, counts = tff.federated_map(client_share, (value, reference, weight))
+      rescaled, counts, reference_norm = tff.federated_map(client_share, (value, weight))
       trusts = federated_stack(tff.federated_map(trust_of, counts))
       result, measurements = tff.federated_map(
-          finish, (tff.federated_sum(rescaled), tff.federated_sum(counts), state, trusts))
+          finish, (tff.federated_sum(rescaled), tff.federated_sum(counts),
+                   tff.federated_max(reference_norm), trusts))
       return tff.templates.MeasuredProcessOutput(state=state, result=result,
                                                  measurements=measurements)
 

@@ -18,13 +18,14 @@ round); / n keeps that scale but shrinks the honest step by the sybils' share. D
 sum_i a_i keeps FedAvg's step for the clients kept and only reweights, as BackFed does; the
 paper's step is this one times sum_i a_i.
 
-Client identities: the rule needs to know who sent an update across rounds, and a TFF
-aggregator sees only (update, weight) at each client. `FoolsGoldFactory` reads the weight as
-the client's identity: weight = population index + 1 (0 = absent, as everywhere in this
-package); `attacks.build_attacker_client_work(identify_clients=True)` sends that weight from
-the `client_index` of its control data. An update and its identity thus travel together, so
-the rule holds with any executor and client order. The data-size weight is not needed: the
-paper's aggregation ignores it.
+Client identities: the rule needs to know who sent an update across rounds, and TFF's FedAvg
+sends only (delta, weight). `FoolsGoldFactory` reads the identity from the update's ClientInfo
+(`learning.side_channel`: `info.client`, the population index), which a process built with
+`learning.process.build_attacked_fed_avg(client_info=True)` sends; in a plain
+`build_weighted_fed_avg` it refuses to build. An update and its identity travel together, so
+the rule holds with any executor and client order. The weight only says whether a client
+takes part (> 0; 0 = absent, as everywhere in this package): the paper's aggregation ignores
+the data size.
 
 State: `history`, float32 [num_clients, D], where D counts the coordinates of the last
 `history_tensors` tensors of the update (0 = all). The default 2 keeps the output layer's
@@ -48,6 +49,7 @@ import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
 from tff_backdoor.aggregators import robust_rules
+from tff_backdoor.learning import side_channel
 
 
 def foolsgold_weights(histories: tf.Tensor, confidence: float) -> tf.Tensor:
@@ -68,13 +70,13 @@ def foolsgold_weights(histories: tf.Tensor, confidence: float) -> tf.Tensor:
 
 
 class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
-  """`WeightedAggregationFactory` for FoolsGold; the weight is the client's index + 1."""
+  """`WeightedAggregationFactory` for FoolsGold; takes updates with ClientInfo."""
 
   def __init__(self, num_clients: int, history_tensors: int = 2, confidence: float = 1.0):
     """Initializes the factory.
 
     Args:
-      num_clients: Size of the population (identities 0 .. num_clients - 1; a weight beyond
+      num_clients: Size of the population (identities 0 .. num_clients - 1; one beyond
         it counts as absent).
       history_tensors: Trailing tensors of the update kept in the history (0 = all).
       confidence: kappa of the logit.
@@ -91,10 +93,9 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
     tensors = tf.nest.flatten(structure)
     return tensors[-self._tensors:] if self._tensors else tensors
 
-  def _rule(self, stacked, weights, history):
+  def _rule(self, stacked, weights, ids, history):
     """(aggregate, new history, measurements) of one round on the stacked updates."""
-    ids = tf.cast(tf.round(weights), tf.int32) - 1
-    valid = tf.logical_and(weights > 0.0, ids < self._num_clients)
+    valid = tf.logical_and(weights > 0.0, _common.in_population(ids, self._num_clients))
     stacked = tf.nest.map_structure(lambda x: tf.boolean_mask(x, valid), stacked)
     ids = tf.boolean_mask(ids, valid)
     n = tf.shape(ids)[0]
@@ -113,15 +114,17 @@ class FoolsGoldFactory(tff.aggregators.WeightedAggregationFactory):
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    _common.check_float_value_type(value_type)
-    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
+    delta_type = side_channel.delta_type(value_type)
+    _common.check_float_value_type(delta_type)
+    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(delta_type))
     kept = specs[-self._tensors:] if self._tensors else specs
     width = int(sum(np.prod(s.shape) for s in kept))
 
-    def rule(stacked, weights, state):
-      result, history, measurements = self._rule(stacked, weights, state['history'])
+    def rule(stacked, weights, ids, state):
+      result, history, measurements = self._rule(stacked, weights, ids, state['history'])
       return result, collections.OrderedDict(history=history), measurements
 
-    return robust_rules.stateful_rule_process(
+    return robust_rules.identified_rule_process(
         value_type, weight_type,
-        lambda: collections.OrderedDict(history=tf.zeros([self._num_clients, width])), rule)
+        lambda: collections.OrderedDict(history=tf.zeros([self._num_clients, width])), rule,
+        "FoolsGold needs each client's identity")

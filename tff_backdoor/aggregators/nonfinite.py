@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.learning import side_channel
 
 
 class NonFiniteGuardFactory(tff.aggregators.WeightedAggregationFactory):
@@ -19,7 +20,9 @@ class NonFiniteGuardFactory(tff.aggregators.WeightedAggregationFactory):
   value or weight contains a non-finite number is replaced by zeros and its weight set to 0
   before `inner_agg_factory` runs. Weighted inner aggregations then compute exactly the
   aggregate of the other clients; the robust rules of this package treat a weight of 0 as
-  "absent". (An aggregation that ignores weights, such as weak DP, sees a zero update.)
+  "absent". (An aggregation that ignores weights, such as weak DP, sees a zero update.) An
+  update with side information (`learning.side_channel`) is guarded on its delta; its info
+  goes on unchanged.
 
   Put it outermost, as `build_defense` does, so that no inner factory (and no norm estimate
   such as adaptive clipping's) ever sees a non-finite number.
@@ -42,15 +45,17 @@ class NonFiniteGuardFactory(tff.aggregators.WeightedAggregationFactory):
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    _common.check_float_value_type(value_type)
+    _common.check_float_value_type(side_channel.delta_type(value_type))
     inner_process = self._inner_agg_factory.create(value_type, weight_type)
 
     @tff.tensorflow.computation(value_type, weight_type)
     def guard(value, weight):
-      checks = [tf.reduce_all(tf.math.is_finite(x)) for x in tf.nest.flatten(value)]
+      delta = side_channel.delta_of(value, value_type)
+      checks = [tf.reduce_all(tf.math.is_finite(x)) for x in tf.nest.flatten(delta)]
       checks.append(tf.math.is_finite(tf.cast(weight, tf.float32)))
       is_finite = tf.reduce_all(tf.stack(checks))
-      value = tf.nest.map_structure(lambda x: tf.where(is_finite, x, tf.zeros_like(x)), value)
+      delta = tf.nest.map_structure(lambda x: tf.where(is_finite, x, tf.zeros_like(x)), delta)
+      value = side_channel.with_delta(value, delta, value_type)
       weight = tf.where(is_finite, weight, tf.zeros_like(weight))
       return value, weight, tf.cast(tf.logical_not(is_finite), _common.COUNT_TF_TYPE)
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.learning import side_channel
 
 
 def add_client_norm_measurements(
@@ -19,7 +20,8 @@ def add_client_norm_measurements(
   with weight 0 (no examples, or a non-finite update zeroed by `NonFiniteGuardFactory`) does not
   count. They show what a defense is up against: a boosted update stands out in
   `client_norm_max`, and comparing `client_norm_mean` with a clipping bound tells how much of
-  the benign signal the bound cuts.
+  the benign signal the bound cuts. For an update with side information
+  (`learning.side_channel`), the norm is its delta's.
 
   Added measurements (float32 / int32 scalars at `SERVER`):
   * `client_count`: number of clients with weight > 0.
@@ -36,11 +38,13 @@ def add_client_norm_measurements(
   _common.check_weighted_factory(inner_agg_factory, 'inner_agg_factory')
 
   def client_measurement_fn(value, weight):
+    value_type = value.type_signature.member
 
-    @tff.tensorflow.computation(value.type_signature.member, weight.type_signature.member)
+    @tff.tensorflow.computation(value_type, weight.type_signature.member)
     def norm_if_participating(value, weight):
       participates = tf.cast(weight, tf.float32) > 0.0
-      norm = tf.where(participates, _common.global_l2_norm(value), 0.0)
+      delta = side_channel.delta_of(value, value_type)
+      norm = tf.where(participates, _common.global_l2_norm(delta), 0.0)
       return norm, tf.cast(participates, _common.COUNT_TF_TYPE)
 
     @tff.tensorflow.computation

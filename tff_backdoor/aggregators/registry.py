@@ -16,6 +16,7 @@ from tff_backdoor.aggregators import centered_clipping
 from tff_backdoor.aggregators import clipping
 from tff_backdoor.aggregators import crfl
 from tff_backdoor.aggregators import deepsight
+from tff_backdoor.aggregators.deltas_only import deltas_only
 from tff_backdoor.aggregators import dp
 from tff_backdoor.aggregators import flame
 from tff_backdoor.aggregators import fldetector
@@ -27,6 +28,7 @@ from tff_backdoor.aggregators import norm_statistics
 from tff_backdoor.aggregators import robust_lr
 from tff_backdoor.aggregators import robust_rules
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
+from tff_backdoor.learning.side_channel import SideChannel
 
 DefenseBuilder = Callable[[DefenseConfig, int, Optional[int]],
                           tff.aggregators.WeightedAggregationFactory]
@@ -57,12 +59,9 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
     'rlr': lambda c, n, seed: robust_lr.RobustLearningRateFactory(c.rlr_threshold),
     'flame': lambda c, n, seed: flame.flame_factory(c.flame_lambda, c.flame_min_samples, seed),
     'crfl': lambda c, n, seed: _common.default_mean_factory(),  # its step: server_optimizer
-    # Needs the server's update each round: process.compose_fed_avg(server_update_fn=...).
     'fltrust': lambda c, n, seed: fltrust.FLTrustFactory(),
-    # Reads the weight as the client's identity: build_attacker_client_work(identify_clients=).
     'foolsgold': lambda c, n, seed: foolsgold.FoolsGoldFactory(
         c.foolsgold_clients, c.foolsgold_tensors, c.foolsgold_confidence),
-    # Also reads the weight as the client's identity.
     'fldetector': lambda c, n, seed: fldetector.FLDetectorFactory(
         c.fldetector_clients, n, c.fldetector_window, c.fldetector_gap_samples,
         c.fldetector_max_clusters, seed or 0),
@@ -70,6 +69,20 @@ DEFENSE_BUILDERS: Dict[str, DefenseBuilder] = {
         c.deepsight_tau, c.deepsight_threshold_factor, c.deepsight_min_cluster_size,
         c.deepsight_min_samples),
 }
+
+# Defenses that read side information with each update (learning.side_channel) -> what the
+# process must send; the others aggregate the deltas alone (aggregators.deltas_only).
+SIDE_CHANNELS: Dict[str, SideChannel] = {
+    'fltrust': SideChannel(root_update=True),  # the server's update g0 each round
+    'foolsgold': SideChannel(client_info=True),  # each client's identity
+    'fldetector': SideChannel(client_info=True),  # each client's identity
+}
+
+
+def side_channel_of(name: str) -> SideChannel:
+  """What a process must send for the defense `name` (nothing for most)."""
+  return SIDE_CHANNELS.get(name, SideChannel())
+
 
 # Defenses acting on the global model after aggregation: name -> the server optimizer wrapping
 # FedAvg's, from (config, server optimizer, seed). Others keep the server optimizer as it is.
@@ -95,7 +108,10 @@ def build_defense(config: DefenseConfig, clients_per_round: int,
 
   Composition, outermost first: `NonFiniteGuardFactory` (a NaN/Inf update never reaches the
   model; always present, also for 'none'), `add_client_norm_measurements`, then the defense,
-  whose inner aggregation is a weighted mean that returns zeros when every weight is 0.
+  whose inner aggregation is a weighted mean that returns zeros when every weight is 0. The
+  value may be a plain model delta (TFF's `build_weighted_fed_avg`) or an update with side
+  information (`learning.side_channel`): a defense in `SIDE_CHANNELS` reads it (and refuses
+  a plain delta in one line), the others aggregate its delta (`deltas_only`).
 
   Args:
     config: The defense and its parameters.
@@ -110,4 +126,6 @@ def build_defense(config: DefenseConfig, clients_per_round: int,
   """
   validate_defense(config, clients_per_round)  # Also rejects a name not in DEFENSE_BUILDERS.
   defense = DEFENSE_BUILDERS[config.name](config, clients_per_round, seed)
+  if config.name not in SIDE_CHANNELS:
+    defense = deltas_only(defense)
   return nonfinite.NonFiniteGuardFactory(norm_statistics.add_client_norm_measurements(defense))

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_backdoor.aggregators import _common
+from tff_backdoor.learning import side_channel
 
 
 def federated_stack(value: tff.Value) -> tff.Value:
@@ -69,16 +70,20 @@ def federated_stack(value: tff.Value) -> tff.Value:
   return tff.federated_aggregate(value, empty_stack(), accumulate, merge, report)
 
 
-def stateful_rule_process(value_type: tff.Type, weight_type: tff.Type,
-                          initial_state: Callable[[], Any],
-                          rule: Callable[[Any, tf.Tensor, Any], tuple]
-                          ) -> tff.templates.AggregationProcess:
-  """A process that stacks every (value, weight) and runs `rule` at the server with a state.
+def identified_rule_process(value_type: tff.Type, weight_type: tff.Type,
+                            initial_state: Callable[[], Any],
+                            rule: Callable[[Any, tf.Tensor, tf.Tensor, Any], tuple],
+                            needs: str) -> tff.templates.AggregationProcess:
+  """A process that stacks every (delta, identity, weight) and runs `rule` at the server.
 
-  `initial_state()` builds the state in TF; `rule(stacked, weights float32 [n], state)`
-  returns (aggregate structured as one value, new state, measurements). One
-  `federated_aggregate`, so the process stays mergeable (FoolsGold, FLDetector).
+  The value is a client update with ClientInfo (`learning.side_channel`), whose `client` is
+  the client's population index; a plain value type raises `needs` in one line, with how to
+  supply the identities. `initial_state()` builds the state in TF; `rule(stacked deltas,
+  weights float32 [n], identities int32 [n], state)` returns (aggregate structured as one
+  delta, new state, measurements). One `federated_aggregate`, so the process stays mergeable
+  (FoolsGold, FLDetector).
   """
+  side_channel.require(value_type, 'client', needs, 'client_info=True')
 
   @tff.tensorflow.computation
   def initial():
@@ -89,15 +94,17 @@ def stateful_rule_process(value_type: tff.Type, weight_type: tff.Type,
     return tff.federated_eval(initial, tff.SERVER)
 
   @tff.tensorflow.computation
-  def apply_rule(stacked, weights, state):
-    return rule(stacked, tf.cast(weights, tf.float32), state)
+  def apply_rule(stacked, weights, ids, state):
+    return rule(stacked, tf.cast(weights, tf.float32), ids, state)
 
   @tff.federated_computation(init_fn.type_signature.result,
                              tff.FederatedType(value_type, tff.CLIENTS),
                              tff.FederatedType(weight_type, tff.CLIENTS))
   def next_fn(state, value, weight):
-    stacked, weights = federated_stack(tff.federated_zip((value, weight)))
-    result, new_state, measurements = tff.federated_map(apply_rule, (stacked, weights, state))
+    delta, info = getattr(value, side_channel.DELTA), getattr(value, side_channel.INFO)
+    stacked, weights, ids = federated_stack(tff.federated_zip((delta, weight, info.client)))
+    result, new_state, measurements = tff.federated_map(apply_rule,
+                                                        (stacked, weights, ids, state))
     return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
 
   return tff.templates.AggregationProcess(init_fn, next_fn)

@@ -19,6 +19,8 @@ ATTACK_MODES = ('data_poison', 'boost', 'norm_bounded', 'neurotoxin', 'constrain
                 'anticipate', 'a3fl')
 # Modes that train on the benign and malicious examples shuffled together.
 MIXTURE_MODES = ('data_poison', 'neurotoxin', 'constrain_scale', 'anticipate', 'a3fl')
+# Modes whose attacker reads the last global update (learning.side_channel's global_update).
+GLOBAL_UPDATE_MODES = ('neurotoxin',)
 # Modes whose trigger the run optimizes before the round (pixel task only; run.adaptive_trigger).
 TRIGGER_MODES = ('a3fl',)
 # Modes that scale their update by `boost`.
@@ -92,6 +94,11 @@ class AttackConfig:
     """Raises ValueError naming the field (`prefix` + its flag) and its rule; returns self."""
     check_fields(self, prefix)
     return self
+
+  @property
+  def reads_global_update(self) -> bool:
+    """Whether the attacker needs the last global update sent with the model (Neurotoxin)."""
+    return self.mode in GLOBAL_UPDATE_MODES
 
   def validate_for_client_work(self) -> 'AttackConfig':
     """`validate`, and a boost a boosting mode can multiply by."""

@@ -27,8 +27,8 @@ modes, or one of the attacks after them:
   update) is zero on the top `mask_fraction` coordinates of the last global update's magnitude
   (`gradient_transforms.bottom_coordinates_mask`), so the backdoor lives where benign clients
   rarely write. The paper's attacker gets that update by comparing two downloaded global
-  models; here the distributor of `attacks.global_update` broadcasts it with the weights, so
-  this mode's client work takes `global_update.client_weights_type` weights. With no previous
+  models; here the distributor (`learning.distributor`) broadcasts it with the weights, so
+  this mode's client work is built with `SideChannel(global_update=True)`. With no previous
   round (round 0) nothing is masked. The authors' code, BackFed and FLPoison rank coordinates
   by the attacker's own clean-data gradient instead of the global update; the authors' runs
   use neither scaling nor PGD (`--PGD 0`), and neither does this mode.
@@ -56,29 +56,28 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_backdoor import models as models_lib
 from tff_backdoor.attacks import anticipate as anticipate_lib
-from tff_backdoor.attacks import global_update as global_update_lib
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks import gradient_transforms
+from tff_backdoor.learning import local_training
+from tff_backdoor.learning import side_channel
+from tff_backdoor.learning.side_channel import SideChannel
 
 _POISON_SHUFFLE_BUFFER = 100_000
-_DROPOUT_KEY = 0x0D0F  # Second word of a client's dropout key: [seed, _DROPOUT_KEY].
 
 
 def client_data_type(element_type: tff.Type,
-                     identify_clients: bool = False) -> tff.StructWithPythonType:
+                     with_client_index: bool = False) -> tff.StructWithPythonType:
   """The per-client TFF type the attacker client work consumes (with `client_index` in the
-  control data if `identify_clients`)."""
+  control data if `with_client_index`: a client work that sends ClientInfo)."""
   fields = [('is_malicious', np.bool_), ('seed', np.int64)]
-  if identify_clients:
+  if with_client_index:
     fields.append(('client_index', np.int64))
   return tff.StructWithPythonType(
       [('benign', tff.SequenceType(element_type)),
@@ -91,7 +90,7 @@ def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
                      is_malicious: bool, seed: int,
                      client_index: Optional[int] = None) -> collections.OrderedDict:
   """Packs one client's input for the attacker client work (`client_index`: its population
-  index, for a client work built with `identify_clients`)."""
+  index, for a client work whose side channel sends ClientInfo)."""
   fields = collections.OrderedDict(
       is_malicious=tf.constant(bool(is_malicious)), seed=tf.constant(int(seed), tf.int64))
   if client_index is not None:
@@ -100,88 +99,14 @@ def make_client_data(benign: tf.data.Dataset, malicious: tf.data.Dataset,
   return collections.OrderedDict(benign=benign, malicious=malicious, control=control)
 
 
-def zero_if_any_non_finite(structure):
-  """(structure, 0), or (zeros like it, 1) if any value is NaN or Inf.
-
-  What TFF's client work does to an update before it leaves the client (its own
-  `tensor_utils.zero_all_if_any_non_finite`, which TFF does not export), in public TF.
-  """
-  flat = tf.nest.flatten(structure)
-  if not flat:
-    return structure, tf.constant(0)
-  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
-  return tf.cond(finite, lambda: (structure, tf.constant(0)),
-                 lambda: (tf.nest.map_structure(tf.zeros_like, structure), tf.constant(1)))
-
-
 def _global_norm(structure) -> tf.Tensor:
   return tf.linalg.global_norm(tf.nest.flatten(structure))
-
-
-class _LocalTraining:
-  """A client's model with local SGD, reset and delta: the steps every mode is made of."""
-
-  def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel],
-               optimizer: tff.learning.optimizers.Optimizer):
-    self.model = model_fn()
-    self.weights = tff.learning.models.ModelWeights.from_model(self.model)
-    self.optimizer = optimizer
-    dropout_layers = models_lib.stateless_dropout_layers(self.model)
-    # Set before every forward pass; not a model weight (see models.StatelessDropout).
-    self.mask_seed = (tf.Variable(tf.zeros([2], tf.int64), trainable=False,
-                                  name='dropout_mask_seed') if dropout_layers else None)
-    for layer in dropout_layers:
-      layer.bind_seed(self.mask_seed)
-
-  def _step(self, pass_key, transform, state, batch):
-    """One SGD step (TFF's reduce loop body); batch `step` masks with fold_in(pass_key, step).
-
-    `transform(gradients, trainable)`, if given, changes the gradients before the step.
-    """
-    num_examples, optimizer_state, step = state
-    trainable = self.weights.trainable
-    set_seed = [] if self.mask_seed is None else [self.mask_seed.assign(
-        tf.random.experimental.stateless_fold_in(pass_key, step))]
-    with tf.control_dependencies(set_seed), tf.GradientTape() as tape:
-      output = self.model.forward_pass(batch, training=True)
-    gradients = tape.gradient(output.loss, trainable)
-    if transform is not None:
-      gradients = transform(gradients, trainable)
-    optimizer_state, updated = self.optimizer.next(
-        optimizer_state, tuple(tf.nest.flatten(trainable)), tuple(tf.nest.flatten(gradients)))
-    updated = tf.nest.pack_sequence_as(trainable, updated)
-    tf.nest.map_structure(lambda v, t: v.assign(t), trainable, updated)
-    if output.num_examples is None:
-      num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
-    else:
-      num_examples += tf.cast(output.num_examples, tf.int64)
-    return num_examples, optimizer_state, step + 1
-
-  def train(self, data, optimizer_hparams, pass_key, transform=None):
-    """Local SGD over `data` from the current weights; returns the number of examples.
-
-    `pass_key` ([2] int64) keys this pass's dropout masks; `transform` see `_step`.
-    """
-    specs = tuple(tf.TensorSpec(v.shape, v.dtype)
-                  for v in tf.nest.flatten(self.weights.trainable))
-    optimizer_state = self.optimizer.set_hparams(self.optimizer.initialize(specs),
-                                                 optimizer_hparams)
-    num_examples, _, _ = data.reduce(
-        (tf.zeros([], tf.int64), optimizer_state, tf.zeros([], tf.int64)),
-        functools.partial(self._step, pass_key, transform))
-    return num_examples
-
-  def reset(self, initial_weights) -> None:
-    tf.nest.map_structure(lambda v, t: v.assign(t), self.weights, initial_weights)
-
-  def delta(self, initial_weights):
-    return tf.nest.map_structure(tf.subtract, initial_weights.trainable, self.weights.trainable)
 
 
 @dataclasses.dataclass
 class _ClientPass:
   """What one client's update is computed from (inside the traced `client_update`)."""
-  local: _LocalTraining
+  local: local_training.LocalTraining
   initial_weights: object
   benign: tf.data.Dataset
   malicious: tf.data.Dataset
@@ -196,12 +121,9 @@ class _ClientPass:
   simulator: object = None
   extra_examples: object = None
 
-  def pass_key(self, index) -> tf.Tensor:
-    """Key of the client's `index`-th training pass (distinct per pass of one client)."""
-    return tf.random.experimental.stateless_fold_in(self.client_key, index)
-
   def train(self, data, index, transform=None):
-    return self.local.train(data, self.hparams, self.pass_key(index), transform)
+    key = local_training.pass_key(self.client_key, index)
+    return self.local.train(data, self.hparams, key, transform)
 
   def restart(self) -> None:
     self.local.reset(self.initial_weights)
@@ -212,9 +134,7 @@ class _ClientPass:
 
 def _honest(c: _ClientPass, attack: AttackConfig, batch_size: int):
   del attack, batch_size
-  c.restart()
-  num_examples = c.train(c.benign, 0)
-  return c.delta(), num_examples
+  return c.local.honest_update(c.initial_weights, c.benign, c.hparams, c.client_key)
 
 
 def _mixture(c: _ClientPass, batch_size: int) -> tf.data.Dataset:
@@ -325,29 +245,25 @@ def _norm_bounded(c: _ClientPass, attack: AttackConfig, batch_size: int):
 ATTACKERS = {'data_poison': _data_poison, 'boost': _boost, 'norm_bounded': _norm_bounded,
              'neurotoxin': _neurotoxin, 'constrain_scale': _constrain_scale,
              'anticipate': _anticipate, 'a3fl': _data_poison}
-# Modes whose client work receives the last global update with the weights (global_update).
-GLOBAL_UPDATE_MODES = ('neurotoxin',)
 
 
 def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel],
                         optimizer: tff.learning.optimizers.Optimizer,
                         attack: AttackConfig,
-                        batch_size: int,
-                        identify_clients: bool = False) -> Callable:
+                        batch_size: int) -> Callable:
   """Returns a `tf.function` computing one client's update, honest or malicious.
 
   `batch_size` re-batches the shuffled mixture of benign and malicious examples in
   `data_poison`, `neurotoxin` and `constrain_scale` modes (the others use the client's batches
-  as given). For `GLOBAL_UPDATE_MODES`, pass the last global update (trainable structure) and
-  whether there is one (bool scalar). With `identify_clients`, the update's weight is the
-  control's `client_index` + 1 (what `aggregators.foolsgold` reads), not its examples.
+  as given). For a mode that `reads_global_update`, pass the last global update (trainable
+  structure) and whether there is one (bool scalar).
   """
   attack.validate_for_client_work()
-  local = _LocalTraining(model_fn, optimizer)
+  local = local_training.LocalTraining(model_fn, optimizer)
   model = local.model
   simulator = None
   if attack.mode == 'anticipate':
-    scratch = _LocalTraining(model_fn, optimizer)
+    scratch = local_training.LocalTraining(model_fn, optimizer)
     simulator = anticipate_lib.Simulator(scratch.model, tf.nest.flatten(scratch.weights.trainable))
   # Example passes an attack makes beyond its model's forward passes (reported in num_examples).
   extra_examples = tf.Variable(tf.zeros([], tf.int64), trainable=False, name='extra_examples')
@@ -360,15 +276,13 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
     control = client_data['control'].get_single_element()
     client = _ClientPass(local, initial_weights, client_data['benign'], client_data['malicious'],
                          control['seed'], optimizer_hparams,
-                         tf.stack([control['seed'], tf.constant(_DROPOUT_KEY, tf.int64)]),
+                         local_training.dropout_key(control['seed']),
                          global_update, has_global_update, simulator, extra_examples)
     extra_examples.assign(tf.zeros([], tf.int64))
     update, num_examples = tf.cond(control['is_malicious'],
                                    lambda: ATTACKERS[attack.mode](client, attack, batch_size),
                                    lambda: _honest(client, attack, batch_size))
-    update, has_non_finite = zero_if_any_non_finite(update)
-    if identify_clients:
-      num_examples = control['client_index'] + 1
+    update, has_non_finite = local_training.zero_if_any_non_finite(update)
     weight = tf.cond(has_non_finite > 0, lambda: tf.constant(0.0),
                      lambda: tf.cast(num_examples, tf.float32))
     tf.cond(has_non_finite > 0, _reset_metrics(model), tf.no_op)
@@ -382,6 +296,16 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
             metrics, stats)
 
   return client_update
+
+
+def _with_client_info(delta, client_data, server, channel: SideChannel):
+  """OrderedDict(delta, info): the update with the client's ClientInfo (`side_channel`)."""
+  control = client_data['control'].get_single_element()
+  info = collections.OrderedDict(client=tf.cast(control['client_index'], tf.int32),
+                                 is_malicious=control['is_malicious'])
+  if channel.root_update:
+    info['root_update'] = server['root_update']
+  return collections.OrderedDict([(side_channel.DELTA, delta), (side_channel.INFO, info)])
 
 
 def _reset_metrics(model) -> Callable[[], tf.Operation]:
@@ -448,15 +372,16 @@ def build_attacker_client_work(
     attack: AttackConfig,
     batch_size: int,
     metrics_aggregator=None,
-    identify_clients: bool = False,
+    channel: SideChannel = SideChannel(),
 ) -> tff.learning.templates.ClientWorkProcess:
   """A `ClientWorkProcess` whose clients may attack (state: the client optimizer hparams).
 
-  For `GLOBAL_UPDATE_MODES` the weights the clients receive are
-  `attacks.global_update.client_weights_type` (the model, the last global update, whether
-  there is one); `process.compose_fed_avg` gives such a client work the distributor that
-  sends them. With `identify_clients` the client data carries each client's population index
-  (`make_client_data(client_index=)`) and the weight is that index + 1, for FoolsGold.
+  `channel` says what travels besides the model and the delta (`learning.side_channel`):
+  with a downlink the clients receive `side_channel.client_weights_type` (the distributor
+  `learning.distributor.build_distributor(channel=)` sends), and an attack that
+  `reads_global_update` (Neurotoxin) needs `channel.global_update`; with an uplink the client
+  data carries each client's population index (`make_client_data(client_index=)`) and the
+  update is `OrderedDict(delta, info=ClientInfo)`. The weight is the client's examples.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `nonfinite_count` (updates with a NaN or Inf, zeroed with weight 0 here, as TFF's own client
@@ -464,28 +389,35 @@ def build_attacker_client_work(
   `mean_malicious_update_norm`, `max_update_norm`.
   """
   attack.validate_for_client_work()
+  if attack.reads_global_update and not channel.global_update:
+    raise ValueError(f'--attack={attack.mode} reads the last global update: build the client '
+                     'work with channel=SideChannel(global_update=True)')
   if metrics_aggregator is None:
     metrics_aggregator = tff.learning.metrics.sum_then_finalize
   with tf.Graph().as_default():
     model = model_fn()
     metrics_aggregation_fn = metrics_aggregator(model.metric_finalizers())
   element_type = tff.types.tensorflow_to_type(model.input_spec)
-  data_type = client_data_type(element_type, identify_clients)
-  weights_type = tff.learning.models.weights_type_from_model(model)
-  with_update = attack.mode in GLOBAL_UPDATE_MODES
-  if with_update:
-    weights_type = global_update_lib.client_weights_type(weights_type)
+  data_type = client_data_type(element_type, channel.uplink)
+  weights_type = side_channel.client_weights_type(
+      tff.learning.models.weights_type_from_model(model), channel)
   init_fn, get_hparams_fn, set_hparams_fn = _hparams_computations(optimizer)
   state_type = init_fn.type_signature.result.member
 
   @tff.tensorflow.computation(state_type, weights_type, data_type)
-  def client_update_computation(hparams, initial_weights, client_data):
-    client_update = build_client_update(model_fn, optimizer, attack, batch_size,
-                                        identify_clients)
-    if with_update:
-      return client_update(initial_weights['model'], client_data, hparams,
-                           initial_weights['last_update'], initial_weights['has_last_update'])
-    return client_update(initial_weights, client_data, hparams)
+  def client_update_computation(hparams, received, client_data):
+    client_update = build_client_update(model_fn, optimizer, attack, batch_size)
+    model, server, extra = received, None, ()
+    if channel.downlink:
+      model, server = received[side_channel.MODEL], received[side_channel.SERVER]
+    if attack.reads_global_update:
+      extra = (server['global_update'], server['has_global_update'])
+    result, metrics, stats = client_update(model, client_data, hparams, *extra)
+    if channel.uplink:
+      result = tff.learning.templates.ClientResult(
+          update=_with_client_info(result.update, client_data, server, channel),
+          update_weight=result.update_weight)
+    return result, metrics, stats
 
   norm_stats, summarize = _norm_summary()
 

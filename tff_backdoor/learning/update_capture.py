@@ -18,7 +18,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from tff_backdoor.aggregators import _common as aggregators_common
 from tff_backdoor.aggregators.robust_rules import federated_stack
-from tff_backdoor.attacks import global_update
+from tff_backdoor.learning import side_channel
 
 # Key, in the client work's measurements of a capturing process, of the captured updates.
 CAPTURE_KEY = 'captured_updates'
@@ -28,8 +28,12 @@ SPOOL_SUFFIX = '.tensor'  # files a spooling capture writes (with_update_capture
 def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess,
                            state: tff.learning.templates.LearningAlgorithmState,
                            model_weights: tff.learning.models.ModelWeights,
-                           client_data: Sequence) -> list:
-  """Each client's update (a list of arrays, in `client_data` order) for this round's inputs.
+                           client_data: Sequence,
+                           distributor: Optional[tff.templates.MeasuredProcess] = None) -> list:
+  """Each client's model delta (a list of arrays, in `client_data` order) for this round.
+
+  `distributor` is the process's (`process.build_distributor`) when its side channel sends
+  more than the model: it gives the clients what they received this round.
 
   Runs the process's own client work again on the same inputs, so training is untouched;
   the client computation is deterministic for fixed inputs, hence the captured updates are
@@ -38,9 +42,33 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
   round itself instead (`build_attacked_fed_avg(capture_updates=True)`); this function stays
   as the reference that tests compare that path with.
   """
-  weights = global_update.client_weights(client_work, state, model_weights)
-  output = client_work.next(state.client_work, [weights] * len(client_data), client_data)
-  return [[np.asarray(t) for t in result.update] for result in output.result]
+  if distributor is None:
+    results = client_work.next(state.client_work, [model_weights] * len(client_data),
+                               client_data).result
+  else:
+    results = _distributed_client_work(distributor, client_work)(
+        state.distributor, model_weights, state.client_work, client_data)
+  update_type = client_work.next.type_signature.result.result.member.update
+  deltas = [result.update for result in results]
+  if side_channel.carries_info(update_type):
+    deltas = [update[side_channel.DELTA] for update in deltas]
+  return [[np.asarray(t) for t in delta] for delta in deltas]
+
+
+def _distributed_client_work(distributor: tff.templates.MeasuredProcess,
+                             client_work: tff.learning.templates.ClientWorkProcess
+                             ) -> tff.Computation:
+  """(distributor state, weights, client work state, client data) -> the clients' results:
+  the first half of a round, what the clients send before aggregation."""
+  distributor_state, weights_type = distributor.next.type_signature.parameter
+  work_state, _, data_type = client_work.next.type_signature.parameter
+
+  @tff.federated_computation(distributor_state, weights_type, work_state, data_type)
+  def results(state, weights, client_work_state, client_data):
+    sent = distributor.next(state, weights).result
+    return client_work.next(client_work_state, sent, client_data).result
+
+  return results
 
 
 def with_update_capture(client_work: tff.learning.templates.ClientWorkProcess,
@@ -68,7 +96,8 @@ def with_update_capture(client_work: tff.learning.templates.ClientWorkProcess,
   """
   state_type, weights_type, data_type = client_work.next.type_signature.parameter
   control_type = data_type.member['control']
-  update_type = client_work.next.type_signature.result.result.member.update
+  result_update_type = client_work.next.type_signature.result.result.member.update
+  update_type = side_channel.delta_type(result_update_type)
 
   control_seed = tff.tensorflow.computation(_seed_of, control_type)
   if spool_dir is not None:
@@ -77,12 +106,15 @@ def with_update_capture(client_work: tff.learning.templates.ClientWorkProcess,
   @tff.federated_computation(state_type, weights_type, data_type)
   def next_fn(state, weights, client_data):
     output = client_work.next(state, weights, client_data)
+    delta = output.result.update
+    if side_channel.carries_info(result_update_type):
+      delta = getattr(delta, side_channel.DELTA)
     if spool_dir is None:
       seeds = tff.federated_map(control_seed, client_data.control)
-      updates, seeds = federated_stack(tff.federated_zip((output.result.update, seeds)))
+      updates, seeds = federated_stack(tff.federated_zip((delta, seeds)))
       record = tff.federated_zip(collections.OrderedDict(updates=updates, seeds=seeds))
     else:
-      written = tff.federated_map(spool, (output.result.update, client_data.control))
+      written = tff.federated_map(spool, (delta, client_data.control))
       record = tff.federated_map(spool_record, tff.federated_sum(written))
     captured = tff.federated_zip(collections.OrderedDict([(CAPTURE_KEY, record)]))
     measurements = tff.federated_map(aggregators_common.merge_measurements,

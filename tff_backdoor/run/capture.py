@@ -43,7 +43,8 @@ def capture_round(setup: 'ExperimentSetup', state, client_data, participants, ro
   that both save the same arrays.
   """
   updates = update_capture.capture_client_updates(
-      setup.client_work, state, setup.process.get_model_weights(state), client_data)
+      setup.client_work, state, setup.process.get_model_weights(state), client_data,
+      setup.distributor)
   stacked = [np.stack([u[v] for u in updates]) for v in range(len(variable_names))]
   return save_capture(directory, round_num, stacked, variable_names, participants)
 

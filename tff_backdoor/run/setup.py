@@ -28,7 +28,8 @@ from tff_backdoor.attacks.client_work import build_attacker_client_work
 from tff_backdoor.config import ExperimentConfig, ScheduleConfig, TaskConfig
 from tff_backdoor.data import ArrayPair
 from tff_backdoor.learning import process as process_lib
-from tff_backdoor.learning import server_update
+from tff_backdoor.learning import root_update
+from tff_backdoor.learning.side_channel import SideChannel
 from tff_backdoor.run import rundir
 from tff_backdoor.run import warm_start
 
@@ -48,6 +49,8 @@ class ExperimentSetup:
   eval_sets: Dict[str, ArrayPair]
   # `process` with `capture_updates=True` (same state type), built when --capture_rounds is set.
   capture_process: Optional[tff.learning.templates.LearningProcess] = None
+  # The process's distributor: what the clients receive (capture_round re-runs them with it).
+  distributor: Optional[tff.learning.templates.DistributionProcess] = None
   # The run's random streams (`streams(config.run.seed)`): `task` and `schedule` are drawn by
   # `prepare`, `sampling` and `round_data` by the rounds (and restored by --resume).
   streams: Dict[str, np.random.Generator] = dataclasses.field(default_factory=dict)
@@ -183,22 +186,30 @@ def fltrust_root(config: ExperimentConfig, data: data_lib.FederatedData) -> Arra
                      f'(--server_holdout): {e}') from None
 
 
-# Defenses that read a client's weight as its identity -> their population-size field.
+# Defenses that tell clients apart by their population index -> their population-size field.
 POPULATION_FIELDS = {'foolsgold': 'foolsgold_clients', 'fldetector': 'fldetector_clients'}
 
 
+def side_channel(config: ExperimentConfig) -> SideChannel:
+  """What the run's process sends besides the model and the deltas (`learning.side_channel`):
+  what its defense reads (`registry.SIDE_CHANNELS`) and the last global update if its
+  attack reads it."""
+  return dataclasses.replace(defense_registry.side_channel_of(config.defense.name),
+                             global_update=config.attack.reads_global_update)
+
+
 def identifies_clients(config: ExperimentConfig) -> bool:
-  """Whether the run's client data carries population indices (FoolsGold's, FLDetector's)."""
-  return config.defense.name in POPULATION_FIELDS
+  """Whether the run's client data carries population indices (for a ClientInfo uplink)."""
+  return side_channel(config).uplink
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
                     data: Optional[data_lib.FederatedData] = None):
-  """(process, its client work, capturing process or None) for the config's FedAvg and defense.
+  """(process, its client work, capturing process or None, distributor) for the config.
 
-  Both processes share one client work, built here with the rest (before any eager model).
-  `data` gives --defense=fltrust its root set and --defense=foolsgold/fldetector their
-  population.
+  Both processes share one client work and distributor, built here with the rest (before any
+  eager model). `data` gives --defense=fltrust its root set and --defense=foolsgold/fldetector
+  their population.
   """
   fed_avg, defense = config.fed_avg, config.defense
   field = POPULATION_FIELDS.get(defense.name)
@@ -207,25 +218,27 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
   aggregator = defense_registry.build_defense(defense, fed_avg.clients_per_round,
                                               seed=config.run.seed)
   client_optimizer = tff.learning.optimizers.build_sgdm(fed_avg.client_lr)
+  channel = side_channel(config)
   client_work = build_attacker_client_work(model_fn, client_optimizer, attack_config(config),
-                                           fed_avg.batch_size,
-                                           identify_clients=identifies_clients(config))
-  extra = {}
-  if config.defense.name == 'fltrust':
-    extra['server_update_fn'] = server_update.build_server_update_fn(
+                                           fed_avg.batch_size, channel=channel)
+  root_update_fn = None
+  if channel.root_update:
+    root_update_fn = root_update.build_root_update_fn(
         model_fn, client_optimizer, fltrust_root(config, data), fed_avg.batch_size,
-        fed_avg.local_epochs, config.run.seed, client_work.get_hparams.type_signature.result)
+        fed_avg.local_epochs, config.run.seed)
+  distributor = process_lib.build_distributor(model_fn, channel, root_update_fn)
   server = lambda: defense_registry.build_server_optimizer(  # CRFL acts on the model
       config.defense, tff.learning.optimizers.build_sgdm(fed_avg.server_lr), config.run.seed)
   learning_process = process_lib.compose_fed_avg(model_fn, client_work, server(),
-                                                 model_aggregator=aggregator, **extra)
+                                                 distributor=distributor,
+                                                 model_aggregator=aggregator)
   capture_process = None
   if config.run.capture_rounds:  # remote workers cannot write into our output_dir
     capture_process = process_lib.compose_fed_avg(
         model_fn, client_work, server(), model_aggregator=aggregator, capture_updates=True,
         capture_spool_dir=None if config.run.workers else rundir.spool_dir(config.run.output_dir),
-        **extra)
-  return learning_process, client_work, capture_process
+        distributor=distributor)
+  return learning_process, client_work, capture_process, distributor
 
 
 def prepare(config: ExperimentConfig) -> ExperimentSetup:
@@ -250,10 +263,11 @@ def prepare(config: ExperimentConfig) -> ExperimentSetup:
     flain_lib.select_auxiliary(*data.server, per_class=config.flain.aux_per_class,
                                seed=config.run.seed, num_classes=data.num_classes)
   model_fn = process_lib.keras_model_fn(keras_builder, data.input_shape)
-  learning_process, client_work, capture_process = build_processes(config, model_fn, data)
+  learning_process, client_work, capture_process, distributor = build_processes(
+      config, model_fn, data)
   eval_sets = {'test': data.test}
   if task is not None:
     eval_sets.update(task.eval_sets())
   return ExperimentSetup(config, data, clients, client_ids, task, schedule, keras_builder,
-                         learning_process, client_work, eval_sets, capture_process, rngs,
-                         data_seconds)
+                         learning_process, client_work, eval_sets, capture_process, distributor,
+                         rngs, data_seconds)
