@@ -49,18 +49,20 @@ def on_workers(workers):
       context.close()
 
 
-def _client_data():
-  """Five clients of different sizes; client 1 attacks (boost), so updates differ a lot."""
+def _client_data(indexed: bool = False):
+  """Five clients of different sizes; client 1 attacks (boost), so updates differ a lot.
+  `indexed`: with their population indices, for a side channel's ClientInfo."""
   empty = tiny.dataset(0, seed=99)
   return [make_client_data(tiny.dataset(8 + i, seed=i),
-                           tiny.dataset(4, seed=50 + i) if i == 1 else empty, i == 1, i)
+                           tiny.dataset(4, seed=50 + i) if i == 1 else empty, i == 1, i,
+                           client_index=i if indexed else None)
           for i in range(NUM_CLIENTS)]
 
 
-def _run_rounds(learning_process):
+def _run_rounds(learning_process, indexed: bool = False):
   state = learning_process.initialize()
   metrics = []
-  data = _client_data()
+  data = _client_data(indexed)
   for _ in range(ROUNDS):
     output = learning_process.next(state, data)
     state = output.state
@@ -97,6 +99,21 @@ def test_rounds_on_two_workers_equal_local_rounds(on_workers, defense):
   # Rounds were split over the workers; initialize/get_model_weights ran on one worker.
   assert context.stats == {'mergeable': ROUNDS, 'one_worker': 2, 'not_mergeable': 0}
   assert remote_run[1][-1]['client_work']['num_attackers'] == 1
+
+
+@pytest.mark.parametrize('defense', ['fltrust', 'foolsgold'])
+def test_side_channel_rounds_on_two_workers_equal_local_rounds(on_workers, defense):
+  """g0 sent down and handed on, identities sent up: still one mergeable round."""
+  factory = aggregators.build_defense(
+      aggregators.DefenseConfig(name=defense, foolsgold_clients=NUM_CLIENTS), NUM_CLIENTS, seed=0)
+  learning_process = process_lib.build_attacked_fed_avg(
+      tiny.model_fn(), tff.learning.optimizers.build_sgdm(0.1), batch_size=4,
+      attack=AttackConfig('boost', boost=3.0), model_aggregator=factory, client_info=True,
+      root=tiny.arrays(8, seed=7) if defense == 'fltrust' else None, root_seed=3)
+  local = _run_rounds(learning_process, indexed=True)
+  context = on_workers(non_mergeable='error')
+  _assert_same_run(local, _run_rounds(learning_process, indexed=True))
+  assert context.stats['mergeable'] == ROUNDS
 
 
 _CLIENT_FLOATS = tff.FederatedType(np.float32, tff.CLIENTS)
