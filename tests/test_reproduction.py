@@ -575,3 +575,56 @@ def test_detection_tables_read_final_json_or_the_rows_and_leave_out_old_records(
   assert text.splitlines()[-1] == '| pixel | boost | 1 | - | 0.250 | - | - | - | - | - | - | - | - |'
   only_old = reproduction.load_runs([sweep])[3:]
   assert reproduction.render(only_old, tpr) == [f'**{tpr.title}**: no finished run yet']
+
+
+def _collect_wheres(dest):
+  """The --where grids of REPRODUCTION.md's collect_records command into `dest`."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'REPRODUCTION.md')) as f:
+    lines = [l.strip() for l in f.read().splitlines()]
+  start = next(i for i, l in enumerate(lines)
+               if 'experiments.collect_records' in l and l.split()[4] == dest)
+  text = lines[start]
+  while text.endswith('\\'):
+    start += 1
+    text = text[:-1] + ' ' + lines[start]
+  return [sweep_grid.parse_grid(a.split('=', 1)[1]) for a in shlex.split(text)
+          if a.startswith('--where=')]
+
+
+def _grid_configs(name):
+  from studies import sweep_grid  # pylint: disable=g-import-not-at-top
+  return sweep_grid.expand(sweep_grid.read_grid_file(
+      os.path.join(REPO, 'experiments', 'grids', name)))
+
+
+def test_the_extended_matrix_grid_and_its_record_split_never_count_a_cell_twice():
+  """Every run of femnist_matrix_ext.grid goes to exactly one committed directory; the new
+  cells are none of femnist_attacks.grid's (the matrix tables read both), the reruns are all
+  of its filtering-defense cells; seed 0 runs first."""
+  from experiments import collect_records  # pylint: disable=g-import-not-at-top
+  ext = _grid_configs('femnist_matrix_ext.grid')
+  old = {frozenset(c.items()) for c in _grid_configs('femnist_attacks.grid')}
+  new_where = _collect_wheres('experiments/results/femnist_matrix_ext')
+  rerun_where = _collect_wheres('experiments/results/femnist_matrix_detection')
+  new = [c for c in ext if collect_records._selected(c, new_where)]
+  reruns = [c for c in ext if collect_records._selected(c, rerun_where)]
+  assert len(ext) == 489 and len(new) + len(reruns) == len(ext)
+  assert not any(frozenset(c.items()) in old for c in new)
+  assert all(frozenset(c.items()) in old for c in reruns)
+  filtering = {v for _, v in reproduction._FILTERING_DEFENSES} - {'fldetector', 'deepsight'}
+  assert {(c['attack'], c['defense'], c['task'], c['seed']) for c in reruns} == {
+      (a, d, t, s) for a in ('data_poison', 'boost', 'norm_bounded', 'neurotoxin',
+                             'constrain_scale')
+      for d in filtering for t in ('pixel', 'targeted') for s in '012'}
+  seeds = [c['seed'] for c in ext]
+  assert seeds.index('1') == seeds.count('0') and seeds.count('0') == 83 + 80
+  # The new cells in the matrix: both new rows, both new columns, 3 seeds in every cell.
+  runs = [reproduction.RunSummary('r', c, {'backdoor': 0.5}) for c in new]
+  text, flat = reproduction.cross_markdown(runs, reproduction.MATRIX_TABLES[4])
+  assert 'FLDetector | DeepSight | FLAIN' in text.splitlines()[2]
+  assert {(r['task'], r['attack']) for r in flat if r['attack'] in ('anticipate', 'a3fl')} == {
+      ('pixel', 'anticipate'), ('targeted', 'anticipate'), ('pixel', 'a3fl')}
+  a3fl = next(r for r in flat if r['attack'] == 'a3fl')
+  assert a3fl['seeds'] == '3' and a3fl['DeepSight mean'] == 0.5 and a3fl['clip mean'] == 0.5
