@@ -11,6 +11,7 @@ module it configures.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -180,6 +181,11 @@ EXECUTION_KEY = 'execution'  # config.json's record of the execution settings (n
 SECTIONS = (('data', DataConfig), ('fed_avg', FedAvgConfig), ('task', TaskConfig),
             ('attack', AttackConfig), ('schedule', ScheduleConfig),
             ('defense', DefenseConfig), ('flain', FlainConfig), ('run', RunConfig))
+
+
+def default_settings() -> Dict[str, Any]:
+  """Today's defaults as config.json holds them (JSON values), for `non_default`."""
+  return json.loads(json.dumps(ExperimentConfig().to_dict()))
 
 
 def non_default(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> Dict[str, Any]:

@@ -8,7 +8,6 @@ metrics, progress and checkpoints; FLAIN is a hook of the end of the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_backdoor import metrics_io
-from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig, non_default
+from tff_backdoor.config import EXECUTION_KEY, ExperimentConfig, default_settings, non_default
 from tff_backdoor.analysis import lifespan
 from tff_backdoor.execution import contexts
 from tff_backdoor.run import adaptive_trigger
@@ -90,11 +89,9 @@ def _check_same_config(config: ExperimentConfig, saved: Optional[Dict[str, Any]]
   """
   if saved is None:
     return
-  ignored = RESUME_IGNORED + ('output_dir', EXECUTION_KEY)
-  defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-  current = json.loads(json.dumps(config.to_dict()))
-  theirs, ours = (non_default({k: v for k, v in values.items() if k not in ignored},
-                                         defaults) for values in (saved, current))
+  ignored, defaults = RESUME_IGNORED + ('output_dir',), default_settings()
+  theirs, ours = (non_default(ownership.settings(values, ignored), defaults)
+                  for values in (saved, config.to_dict()))
   diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
   if diff:
     raise ValueError(f'cannot --resume: {config.run.output_dir} was run with different '

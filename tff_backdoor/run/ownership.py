@@ -38,15 +38,11 @@ class RunDirectoryError(ValueError):
   """The run directory is in use or holds another run (the message is one line)."""
 
 
-def _settings(config: Mapping[str, Any], ignored: Sequence[str]) -> Dict[str, Any]:
+def settings(config: Mapping[str, Any], ignored: Sequence[str]) -> Dict[str, Any]:
   """config.json's settings as JSON values, minus `ignored` and the execution record."""
   current = json.loads(json.dumps(metrics_io.to_jsonable(dict(config))))
   return {k: v for k, v in current.items()
           if k not in ignored and k != config_lib.EXECUTION_KEY}
-
-
-def _today_defaults() -> Dict[str, Any]:
-  return json.loads(json.dumps(config_lib.ExperimentConfig().to_dict()))
 
 
 def identity(config: Mapping[str, Any], ignored: Sequence[str]) -> str:
@@ -55,7 +51,7 @@ def identity(config: Mapping[str, Any], ignored: Sequence[str]) -> str:
   Only settings that differ from their defaults enter, nested ones (`defense`) key by key, so
   a setting added by a newer version (at its default) never changes the identity of a run.
   """
-  kept = config_lib.non_default(_settings(config, ignored), _today_defaults())
+  kept = config_lib.non_default(settings(config, ignored), config_lib.default_settings())
   return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -65,9 +61,9 @@ def legacy_identity(saved: Mapping[str, Any], ignored: Sequence[str]) -> str:
   Computed from the run's own config.json (`saved`), whose `defense` has the keys of its
   version: the default it is compared with is cut to those keys, as that version had it.
   """
-  defaults = _today_defaults()
+  defaults = config_lib.default_settings()
   kept = {}
-  for key, value in _settings(saved, ignored).items():
+  for key, value in settings(saved, ignored).items():
     default = defaults.get(key)
     if isinstance(value, dict) and isinstance(default, dict):
       default = {k: default[k] for k in value if k in default}
