@@ -417,6 +417,3 @@ def test_build_defense_validates_and_is_weighted():
       np.testing.assert_allclose(got, want, **TOL)
 
 
-def test_every_defense_name_has_one_builder():
-  from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
-  assert sorted(registry.DEFENSE_BUILDERS) == sorted(aggregators.DEFENSES)

@@ -5,7 +5,7 @@ round's model step is checked against the NumPy reference of its defense
 (`tests/test_aggregators.py`) applied to the clients' own updates, which a one-client round
 of plain FedAvg gives (server SGD with learning rate 1: the step is the update, in model
 space: minus TFF's delta, which the references, odd functions of the updates, do not mind).
-The defenses that read side information (`registry.SIDE_CHANNELS`) refuse a plain
+The defenses that read side information (their spec's `reads`) refuse a plain
 `build_weighted_fed_avg` in one line, and work in `build_attacked_fed_avg` with the channel.
 """
 import collections

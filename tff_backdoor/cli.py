@@ -19,6 +19,7 @@ from absl import logging
 
 from tff_backdoor import config as config_lib  # TensorFlow-free
 from tff_backdoor import options
+from tff_backdoor.aggregators import defenses  # TensorFlow-free
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -63,7 +64,7 @@ def check_output_folder(path: str, flag: str) -> None:
 
 def check_writer_data(config: config_lib.ExperimentConfig) -> None:
   """For a LEAF folder (--dataset=femnist), the requests its writers (and, for FLTrust, its
-  server split) must serve, checked from its labels before TensorFlow loads
+  server split, for a defense with a root set) must serve, checked from its labels before TensorFlow loads
   (`data.writer_counts`; a sweep checks every configuration with it)."""
   data = config.data
   if data.dataset != 'femnist' or not data.data_dir:
@@ -76,11 +77,12 @@ def check_writer_data(config: config_lib.ExperimentConfig) -> None:
       num_tasks=config.task.num_tasks if targeted else None,
       source_class=config.task.source_class if targeted else None,
       task_min_samples=config.task.min_samples)
-  if config.defense.name == 'fltrust':
+  root_set_field = defenses.spec(config.defense.name).root_set_field
+  if root_set_field:
     writer_counts.check_root_set(
         writer_counts.server_class_counts(data.data_dir, data.only_digits, data.cache_dir,
                                           data.server_holdout),
-        config.defense.fltrust_root_per_class)
+        getattr(config.defense, root_set_field), f'--{root_set_field}')
 
 
 def exit_on_sigterm() -> None:

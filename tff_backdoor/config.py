@@ -15,6 +15,7 @@ import json
 import math
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
+from tff_backdoor.aggregators import defenses
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
@@ -316,25 +317,31 @@ def _check_combinations(config: ExperimentConfig) -> None:
                      f'--attack_start={schedule.start}')
   parse_rounds(run.capture_rounds, config.fed_avg.rounds)
   _check_fixed_per_round(config)
-  tensors = UPDATE_TENSORS.get(config.fed_avg.model)
-  if config.defense.name == 'bias_filter' and tensors and not (
-      -tensors <= config.defense.bias_index < tensors):
-    raise ValueError(f'--bias_index={config.defense.bias_index} is out of range: '
-                     f'--model={config.fed_avg.model} updates {tensors} tensors (-1: the last, '
-                     'the logits bias)')
+  spec = defenses.spec(config.defense.name)
+  _check_update_index(config, spec.update_index_field)
   config.flain.validate(prefix='--')
   # A client drawn twice would be two rows of one capture, or to FoolsGold two sybils.
   for needs_distinct, what in ((run.capture_rounds, '--capture_rounds'),
-                               (config.defense.name == 'foolsgold', '--defense=foolsgold')):
+                               (spec.distinct_clients, f'--defense={spec.name}')):
     if schedule.with_replacement and needs_distinct:
       raise ValueError(f'{what} needs distinct clients in a round: drop '
                        '--sample_with_replacement')
   if run.workers:
     workers.parse_workers(run.workers)
   for needs_server, what in ((config.flain.enabled, '--flain'),
-                             (config.defense.name == 'fltrust', '--defense=fltrust')):
+                             (spec.root_set_field, f'--defense={spec.name}')):
     if needs_server and data.server_holdout is not None and data.server_holdout < 1:
       raise ValueError(f'{what} needs server-side data: set --server_holdout > 0')
+
+
+def _check_update_index(config: ExperimentConfig, field: Optional[str]) -> None:
+  """A defense parameter that indexes the update's tensors (bias_filter's --bias_index) is in
+  range for --model."""
+  tensors = UPDATE_TENSORS.get(config.fed_avg.model)
+  index = getattr(config.defense, field) if field else None
+  if index is not None and tensors and not -tensors <= index < tensors:
+    raise ValueError(f'--{field}={index} is out of range: --model={config.fed_avg.model} '
+                     f'updates {tensors} tensors (-1: the last, the logits bias)')
 
 
 def _check_fixed_per_round(config: ExperimentConfig) -> None:

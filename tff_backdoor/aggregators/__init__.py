@@ -4,13 +4,15 @@ Every factory here is a `tff.aggregators.WeightedAggregationFactory` that any TF
 pass to `tff.learning.algorithms.build_weighted_fed_avg(model_aggregator=...)`, and reports what
 it did in its `measurements`. `build_defense(DefenseConfig(name=...), clients_per_round, seed)`
 assembles the one chosen by name, behind a guard against non-finite updates and with client
-norm statistics. The TensorFlow-free names (`DefenseConfig`, `DEFENSES`, `validate_defense`)
+norm statistics. Each defense is described by one `DefenseSpec` (`aggregators.defenses`).
+The TensorFlow-free names (`DefenseConfig`, `DefenseSpec`, `DEFENSES`, `validate_defense`)
 load eagerly; the factories load on first use, so the run config reads the defenses'
 parameters without TensorFlow.
 """
 from __future__ import annotations
 
 from tff_backdoor.aggregators.defense_config import DEFENSES, DefenseConfig, validate_defense
+from tff_backdoor.aggregators.defense_spec import DefenseSpec
 from tff_backdoor.lazy_exports import lazy_exports
 
 _LAZY = {
@@ -47,6 +49,6 @@ _LAZY = {
     'TrimmedMeanFactory': 'robust_rules',
 }
 
-__all__ = ['DEFENSES', 'DefenseConfig', 'validate_defense'] + list(_LAZY)
+__all__ = ['DEFENSES', 'DefenseConfig', 'DefenseSpec', 'validate_defense'] + list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

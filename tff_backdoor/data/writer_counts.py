@@ -113,11 +113,12 @@ def server_class_counts(data_dir: str, only_digits: bool = True,
   return take
 
 
-def check_root_set(server_counts: np.ndarray, per_class: int) -> None:
-  """DataError (one line naming both flags) if the server split cannot give FLTrust's root
-  set of `per_class` images of every class."""
+def check_root_set(server_counts: np.ndarray, per_class: int,
+                   flag: str) -> None:
+  """DataError (one line naming `flag` and --server_holdout) if the server split cannot give a
+  root set (FLTrust's) of `per_class` images of every class."""
   short = {c: int(n) for c, n in enumerate(server_counts) if n < per_class}
   if short:
-    raise DataError(f'--fltrust_root_per_class={per_class} but the server split of '
+    raise DataError(f'{flag}={per_class} but the server split of '
                     f'{int(server_counts.sum())} images (--server_holdout) holds fewer of '
                     f'class: count {short}')

@@ -73,7 +73,7 @@ def build_attacked_fed_avg(
   `client_info` sends each update with its ClientInfo (FoolsGold, FLDetector); `root` = (x, y)
   makes the server train its update g0 on that root set each round (`root_epochs` seeded
   passes, dropout and order keyed by `root_seed`, `learning.root_update`) and send it down and
-  on to the aggregator (FLTrust). `registry.SIDE_CHANNELS` says which defense needs which.
+  on to the aggregator (FLTrust). A defense's spec says which it needs (`DefenseSpec.reads`).
 
   With `capture_updates`, the client work is wrapped by `update_capture.with_update_capture`
   (spooling to `capture_spool_dir` if given): `next` also returns every client's update

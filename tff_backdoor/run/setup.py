@@ -20,6 +20,7 @@ from tff_backdoor import data as data_lib
 from tff_backdoor import flain as flain_lib
 from tff_backdoor import metrics_io
 from tff_backdoor import models
+from tff_backdoor.aggregators import defenses
 from tff_backdoor.aggregators import registry as defense_registry
 from tff_backdoor.attacks import schedules as schedules_lib
 from tff_backdoor.attacks import tasks as tasks_lib
@@ -172,27 +173,24 @@ def load_run_config(run_dir: str, *required: str) -> ExperimentConfig:
       metrics_io.read_json(os.path.join(run_dir, rundir.CONFIG_FILE)))
 
 
-def fltrust_root(config: ExperimentConfig, data: data_lib.FederatedData) -> ArrayPair:
-  """FLTrust's root set: --fltrust_root_per_class images a class from the server split (the
-  one FLAIN's auxiliary set comes from), seeded by --seed; a one-line ValueError naming the
-  two flags that size it if the split cannot give it."""
-  per_class = config.defense.fltrust_root_per_class
+def root_set(config: ExperimentConfig, data: data_lib.FederatedData) -> ArrayPair:
+  """The defense's server root set (FLTrust's): its spec's `root_set_field` images a class
+  from the server split (the one FLAIN's auxiliary set comes from), seeded by --seed; a
+  one-line ValueError naming the two flags that size it if the split cannot give it."""
+  field = defenses.spec(config.defense.name).root_set_field
+  per_class = getattr(config.defense, field)
   try:
     return flain_lib.select_auxiliary(*data.server, per_class=per_class, seed=config.run.seed,
                                       num_classes=data.num_classes)
   except ValueError as e:
-    raise ValueError(f'--defense=fltrust: no root set of --fltrust_root_per_class={per_class} '
+    raise ValueError(f'--defense={config.defense.name}: no root set of --{field}={per_class} '
                      f'images a class in the server split of {len(data.server[1])} images '
                      f'(--server_holdout): {e}') from None
 
 
-# Defenses that tell clients apart by their population index -> their population-size field.
-POPULATION_FIELDS = {'foolsgold': 'foolsgold_clients', 'fldetector': 'fldetector_clients'}
-
-
 def side_channel(config: ExperimentConfig) -> SideChannel:
   """What the run's process sends besides the model and the deltas (`learning.side_channel`):
-  what its defense reads (`registry.SIDE_CHANNELS`) and the last global update if its
+  what its defense reads (its spec's `reads`) and the last global update if its
   attack reads it."""
   return dataclasses.replace(defense_registry.side_channel_of(config.defense.name),
                              global_update=config.attack.reads_global_update)
@@ -208,11 +206,11 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
   """(process, its client work, capturing process or None, distributor) for the config.
 
   Both processes share one client work and distributor, built here with the rest (before any
-  eager model). `data` gives --defense=fltrust its root set and --defense=foolsgold/fldetector
-  their population.
+  eager model). `data` gives a defense its root set (FLTrust) or its population (FoolsGold,
+  FLDetector), as its spec asks.
   """
   fed_avg, defense = config.fed_avg, config.defense
-  field = POPULATION_FIELDS.get(defense.name)
+  field = defenses.spec(defense.name).population_field
   if field and not getattr(defense, field):  # the run's population
     defense = dataclasses.replace(defense, **{field: len(data.train.client_ids)})
   aggregator = defense_registry.build_defense(defense, fed_avg.clients_per_round,
@@ -224,7 +222,7 @@ def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
   root_update_fn = None
   if channel.root_update:
     root_update_fn = root_update.build_root_update_fn(
-        model_fn, client_optimizer, fltrust_root(config, data), fed_avg.batch_size,
+        model_fn, client_optimizer, root_set(config, data), fed_avg.batch_size,
         fed_avg.local_epochs, config.run.seed)
   distributor = process_lib.build_distributor(model_fn, channel, root_update_fn)
   server = lambda: defense_registry.build_server_optimizer(  # CRFL acts on the model
