@@ -693,6 +693,20 @@ DETECTION_TABLES = tuple(
                                         'honest clients received)'),
         ('detection_fpr_attack_free', 'FPR over the rounds without attackers')))
 
+# FLDetector with the window the matrix's 8 attack rounds can fill
+# (femnist_matrix_fldetector_window.grid): N = 3 judges rounds 4-7 (0-based); the matrix's
+# column keeps the paper's N = 10, which judges none. One row per matrix cell.
+FLDETECTOR_WINDOW_TABLES = (
+    CrossTable('fldetector_window3', 'FLDetector at window N = 3 in the matrix setting: '
+               'accuracies and detection rates over the 8 attack rounds (it judges rounds 4-7; '
+               'in rounds 0-3 it admits everyone, so TPR is at most 0.5)',
+               ('task', 'attack'), 'defense',
+               (('backdoor', 'fldetector', 'window_backdoor'),
+                ('main', 'fldetector', 'window_test'),
+                ('TPR', 'fldetector', 'detection_tpr'),
+                ('FPR', 'fldetector', 'detection_fpr_attack_rounds')),
+               where={**_MATRIX_WHERE, 'fldetector_window': '3'}),)
+
 # FLAIN on FEMNIST writers (femnist_attacks.grid): pixel trigger (distributed_parts 1) and DBA
 # (4 parts), data poisoning; FLAIN in both threshold modes from the pretraining's round-0 model
 # (apply_flain afterwards), and quantile mode from the warm start (the run's own --flain).
@@ -733,6 +747,7 @@ FAMILIES = {'sun': SUN_FAMILIES, 'sun_femnist': SUN_FEMNIST_FAMILIES,
             'sun_full_30': SUN_FULL_30_FAMILIES, 'sun_full_300': SUN_FULL_300_FAMILIES,
             'flain': FLAIN_TABLES,
             'matrix': MATRIX_TABLES, 'matrix_detection': DETECTION_TABLES,
+            'matrix_fldetector_window': FLDETECTOR_WINDOW_TABLES,
             'flain_femnist': FLAIN_FEMNIST_TABLES,
             'durability': DURABILITY_TABLES}
 

@@ -628,3 +628,26 @@ def test_the_extended_matrix_grid_and_its_record_split_never_count_a_cell_twice(
       ('pixel', 'anticipate'), ('targeted', 'anticipate'), ('pixel', 'a3fl')}
   a3fl = next(r for r in flat if r['attack'] == 'a3fl')
   assert a3fl['seeds'] == '3' and a3fl['DeepSight mean'] == 0.5 and a3fl['clip mean'] == 0.5
+
+
+def test_the_fldetector_window_grid_and_table():
+  """femnist_matrix_fldetector_window.grid: FLDetector at N = 3 in every matrix row, 3 seeds,
+  seed 0 first, each config otherwise one of the extended matrix's FLDetector cells; its table
+  reads only N = 3 runs, one row per cell."""
+  runs_ext = {frozenset(c.items()) for c in _grid_configs('femnist_matrix_ext.grid')
+              if c['defense'] == 'fldetector'}
+  window = _grid_configs('femnist_matrix_fldetector_window.grid')
+  assert len(window) == 39 and [c['seed'] for c in window[:13]] == ['0'] * 13
+  assert all(c['defense'] == 'fldetector' and c['fldetector_window'] == '3' for c in window)
+  assert {frozenset({k: v for k, v in c.items() if k != 'fldetector_window'}.items())
+          for c in window} == runs_ext
+  table, = reproduction.FAMILIES['matrix_fldetector_window']
+  values = {'window_backdoor': 0.4, 'window_test': 0.9, 'detection_tpr': 0.5,
+            'detection_fpr_attack_rounds': 0.0}
+  runs = [reproduction.RunSummary('r', c, values) for c in window]
+  runs.append(reproduction.RunSummary('n10', dict(window[0], fldetector_window='10'),
+                                      dict(values, detection_tpr=0.0)))
+  text, flat = reproduction.cross_markdown(runs, table)
+  assert len(flat) == 13 and {r['seeds'] for r in flat} == {'3'}
+  assert {r['TPR mean'] for r in flat} == {0.5}  # the N = 10 run is not read
+  assert text.splitlines()[2] == '| task | attack | seeds | backdoor | main | TPR | FPR |'
