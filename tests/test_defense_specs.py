@@ -27,7 +27,8 @@ def test_every_parameter_is_read_by_a_spec_and_every_setting_is_a_parameter():
   read = {name for spec in defenses.SPECS for name in spec.settings}
   assert read == FIELDS, (sorted(read - FIELDS), sorted(FIELDS - read))
   for spec in defenses.SPECS:
-    for field in (spec.population_field, spec.root_set_field, spec.update_index_field):
+    for field in (spec.population_field, spec.root_set_field, spec.update_index_field,
+                  spec.client_bound_field):
       assert field is None or field in spec.settings, (spec.name, field)
 
 

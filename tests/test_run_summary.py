@@ -34,3 +34,13 @@ def test_clean_run_and_config_dict():
   assert lines == ['main accuracy: 0.750 after 6 rounds', 'no round had an attacker',
                    'defense: none']
   assert summary.describe_run([], {}) == []
+
+
+def test_the_bound_line_follows_the_defense_spec():
+  """Every defense whose spec cuts each client update to a norm says so (sun_dp and weak_dp
+  as clip); one that clips only the aggregate (clip_mean) or none (median) does not."""
+  for name, says in (('sun_dp', True), ('weak_dp', True), ('clip_mean', False),
+                     ('median', False)):
+    line = summary.summary_lines(_rows(), {'name': name, 'clip_norm': 1.0}, 'femnist', 7, 1)[3]
+    assert line.startswith(f'defense: {name}; ')
+    assert ('every update cut to norm <= 1;' in line) == says, line

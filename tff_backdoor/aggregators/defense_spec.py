@@ -49,6 +49,8 @@ class DefenseSpec:
       the run checks it against its model.
     distinct_clients: Whether a client drawn twice in a round would be misread (FoolsGold
       takes two identical updates for sybils): refuses `--sample_with_replacement`.
+    client_bound_field: The parameter every client update's L2 norm is cut to, if any (the
+      run's summary line says so).
   """
   name: str
   build: Builder
@@ -60,3 +62,4 @@ class DefenseSpec:
   root_set_field: Optional[str] = None
   update_index_field: Optional[str] = None
   distinct_clients: bool = False
+  client_bound_field: Optional[str] = None

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tff_backdoor.aggregators import defenses
 from tff_backdoor.run import health
 
 
@@ -32,10 +33,11 @@ def _defense_line(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any])
            f'{honest.mean():.2f} for honest clients' if malicious.size and honest.size else '')
   if name == 'none':
     return f'defense: none{"; " + norms if norms else ""}'
-  bound = defense.get('clip_norm')
+  field = defenses.BY_NAME[name].client_bound_field if name in defenses.BY_NAME else None
+  bound = defense.get(field) if field else None
   clipped = _values(rows, 'aggregator/clipped_count')
   parts = [f'defense: {name}']
-  if name in ('clip', 'weak_dp') and bound is not None:
+  if bound is not None:
     parts.append(f'every update cut to norm <= {bound:g}')
   if clipped.size:
     parts.append(f'{clipped.sum():.0f} updates clipped over {len(rows)} rounds')

@@ -45,7 +45,7 @@ def _clip_mean(config, clients_per_round, seed):
   return clipping.AggregateClippingFactory(config.clip_norm)
 
 
-CLIP = DefenseSpec('clip', _clip, settings=('clip_norm',))
+CLIP = DefenseSpec('clip', _clip, settings=('clip_norm',), client_bound_field='clip_norm')
 ADAPTIVE_CLIP = DefenseSpec('adaptive_clip', _adaptive_clip, settings=(
     'adaptive_quantile', 'adaptive_initial_norm', 'adaptive_learning_rate'))
 ZEROING = DefenseSpec('zeroing', _zeroing, settings=('zeroing_norm',))

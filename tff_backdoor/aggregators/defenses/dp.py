@@ -36,6 +36,8 @@ def _sun_dp(config, clients_per_round, seed):
                                     clients_per_round, seed)
 
 
-WEAK_DP = DefenseSpec('weak_dp', _weak_dp, settings=('dp_sigma', 'clip_norm'))
+WEAK_DP = DefenseSpec('weak_dp', _weak_dp, settings=('dp_sigma', 'clip_norm'),
+                      client_bound_field='clip_norm')
 SUN_MEAN = DefenseSpec('sun_mean', _sun_mean)
-SUN_DP = DefenseSpec('sun_dp', _sun_dp, settings=('clip_norm', 'sum_noise_stddev'))
+SUN_DP = DefenseSpec('sun_dp', _sun_dp, settings=('clip_norm', 'sum_noise_stddev'),
+                     client_bound_field='clip_norm')
