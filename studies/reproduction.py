@@ -738,6 +738,8 @@ DURABILITY_TABLES = tuple(
                      'stays below 0.5 (a censored run counts the rounds it observed)'),
         ('lifespan_censored', 'Durability: share of seeds whose backdoor is still >= 0.5 at '
                               'the end (their lifespan is a lower bound)'),
+        ('window_backdoor', 'Durability: backdoor accuracy over the attack rounds (0-9): '
+                            'whether there was a backdoor to outlive'),
         ('backdoor', 'Durability: backdoor accuracy at the end (20 rounds after the attack)'),
         ('test', 'Durability: main accuracy at the end')))
 

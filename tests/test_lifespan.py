@@ -49,7 +49,9 @@ def test_tables_read_the_lifespan_from_final_json():
       'lifespan': 7.0, 'lifespan_censored': 1.0}
   assert reproduction.lifespan_values({})['lifespan'] is None
   tables = reproduction.FAMILIES['durability']
-  assert [t.key for t in tables][:2] == ['durability_lifespan', 'durability_lifespan_censored']
+  assert [t.key for t in tables] == ['durability_lifespan', 'durability_lifespan_censored',
+                                     'durability_window_backdoor', 'durability_backdoor',
+                                     'durability_test']  # the window: was there a backdoor
   assert [c[1] for c in tables[0].columns] == ['none', 'clip', 'median', 'multi_krum']
 
 
