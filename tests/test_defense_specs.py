@@ -60,6 +60,13 @@ def test_reads_name_side_channel_fields():
                                                           'deepsight'}
 
 
+def test_a_spec_channel_fills_only_fields_it_reads():
+  for spec in defenses.SPECS:
+    if spec.channel is not None:
+      config = defense_config.DefenseConfig(name=spec.name)
+      assert set(spec.channel(config, 0)) <= set(spec.reads), spec.name
+
+
 def test_deepsight_reads_ddifs_on_inputs_of_its_parameters_and_the_run_seed():
   """The channel a spec's `channel` fills: DeepSight's DDif inputs, from its two flags
   (the paper's 20,000 samples on 3 seeds by default) and the run's seed."""
