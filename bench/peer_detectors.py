@@ -25,9 +25,11 @@ DeepSight: independent rounds of 12 output layers (kernel [4, 10], bias [10]); h
 clients learn 3 to 6 of the 10 classes, clients 0-2 push class 0 (a backdoor's relabelled
 examples). Ours (`DeepSightFactory`, TF, through TFF) beside FLPoison's
 `aggregators/deepsight.py` and BackFed's `backfed/servers/deepsight_server.py`, ported to
-NumPy. None of the three computes DDifs here (ours never does: no global model in an
-aggregator; the peers' need models that this world does not have), so the ensemble is the
-NEUP and bias-cosine clusterings. The peers call the `hdbscan` library (not installed here);
+NumPy. The comparison covers NEUPs, threshold exceedings and the clustering without DDifs:
+a DDif needs models to run on random inputs, which this world of bare output layers does not
+have (ours computes them in the client work, `learning.ddifs`, and is run here as
+`DeepSightFactory(use_ddifs=False)`; the peers' DDifs and ours: `docs/DEFENSES.md`), so the
+ensemble is the NEUP and bias-cosine clusterings. The peers call the `hdbscan` library (not installed here);
 scikit-learn's HDBSCAN stands in, with the library's min_samples + 1 (its convention does
 not count the point itself). Differences and reasons: `tff_backdoor/aggregators/deepsight.py`.
 """
@@ -344,7 +346,8 @@ def deepsight_table(seeds: int) -> List[str]:
   from tff_backdoor.aggregators import deepsight  # pylint: disable=g-import-not-at-top
   value_type = tff.types.to_type([tff.TensorType(np.float32, (FEATURES, CLASSES)),
                                   tff.TensorType(np.float32, (CLASSES,))])
-  process = deepsight.DeepSightFactory().create(value_type, tff.TensorType(np.float32))
+  process = deepsight.DeepSightFactory(use_ddifs=False).create(value_type,
+                                                               tff.TensorType(np.float32))
   lines = ['| seed | ours: rejected | FLPoison: rejected | BackFed: rejected | ours: '
            'suspicious (TE) | FLPoison: suspicious | BackFed: suspicious |',
            '| --- | --- | --- | --- | --- | --- | --- |']

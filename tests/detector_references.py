@@ -81,9 +81,10 @@ class FLDetector:
     return aggregate, admitted, scores
 
 
-def deepsight(u, tau=1 / 3, factor=0.01, min_cluster_size=5, min_samples=4):
-  """Rieger et al.'s Algorithm 1 without DDifs: (aggregate, accepted, suspicious) on updates u
-  (lists of arrays whose last two are the output kernel [F, P] and bias [P])."""
+def deepsight(u, tau=1 / 3, factor=0.01, min_cluster_size=5, min_samples=4, ddifs=None):
+  """Rieger et al.'s Algorithm 1: (aggregate, accepted, suspicious) on updates u (lists of
+  arrays whose last two are the output kernel [F, P] and bias [P]) and their DDifs [n, seeds,
+  P]; without DDifs (None) the ensemble is the bias cosines' and the NEUPs' alone."""
   kernel = np.stack([c[-2] for c in u]).astype(np.float64)
   bias = np.stack([c[-1] for c in u]).astype(np.float64)
   energy = np.abs(kernel).sum(axis=1) + np.abs(bias)
@@ -105,7 +106,12 @@ def deepsight(u, tau=1 / 3, factor=0.01, min_cluster_size=5, min_samples=4):
   cosine = np.clip(1 - unit @ unit.T, 0, 2)
   np.fill_diagonal(cosine, 0)
   euclid = np.linalg.norm(neup[:, None] - neup[None], axis=-1)
-  final = labels((apart(labels(cosine)) + apart(labels(euclid))) / 2)
+  ensemble = [apart(labels(cosine)), apart(labels(euclid))]
+  if ddifs is not None:  # the paper: the mean over seeds of each seed's DDif clustering
+    ddifs = np.asarray(ddifs, np.float64)
+    ensemble.append(np.mean([apart(labels(np.linalg.norm(d[:, None] - d[None], axis=-1)))
+                             for d in ddifs.transpose(1, 0, 2)], axis=0))
+  final = labels(np.mean(ensemble, axis=0))
   accepted = np.array([
       suspect[m].sum() < tau * m.sum()
       for m in ((final == f) if f >= 0 else (np.arange(len(u)) == i) for i, f in enumerate(final))])

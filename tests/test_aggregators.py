@@ -15,6 +15,7 @@ from tests import defense_references as refs
 from tests import detector_references as detector_refs
 from tests import tiny
 from tff_backdoor import aggregators
+from tff_backdoor.learning import side_channel
 
 SHAPES = ((2, 3), (4, 3), (3,))  # The last two play a Dense output layer (3 classes).
 VALUE_TYPE = tff.types.to_type([tff.TensorType(np.float32, s) for s in SHAPES])
@@ -56,6 +57,14 @@ UNWEIGHTED = ('weak_dp', 'sun_mean', 'sun_dp')
 # identity. Here their updates carry ClientInfo whose identity is round(weight) - 1, so the
 # references read a weight as the identity + 1; the weight itself only says who takes part.
 IDENTITY_WEIGHTED = ('fltrust', 'foolsgold', 'fldetector')
+# DeepSight reads each update's DDifs [seeds, classes] (learning.ddifs): here `_ddifs`, a
+# function of the update the reference calls too.
+DDIF_SEEDS = 3
+
+
+def _ddifs(update):
+  """Stand-in DDifs of one update: 1 + its output bias, shifted per seed."""
+  return np.stack([1.0 + update[-1] + 0.01 * s for s in range(DDIF_SEEDS)])
 
 
 def _updates(seed: int, n: int = N):
@@ -73,6 +82,9 @@ def _updates(seed: int, n: int = N):
 def _process(name: str, **overrides) -> tff.templates.AggregationProcess:
   factory = aggregators.build_defense(aggregators.DefenseConfig(name=name, **overrides),
                                       clients_per_round=N, seed=0)
+  if name == 'deepsight':
+    inputs = side_channel.DDifInputs(seeds=DDIF_SEEDS)
+    return factory.create(tiny.info_update_type(VALUE_TYPE, ddifs=inputs), WEIGHT_TYPE)
   if name not in IDENTITY_WEIGHTED:
     return factory.create(VALUE_TYPE, WEIGHT_TYPE)
   return factory.create(tiny.info_update_type(VALUE_TYPE, client_info=True,
@@ -80,7 +92,10 @@ def _process(name: str, **overrides) -> tff.templates.AggregationProcess:
 
 
 def _values(name, updates, weights):
-  """What `name`'s process takes: the updates, with ClientInfo for IDENTITY_WEIGHTED."""
+  """What `name`'s process takes: the updates, with ClientInfo for IDENTITY_WEIGHTED and
+  DeepSight (its DDifs)."""
+  if name == 'deepsight':
+    return tiny.with_info(updates, [0] * len(updates), ddifs=[_ddifs(u) for u in updates])
   if name not in IDENTITY_WEIGHTED:
     return updates
   ids = [int(round(w)) - 1 if np.isfinite(w) else -1 for w in weights]
@@ -187,7 +202,7 @@ REFERENCES = {
     'foolsgold': _foolsgold_first_round,
     'fldetector': lambda u, w: _fldetector_first_round(u, w, OVERRIDES['fldetector'][
         'fldetector_clients']),
-    'deepsight': lambda u, w: detector_refs.deepsight(u)[0],
+    'deepsight': lambda u, w: detector_refs.deepsight(u, ddifs=[_ddifs(c) for c in u])[0],
 }
 
 
@@ -412,7 +427,8 @@ def test_build_defense_validates_and_is_weighted():
     assert process.next.type_signature.parameter[2] == tff.FederatedType(WEIGHT_TYPE, tff.CLIENTS)
     if name in IDENTITY_WEIGHTED:
       continue
-    result = process.next(process.initialize(), [same] * N, weights).result
+    result = process.next(process.initialize(), _values(name, [same] * N, weights),
+                          weights).result
     for got, want in zip(result, same):
       np.testing.assert_allclose(got, want, **TOL)
 

@@ -48,8 +48,8 @@ def test_the_field_order_is_config_json_s():
   assert [f.name for f in dataclasses.fields(defense_config.DefenseConfig)][:7] == [
       'name', 'clip_norm', 'adaptive_quantile', 'adaptive_initial_norm',
       'adaptive_learning_rate', 'zeroing_norm', 'dp_sigma']
-  assert [f.name for f in dataclasses.fields(defense_config.DefenseConfig)][-1] == (
-      'deepsight_min_samples')
+  assert [f.name for f in dataclasses.fields(defense_config.DefenseConfig)][-3:] == [
+      'deepsight_min_samples', 'deepsight_ddif_samples', 'deepsight_ddif_seeds']
 
 
 def test_reads_name_side_channel_fields():
@@ -57,7 +57,29 @@ def test_reads_name_side_channel_fields():
   channel_fields = {f.name for f in dataclasses.fields(SideChannel)}
   for spec in defenses.SPECS:
     assert set(spec.reads) <= channel_fields, spec.name
-  assert {s.name for s in defenses.SPECS if s.reads} == {'fltrust', 'foolsgold', 'fldetector'}
+  assert {s.name for s in defenses.SPECS if s.reads} == {'fltrust', 'foolsgold', 'fldetector',
+                                                          'deepsight'}
+
+
+def test_a_spec_channel_fills_only_fields_it_reads():
+  for spec in defenses.SPECS:
+    if spec.channel is not None:
+      config = defense_config.DefenseConfig(name=spec.name)
+      assert set(spec.channel(config, 0)) <= set(spec.reads), spec.name
+
+
+def test_deepsight_reads_ddifs_on_inputs_of_its_parameters_and_the_run_seed():
+  """The channel a spec's `channel` fills: DeepSight's DDif inputs, from its two flags
+  (the paper's 20,000 samples on 3 seeds by default) and the run's seed."""
+  from tff_backdoor.aggregators import registry  # pylint: disable=g-import-not-at-top
+  from tff_backdoor.learning.side_channel import DDifInputs  # pylint: disable=g-import-not-at-top
+  config = defense_config.DefenseConfig(name='deepsight')
+  assert registry.side_channel_of(config, seed=4) == registry.SideChannel(
+      ddifs=DDifInputs(samples=20_000, seeds=3, seed=4))
+  smaller = dataclasses.replace(config, deepsight_ddif_samples=50, deepsight_ddif_seeds=1)
+  assert registry.side_channel_of(smaller, seed=4).ddifs == DDifInputs(50, 1, 4)
+  assert registry.side_channel_of(smaller, seed=4).uplink
+  assert not registry.side_channel_of(dataclasses.replace(config, name='krum')).uplink
 
 
 def test_an_unknown_name_is_one_line_listing_the_names():
@@ -131,8 +153,8 @@ def test_a_new_spec_is_built_by_the_registry_with_its_side_channel(monkeypatch):
   config = defense_config.DefenseConfig(name='my_trim', trim_fraction=0.2)
   factory = registry.build_defense(config, clients_per_round=5, seed=3)
   assert built == [(0.2, 5, 3)]
-  assert registry.side_channel_of('my_trim').client_info
-  assert not registry.side_channel_of('my_trim').root_update
+  assert registry.side_channel_of(config).client_info
+  assert not registry.side_channel_of(config).root_update
   assert factory is not None
   sgd = object()
   assert registry.build_server_optimizer(config, sgd) is sgd

@@ -27,11 +27,13 @@ STAGES = (
     # Library pieces that need nothing of federated learning: data, models, FLAIN, and the
     # pure NumPy analysis of captured updates (capture format, anomaly scores, diagnostics).
     # Also the two leaves of `learning` that the attacks and defenses stand on: the honest
-    # local training (clients, attackers and the server train with it) and the typed side
-    # channel's types (what the distributor, client work and aggregators exchange).
+    # local training (clients, attackers and the server train with it), the typed side
+    # channel's types (what the distributor, client work and aggregators exchange) and the
+    # DDifs the client work measures for the channel.
     ('pieces', ('tff_backdoor.data', 'tff_backdoor.models', 'tff_backdoor.flain',
                 'tff_backdoor.flain_config', 'tff_backdoor.analysis',
-                'tff_backdoor.learning.local_training', 'tff_backdoor.learning.side_channel')),
+                'tff_backdoor.learning.local_training', 'tff_backdoor.learning.side_channel',
+                'tff_backdoor.learning.ddifs')),
     # What the clients and the server do: backdoor attacks, and defenses as aggregators.
     ('attacks and defenses', ('tff_backdoor.attacks', 'tff_backdoor.aggregators')),
     # The TFF learning process composed from them (FedAvg, update capture, client datasets).

@@ -114,12 +114,14 @@ def info_update_type(value_type, **channel):
   return side_channel.client_update_type(value_type, side_channel.SideChannel(**channel))
 
 
-def with_info(updates, ids, root_update=None):
+def with_info(updates, ids, root_update=None, ddifs=None):
   """Client updates as a side channel sends them: each with its ClientInfo (identity `ids[i]`,
-  and g0 if `root_update` is given)."""
+  its DDifs `ddifs[i]` if given, and g0 if `root_update` is given)."""
   values = []
-  for update, client in zip(updates, ids):
+  for i, (update, client) in enumerate(zip(updates, ids)):
     info = collections.OrderedDict(client=np.int32(client), is_malicious=False)
+    if ddifs is not None:
+      info['ddifs'] = np.asarray(ddifs[i], np.float32)
     if root_update is not None:
       info['root_update'] = root_update
     values.append(collections.OrderedDict(delta=update, info=info))

@@ -7,34 +7,57 @@ b [P], P classes):
    trained on few labels (a backdoor's) has few; models with TE <= median(TE) / 2 are
    labelled suspicious.
 3. Clusterings with HDBSCAN: of the cosine distances of the bias updates, of the NEUPs
-   (Euclidean) and of the DDifs (below); each gives a 0/1 "not in the same cluster"
-   matrix, a noise point being in no one's cluster; their mean is clustered again
-   (HDBSCAN on the precomputed mean).
+   (Euclidean) and of the DDifs (Euclidean, one clustering per seed); each gives a 0/1 "not
+   in the same cluster" matrix, a noise point being in no one's cluster. The DDif matrices
+   are averaged over the seeds first, then merged = mean(DDif, NEUP, cosine), so the DDifs
+   weigh 1/3 whatever the number of seeds (the paper's clustering pseudocode, which both
+   peers transcribe: merged_ddif_clust_dists = average over seeds; merged_distances =
+   mean(merged_ddif, neup, cosine)), and merged is clustered again (HDBSCAN, precomputed).
 4. A cluster is accepted if fewer than tau = 1/3 of its members are suspicious; a noise
    point is a cluster of its own (accepted iff not suspicious, as BackFed).
 5. The accepted updates are clipped to the median L2 norm of all n updates and averaged
    (unweighted). HDBSCAN is `hdbscan_eom` (scikit-learn's flat clustering, in TF).
 
+DDifs (division differences). The paper: for client k and class i, DDif_{k,i} = (1/N) sum_s
+p(i | x_s; W_k) / p(i | x_s; G), the softmax outputs of the client's model over the global
+model's, on N = 20,000 random input samples, computed on 3 seeds. Ours (`learning.ddifs`),
+with the same formula and defaults (`--deepsight_ddif_samples`, `--deepsight_ddif_seeds`):
+an aggregator sees updates, not models, so each client work computes its update's DDifs
+after local training and sends them up the side channel (`learning.side_channel`, ClientInfo
+`ddifs`, float32 [seeds, P]), on exactly the model the server would rebuild, W_k = G - delta
+(TFF's sign; after any attacker scaling; the global model's non-trainable weights). A real
+server computes them itself from the reported update; computing them at client placement
+gives the same numbers from the same update. The inputs are uniform in [0, 1) (our pixels'
+range) of the model's input shape, set s keyed by (the run's `--seed`, s): every client and
+the global model see the same inputs, the same every round. The factory refuses, in one
+line, a value without DDifs (TFF's plain `build_weighted_fed_avg`), unless built with
+`use_ddifs=False`: then the ensemble is mean(NEUP, cosine), a departure.
+
 Where we depart from the paper, and why:
-* No DDifs. A DDif compares the local and global models' outputs on random inputs; an
-  aggregator sees only the updates, not the global model nor a model to run. The ensemble
-  is therefore the mean of two clusterings (bias cosine, NEUPs), not three (DDifs on 3
-  seeds). Sending the global model through the side channel (`learning.side_channel`, as
-  FLTrust's g0 travels) would give it the model: left to do.
 * HDBSCAN settings are not in the paper; we take the peers' calls of the hdbscan library:
   min_cluster_size 5 and FLPoison's min_samples 3, which is 4 in scikit-learn's
-  convention (the point counts), our default; no single cluster allowed (as BackFed).
+  convention (the point counts), our default, also for each DDif clustering; no single
+  cluster allowed (as BackFed).
+* The paper does not say how its random inputs are drawn; we take the peers' uniform
+  [0, 1) noise, keyed by the run's seed rather than the peers' fixed seeds 0, 1, 2.
 * Ties in the mutual reachability distances are merged in a stable order; scikit-learn and
   the hdbscan library sort them with NumPy's unstable sort, so clusterings can differ where
   merges tie (`hdbscan_eom`).
-Peers (bench/peer_detectors.py runs their computations on the same updates):
+Peers (bench/peer_detectors.py runs their NEUP, TE and clustering computations on the same
+updates, without DDifs):
 * FLPoison counts two noise points as one cluster (label -1 == -1) in the 0/1 matrices and
   drops every noise point of the final clustering, and allows a single final cluster;
-  its clipping bound is the median norm, as here.
+  its clipping bound is the median norm, as here. Its DDifs: 20,000 samples of
+  torch.rand (uniform [0, 1)) per seed, seeds 0, 1, 2 drawn once; it divides the models'
+  raw outputs (its LeNet returns logits, no softmax) with 1e-6 added to the global's;
+  each seed's DDifs clustered with HDBSCAN(min_samples=3), averaged, merged as the paper.
 * BackFed counts NEUPs >= xi with xi = max_j c_j / P (no 0.01 floor), calls HDBSCAN with
   the library defaults (min_samples = min_cluster_size = 5), clusters the merged matrix
   without metric='precomputed' (its rows as Euclidean points), and accepts a cluster when
   the share of its members labelled *benign* is below tau, the reverse of the paper's rule.
+  Its DDifs: 20,000 torch.rand samples per seed, torch.manual_seed(0, 1, 2) every round;
+  raw model outputs divided with 1e-30 added to the global's, no softmax; averaged over
+  seeds and merged as the paper.
 
 Measurements: `rejected_count`, `deepsight_suspicious_count` (labelled by TE),
 `clipping_norm` (the median norm), `clipped_count`, `client_decisions` (1 accepted, 0 not).
@@ -51,6 +74,7 @@ from tff_backdoor.aggregators import _rows
 from tff_backdoor.aggregators import hdbscan_eom
 from tff_backdoor.aggregators import hdbscan_rule
 from tff_backdoor.aggregators import robust_rules
+from tff_backdoor.learning import side_channel
 
 
 def neups(kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -96,14 +120,17 @@ def accepted_clusters(labels: tf.Tensor, flagged: tf.Tensor, tau: float) -> tf.T
 
 
 class DeepSightFactory(robust_rules.ServerRuleFactory):
-  """`WeightedAggregationFactory` for DeepSight without DDifs (see the module docstring).
+  """`WeightedAggregationFactory` for DeepSight (see the module docstring).
 
+  Reads each update's DDifs from its ClientInfo (`learning.side_channel`; a process of
+  `learning.process.build_attacked_fed_avg(ddifs=...)` sends them) and refuses, in one line,
+  a value without them, unless built with `use_ddifs=False` (our departure: two clusterings).
   Unweighted like the paper; clients with weight 0 are absent (see `robust_rules`).
   """
 
   def __init__(self, tau: float = 1.0 / 3.0, threshold_factor: float = 0.01,
                min_cluster_size: int = 5, min_samples: int = 4, kernel_index: int = -2,
-               bias_index: int = -1):
+               bias_index: int = -1, use_ddifs: bool = True):
     """Initializes the factory.
 
     Args:
@@ -113,6 +140,8 @@ class DeepSightFactory(robust_rules.ServerRuleFactory):
       min_samples: HDBSCAN's min_samples, scikit-learn's convention (FLPoison's 3 + 1).
       kernel_index, bias_index: Positions of the output layer's kernel [F, P] and bias [P]
         in `tf.nest.flatten` of the update (a Keras model's last two trainable weights).
+      use_ddifs: Whether to cluster the updates' DDifs too (the paper); False clusters
+        bias cosines and NEUPs only, on a plain model delta.
     """
     if not 0.0 < tau <= 1.0 or not 0.0 <= threshold_factor < 1.0:
       raise ValueError(f'bad DeepSight parameters: tau={tau}, threshold_factor='
@@ -121,10 +150,14 @@ class DeepSightFactory(robust_rules.ServerRuleFactory):
     self._min_cluster_size = _common.integer_at_least(min_cluster_size, 'min_cluster_size', 2)
     self._min_samples = _common.integer_at_least(min_samples, 'min_samples', 1)
     self._kernel_index, self._bias_index = int(kernel_index), int(bias_index)
+    self._reads = ('ddifs', "DeepSight needs each update's DDifs (or DeepSightFactory("
+                   'use_ddifs=False), the departure without them)',
+                   'ddifs=side_channel.DDifInputs(samples, seeds, seed)') if use_ddifs else None
 
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
+    delta_type = side_channel.delta_type(value_type)
+    specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(delta_type))
     kernel, bias = specs[self._kernel_index], specs[self._bias_index]
     if len(kernel.shape) != 2 or bias.shape != kernel.shape[1:]:
       raise ValueError(f'DeepSight needs an output kernel [F, P] and bias [P], found '
@@ -135,19 +168,31 @@ class DeepSightFactory(robust_rules.ServerRuleFactory):
     return hdbscan_eom.cluster_labels(tf.cast(distances, tf.float64), self._min_cluster_size,
                                       self._min_samples)
 
-  def accepted(self, kernel: tf.Tensor, bias: tf.Tensor) -> tuple:
-    """(accepted bool [n], suspicious bool [n]) from the output layer's updates."""
+  def _ddif_apart(self, ddifs: tf.Tensor) -> tf.Tensor:
+    """[n, n] the mean over seeds of the 0/1 matrices of HDBSCAN on each seed's DDifs
+    (Euclidean; `ddifs` [n, seeds, P])."""
+    matrices = [apart(self._labels(euclidean_distances(tf.cast(ddifs[:, s], tf.float64))))
+                for s in range(ddifs.shape[1])]
+    return sum(matrices[1:], matrices[0]) / float(len(matrices))  # NumPy's order of sums
+
+  def accepted(self, kernel: tf.Tensor, bias: tf.Tensor, ddifs=None) -> tuple:
+    """(accepted bool [n], suspicious bool [n]) from the output layer's updates and, if
+    given, the DDifs [n, seeds, P]."""
     neup = neups(tf.cast(kernel, tf.float32), tf.cast(bias, tf.float32))
     flagged = suspicious(threshold_exceedings(neup, self._threshold_factor))
     bias_clusters = self._labels(hdbscan_rule.cosine_distances(tf.cast(bias, tf.float32)))
     neup_clusters = self._labels(euclidean_distances(neup))
-    merged = 0.5 * (apart(bias_clusters) + apart(neup_clusters))
+    if ddifs is None:
+      merged = 0.5 * (apart(bias_clusters) + apart(neup_clusters))
+    else:
+      merged = (apart(bias_clusters) + apart(neup_clusters) + self._ddif_apart(ddifs)) / 3.0
     return accepted_clusters(self._labels(merged), flagged, self._tau), flagged
 
-  def _rule(self, stacked, weights, value_spec):
+  def _rule(self, stacked, weights, value_spec, ddifs=None):
     del weights, value_spec  # Unweighted, like the paper.
     tensors = tf.nest.flatten(stacked)
-    accepted, flagged = self.accepted(tensors[self._kernel_index], tensors[self._bias_index])
+    accepted, flagged = self.accepted(tensors[self._kernel_index], tensors[self._bias_index],
+                                      ddifs)
     norms = _rows.row_norms(stacked)
     bound = robust_rules.coordinate_median(norms)
     scales = tf.where(norms > bound, tf.math.divide_no_nan(bound, norms), 1.0)

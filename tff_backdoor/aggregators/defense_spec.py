@@ -15,7 +15,7 @@ TensorFlow loads.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 # (config, clients_per_round, seed) -> a tff.aggregators.WeightedAggregationFactory
 Builder = Callable[[Any, int, Optional[int]], Any]
@@ -23,6 +23,8 @@ Builder = Callable[[Any, int, Optional[int]], Any]
 Check = Callable[[Any, int], None]
 # (config, server optimizer, seed) -> the tff.learning.optimizers.Optimizer wrapping it
 ServerOptimizer = Callable[[Any, Any, Optional[int]], Any]
+# (config, seed) -> {SideChannel field: its value} for the `reads` fields that are settings
+ChannelSettings = Callable[[Any, Optional[int]], Dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,11 @@ class DefenseSpec:
       `clip_norm`, read by four defenses, is one flag).
     check: Rules beyond each field's own (`options.Rule`), e.g. Krum's n > 2f + 2.
     reads: The `learning.side_channel.SideChannel` fields the defense reads ('client_info',
-      'root_update'); it refuses a plain FedAvg delta. Empty: it aggregates deltas alone.
+      'root_update', 'ddifs'); it refuses a plain FedAvg delta. Empty: it aggregates deltas
+      alone.
+    channel: (config, seed) -> the values of the `reads` fields that are settings rather
+      than True (DeepSight's `ddifs`: a `side_channel.DDifInputs` of its parameters and the
+      run's `--seed`); it imports what it builds when called, like `build`.
     server_optimizer: Wraps FedAvg's server optimizer when the defense acts on the global
       model after aggregation (CRFL); None keeps it.
     population_field: The parameter holding the population size a defense that tells
@@ -57,6 +63,7 @@ class DefenseSpec:
   settings: Tuple[str, ...] = ()
   check: Optional[Check] = None
   reads: Tuple[str, ...] = ()
+  channel: Optional[ChannelSettings] = None
   server_optimizer: Optional[ServerOptimizer] = None
   population_field: Optional[str] = None
   root_set_field: Optional[str] = None

@@ -18,9 +18,12 @@ from tff_backdoor.aggregators.deltas_only import deltas_only
 from tff_backdoor.learning.side_channel import SideChannel
 
 
-def side_channel_of(name: str) -> SideChannel:
-  """What a process must send for the defense `name` (its spec's `reads`; nothing for most)."""
-  return SideChannel(**dict.fromkeys(defenses.spec(name).reads, True))
+def side_channel_of(config: DefenseConfig, seed: Optional[int] = None) -> SideChannel:
+  """What a process must send for the defense `config` names (its spec's `reads`, with the
+  settings its `channel` gives from `config` and the run's `seed`; nothing for most)."""
+  spec = defenses.spec(config.name)
+  settings = spec.channel(config, seed) if spec.channel else {}
+  return SideChannel(**{**dict.fromkeys(spec.reads, True), **settings})
 
 
 def build_server_optimizer(config: DefenseConfig, optimizer: tff.learning.optimizers.Optimizer,

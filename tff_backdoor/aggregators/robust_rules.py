@@ -147,8 +147,15 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
   `_empty_measurements`, and may validate `value_type` by overriding `create`. A rule that
   admits or weights clients reports its decision per participant under
   `_common.DECISIONS_KEY` (float32 [n]; `no_decisions()` when empty); the process reports it
-  for every client received, in the order received (`received_order`).
+  for every client received, in the order received (`received_order`). A rule that reads a
+  ClientInfo field (`learning.side_channel`) names it in `_reads`: the value must carry it
+  (else a one-line refusal), it is stacked with the deltas and `_rule` gets it as a fourth
+  argument.
   """
+
+  # (ClientInfo field `_rule` reads, what the rule needs, the `build_attacked_fed_avg`
+  # argument supplying it): `side_channel.require`'s arguments. None: the delta alone.
+  _reads = None
 
   @abc.abstractmethod
   def _rule(self, stacked: Any, weights: tf.Tensor,
@@ -168,10 +175,30 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
   def _empty_measurements(self) -> collections.OrderedDict:
     """The measurements of `_rule` for a round in which no client takes part."""
 
+  def _apply(self, stacked_values, weights, value_spec, info=()):
+    """The rule on the participants (weight > 0) of the stacked values, or zeros if none."""
+    participates = tf.cast(weights, tf.float32) > 0.0
+    stacked, info = tf.nest.map_structure(lambda x: tf.boolean_mask(x, participates),
+                                          (stacked_values, info))
+    weights = tf.boolean_mask(tf.cast(weights, tf.float32), participates)
+    n = tf.reduce_sum(tf.cast(participates, tf.int32))
+
+    def empty():
+      return (tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), value_spec),
+              self._empty_measurements())
+
+    result, measurements = tf.cond(
+        n > 0, lambda: self._rule(stacked, weights, value_spec, *info), empty)
+    return result, received_order(measurements, participates)
+
   def create(self, value_type: tff.Type,
              weight_type: tff.Type) -> tff.templates.AggregationProcess:
-    _common.check_float_value_type(value_type)
-    value_spec = tff.types.type_to_tf_tensor_specs(value_type)
+    field = self._reads[0] if self._reads else None
+    if field is not None:
+      side_channel.require(value_type, *self._reads)
+    delta_type = side_channel.delta_type(value_type)
+    _common.check_float_value_type(delta_type)
+    value_spec = tff.types.type_to_tf_tensor_specs(delta_type)
 
     @tff.federated_computation()
     def init_fn():
@@ -179,27 +206,27 @@ class ServerRuleFactory(tff.aggregators.WeightedAggregationFactory, metaclass=ab
 
     @tff.tensorflow.computation
     def apply_rule(stacked_values, weights):
-      participates = tf.cast(weights, tf.float32) > 0.0
-      stacked = tf.nest.map_structure(lambda x: tf.boolean_mask(x, participates),
-                                      stacked_values)
-      weights = tf.boolean_mask(tf.cast(weights, tf.float32), participates)
-      n = tf.reduce_sum(tf.cast(participates, tf.int32))
+      return self._apply(stacked_values, weights, value_spec)
 
-      def empty():
-        return (tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), value_spec),
-                self._empty_measurements())
-
-      result, measurements = tf.cond(n > 0, lambda: self._rule(stacked, weights, value_spec),
-                                     empty)
-      return result, received_order(measurements, participates)
+    @tff.tensorflow.computation
+    def apply_rule_with_info(stacked_values, weights, info):
+      return self._apply(stacked_values, weights, value_spec, (info,))
 
     @tff.federated_computation(
         init_fn.type_signature.result,
         tff.FederatedType(value_type, tff.CLIENTS),
         tff.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, value, weight):
-      stacked_values, weights = federated_stack(tff.federated_zip((value, weight)))
-      result, measurements = tff.federated_map(apply_rule, (stacked_values, weights))
+      if field is None:
+        stacked_values, weights = federated_stack(tff.federated_zip((
+            getattr(value, side_channel.DELTA) if side_channel.carries_info(value_type)
+            else value, weight)))
+        result, measurements = tff.federated_map(apply_rule, (stacked_values, weights))
+      else:
+        info = getattr(getattr(value, side_channel.INFO), field)
+        stacked = federated_stack(tff.federated_zip(
+            (getattr(value, side_channel.DELTA), weight, info)))
+        result, measurements = tff.federated_map(apply_rule_with_info, stacked)
       return tff.templates.MeasuredProcessOutput(
           state=state, result=result, measurements=measurements)
 

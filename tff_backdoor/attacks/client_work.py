@@ -65,6 +65,7 @@ import tensorflow_federated as tff
 from tff_backdoor.attacks import anticipate as anticipate_lib
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks import gradient_transforms
+from tff_backdoor.learning import ddifs as ddifs_lib
 from tff_backdoor.learning import local_training
 from tff_backdoor.learning import side_channel
 from tff_backdoor.learning.side_channel import SideChannel
@@ -298,11 +299,13 @@ def build_client_update(model_fn: Callable[[], tff.learning.models.VariableModel
   return client_update
 
 
-def _with_client_info(delta, client_data, server, channel: SideChannel):
+def _with_client_info(delta, client_data, server, channel: SideChannel, ddifs=None):
   """OrderedDict(delta, info): the update with the client's ClientInfo (`side_channel`)."""
   control = client_data['control'].get_single_element()
   info = collections.OrderedDict(client=tf.cast(control['client_index'], tf.int32),
                                  is_malicious=control['is_malicious'])
+  if channel.ddifs is not None:
+    info['ddifs'] = ddifs
   if channel.root_update:
     info['root_update'] = server['root_update']
   return collections.OrderedDict([(side_channel.DELTA, delta), (side_channel.INFO, info)])
@@ -381,7 +384,9 @@ def build_attacker_client_work(
   `learning.distributor.build_distributor(channel=)` sends), and an attack that
   `reads_global_update` (Neurotoxin) needs `channel.global_update`; with an uplink the client
   data carries each client's population index (`make_client_data(client_index=)`) and the
-  update is `OrderedDict(delta, info=ClientInfo)`. The weight is the client's examples.
+  update is `OrderedDict(delta, info=ClientInfo)`; with `channel.ddifs` the ClientInfo holds
+  the DDifs of the update as reported (`learning.ddifs`: of G - delta, after any attacker
+  scaling), computed after local training. The weight is the client's examples.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `nonfinite_count` (updates with a NaN or Inf, zeroed with weight 0 here, as TFF's own client
@@ -413,9 +418,12 @@ def build_attacker_client_work(
     if attack.reads_global_update:
       extra = (server['global_update'], server['has_global_update'])
     result, metrics, stats = client_update(model, client_data, hparams, *extra)
+    ddifs = None
+    if channel.ddifs is not None:  # of the update as reported: after scaling and zeroing
+      ddifs = ddifs_lib.build_ddif_fn(model_fn, channel.ddifs)(model, result.update)
     if channel.uplink:
       result = tff.learning.templates.ClientResult(
-          update=_with_client_info(result.update, client_data, server, channel),
+          update=_with_client_info(result.update, client_data, server, channel, ddifs),
           update_weight=result.update_weight)
     return result, metrics, stats
 

@@ -20,7 +20,7 @@ from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks.client_work import build_attacker_client_work
 from tff_backdoor.learning import distributor as distributor_lib
 from tff_backdoor.learning import root_update
-from tff_backdoor.learning.side_channel import SideChannel
+from tff_backdoor.learning.side_channel import DDifInputs, SideChannel
 from tff_backdoor.learning.update_capture import with_update_capture
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -53,6 +53,7 @@ def build_attacked_fed_avg(
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
     metrics_aggregator: Optional[Callable] = None,
     client_info: bool = False,
+    ddifs: Optional[DDifInputs] = None,
     root: Optional[Tuple[np.ndarray, np.ndarray]] = None,
     root_epochs: int = 1,
     root_seed: int = 0,
@@ -70,7 +71,8 @@ def build_attacked_fed_avg(
 
   The side channel (`learning.side_channel`) is chosen here, explicitly: the last global
   update goes down with the model when `attack.reads_global_update` (Neurotoxin);
-  `client_info` sends each update with its ClientInfo (FoolsGold, FLDetector); `root` = (x, y)
+  `client_info` sends each update with its ClientInfo (FoolsGold, FLDetector); `ddifs` adds
+  to it the update's DDifs on those random inputs (DeepSight, `learning.ddifs`); `root` = (x, y)
   makes the server train its update g0 on that root set each round (`root_epochs` seeded
   passes, dropout and order keyed by `root_seed`, `learning.root_update`) and send it down and
   on to the aggregator (FLTrust). A defense's spec says which it needs (`DefenseSpec.reads`).
@@ -81,7 +83,7 @@ def build_attacked_fed_avg(
   state can go through either process, round by round.
   """
   channel = SideChannel(global_update=attack.reads_global_update, root_update=root is not None,
-                        client_info=client_info)
+                        client_info=client_info, ddifs=ddifs)
   client_work = build_attacker_client_work(model_fn, client_optimizer_fn, attack, batch_size,
                                            metrics_aggregator, channel=channel)
   root_update_fn = None

@@ -12,8 +12,13 @@ delta and its weight up). Everything extra travels in the two values TFF's own
 - up (client work `ClientResult.update` -> aggregator value), `client_update_type`:
   `OrderedDict(delta=<trainable>, info=ClientInfo)`, ClientInfo being `client` (int32, the
   client's index in the population: FoolsGold's and FLDetector's identities), `is_malicious`
-  (bool, what the simulation knows; no defense reads it) and, with `root_update`, the g0 the
-  client received, handed on to the aggregator (FLTrust's `root_update`).
+  (bool, what the simulation knows; no defense reads it), with `root_update` the g0 the
+  client received, handed on to the aggregator (FLTrust's `root_update`), and with `ddifs`
+  the update's division differences (float32 [seeds, classes], DeepSight's DDifs: the
+  outputs on seeded random inputs of the model the server rebuilds from the update, divided
+  by the global model's; `learning.ddifs`). A server that has the global model computes
+  them itself; the simulation computes them in the client work, from the same reported
+  update, which gives the same numbers.
 
 An aggregator takes that struct and returns the plain trainable update (TFF allows an
 `AggregationProcess` from V to V'), so the finalizer is TFF's. Defenses that need no side
@@ -28,6 +33,8 @@ import collections
 import dataclasses
 from typing import Any
 
+from typing import Optional
+
 import numpy as np
 import tensorflow_federated as tff
 
@@ -35,6 +42,24 @@ DELTA, INFO = 'delta', 'info'  # the fields of a client update with side informa
 MODEL, SERVER = 'model', 'server'  # the fields of what the clients receive with side information
 HOW_TO_ENABLE = ('build the process with tff_backdoor.learning.process.build_attacked_fed_avg'
                  '(..., {argument}) (a plain build_weighted_fed_avg sends only the model delta)')
+
+
+@dataclasses.dataclass(frozen=True)
+class DDifInputs:
+  """The random inputs DDifs are measured on (`learning.ddifs`): the same for every client.
+
+  Attributes:
+    samples: Random input samples per seed (Rieger et al.: N = 20,000).
+    seeds: Sets of samples, each giving one DDif vector per client (Rieger et al.: 3).
+    seed: The run's seed; set s of samples is keyed by (seed, s), every round the same.
+  """
+  samples: int = 20_000
+  seeds: int = 3
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.samples < 1 or self.seeds < 1:
+      raise ValueError(f'DDifInputs needs samples >= 1 and seeds >= 1, got {self}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +74,17 @@ class SideChannel:
       aggregator. FLTrust needs it.
     client_info: Up: each update's `ClientInfo` (population index, attacker flag).
       FoolsGold and FLDetector need it.
+    ddifs: Up: each update's DDifs on these random inputs (None: none), computed by the
+      client work after local training (`learning.ddifs`). DeepSight needs them.
   """
   global_update: bool = False
   root_update: bool = False
   client_info: bool = False
+  ddifs: Optional[DDifInputs] = None
+
+  def __post_init__(self):
+    if self.ddifs is not None and not isinstance(self.ddifs, DDifInputs):
+      raise TypeError(f'SideChannel.ddifs must be a DDifInputs or None, got {self.ddifs!r}')
 
   @property
   def downlink(self) -> bool:
@@ -62,7 +94,7 @@ class SideChannel:
   @property
   def uplink(self) -> bool:
     """Whether a client's update is `OrderedDict(delta, info)` rather than the delta."""
-    return self.client_info or self.root_update
+    return self.client_info or self.root_update or self.ddifs is not None
 
 
 def _struct(fields) -> tff.StructWithPythonType:
@@ -93,10 +125,19 @@ def client_weights_type(weights_type: tff.Type, channel: SideChannel) -> tff.Typ
                   (SERVER, server_info_type(weights_type.trainable, channel))])
 
 
+def ddifs_type(classes: int, inputs: DDifInputs) -> tff.TensorType:
+  """The type of one update's DDifs: float32 [seeds, classes]."""
+  return tff.TensorType(np.float32, [inputs.seeds, classes])
+
+
 def client_info_type(trainable_type: tff.Type, channel: SideChannel) -> tff.StructWithPythonType:
-  """ClientInfo: what a client sends with its update (see the module docstring)."""
-  return _with_root_update([('client', np.int32), ('is_malicious', np.bool_)], trainable_type,
-                           channel)
+  """ClientInfo: what a client sends with its update (see the module docstring). With DDifs,
+  the classes are the last trainable tensor's (the output bias, as Keras orders weights)."""
+  fields = [('client', np.int32), ('is_malicious', np.bool_)]
+  if channel.ddifs is not None:
+    classes = tff.structure.flatten(trainable_type)[-1].shape[-1]
+    fields.append(('ddifs', ddifs_type(classes, channel.ddifs)))
+  return _with_root_update(fields, trainable_type, channel)
 
 
 def client_update_type(trainable_type: tff.Type, channel: SideChannel) -> tff.Type:

@@ -192,7 +192,7 @@ def side_channel(config: ExperimentConfig) -> SideChannel:
   """What the run's process sends besides the model and the deltas (`learning.side_channel`):
   what its defense reads (its spec's `reads`) and the last global update if its
   attack reads it."""
-  return dataclasses.replace(defense_registry.side_channel_of(config.defense.name),
+  return dataclasses.replace(defense_registry.side_channel_of(config.defense, config.run.seed),
                              global_update=config.attack.reads_global_update)
 
 
