@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 # The shared LEAF FEMNIST folder beside the repository (../shared/data/femnist).
@@ -29,6 +30,16 @@ def emit_report(report: Dict[str, Any], output: Optional[str]) -> None:
   if output:
     with open(output, 'w') as f:
       f.write(text + '\n')
+
+
+def timed(call: Callable[[], Any], calls: int) -> List[float]:
+  """The seconds of each of `calls` calls of `call()`, in order (a first includes tracing)."""
+  seconds = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    call()
+    seconds.append(time.perf_counter() - start)
+  return seconds
 
 
 def log(line: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import statistics
-import time
 from typing import Dict, List, Sequence
 
 from absl import app
@@ -45,12 +44,7 @@ BATCH_SIZE = 20
 
 def _time(fn, repeats: int) -> List[float]:
   fn()  # warm-up: tracing, and the first call's allocations
-  out = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    out.append(time.perf_counter() - t0)
-  return out
+  return common.timed(fn, repeats)
 
 
 def run(clients: Sequence[int], examples: Sequence[int], variants: Sequence[str],

@@ -18,6 +18,7 @@ from tff_backdoor.attacks import AttackConfig, make_client_data
 from tff_backdoor.learning import ddifs as ddifs_lib
 from tff_backdoor.learning import process as process_lib
 from tff_backdoor.learning import side_channel
+from tff_backdoor.learning import update_capture
 from tff_backdoor.aggregators import hdbscan_eom
 from tff_backdoor.aggregators import hdbscan_rule
 
@@ -221,10 +222,13 @@ def test_ddifs_travel_through_the_composed_process_and_decide():
   factory = deepsight.DeepSightFactory(min_cluster_size=3, min_samples=2)
   process = process_lib.build_attacked_fed_avg(tiny.model_fn(), sgd, attack=attack, batch_size=4,
                                                model_aggregator=factory, ddifs=inputs)
-  work = tiny.client_work(attack, lr=0.5, channel=side_channel.SideChannel(ddifs=inputs))
+  channel = side_channel.SideChannel(ddifs=inputs)
+  work = tiny.client_work(attack, lr=0.5, channel=channel)
+  distributor = process_lib.build_distributor(tiny.model_fn(), channel)
   state, data = process.initialize(), _boost_clients()
   weights = process.get_model_weights(state)
-  sent = work.next(work.initialize(), [weights] * len(data), data).result
+  sent = update_capture.distributed_client_work(distributor, work)(  # the server's log p_G
+      state.distributor, weights, work.initialize(), data)
   output = process.next(state, data)
   updates = [[np.asarray(t) for t in r.update['delta']] for r in sent]
   ddifs = np.stack([np.asarray(r.update['info']['ddifs']) for r in sent])

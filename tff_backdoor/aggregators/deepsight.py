@@ -25,7 +25,9 @@ with the same formula and defaults (`--deepsight_ddif_samples`, `--deepsight_ddi
 an aggregator sees updates, not models, so each client work computes its update's DDifs
 after local training and sends them up the side channel (`learning.side_channel`, ClientInfo
 `ddifs`, float32 [seeds, P]), on exactly the model the server would rebuild, W_k = G - delta
-(TFF's sign; after any attacker scaling; the global model's non-trainable weights). A real
+(TFF's sign; after any attacker scaling; the global model's non-trainable weights). The
+global model's outputs are the same for every client: the server computes them once a round
+and sends them down (ServerInfo `ddif_global_log_probs`), so a client runs only W_k. A real
 server computes them itself from the reported update; computing them at client placement
 gives the same numbers from the same update. The inputs are uniform in [0, 1) (our pixels'
 range) of the model's input shape, set s keyed by (the run's `--seed`, s): every client and

@@ -386,7 +386,9 @@ def build_attacker_client_work(
   data carries each client's population index (`make_client_data(client_index=)`) and the
   update is `OrderedDict(delta, info=ClientInfo)`; with `channel.ddifs` the ClientInfo holds
   the DDifs of the update as reported (`learning.ddifs`: of G - delta, after any attacker
-  scaling), computed after local training. The weight is the client's examples.
+  scaling), computed after local training: the client runs its rebuilt model on the DDif
+  inputs, and the global model's log-probs on them come down in ServerInfo (the server
+  computes them once a round). The weight is the client's examples.
 
   Measurements: `train` (the model's metrics, as TFF's client work), `num_attackers`,
   `nonfinite_count` (updates with a NaN or Inf, zeroed with weight 0 here, as TFF's own client
@@ -420,7 +422,8 @@ def build_attacker_client_work(
     result, metrics, stats = client_update(model, client_data, hparams, *extra)
     ddifs = None
     if channel.ddifs is not None:  # of the update as reported: after scaling and zeroing
-      ddifs = ddifs_lib.build_ddif_fn(model_fn, channel.ddifs)(model, result.update)
+      ddifs = ddifs_lib.build_ddif_fn(model_fn, channel.ddifs)(
+          model, result.update, server['ddif_global_log_probs'])
     if channel.uplink:
       result = tff.learning.templates.ClientResult(
           update=_with_client_info(result.update, client_data, server, channel, ddifs),

@@ -18,6 +18,7 @@ import tensorflow_federated as tff
 from tff_backdoor.aggregators.deltas_only import deltas_only
 from tff_backdoor.attacks.attack_config import AttackConfig
 from tff_backdoor.attacks.client_work import build_attacker_client_work
+from tff_backdoor.learning import ddifs
 from tff_backdoor.learning import distributor as distributor_lib
 from tff_backdoor.learning import root_update
 from tff_backdoor.learning.side_channel import DDifInputs, SideChannel
@@ -72,7 +73,8 @@ def build_attacked_fed_avg(
   The side channel (`learning.side_channel`) is chosen here, explicitly: the last global
   update goes down with the model when `attack.reads_global_update` (Neurotoxin);
   `client_info` sends each update with its ClientInfo (FoolsGold, FLDetector); `ddifs` adds
-  to it the update's DDifs on those random inputs (DeepSight, `learning.ddifs`); `root` = (x, y)
+  to it the update's DDifs on those random inputs (DeepSight, `learning.ddifs`; the server
+  sends the global model's outputs on them down, computed once a round); `root` = (x, y)
   makes the server train its update g0 on that root set each round (`root_epochs` seeded
   passes, dropout and order keyed by `root_seed`, `learning.root_update`) and send it down and
   on to the aggregator (FLTrust). A defense's spec says which it needs (`DefenseSpec.reads`).
@@ -106,9 +108,14 @@ def model_weights_type(model_fn: ModelFn) -> tff.Type:
 def build_distributor(model_fn: ModelFn, channel: SideChannel,
                       root_update_fn: Optional[tff.Computation] = None
                       ) -> tff.learning.templates.DistributionProcess:
-  """The distributor of a process with `channel` (`learning.distributor.build_distributor`)."""
-  return distributor_lib.build_distributor(model_weights_type(model_fn), channel,
-                                           root_update_fn)
+  """The distributor of a process with `channel` (`learning.distributor.build_distributor`);
+  with `channel.ddifs` it computes the global model's DDif log-probs from `model_fn`."""
+  weights_type = model_weights_type(model_fn)
+  ddif_global_fn = None
+  if channel.ddifs is not None:
+    ddif_global_fn = ddifs.build_global_log_probs_fn(model_fn, channel.ddifs, weights_type)
+  return distributor_lib.build_distributor(weights_type, channel, root_update_fn,
+                                           ddif_global_fn)
 
 
 def compose_fed_avg(

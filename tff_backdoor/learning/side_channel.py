@@ -7,8 +7,11 @@ delta and its weight up). Everything extra travels in the two values TFF's own
 - down (distributor result -> client work weights), `client_weights_type`:
   `OrderedDict(model=<ModelWeights>, server=ServerInfo)` with ServerInfo's fields
   `global_update` / `has_global_update` (the last round's change of the global model, for
-  Neurotoxin's attacker) and `root_update` (g0, the server's own update on its root set this
-  round, for FLTrust), each only if the `SideChannel` asks for it;
+  Neurotoxin's attacker), `ddif_global_log_probs` (float32 [seeds, samples, classes]: the
+  log-softmax of the global model's logits on each set of DDif inputs, computed once a round
+  by the server for every client's DDifs, `learning.ddifs`) and `root_update` (g0, the
+  server's own update on its root set this round, for FLTrust), each only if the
+  `SideChannel` asks for it;
 - up (client work `ClientResult.update` -> aggregator value), `client_update_type`:
   `OrderedDict(delta=<trainable>, info=ClientInfo)`, ClientInfo being `client` (int32, the
   client's index in the population: FoolsGold's and FLDetector's identities), `is_malicious`
@@ -16,9 +19,9 @@ delta and its weight up). Everything extra travels in the two values TFF's own
   client received, handed on to the aggregator (FLTrust's `root_update`), and with `ddifs`
   the update's division differences (float32 [seeds, classes], DeepSight's DDifs: the
   outputs on seeded random inputs of the model the server rebuilds from the update, divided
-  by the global model's; `learning.ddifs`). A server that has the global model computes
-  them itself; the simulation computes them in the client work, from the same reported
-  update, which gives the same numbers.
+  by the global model's, which came down in ServerInfo; `learning.ddifs`). A server that has
+  the global model computes them itself; the simulation computes them in the client work,
+  from the same reported update, which gives the same numbers.
 
 An aggregator takes that struct and returns the plain trainable update (TFF allows an
 `AggregationProcess` from V to V'), so the finalizer is TFF's. Defenses that need no side
@@ -74,7 +77,8 @@ class SideChannel:
       aggregator. FLTrust needs it.
     client_info: Up: each update's `ClientInfo` (population index, attacker flag).
       FoolsGold and FLDetector need it.
-    ddifs: Up: each update's DDifs on these random inputs (None: none), computed by the
+    ddifs: Down and up: the global model's log-probs on these random inputs (None: none),
+      computed once a round at the server, and each update's DDifs on them, computed by the
       client work after local training (`learning.ddifs`). DeepSight needs them.
   """
   global_update: bool = False
@@ -89,7 +93,7 @@ class SideChannel:
   @property
   def downlink(self) -> bool:
     """Whether the clients receive `OrderedDict(model, server)` rather than the weights."""
-    return self.global_update or self.root_update
+    return self.global_update or self.root_update or self.ddifs is not None
 
   @property
   def uplink(self) -> bool:
@@ -109,11 +113,20 @@ def _with_root_update(fields: list, trainable_type: tff.Type,
   return _struct(fields)
 
 
+def classes_of(trainable_type: tff.Type) -> int:
+  """The model's classes: the last trainable tensor's (the output bias, as Keras orders)."""
+  return tff.structure.flatten(trainable_type)[-1].shape[-1]
+
+
 def server_info_type(trainable_type: tff.Type, channel: SideChannel) -> tff.StructWithPythonType:
-  """ServerInfo: what the server sends the clients besides the model."""
+  """ServerInfo: what the server sends the clients besides the model (the module docstring)."""
   fields = []
   if channel.global_update:
     fields = [('global_update', trainable_type), ('has_global_update', np.bool_)]
+  if channel.ddifs is not None:
+    inputs = channel.ddifs
+    fields.append(('ddif_global_log_probs', tff.TensorType(
+        np.float32, [inputs.seeds, inputs.samples, classes_of(trainable_type)])))
   return _with_root_update(fields, trainable_type, channel)
 
 
@@ -132,11 +145,10 @@ def ddifs_type(classes: int, inputs: DDifInputs) -> tff.TensorType:
 
 def client_info_type(trainable_type: tff.Type, channel: SideChannel) -> tff.StructWithPythonType:
   """ClientInfo: what a client sends with its update (see the module docstring). With DDifs,
-  the classes are the last trainable tensor's (the output bias, as Keras orders weights)."""
+  the classes are `classes_of` the trainable weights."""
   fields = [('client', np.int32), ('is_malicious', np.bool_)]
   if channel.ddifs is not None:
-    classes = tff.structure.flatten(trainable_type)[-1].shape[-1]
-    fields.append(('ddifs', ddifs_type(classes, channel.ddifs)))
+    fields.append(('ddifs', ddifs_type(classes_of(trainable_type), channel.ddifs)))
   return _with_root_update(fields, trainable_type, channel)
 
 

@@ -46,7 +46,7 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
     results = client_work.next(state.client_work, [model_weights] * len(client_data),
                                client_data).result
   else:
-    results = _distributed_client_work(distributor, client_work)(
+    results = distributed_client_work(distributor, client_work)(
         state.distributor, model_weights, state.client_work, client_data)
   update_type = client_work.next.type_signature.result.result.member.update
   deltas = [result.update for result in results]
@@ -55,9 +55,9 @@ def capture_client_updates(client_work: tff.learning.templates.ClientWorkProcess
   return [[np.asarray(t) for t in delta] for delta in deltas]
 
 
-def _distributed_client_work(distributor: tff.templates.MeasuredProcess,
-                             client_work: tff.learning.templates.ClientWorkProcess
-                             ) -> tff.Computation:
+def distributed_client_work(distributor: tff.templates.MeasuredProcess,
+                            client_work: tff.learning.templates.ClientWorkProcess
+                            ) -> tff.Computation:
   """(distributor state, weights, client work state, client data) -> the clients' results:
   the first half of a round, what the clients send before aggregation."""
   distributor_state, weights_type = distributor.next.type_signature.parameter
