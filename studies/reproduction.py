@@ -54,6 +54,13 @@ OPTIONAL_METRICS += tuple((f'first{SHORT_HORIZON}_{key}', f'{title} (rounds < {S
                                              ('collateral', 'collateral')))
 # The backdoor's lifespan after the last attack round (final.json of runs since issue 39).
 OPTIONAL_METRICS += (('lifespan', 'lifespan (rounds)'), ('lifespan_censored', 'share still above'))
+# A run whose attackers stop (--attack_stop): its window ends there; these are the last attack
+# round and the clean rounds after it.
+OPTIONAL_METRICS += tuple((f'{prefix}_{key}', f'{title} ({when})')
+                          for prefix, when in (('last_attack', 'last attack round'),
+                                               ('after', 'rounds after the attack'))
+                          for key, title in (('test', 'main acc'), ('backdoor', 'backdoor acc'),
+                                             ('collateral', 'collateral')))
 # Whom a filtering defense caught (`run.detection` totals, runs since issue 39): TPR over the
 # rounds with attackers, FPR over them and over the rounds without.
 DETECTION_METRICS = (('detection_tpr', 'detection TPR (attack rounds)'),
@@ -112,6 +119,22 @@ def window_means(rows: Sequence[Mapping[str, Any]], start: int, end: float = mat
   return out
 
 
+def attack_stop(config: Mapping[str, Any]) -> float:
+  """The round the attackers stop (`--attack_stop`; inf when they never do: None or 0)."""
+  return int(config.get('attack_stop') or 0) or math.inf
+
+
+def _after_attack(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+                  ) -> Dict[str, Optional[float]]:
+  """For a run whose attackers stop: the means at the last attack round (last_attack_*) and
+  over the clean rounds after it (after_*); nothing for a run attacked to the end."""
+  stop = attack_stop(config)
+  if stop == math.inf:
+    return {}
+  last = window_means(rows, stop - 1, stop, 'last_attack')
+  return {**last, **window_means(rows, stop, prefix='after')}
+
+
 def lifespan_values(final: Mapping[str, Any]) -> Dict[str, Optional[float]]:
   """final.json's backdoor lifespan (analysis.lifespan) and whether it was censored (1.0: the
   backdoor was still above the threshold at the end, so the lifespan is a lower bound; a
@@ -148,7 +171,8 @@ def summarize_run(directory: str, flags: Mapping[str, str],
       ('collateral', final, 'collateral_accuracy'),
       ('flain_collateral', after, 'collateral_accuracy'), ('seconds', final, 'seconds'))}
   start = int(config.get('attack_start', 0))
-  values.update(window_means(run.rows, start))
+  values.update(window_means(run.rows, start, attack_stop(config)))
+  values.update(_after_attack(run.rows, config))
   if int(config.get('rounds', 0)) > SHORT_HORIZON:
     values.update(window_means(run.rows, start, SHORT_HORIZON, f'first{SHORT_HORIZON}'))
   values.update(lifespan_values(final))
@@ -740,6 +764,10 @@ DURABILITY_TABLES = tuple(
                               'the end (their lifespan is a lower bound)'),
         ('window_backdoor', 'Durability: backdoor accuracy over the attack rounds (0-9): '
                             'whether there was a backdoor to outlive'),
+        ('last_attack_backdoor', 'Durability: backdoor accuracy at the last attack round (9): '
+                                 'what the attackers left'),
+        ('after_backdoor', 'Durability: backdoor accuracy over the 20 clean rounds after the '
+                           'attack (10-29)'),
         ('backdoor', 'Durability: backdoor accuracy at the end (20 rounds after the attack)'),
         ('test', 'Durability: main accuracy at the end')))
 

@@ -498,6 +498,23 @@ def test_population_comparison_joins_the_two_studies_row_by_row(tmp_path):
   assert 'needs finished runs of both' in comparison.render(reproduction.load_runs([small]))[0]
 
 
+def test_a_run_whose_attackers_stop_splits_its_windows_at_the_stop(tmp_path):
+  backdoor = [0.9] * 9 + [0.6] + [0.2] * 10
+  _write_run(str(tmp_path / 'stop'), {'test_accuracy': 0.5}, _rows([0.5] * 20, backdoor),
+             attack_start=0)
+  with open(tmp_path / 'stop' / 'config.json', 'w') as f:
+    json.dump({'attack_start': 0, 'attack_stop': 10, 'rounds': 20}, f)
+  values = reproduction.summarize_run(str(tmp_path / 'stop'), {}).values
+  assert values['window_backdoor'] == pytest.approx(0.87)  # rounds 0-9 only
+  assert values['last_attack_backdoor'] == pytest.approx(0.6)
+  assert values['after_backdoor'] == pytest.approx(0.2)
+  with open(tmp_path / 'stop' / 'config.json', 'w') as f:
+    json.dump({'attack_start': 0, 'attack_stop': None, 'rounds': 20}, f)
+  values = reproduction.summarize_run(str(tmp_path / 'stop'), {}).values
+  assert values['window_backdoor'] == pytest.approx(sum(backdoor) / 20)
+  assert 'after_backdoor' not in values and 'last_attack_backdoor' not in values
+
+
 def test_a_long_run_also_reports_the_short_horizon_window(tmp_path):
   rows = _rows([0.5] * 70, [1.0 if r < 60 else 0.0 for r in range(70)])
   _write_run(str(tmp_path / 'long'), {'test_accuracy': 0.5}, rows, attack_start=0)
