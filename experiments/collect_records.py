@@ -68,8 +68,11 @@ def record_files(directory: str) -> List[str]:
 
 def collect(sweep_dir: str, dest: str, replace: bool = False,
             where: Optional[Sequence[sweep_grid.Grid]] = None) -> List[str]:
-  """Copies the finished runs' records; returns the names of the runs copied or updated."""
+  """Copies the finished runs' records; returns the names of the runs copied or updated.
+  With no finished run to copy (none yet, or none `where` selects), `dest` is left alone."""
   runs = finished_runs(sweep_dir, where or ())
+  if not runs:
+    return []
   clashes = [os.path.join(dest, os.path.basename(d), name) for d in runs
              for name in record_files(d)
              if os.path.exists(os.path.join(dest, os.path.basename(d), name)) and

@@ -36,6 +36,15 @@ def test_only_finished_runs_are_copied_without_models(tmp_path):
   assert collect_records.collect(sweep, dest) == []  # the same bytes: nothing to do
 
 
+def test_no_finished_run_to_copy_leaves_the_destination_alone(tmp_path):
+  sweep, dest = _sweep(tmp_path / 'sweep'), str(tmp_path / 'dest')
+  result = subprocess.run([sys.executable, '-m', 'experiments.collect_records', sweep, dest,
+                           '--where=attack=a3fl'], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert '0 run record(s) copied' in result.stdout and not os.path.exists(dest)
+
+
 def test_a_committed_record_with_other_bytes_is_refused_in_one_line(tmp_path):
   sweep, dest = _sweep(tmp_path / 'sweep'), str(tmp_path / 'dest')
   collect_records.collect(sweep, dest)
