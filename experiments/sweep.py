@@ -47,7 +47,7 @@ flags.DEFINE_integer('parallel', 0, 'Configurations run at the same time (0 = on
                      'many as the free memory holds at 2 GB a run).', lower_bound=0)
 flags.DEFINE_bool('warm_workers', True, 'Run configurations of the experiment program in warm '
                   'worker processes (TensorFlow and a TFF worker started once per worker, up '
-                  'to 25 runs each; the same numbers); false: a fresh process per '
+                  'to 25 runs each, fewer if it grows past 6 GiB; the same numbers); false: a fresh process per '
                   'configuration. Other programs always get a fresh process.')
 flags.DEFINE_string('program', sweep_plan.DEFAULT_PROGRAM,
                     'Module of the absl program to sweep, run as `python -m PROGRAM`.')

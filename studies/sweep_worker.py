@@ -10,7 +10,7 @@ stdin, `{"args": [FLAGS...], "log": RUN_LOG}`. For each it clears Keras' session
 and so captured variable names restart as in a new process), parses the flags on a fresh
 FlagValues (`cli.config_from_argv`), runs `PROGRAM.run_config(config)` with file descriptors 1
 and 2 on RUN_LOG (TensorFlow's C++ lines too), and answers `{"code": N}` on its own stdout (with
-`"reusable"`, below): the exit code the run would have had as `python -m PROGRAM` (0 finished, 1
+`"reusable"`, below, and `"rss_mb"`, what it and its TFF worker hold): the exit code the run would have had as `python -m PROGRAM` (0 finished, 1
 a one-line error, 2 bad flags). Every random choice of a run flows from its `--seed` into
 generators it builds itself, so a run gives the same numbers here as in a process of its own
 (tests/test_sweep_worker.py checks it bit for bit).
@@ -56,13 +56,37 @@ def _restore(saved: Tuple[int, int]) -> None:
     os.close(fd)
 
 
-def _rss_mb() -> float:
-  """This process's resident memory now (MB; 0 where /proc is missing)."""
+def _rss_mb(pid: str = 'self') -> float:
+  """A process's resident memory now (MB; 0 where /proc is missing or it has exited)."""
   try:
-    with open('/proc/self/statm', encoding='ascii') as f:
+    with open(f'/proc/{pid}/statm', encoding='ascii') as f:
       return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
   except (OSError, ValueError, IndexError):
     return 0.0
+
+
+def _children() -> list:
+  """The pids of this process's children (its TFF worker_binary); [] where /proc is missing."""
+  try:
+    entries = [e for e in os.listdir('/proc') if e.isdigit()]
+  except OSError:
+    return []
+  children = []
+  for entry in entries:
+    try:
+      with open(f'/proc/{entry}/stat', encoding='ascii') as f:
+        parent = int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+      continue
+    if parent == os.getpid():
+      children.append(entry)
+  return children
+
+
+def tree_rss_mb() -> float:
+  """Resident memory (MB) of this worker and its children: the TFF worker_binary keeps what
+  the runs' computations allocated, so it is most of what a long-lived worker accumulates."""
+  return _rss_mb() + sum(_rss_mb(pid) for pid in _children())
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -111,11 +135,12 @@ def serve(program: ModuleType, requests: IO[str], answers: IO[str]) -> int:
       try:
         code, reusable = run_request(program, request['args'])
         served += 1
-        print(f'# warm sweep worker pid {os.getpid()}: {_rss_mb():.0f} MB resident after its '
-              f'run {served}', flush=True)
+        rss = tree_rss_mb()
+        print(f'# warm sweep worker pid {os.getpid()}: {rss:.0f} MB resident with its TFF '
+              f'worker after its run {served}', flush=True)
       finally:
         _restore(saved)
-      answers.write(json.dumps({'code': code, 'reusable': reusable}) + '\n')
+      answers.write(json.dumps({'code': code, 'reusable': reusable, 'rss_mb': rss}) + '\n')
       answers.flush()
       if not reusable:
         return 1

@@ -4,7 +4,8 @@
 `workers.die_with_parent_argv` (SIGINT when the sweep dies), as a run's own process would be.
 A run goes to an idle worker (a new one if none is idle); its answer line gives the exit code
 the run would have had alone. A worker is retired after `max_runs` runs, after a run that
-leaves it untrusted, and when the sweep ends; one that dies takes only its current run with it
+leaves it untrusted, after a run that leaves it and its TFF worker holding more than
+`MAX_RSS_MB`, and when the sweep ends; one that dies takes only its current run with it
 (FAILED with the worker's exit code, its log says why) and the next run gets a new worker.
 Stopping a run (Ctrl-C) interrupts its worker's process group and ends the worker.
 """
@@ -24,6 +25,11 @@ from studies.sweep_processes import has_exited, prepare_run_dir, reap
 
 WORKER_LOG = 'sweep_workers.log'  # in OUTPUT_DIR: what the workers print between runs
 MAX_RUNS = 25  # runs per worker before a fresh one (bounds what a long process accumulates)
+# Resident MB (the worker and its TFF worker_binary) above which a worker is retired after its
+# run: the worker_binary keeps what computations allocated (2026-12-06, FEMNIST matrix runs
+# with FLDetector: 6.2 GB after 8 runs), so the run budget alone let two workers and a third
+# sweep near the 24 GiB machine's end. A femnist_full Sun worker holds about 4.3 GB.
+MAX_RSS_MB = 6144
 
 
 class WarmWorker:
@@ -38,6 +44,7 @@ class WarmWorker:
           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
           start_new_session=True)
     self.runs = 0
+    self.rss_mb = 0.0  # after its last run, as it answered
     self._pending = b''
 
   def submit(self, run: Run, log_path: str) -> None:
@@ -58,6 +65,7 @@ class WarmWorker:
       return None
     line, self._pending = self._pending.split(b'\n', 1)
     answer = json.loads(line)
+    self.rss_mb = float(answer.get('rss_mb', 0.0))
     return int(answer['code']), bool(answer['reusable'])
 
   def retire(self) -> None:
@@ -105,6 +113,7 @@ class WarmLauncher:
 
   def __init__(self, spec: SweepSpec, env: Dict[str, str], max_runs: Optional[int] = None):
     self.spec, self.env, self.max_runs = spec, env, max_runs or MAX_RUNS
+    self.max_rss_mb = MAX_RSS_MB
     self.log_path = os.path.join(spec.output_dir, WORKER_LOG)
     self.idle: List[WarmWorker] = []
     self.retired: List[WarmWorker] = []
@@ -119,8 +128,10 @@ class WarmLauncher:
     return WarmRun(self, worker, log_path)
 
   def release(self, worker: WarmWorker, reusable: bool) -> None:
-    """Back to the idle workers, or retired (after `max_runs`, or a run it does not trust)."""
-    if reusable and worker.runs < self.max_runs and not has_exited(worker.proc):
+    """Back to the idle workers, or retired (after `max_runs`, a run it does not trust, or
+    holding more than `max_rss_mb`)."""
+    if (reusable and worker.runs < self.max_runs and worker.rss_mb <= self.max_rss_mb and
+        not has_exited(worker.proc)):
       self.idle.append(worker)
     else:
       worker.retire()

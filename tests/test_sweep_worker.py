@@ -3,15 +3,19 @@ import glob
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 from tests import tiny
 
 from studies import sweep_grid
 from studies import sweep_plan
+from studies import sweep_worker
 from studies import sweeps
 from studies import warm_workers
 
@@ -105,12 +109,48 @@ def test_a_worker_killed_mid_run_fails_that_run_only(tmp_path):
   assert not os.path.exists(os.path.join(first.directory, 'final.json'))
 
 
-def test_workers_retire_after_their_run_budget(tmp_path, monkeypatch):
-  """A worker takes at most MAX_RUNS runs; the next run gets a fresh one, same results."""
-  monkeypatch.setattr(warm_workers, 'MAX_RUNS', 1)
+def _two_runs(tmp_path):
+  """A sweep of two tiny runs in warm workers: the result and, per run, (its worker's pid,
+  which of that worker's runs it was)."""
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
   result = sweeps.run_sweep(_spec(tmp_path / 'sweep', 'defense=none;seed=0,1', idx_dir),
                             out=lambda s: None)
   assert result.exit_code == 0, result.failed
-  pids = [_record(r)['ran_in'].split('pid ')[1].split()[0] for r in result.runs]
-  assert pids[0] != pids[1] and all('(its run 1)' in _record(r)['ran_in'] for r in result.runs)
+  ran_in = [_record(r)['ran_in'] for r in result.runs]
+  return result, [(s.split('pid ')[1].split()[0], s.split('(')[1]) for s in ran_in]
+
+
+@pytest.mark.parametrize('budget', ['MAX_RUNS', 'MAX_RSS_MB'])
+def test_workers_retire_after_their_run_or_memory_budget(tmp_path, monkeypatch, budget):
+  """A worker takes at most MAX_RUNS runs, and none after a run that left it (with its TFF
+  worker) above MAX_RSS_MB; the next run gets a fresh one."""
+  monkeypatch.setattr(warm_workers, budget, 1)
+  result, workers = _two_runs(tmp_path)
+  assert workers[0][0] != workers[1][0] and all(n == 'its run 1)' for _, n in workers)
+  resident = []
+  for run in result.runs:  # each run's log ends with what its worker held after it
+    with open(os.path.join(run.directory, sweep_plan.LOG_FILE)) as f:
+      resident += [float(line.split(': ')[1].split()[0]) for line in f
+                   if 'MB resident with its TFF worker' in line]
+  assert len(resident) == 2 and min(resident) > 100
+
+
+def test_a_worker_within_its_budgets_takes_the_next_run(tmp_path):
+  _, workers = _two_runs(tmp_path)
+  assert workers[0][0] == workers[1][0] and [n for _, n in workers] == ['its run 1)',
+                                                                          'its run 2)']
+
+
+def test_tree_rss_counts_the_children_a_worker_started():
+  """What a worker reports includes its children (the TFF worker_binary): a child holding
+  200 MB adds about that much."""
+  before = sweep_worker.tree_rss_mb()
+  child = subprocess.Popen([sys.executable, '-c', 'import sys, time; x = bytearray(200 << 20); '
+                            'x[::4096] = b"1" * len(x[::4096]); print(1, flush=True); '
+                            'time.sleep(60)'], stdout=subprocess.PIPE)
+  try:
+    child.stdout.readline()  # its memory is touched
+    assert sweep_worker.tree_rss_mb() - before > 150
+  finally:
+    child.kill()
+    child.wait()
