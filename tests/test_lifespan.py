@@ -50,7 +50,8 @@ def test_tables_read_the_lifespan_from_final_json():
   assert reproduction.lifespan_values({})['lifespan'] is None
   tables = reproduction.FAMILIES['durability']
   assert [t.key for t in tables] == ['durability_lifespan', 'durability_lifespan_censored',
-                                     'durability_window_backdoor', 'durability_backdoor',
+                                     'durability_window_backdoor', 'durability_last_attack_backdoor',
+                                     'durability_after_backdoor', 'durability_backdoor',
                                      'durability_test']  # the window: was there a backdoor
   assert [c[1] for c in tables[0].columns] == ['none', 'clip', 'median', 'multi_krum']
 

@@ -63,7 +63,7 @@ def test_a_run_in_a_used_warm_worker_matches_its_own_process_bit_for_bit(tmp_pat
     assert _captured_names(w) == _captured_names(c)  # Keras' layer names restart per run
   assert _final(first)['model_sha256'] != _final(second)['model_sha256']
   with open(os.path.join(second.directory, sweep_plan.LOG_FILE)) as f:
-    assert 'MB resident after its run 2' in f.read().splitlines()[-1]
+    assert 'MB resident with its TFF worker after its run 2' in f.read().splitlines()[-1]
 
 
 def test_a_failed_run_leaves_the_worker_to_the_next_one(tmp_path):
