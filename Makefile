@@ -8,6 +8,8 @@ REQS     := requirements/tff-pins.txt requirements/tff.txt requirements/dev.txt 
 # TFF 0.87 needs Python >=3.9,<3.12: prefer an explicit 3.11, fall back to python3.
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
 DEMO_DIR ?= runs/demo
+# Test processes (pytest-xdist; each test file stays in one process). 0: one process, no xdist.
+TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export CUDA_VISIBLE_DEVICES ?=
 
@@ -57,7 +59,7 @@ else
 endif
 
 test: venv
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: venv
 	$(VPY) -m bench.fedavg_throughput
