@@ -33,6 +33,8 @@ import traceback
 from types import ModuleType
 from typing import IO, Optional, Sequence, Tuple
 
+from tff_backdoor import interrupts
+
 REUSABLE = (0, 1, 2)  # codes after which the worker takes another run (a clean exit of the run)
 
 
@@ -65,28 +67,10 @@ def _rss_mb(pid: str = 'self') -> float:
     return 0.0
 
 
-def _children() -> list:
-  """The pids of this process's children (its TFF worker_binary); [] where /proc is missing."""
-  try:
-    entries = [e for e in os.listdir('/proc') if e.isdigit()]
-  except OSError:
-    return []
-  children = []
-  for entry in entries:
-    try:
-      with open(f'/proc/{entry}/stat', encoding='ascii') as f:
-        parent = int(f.read().rsplit(')', 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-      continue
-    if parent == os.getpid():
-      children.append(entry)
-  return children
-
-
 def tree_rss_mb() -> float:
   """Resident memory (MB) of this worker and its children: the TFF worker_binary keeps what
   the runs' computations allocated, so it is most of what a long-lived worker accumulates."""
-  return _rss_mb() + sum(_rss_mb(pid) for pid in _children())
+  return _rss_mb() + sum(_rss_mb(str(pid)) for pid, _ in interrupts.child_processes())
 
 
 def _exit_code(e: SystemExit) -> int:
