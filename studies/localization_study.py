@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -240,6 +240,8 @@ class StudySettings:
   verbose: bool = True
 
   def validate(self) -> 'StudySettings':
+    """Raises ValueError naming the flag that is out of range; returns self (checked before
+    any run starts, so a bad flag fails at once)."""
     for name in ('rounds', 'num_clients', 'local_epochs', 'batch_size', 'num_tasks',
                  'early_rounds', 'eval_every', 'trigger_size'):
       if getattr(self, name) < 1:
@@ -255,6 +257,7 @@ class StudySettings:
     return self
 
   def run_dir(self, run: Setting) -> str:
+    """Where `run` writes its outputs: OUTPUT_DIR/runs/<run name>."""
     return os.path.join(self.output_dir, 'runs', run.name)
 
 
@@ -570,6 +573,7 @@ def describe_sweep(settings: StudySettings, points: Sequence[SweepPoint]) -> str
 
 
 def summary_path(settings: StudySettings, run: Setting) -> str:
+  """The run's summary.json: written last, so its presence marks the run done."""
   return os.path.join(settings.run_dir(run), SUMMARY_FILE)
 
 
@@ -664,6 +668,7 @@ def execute_run(settings: StudySettings, run: Setting) -> Dict[str, Any]:
 
 
 def load_summary(settings: StudySettings, run: Setting) -> Dict[str, Any]:
+  """A finished run's summary (what `execute_run` wrote), for the study's tables."""
   return metrics_io.read_json(summary_path(settings, run))
 
 
@@ -750,7 +755,8 @@ def plot_factor_sweeps(settings: StudySettings, points: Sequence[SweepPoint],
   return written
 
 
-def run_study(settings: StudySettings, points: Sequence[SweepPoint], log=print,
+def run_study(settings: StudySettings, points: Sequence[SweepPoint],
+              log: Callable[[str], None] = print,
               run_missing: bool = True) -> List[Dict[str, Any]]:
   """Runs every not-yet-done run of `points` through the sweep engine (in this process), then
   writes summary.csv/json and the plots.

@@ -49,6 +49,7 @@ class RunData:
 
   @property
   def has_captures(self) -> bool:
+    """Whether the run saved captured client updates (captures/, what the anomaly scores read)."""
     return bool(captures_lib.capture_files(os.path.join(self.directory, rundir.CAPTURES_DIR)))
 
 
@@ -69,6 +70,8 @@ def _is_run(directory: str) -> bool:
 
 
 def load_run(directory: str, name: Optional[str] = None) -> RunData:
+  """A run's metrics rows and final.json (None if unfinished), named `name` or its
+  directory's base name."""
   directory = os.path.abspath(directory)
   return RunData(name or os.path.basename(directory), directory, rundir.read_rows(directory),
                  _read_json(os.path.join(directory, rundir.FINAL_FILE)))

@@ -62,6 +62,7 @@ class Comparison:
     return row
 
   def markdown(self, rows: Sequence[Row]) -> str:
+    """The comparison as a titled markdown table: per metric, both means and the change."""
     small, full = self.small[1], self.full[1]
     header = [self.family.vary, f'seeds ({small} / {full})']
     for metric in self.metrics:

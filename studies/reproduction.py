@@ -288,6 +288,8 @@ def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
 
 def family_markdown(runs: Sequence[RunSummary], family: Family,
                     metrics: Optional[Sequence[str]] = None) -> str:
+  """The family's titled markdown table: its reference rows, then one row per value;
+  ValueError if none of its runs finished."""
   metrics = family.metrics if metrics is None else metrics
   references, rows = family_rows(runs, family)
   if not rows:

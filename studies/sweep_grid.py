@@ -100,6 +100,7 @@ def parse_axis(text: str) -> Axis:
 
 
 def check_unique(grid: Grid, where: str = '') -> Grid:
+  """`grid`, or GridError (prefixed by `where`) if a flag appears in two of its axes."""
   seen = set()
   for name, _ in grid:
     if name in seen:
@@ -138,6 +139,7 @@ def parse_grid_file_text(text: str, source: str = 'grid file') -> List[Grid]:
 
 
 def read_grid_file(path: str) -> List[Grid]:
+  """The grids of --grid_file (`parse_grid_file_text`); GridError if it cannot be read."""
   try:
     with open(path) as f:
       text = f.read()
@@ -200,4 +202,5 @@ def run_name(flags: Mapping[str, str]) -> str:
 
 
 def group_label(flags: Mapping[str, str], seed_flag: str) -> str:
+  """A run's flags without the seed: runs with the same label are averaged together."""
   return ','.join(f'{k}={v}' for k, v in flags.items() if k != seed_flag) or '(all)'

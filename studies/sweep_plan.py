@@ -94,6 +94,8 @@ class SweepSpec:
   pretrain_flags: Optional[List[str]] = None  # None: no shared pretraining run.
 
   def validate(self) -> 'SweepSpec':
+    """Raises GridError on a spec the sweep cannot run (no grid, a repeated flag, a flag the
+    sweep sets itself); returns self."""
     if not self.output_dir:
       raise GridError('--output_dir is required')
     if not self.grids or not any(self.grids):
@@ -375,12 +377,14 @@ class SweepResult:
 
   @property
   def exit_code(self) -> int:
+    """The sweep program's exit code: 130 if interrupted, 1 if a run failed, else 0."""
     if self.interrupted:
       return 130
     return 1 if self.failed else 0
 
 
 def dotted_get(payload: Any, dotted: str) -> Any:
+  """payload['a']['b'] for 'a.b', or None where a key is missing (metrics can be nested)."""
   for part in dotted.split('.'):
     if not isinstance(payload, Mapping) or part not in payload:
       return None
@@ -389,6 +393,7 @@ def dotted_get(payload: Any, dotted: str) -> Any:
 
 
 def read_final(run: Run, spec: SweepSpec) -> Optional[Dict[str, Any]]:
+  """The run's done file: None if missing or unreadable, {} if it is not a JSON object."""
   path = os.path.join(run.directory, spec.done_file)
   try:
     payload = metrics_io.read_json(path)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Dict, Sequence, Tuple
+from typing import IO, Any, Dict, Sequence, Tuple
 
 from tff_backdoor import metrics_io
 from tff_backdoor.execution import parallelism
@@ -170,7 +170,7 @@ def child_env(root: str, parallel: int = 1) -> Dict[str, str]:
   return env
 
 
-def lock_output_dir(output_dir: str):
+def lock_output_dir(output_dir: str) -> IO[str]:
   """Holds an exclusive lock on OUTPUT_DIR/.sweep.lock, or raises if another sweep has it."""
   import fcntl  # pylint: disable=g-import-not-at-top
   handle = open(os.path.join(output_dir, LOCK_FILE), 'w')

@@ -15,6 +15,7 @@ from studies.sweep_plan import SWEEP_FILE, SweepResult, SweepSpec, dotted_get, r
 
 
 def summary_line(final: Optional[Mapping[str, Any]], metrics: Sequence[str]) -> str:
+  """'metric=0.1234 ...' of the numeric `metrics` in a run's done file (for the log)."""
   parts = []
   for m in metrics:
     value = metrics_io.number(dotted_get(final or {}, m))
@@ -75,6 +76,7 @@ def group_rows(spec: SweepSpec, result: SweepResult
 
 def markdown_table(spec: SweepSpec, flag_columns: Sequence[str], metrics: Sequence[str],
                    rows: Sequence[Mapping[str, Any]], total_runs: int) -> str:
+  """results.md: one row per group, mean ± std over seeds of each metric."""
   header = [*flag_columns, 'n_seeds', *metrics]
   lines = [f'# Sweep results: {spec.program}', '',
            f'Mean ± sample standard deviation over seeds (--{spec.seed_flag}) of the final '

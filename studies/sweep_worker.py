@@ -160,6 +160,8 @@ def _start(program_name: str, log: str) -> Tuple[ModuleType, IO[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Starts the worker and serves requests until stdin ends; returns the exit code (130 on
+  Ctrl-C)."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--program', required=True)
   parser.add_argument('--log', required=True, help="the worker's own log (between runs)")

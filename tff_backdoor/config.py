@@ -66,6 +66,7 @@ class DataConfig(Fields):
 
   @property
   def natural(self) -> bool:
+    """Whether the data set comes split by writer (no partitioner; `num_clients` = writers)."""
     return self.dataset in NATURAL_DATASETS
 
 

@@ -49,6 +49,7 @@ def option(default: Any, help_text: str, *, rule: Optional[Rule] = None,
 
 
 def flag_name(field: dataclasses.Field) -> str:
+  """The field's flag: its metadata's `flag`, else the field's own name."""
   return field.metadata.get('flag') or field.name
 
 
@@ -95,6 +96,7 @@ class Fields:
 
 
 def to_flat_value(field: dataclasses.Field, value: Any) -> Any:
+  """`value` as flags and config.json spell it: None as the field's `unset` value, if any."""
   return field.metadata['unset'] if value is None and field.metadata['unset'] is not None \
       else value
 

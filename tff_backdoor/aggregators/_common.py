@@ -26,6 +26,7 @@ def default_mean_factory() -> tff.aggregators.MeanFactory:
 
 
 def check_weighted_factory(value: Any, name: str) -> None:
+  """TypeError naming `name` unless `value` is a weighted factory (what our defenses wrap)."""
   if not isinstance(value, tff.aggregators.WeightedAggregationFactory):
     raise TypeError(f'{name} must be a tff.aggregators.WeightedAggregationFactory, '
                     f'found {type(value).__name__}')
@@ -45,6 +46,7 @@ def in_population(ids: tf.Tensor, num_clients: int) -> tf.Tensor:
 
 
 def check_float_value_type(value_type: tff.Type) -> None:
+  """TypeError unless every value in `value_type` is a float (norms and means need it)."""
   if not tff.types.is_structure_of_floats(value_type):
     raise TypeError(f'All values in value_type must be of floating dtype, found {value_type}')
 
@@ -56,7 +58,7 @@ def global_l2_norm(value: Any) -> tf.Tensor:
 
 
 @tff.tensorflow.computation
-def merge_measurements(inner_measurements, new_measurements):
+def merge_measurements(inner_measurements: Any, new_measurements: Any) -> Any:
   """Adds `new_measurements` to the inner factory's measurements dict, at the same level.
 
   Like `tff.aggregators.add_measurements`, but refuses to silently overwrite a key.

@@ -23,6 +23,7 @@ and send one FedSGD step, so its updates carry worker momentum.)
 from __future__ import annotations
 
 import collections
+from typing import Any, Tuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -32,7 +33,8 @@ from tff_backdoor.aggregators import _rows
 from tff_backdoor.aggregators import robust_rules
 
 
-def centered_clip(stacked, center, tau: float, iterations: int):
+def centered_clip(stacked: Any, center: Any, tau: float,
+                  iterations: int) -> Tuple[Any, tf.Tensor]:
   """(new center, number of clients clipped in the last iteration) for n >= 1 rows."""
   clipped = tf.constant(0, _common.COUNT_TF_TYPE)
   for _ in range(iterations):

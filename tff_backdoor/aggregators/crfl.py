@@ -27,7 +27,7 @@ round's noise; the authors evaluate before the noise (docs/DEFENSES.md).
 from __future__ import annotations
 
 import collections
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -70,7 +70,8 @@ class CrflOptimizer(tff.learning.optimizers.Optimizer):
                                    round=tf.constant(0, tf.int32),
                                    noise=seeded_noise.initial_state(self._seed))
 
-  def next(self, state, weights, gradients):
+  def next(self, state: collections.OrderedDict, weights: Any,
+           gradients: Any) -> Tuple[collections.OrderedDict, Any]:
     inner_state, weights = self._inner.next(state['inner'], weights, gradients)
     round_number = state['round'] + 1
     flat = tf.nest.flatten(weights)
@@ -82,9 +83,10 @@ class CrflOptimizer(tff.learning.optimizers.Optimizer):
     return collections.OrderedDict(inner=inner_state, round=round_number,
                                    noise=noise_state), weights
 
-  def get_hparams(self, state):
+  def get_hparams(self, state: collections.OrderedDict) -> collections.OrderedDict:
     return self._inner.get_hparams(state['inner'])
 
-  def set_hparams(self, state, hparams):
+  def set_hparams(self, state: collections.OrderedDict,
+                  hparams: collections.OrderedDict) -> collections.OrderedDict:
     return collections.OrderedDict(state, inner=self._inner.set_hparams(state['inner'],
                                                                         hparams))

@@ -67,6 +67,7 @@ Measurements: `rejected_count`, `deepsight_suspicious_count` (labelled by TE),
 from __future__ import annotations
 
 import collections
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -177,7 +178,8 @@ class DeepSightFactory(robust_rules.ServerRuleFactory):
                 for s in range(ddifs.shape[1])]
     return sum(matrices[1:], matrices[0]) / float(len(matrices))  # NumPy's order of sums
 
-  def accepted(self, kernel: tf.Tensor, bias: tf.Tensor, ddifs=None) -> tuple:
+  def accepted(self, kernel: tf.Tensor, bias: tf.Tensor,
+               ddifs: Optional[tf.Tensor] = None) -> tuple:
     """(accepted bool [n], suspicious bool [n]) from the output layer's updates and, if
     given, the DDifs [n, seeds, P]."""
     neup = neups(tf.cast(kernel, tf.float32), tf.cast(bias, tf.float32))

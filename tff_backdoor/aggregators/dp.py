@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import dp_accounting
 import tensorflow as tf
@@ -51,7 +51,7 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
     super().__init__(l2_norm_clip, stddev)
     self._seed = seed
 
-  def preprocess_record_impl(self, params, record):
+  def preprocess_record_impl(self, params: tf.Tensor, record: Any) -> Tuple[Any, tf.Tensor]:
     """The parent's clipping, except that an infinite bound leaves the record as it is.
 
     `tf.clip_by_global_norm` with an infinite bound returns NaN (inf * 0), so "a bound that
@@ -64,7 +64,7 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
   def _noise_generator(self, specs=None) -> tfp.tree_aggregation.GaussianNoiseGenerator:
     return tfp.tree_aggregation.GaussianNoiseGenerator(self._stddev, specs, self._seed)
 
-  def initial_global_state(self):
+  def initial_global_state(self) -> SeededGaussianSumQuery._GlobalState:
     """Implements `tensorflow_privacy.DPQuery.initial_global_state`."""
     generator = self._noise_generator()
     if self._seed is None:
@@ -78,7 +78,9 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
     return self._GlobalState(tf.cast(self._l2_norm_clip, tf.float32),
                              tf.cast(self._stddev, tf.float32), noise_state)
 
-  def get_noised_result(self, sample_state, global_state):
+  def get_noised_result(
+      self, sample_state: Any, global_state: SeededGaussianSumQuery._GlobalState
+  ) -> Tuple[Any, SeededGaussianSumQuery._GlobalState, dp_accounting.DpEvent]:
     """Implements `tensorflow_privacy.DPQuery.get_noised_result`, with seeded noise."""
     specs = tf.nest.map_structure(lambda v: tf.TensorSpec(v.shape, tf.float32), sample_state)
     noise, noise_state = self._noise_generator(specs).next(global_state.noise_state)

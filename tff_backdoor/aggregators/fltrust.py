@@ -30,6 +30,7 @@ received).
 from __future__ import annotations
 
 import collections
+from typing import Any, Tuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -39,7 +40,8 @@ from tff_backdoor.aggregators.robust_rules import federated_stack
 from tff_backdoor.learning import side_channel
 
 
-def trust_and_rescaled(value, reference, participates):
+def trust_and_rescaled(value: Any, reference: Any,
+                       participates: tf.Tensor) -> Tuple[tf.Tensor, Any]:
   """(TS, (||g0|| / ||g||) g) of one client; TS = 0 for a non-finite g0 or a zero update."""
   norm, reference_norm = _common.global_l2_norm(value), _common.global_l2_norm(reference)
   dot = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32) * tf.cast(r, tf.float32))

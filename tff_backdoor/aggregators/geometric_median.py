@@ -27,6 +27,7 @@ against a median of norm 7.4); more `passes` bring it closer.
 from __future__ import annotations
 
 import collections
+from typing import Any, Tuple
 
 import tensorflow as tf
 
@@ -35,7 +36,8 @@ from tff_backdoor.aggregators import _rows
 from tff_backdoor.aggregators import robust_rules
 
 
-def smoothed_weiszfeld(stacked, weights: tf.Tensor, passes: int, nu: float):
+def smoothed_weiszfeld(stacked: Any, weights: tf.Tensor, passes: int,
+                       nu: float) -> Tuple[Any, tf.Tensor]:
   """(v, distances of every client to v) after `passes` weighted means (the first plain)."""
   alphas = weights / tf.reduce_sum(weights)
   median = _rows.combine_rows(alphas, stacked)

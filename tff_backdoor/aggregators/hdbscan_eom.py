@@ -55,7 +55,8 @@ def spanning_tree(graph: tf.Tensor) -> tuple:
   return out[4].stack(), out[5].stack(), out[6].stack()
 
 
-def condensed_clusters(source, target, weight, n, min_cluster_size: int) -> tuple:
+def condensed_clusters(source: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, n: tf.Tensor,
+                       min_cluster_size: int) -> tuple:
   """Bottom-up condensed tree: (first cluster of each point [n], parent, stability [n-1]).
 
   Cluster ids are merge indices (0 .. n-2); -1 is none. See the module docstring.
@@ -103,7 +104,7 @@ def condensed_clusters(source, target, weight, n, min_cluster_size: int) -> tupl
   return first, parent, stability, size > 0
 
 
-def selected_clusters(parent, stability, exists) -> tf.Tensor:
+def selected_clusters(parent: tf.Tensor, stability: tf.Tensor, exists: tf.Tensor) -> tf.Tensor:
   """bool [n-1]: the clusters excess of mass keeps (the root never)."""
   slots = tf.shape(parent)[0]
   is_root = tf.logical_and(exists, parent < 0)

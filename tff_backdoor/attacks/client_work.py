@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -122,14 +122,15 @@ class _ClientPass:
   simulator: object = None
   extra_examples: object = None
 
-  def train(self, data, index, transform=None):
+  def train(self, data: tf.data.Dataset, index: Union[int, tf.Tensor],
+            transform: Optional[Callable] = None) -> tf.Tensor:
     key = local_training.pass_key(self.client_key, index)
     return self.local.train(data, self.hparams, key, transform)
 
   def restart(self) -> None:
     self.local.reset(self.initial_weights)
 
-  def delta(self):
+  def delta(self) -> Any:
     return self.local.delta(self.initial_weights)
 
 
@@ -374,7 +375,7 @@ def build_attacker_client_work(
     optimizer: tff.learning.optimizers.Optimizer,
     attack: AttackConfig,
     batch_size: int,
-    metrics_aggregator=None,
+    metrics_aggregator: Optional[Callable] = None,
     channel: SideChannel = SideChannel(),
 ) -> tff.learning.templates.ClientWorkProcess:
   """A `ClientWorkProcess` whose clients may attack (state: the client optimizer hparams).

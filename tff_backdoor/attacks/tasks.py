@@ -216,6 +216,7 @@ class TargetedTask(BackdoorTask):
 
   @property
   def num_tasks(self) -> int:
+    """Number of target clients ("tasks") whose relabelled images are the malicious set."""
     return len(self.target_clients)
 
   @property

@@ -9,7 +9,7 @@ dataset on demand, casting uint8 images to float32 in the pipeline, so elements 
 from __future__ import annotations
 
 import collections
-from typing import List, Mapping
+from typing import Any, Callable, List, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -63,9 +63,9 @@ class ArrayClientData(tff.simulation.datasets.ClientData):
     return tf.data.Dataset.from_tensor_slices((x, y)).map(_to_float)
 
   @property
-  def serializable_dataset_fn(self):
+  def serializable_dataset_fn(self) -> Callable[[str], tf.data.Dataset]:
     return self._dataset
 
   @property
-  def element_type_structure(self):
+  def element_type_structure(self) -> Any:
     return self._element_type_structure

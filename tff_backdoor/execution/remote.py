@@ -130,8 +130,8 @@ def _watched_stub(channel, worker: workers_lib.Worker, unavailable_timeout_s: Op
   return _watched_stub_class(channel, workers_lib.worker_address(worker), unavailable_timeout_s)
 
 
-def context_on_worker(stub, stream_structs: bool = False, *, sync: bool = False,
-                      before_each: Optional[Any] = None):
+def context_on_worker(stub: Any, stream_structs: bool = False, *, sync: bool = False,
+                      before_each: Optional[Any] = None) -> Any:
   """A TFF async (or `sync`) context that runs computations on the worker behind `stub`.
 
   Built like `tff.backends.native.create_async_local_cpp_execution_context` (or its sync
@@ -272,7 +272,7 @@ class _RemoteContext:
     return t.tensorflow_computation.transform_result(
         t.type_conversions.type_to_py_container(result, result_type))
 
-  def invoke(self, comp, arg):
+  def invoke(self, comp: Any, arg: Any) -> Any:
     num_clients = self._num_clients(comp, arg)
     if num_clients != 0:
       form = self._form(comp)
@@ -303,7 +303,8 @@ _context_class = None
 def create_remote_execution_context(
     workers: Union[str, Sequence[workers_lib.Worker]], num_subrounds: Optional[int] = None, *,
     timeout_s: float = 60.0, non_mergeable: str = 'one_worker',
-    unavailable_timeout_s: Optional[float] = 300.0, stream_structs: bool = False):
+    unavailable_timeout_s: Optional[float] = 300.0, stream_structs: bool = False
+) -> _RemoteContext:
   """The context `set_remote_execution_context` installs, without installing it.
 
   Waits up to `timeout_s` for every worker to answer (one-line ConnectionError otherwise).
@@ -337,7 +338,8 @@ def create_remote_execution_context(
 def set_remote_execution_context(
     workers: Union[str, Sequence[workers_lib.Worker]], num_subrounds: Optional[int] = None, *,
     timeout_s: float = 60.0, non_mergeable: str = 'one_worker',
-    unavailable_timeout_s: Optional[float] = 300.0, stream_structs: bool = False):
+    unavailable_timeout_s: Optional[float] = 300.0, stream_structs: bool = False
+) -> _RemoteContext:
   """Makes TFF run computations on `workers` [(host, port), ...]; returns the context.
 
   Args:

@@ -226,7 +226,7 @@ def _stop_started() -> None:
   stop_workers(list(_started))
 
 
-def channel(worker: Worker):
+def channel(worker: Worker) -> Any:
   """An insecure gRPC channel to a worker, with TFF's message size limits."""
   import grpc  # pylint: disable=g-import-not-at-top
   return grpc.insecure_channel(worker_address(worker), _GRPC_OPTIONS)

@@ -18,7 +18,7 @@ them (`aggregators.deepsight`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable
+from typing import Any, Callable, Union
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -41,7 +41,8 @@ def batch_count(inputs: DDifInputs) -> int:
   return -(-inputs.samples // BATCH)
 
 
-def random_batch(inputs: DDifInputs, index, step, shape: tuple) -> tf.Tensor:
+def random_batch(inputs: DDifInputs, index: Union[int, tf.Tensor], step: Union[int, tf.Tensor],
+                 shape: tuple) -> tf.Tensor:
   """Inputs `step` * BATCH onwards (at most BATCH) of input set `index`: uniform in [0, 1)."""
   key = tf.random.experimental.stateless_fold_in(
       tf.constant([inputs.seed, DDIF_KEY], tf.int64), tf.cast(index, tf.int64))
@@ -67,7 +68,8 @@ def ratio_sums(client_log_probs: tf.Tensor, global_log_probs: tf.Tensor) -> tf.T
   return tf.reduce_sum(tf.exp(client_log_probs - global_log_probs), axis=0)
 
 
-def rebuilt_weights(global_weights, delta) -> tff.learning.models.ModelWeights:
+def rebuilt_weights(global_weights: tff.learning.models.ModelWeights,
+                    delta: Any) -> tff.learning.models.ModelWeights:
   """The model the server rebuilds from a reported `delta`: G - delta, non-trainable kept."""
   trainable = tf.nest.map_structure(tf.subtract, list(global_weights.trainable),
                                     tf.nest.flatten(delta))

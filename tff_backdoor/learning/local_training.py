@@ -9,7 +9,7 @@ masks keyed by the party's seed, the training pass and the batch step.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Tuple, Union
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -26,12 +26,12 @@ def dropout_key(seed: tf.Tensor) -> tf.Tensor:
   return tf.stack([seed, tf.constant(DROPOUT_KEY, tf.int64)])
 
 
-def pass_key(key: tf.Tensor, index) -> tf.Tensor:
+def pass_key(key: tf.Tensor, index: Union[int, tf.Tensor]) -> tf.Tensor:
   """Key of a party's `index`-th training pass (distinct per pass of one party)."""
   return tf.random.experimental.stateless_fold_in(key, index)
 
 
-def zero_if_any_non_finite(structure):
+def zero_if_any_non_finite(structure: Any) -> Tuple[Any, tf.Tensor]:
   """(structure, 0), or (zeros like it, 1) if any value is NaN or Inf.
 
   What TFF's client work does to an update before it leaves the client (its own
@@ -83,7 +83,7 @@ class LocalTraining:
       num_examples += tf.cast(output.num_examples, tf.int64)
     return num_examples, optimizer_state, step + 1
 
-  def train(self, data: tf.data.Dataset, optimizer_hparams, key: tf.Tensor,
+  def train(self, data: tf.data.Dataset, optimizer_hparams: Any, key: tf.Tensor,
             transform: Optional[Callable] = None) -> tf.Tensor:
     """Local SGD over `data` from the current weights; returns the number of examples.
 
@@ -98,15 +98,16 @@ class LocalTraining:
         functools.partial(self._step, key, transform))
     return num_examples
 
-  def reset(self, initial_weights) -> None:
+  def reset(self, initial_weights: tff.learning.models.ModelWeights) -> None:
     tf.nest.map_structure(lambda v, t: v.assign(t), self.weights, initial_weights)
 
-  def delta(self, initial_weights):
+  def delta(self, initial_weights: tff.learning.models.ModelWeights) -> Any:
     """`initial - trained` (TFF's sign: the server optimizer applies it as a gradient)."""
     return tf.nest.map_structure(tf.subtract, initial_weights.trainable, self.weights.trainable)
 
-  def honest_update(self, initial_weights, data: tf.data.Dataset, optimizer_hparams,
-                    key: tf.Tensor):
+  def honest_update(self, initial_weights: tff.learning.models.ModelWeights,
+                    data: tf.data.Dataset, optimizer_hparams: Any,
+                    key: tf.Tensor) -> Tuple[Any, tf.Tensor]:
     """(delta, number of examples) of one honest pass over `data` from `initial_weights`."""
     self.reset(initial_weights)
     num_examples = self.train(data, optimizer_hparams, pass_key(key, 0))

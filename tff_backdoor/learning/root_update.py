@@ -10,6 +10,7 @@ it on to the aggregator in its ClientInfo (`learning.side_channel`), where
 from __future__ import annotations
 
 import collections
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +19,8 @@ import tensorflow_federated as tff
 from tff_backdoor.learning import local_training
 
 
-def root_batches(root: tuple, batch_size: int, epochs: int, seed: int):
+def root_batches(root: tuple, batch_size: int, epochs: int,
+                 seed: int) -> Tuple[np.ndarray, np.ndarray]:
   """(x, y) of `epochs` passes over `root` = (x, y) in a seeded order, drawn once."""
   x, y = np.asarray(root[0], np.float32), np.asarray(root[1], np.int32)
   if len(y) == 0:

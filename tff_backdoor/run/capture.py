@@ -19,11 +19,12 @@ from tff_backdoor.run import rundir
 from tff_backdoor.run.loop import Hook, Round
 
 if TYPE_CHECKING:
+  from tff_backdoor.attacks.schedules import Participant
   from tff_backdoor.run.setup import ExperimentSetup
 
 
 def save_capture(directory: str, round_num: int, stacked: Sequence[np.ndarray],
-                 variable_names: Sequence[str], participants) -> str:
+                 variable_names: Sequence[str], participants: Sequence[Participant]) -> str:
   """Writes one round's per-client updates (row i = participants[i]) for anomaly.py.
 
   Uncompressed: compressing float updates would cost a capture round more than its training
@@ -34,7 +35,8 @@ def save_capture(directory: str, round_num: int, stacked: Sequence[np.ndarray],
       np.array([p.is_attacker for p in participants], dtype=bool), compress=False)
 
 
-def capture_round(setup: 'ExperimentSetup', state, client_data, participants, round_num: int,
+def capture_round(setup: 'ExperimentSetup', state: Any, client_data: Sequence[Any],
+                  participants: Sequence[Participant], round_num: int,
                   directory: str, variable_names: Sequence[str]) -> str:
   """Saves every participant's update of this round by re-running their training.
 

@@ -5,7 +5,8 @@ same seed gives the same inputs (also after --resume, which restores the stream)
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import collections
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +17,7 @@ from tff_backdoor.learning import client_datasets
 from tff_backdoor.run import setup as setup_lib
 
 if TYPE_CHECKING:
+  from tff_backdoor.attacks.schedules import Participant
   from tff_backdoor.run.setup import ExperimentSetup
 
 
@@ -28,7 +30,9 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int,
   return client_datasets.client_dataset(x[order], y[order], max(batch_size, 1))
 
 
-def round_client_data(setup: 'ExperimentSetup', participants, rng: np.random.Generator):
+def round_client_data(setup: 'ExperimentSetup', participants: Sequence[Participant],
+                      rng: np.random.Generator
+                      ) -> Tuple[List[collections.OrderedDict], List[bool]]:
   """Per-client TFF inputs for one round, plus which participants attack."""
   fed_avg, attack = setup.config.fed_avg, setup.config.attack
   mal_epochs = attack.malicious_epochs or (

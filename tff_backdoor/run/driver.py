@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_federated as tff
@@ -50,7 +50,8 @@ def run_identity(config: ExperimentConfig) -> str:
   return ownership.identity(config.to_dict(), _IDENTITY_IGNORED)
 
 
-def resume_state(config: ExperimentConfig, state, streams):
+def resume_state(config: ExperimentConfig, state: Any, streams: Dict[str, np.random.Generator]
+                 ) -> Tuple[Any, int, Dict[str, Any]]:
   """Loads the newest intact checkpoint of this run; returns (state, next round, meta).
 
   A run directory with other settings is refused (checkpoints or not); a checkpoint of

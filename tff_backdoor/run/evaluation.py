@@ -56,6 +56,7 @@ class Evaluator:
         tf.TensorSpec([None], tf.int64)))
 
   def load(self, weights: tff.learning.models.ModelWeights) -> tf.keras.Model:
+    """The evaluation model with `weights` assigned (e.g. the process state's global model)."""
     weights.assign_weights_to(self.model)
     return self.model
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 
 def round_line(row: Dict[str, Any], rounds: int) -> str:
+  """One round's plain progress line: the round, its accuracies, attackers and seconds."""
   parts = [f"round {row['round'] + 1:4d}/{rounds}"]
   for key, label in (('train_accuracy', 'train_acc'), ('test_accuracy', 'test_acc'),
                      ('test_loss', 'test_loss'), ('backdoor_accuracy', 'backdoor_acc'),
@@ -73,6 +74,7 @@ class Progress:
       self._bar = tqdm.tqdm(total=total, initial=done, unit='round', dynamic_ncols=True)
 
   def eta_seconds(self, done: int) -> float:
+    """Seconds left for the remaining rounds, at this session's mean time per round."""
     rate = (time.time() - self._start) / max(done - self._done0, 1)
     return rate * (self.total - done)
 

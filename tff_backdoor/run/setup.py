@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -146,7 +146,8 @@ def build_task(config: ExperimentConfig, data: data_lib.FederatedData,
   return _builder(TASK_BUILDERS, 'task', config.task.name)(config.task, data, clients, seed)
 
 
-def build_schedule(config: ExperimentConfig, client_ids: Sequence[str], seed: int):
+def build_schedule(config: ExperimentConfig, client_ids: Sequence[str],
+                   seed: int) -> schedules_lib.Schedule:
   """The attacker schedule named by the config."""
   return _builder(SCHEDULE_BUILDERS, 'schedule', config.schedule.name)(
       config.schedule, client_ids, seed)
@@ -202,7 +203,11 @@ def identifies_clients(config: ExperimentConfig) -> bool:
 
 
 def build_processes(config: ExperimentConfig, model_fn: process_lib.ModelFn,
-                    data: Optional[data_lib.FederatedData] = None):
+                    data: Optional[data_lib.FederatedData] = None
+                    ) -> Tuple[tff.learning.templates.LearningProcess,
+                               tff.learning.templates.ClientWorkProcess,
+                               Optional[tff.learning.templates.LearningProcess],
+                               tff.learning.templates.DistributionProcess]:
   """(process, its client work, capturing process or None, distributor) for the config.
 
   Both processes share one client work and distributor, built here with the rest (before any

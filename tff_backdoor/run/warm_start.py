@@ -32,13 +32,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 import numpy as np
 
 from tff_backdoor import metrics_io
 from tff_backdoor.run import checkpoint
 from tff_backdoor.run import rundir
+
+if TYPE_CHECKING:
+  import tensorflow as tf
+
+  from tff_backdoor.config import ExperimentConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +110,13 @@ def resolve(run_dir: str, output_dir: str = '') -> Tuple[str, int]:
   return ckpt, earlier + int(_read_json(os.path.join(ckpt, checkpoint.META))['next_round'])
 
 
-def check_source(config) -> None:
+def check_source(config: ExperimentConfig) -> None:
   """Raises a one-line ValueError now if the config's --init_from cannot be warm-started from."""
   if config.run.init_from:
     resolve(config.run.init_from, config.run.output_dir)
 
 
-def load(run_dir: str, keras_model, output_dir: str = '') -> InitSource:
+def load(run_dir: str, keras_model: tf.keras.Model, output_dir: str = '') -> InitSource:
   """Loads `run_dir`'s model (see `resolve`) into `keras_model`; returns what was loaded.
 
   From a checkpoint, the model is the first leaves of the saved learning state: TFF's
