@@ -57,7 +57,8 @@ def spanning_tree(graph: tf.Tensor) -> tuple:
 
 def condensed_clusters(source: tf.Tensor, target: tf.Tensor, weight: tf.Tensor, n: tf.Tensor,
                        min_cluster_size: int) -> tuple:
-  """Bottom-up condensed tree: (first cluster of each point [n], parent, stability [n-1]).
+  """Bottom-up condensed tree: (first cluster of each point [n], parent, stability, exists
+  [n-1]; exists: the merge is a cluster of the condensed tree).
 
   Cluster ids are merge indices (0 .. n-2); -1 is none. See the module docstring.
   """
