@@ -47,11 +47,6 @@ class RunData:
   rows: List[Dict[str, Any]]  # metrics.jsonl
   final: Optional[Dict[str, Any]]  # final.json (None while unfinished)
 
-  @property
-  def has_captures(self) -> bool:
-    """Whether the run saved captured client updates (captures/, what the anomaly scores read)."""
-    return bool(captures_lib.capture_files(os.path.join(self.directory, rundir.CAPTURES_DIR)))
-
 
 @dataclasses.dataclass
 class Group:
