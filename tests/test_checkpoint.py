@@ -133,6 +133,16 @@ def _flags(idx_dir, out):
           '--attack=boost', '--seed=5', '--checkpoint_every=1', f'--output_dir={out}']
 
 
+def test_resume_state_starts_afresh_when_the_checkpoints_vanish_after_the_check(
+    tmp_path, monkeypatch):
+  # A deletion between `has_checkpoints` and `restore_newest`: a fresh start, not a TypeError.
+  monkeypatch.setattr(checkpoint, 'has_checkpoints', lambda directory: True)
+  streams = {name: np.random.default_rng(0) for name in ('round_data', 'sampling')}
+  cfg = _config(str(tmp_path / 'idx'), tmp_path / 'run', resume=True)
+  state, next_round, meta = driver.resume_state(cfg, STATE, streams)
+  assert state is STATE and next_round == 0 and meta == {}
+
+
 def _config(idx_dir, out, **kw):
   params = dict(
       dataset='idx', data_dir=idx_dir, model='tiny_cnn', partition='iid', num_clients=12,

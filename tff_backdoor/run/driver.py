@@ -66,9 +66,12 @@ def resume_state(config: ExperimentConfig, state: Any, streams: Dict[str, np.ran
   older = () if saved is None else (ownership.legacy_identity(saved, _IDENTITY_IGNORED),)
   unusable = ownership.resume_filter(run_identity(config), config.run.output_dir,
                                      checkpoint.checkpoint_owner, also=older)
-  state, meta, path = checkpoint.restore_newest(
+  restored = checkpoint.restore_newest(
       directory, state, warn=lambda line: print(line, file=sys.stderr, flush=True),
       unusable=unusable)
+  if restored is None:  # emptied since `has_checkpoints` (a deletion racing us): start afresh
+    return state, 0, {}
+  state, meta, path = restored
   ownership.restore_metrics(config.run.output_dir, checkpoint.checkpoint_owner(path))
   for name in ('round_data', 'sampling'):
     streams[name].bit_generator.state = meta['rng'][name]
