@@ -9,6 +9,7 @@ import pytest
 
 from tests import defense_references as refs
 from tests import test_aggregators as agg
+from tff_backdoor.aggregators import _common
 
 ABSENT, NONFINITE = 1, 4  # positions of the weight-0 client and of the NaN client
 
@@ -22,8 +23,8 @@ def _round(seed=3):
 
 
 def _spread(present, decisions):
-  """Decisions over the present clients -> over all 7, 0 for the others."""
-  full = np.zeros(agg.N)
+  """Decisions over the present clients -> over all 7, ABSENT (-1) for the others."""
+  full = np.full(agg.N, _common.ABSENT)
   full[present] = decisions
   return full
 
@@ -60,7 +61,7 @@ def test_decisions_are_per_client_in_the_order_received(name):
   _, m = agg._run(name, updates, weights)
   expected = _spread(present, EXPECTED[name]([updates[i] for i in present]))
   np.testing.assert_array_equal(np.asarray(m['client_decisions']), expected)
-  assert 0 < expected.sum() < len(present)  # the rule kept some and dropped some
+  assert 0 < expected[present].sum() < len(present)  # the rule kept some and dropped some
 
 
 def test_decisions_follow_the_clients_when_the_order_changes():
@@ -73,16 +74,18 @@ def test_decisions_follow_the_clients_when_the_order_changes():
   assert m['client_decisions'][0] == 0.0
 
 
-def test_a_round_without_participants_reports_zeros_for_every_client():
+def test_a_round_without_participants_reports_every_client_absent():
   updates, weights, _ = _round()
   _, m = agg._run('multi_krum', updates, [0.0] * agg.N)
-  np.testing.assert_array_equal(np.asarray(m['client_decisions']), np.zeros(agg.N))
+  np.testing.assert_array_equal(np.asarray(m['client_decisions']),
+                                np.full(agg.N, _common.ABSENT))
 
 
 def test_weighting_rules_report_their_weights():
   updates, weights, _ = _round()
   _, m = agg._run('fltrust', updates, weights)  # no server update: every trust is 0
-  np.testing.assert_array_equal(np.asarray(m['client_decisions']), np.zeros(agg.N))
+  np.testing.assert_array_equal(np.asarray(m['client_decisions']),
+                                _spread(_round()[2], np.zeros(agg.N - 2)))
   updates[5] = [1.5 * x for x in updates[0]]  # a sybil of client 0: FoolsGold gives both 0
   ids = [1.0, 2.0, 0.0, 4.0, 5.0, 6.0, 7.0]  # weight = identity + 1; position 2 is absent
   _, m = agg._run('foolsgold', updates, ids)

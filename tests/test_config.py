@@ -135,6 +135,9 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--defense=foolsgold', '--sample_with_replacement'],
      'error: --defense=foolsgold needs distinct clients in a round: drop '
      '--sample_with_replacement'),
+    (['--defense=fldetector', '--sample_with_replacement'],
+     'error: --defense=fldetector needs distinct clients in a round: drop '
+     '--sample_with_replacement'),
     (['--capture_rounds=0', '--sample_with_replacement'],
      'error: --capture_rounds needs distinct clients in a round: drop '
      '--sample_with_replacement'),

@@ -38,6 +38,18 @@ def test_a_decision_per_client_received_or_an_error():
   assert detection.decisions_in({'aggregator/clipped_count': 1}) is None
 
 
+def test_absent_clients_are_in_no_cell_and_a_nan_weight_is_flagged():
+  # -1: took no part (the guard zeroed it); None: a NaN weight once written as JSON.
+  row = detection.round_metrics([_common.ABSENT, None, float('nan'), 1.0, _common.ABSENT],
+                                [True, True, False, True, False])
+  assert [row[f'detection_{k}'] for k in ('tp', 'fp', 'fn', 'tn', 'absent')] == [1, 1, 1, 0, 2]
+  guarded_only = {**detection.round_metrics([_common.ABSENT, 1.0], [True, False]),
+                  'num_attackers': 1}  # its only attacker never reached the defense
+  final = detection.totals([guarded_only])
+  assert final['detection_absent'] == 1 and 'detection_fpr_attack_free' not in final
+  assert final['detection_fpr_attack_rounds'] == 0.0
+
+
 def test_totals_split_false_alarms_on_attack_free_rounds():
   rows = [detection.round_metrics([0.0, 1.0, 1.0], [True, False, False]),  # caught
           detection.round_metrics([1.0, 0.0, 1.0, 1.0], [False] * 4),  # a false alarm

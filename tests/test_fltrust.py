@@ -72,6 +72,22 @@ def test_fltrust_behind_the_guard_drops_non_finite_updates_and_a_non_finite_refe
   tff.backends.native.compile_to_mergeable_comp_form(factory.create(UPDATE_TYPE, WEIGHT_TYPE).next)
 
 
+def test_an_update_too_large_for_float32_gets_trust_0_not_a_nan_round():
+  # ||g|| ||g0|| overflows: the cosine would be inf / inf = NaN and void the round's sum.
+  updates, weights, reference = _hand_made(2)
+  huge = [list(u) for u in updates]
+  peak = max(np.abs(r).max() for r in reference)
+  huge[0] = [(r * np.float32(1e38 / peak)).astype(np.float32) for r in reference]  # finite
+  with np.errstate(over='ignore'):
+    assert np.isinf(sum(np.sum(h * r) for h, r in zip(huge[0], reference)))  # g . g0 = inf
+  result, m = _round(fltrust.FLTrustFactory(), huge, weights, reference)
+  keep = [1, 2, 3, 4]
+  np.testing.assert_allclose(
+      result, refs.fltrust([updates[i] for i in keep], [weights[i] for i in keep], reference),
+      rtol=1e-5, atol=1e-6)
+  assert m['client_decisions'][0] == 0.0 and m['client_decisions'][4] == -1.0  # 4: weight 0
+
+
 def _process(root, attack):
   factory = aggregators.build_defense(aggregators.DefenseConfig(name='fltrust'), 3, seed=0)
   return process_lib.build_attacked_fed_avg(

@@ -11,9 +11,11 @@ NORM_TF_TYPE = np.float32  # Same dtypes as tff.aggregators.clipping_factory's m
 COUNT_TF_TYPE = np.int32
 # Measurement of the per-client decision, float32 [clients received], in the order the round
 # received them: the client's weight in the aggregate (1/0 = admitted/rejected for a filter,
-# its weight for a weighting rule; 0 for an absent client). `run.detection` joins it with
-# the round's attackers.
+# its weight for a weighting rule; ABSENT for a client that took no part: weight 0, e.g. an
+# empty client or one the non-finite guard zeroed). `run.detection` joins it with the round's
+# attackers and leaves absent clients out: the defense never saw them.
 DECISIONS_KEY = 'client_decisions'
+ABSENT = -1.0
 
 
 def default_mean_factory() -> tff.aggregators.MeanFactory:

@@ -90,7 +90,7 @@ def norm_zeroing_factory(zeroing_norm: float,
   that the bound means the same as the clipping bound.
 
   Measurements (from `tff.aggregators.zeroing_factory`): `zeroed_count`, `zeroing_norm`, and
-  the inner factory's under `zeroing`; ours: `client_decisions` (1 kept, 0 zeroed or absent,
+  the inner factory's under `zeroing`; ours: `client_decisions` (1 kept, 0 zeroed, -1 absent,
   in the order received: `zeroing_decisions`).
 
   Args:
@@ -112,13 +112,13 @@ def zeroing_decisions(value: tff.Value, weight: tff.Value, zeroing_norm: float) 
   """At SERVER, {client_decisions: float32 [clients]}: 1 where a client is kept by zeroing.
 
   The same test as TFF's zeroing (L2 norm > bound is zeroed), made at the clients and
-  stacked in the order received (`robust_rules.federated_stack`); weight 0 is absent (0).
+  stacked in the order received (`robust_rules.federated_stack`); weight 0 is absent
+  (`_common.ABSENT`).
   """
   @tff.tensorflow.computation(value.type_signature.member, weight.type_signature.member)
   def kept(value, weight):
-    keep = tf.logical_and(_common.global_l2_norm(value) <= zeroing_norm,
-                          tf.cast(weight, tf.float32) > 0.0)
-    return tf.cast(keep, tf.float32)
+    keep = tf.cast(_common.global_l2_norm(value) <= zeroing_norm, tf.float32)
+    return tf.where(tf.cast(weight, tf.float32) > 0.0, keep, _common.ABSENT)
 
   @tff.tensorflow.computation
   def as_measurements(decisions):

@@ -54,7 +54,9 @@ class DefenseSpec:
     update_index_field: A parameter indexing a tensor of the update (negative from the end);
       the run checks it against its model.
     distinct_clients: Whether a client drawn twice in a round would be misread (FoolsGold
-      takes two identical updates for sybils): refuses `--sample_with_replacement`.
+      takes two identical updates for sybils; FLDetector keeps one score slot per client and
+      round, so a second copy would halve that client's score): refuses
+      `--sample_with_replacement`.
     client_bound_field: The parameter every client update's L2 norm is cut to, if any (the
       run's summary line says so).
   """

@@ -25,7 +25,7 @@ the model.
 
 Measurements: `trusted_count` (clients with TS > 0), `mean_trust` (over the clients taking
 part), `server_update_norm` (||g0||), `client_decisions` (each client's TS, in the order
-received).
+received; -1, `_common.ABSENT`, for an absent client).
 """
 from __future__ import annotations
 
@@ -42,12 +42,15 @@ from tff_backdoor.learning import side_channel
 
 def trust_and_rescaled(value: Any, reference: Any,
                        participates: tf.Tensor) -> Tuple[tf.Tensor, Any]:
-  """(TS, (||g0|| / ||g||) g) of one client; TS = 0 for a non-finite g0 or a zero update."""
+  """(TS, (||g0|| / ||g||) g) of one client; TS = 0 for a non-finite g0, a zero update, or
+  one so large that ||g|| ||g0|| overflows float32 (its cosine would be inf / inf = NaN, and a
+  NaN trust would void the round's sum)."""
   norm, reference_norm = _common.global_l2_norm(value), _common.global_l2_norm(reference)
   dot = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32) * tf.cast(r, tf.float32))
                   for v, r in zip(tf.nest.flatten(value), tf.nest.flatten(reference))])
   cosine = tf.math.divide_no_nan(dot, norm * reference_norm)
-  usable = tf.logical_and(participates, tf.math.is_finite(reference_norm))
+  usable = tf.logical_and(tf.logical_and(participates, tf.math.is_finite(reference_norm)),
+                          tf.math.is_finite(cosine))
   trust = tf.where(usable, tf.nn.relu(cosine), 0.0)
   scale = tf.math.divide_no_nan(reference_norm, norm)
   factor = tf.where(trust > 0.0, trust * scale, 0.0)  # not 0 * inf when g0 is not finite
@@ -82,7 +85,7 @@ class FLTrustFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation
     def trust_of(counts):
-      return counts['trust']
+      return tf.where(counts['participants'] > 0, counts['trust'], _common.ABSENT)
 
     @tff.tensorflow.computation
     def finish(weighted_sum, counts, reference_norm, trusts):

@@ -37,7 +37,7 @@ Mergeable: the updates reach the server with `federated_stack`.
 
 Measurements: `zero_weight_count` (clients given weight 0, the sybils), `mean_foolsgold_weight`
 (over the clients taking part), `client_decisions` (each client's weight a in [0, 1], in the
-order received; 0 for an absent client).
+order received; -1, `_common.ABSENT`, for an absent client).
 """
 from __future__ import annotations
 

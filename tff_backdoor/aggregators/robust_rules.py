@@ -123,12 +123,14 @@ def coordinate_median(stacked: tf.Tensor) -> tf.Tensor:
 def received_order(measurements: collections.OrderedDict, participates: tf.Tensor,
                    keys: tuple = (_common.DECISIONS_KEY,)) -> collections.OrderedDict:
   """`measurements` with its per-client values under `keys` (over the participants) spread
-  back to every client received, in the order received; an absent client (weight 0) gets 0."""
+  back to every client received, in the order received; an absent client (weight 0) gets
+  `_common.ABSENT` as its decision and 0 under any other key."""
   measurements = collections.OrderedDict(measurements)
   for key in set(keys) & set(measurements):
-    measurements[key] = tf.scatter_nd(
-        tf.where(participates), tf.cast(measurements[key], tf.float32),
-        tf.shape(participates, out_type=tf.int64))
+    spread = tf.scatter_nd(tf.where(participates), tf.cast(measurements[key], tf.float32),
+                           tf.shape(participates, out_type=tf.int64))
+    fill = _common.ABSENT if key == _common.DECISIONS_KEY else 0.0
+    measurements[key] = tf.where(participates, spread, fill)
   return measurements
 
 

@@ -38,6 +38,6 @@ def _fldetector(config, clients_per_round, seed):
 
 FLDETECTOR = DefenseSpec(
     'fldetector', _fldetector, check=_check_gap_samples, reads=('client_info',),
-    population_field='fldetector_clients',
+    population_field='fldetector_clients', distinct_clients=True,
     settings=('fldetector_clients', 'fldetector_window', 'fldetector_gap_samples',
               'fldetector_max_clusters'))
