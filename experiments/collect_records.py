@@ -105,6 +105,10 @@ def main(argv):
   sweep_dir, dest = argv[1:]
   if not os.path.exists(os.path.join(sweep_dir, sweep_plan.SWEEP_FILE)):
     cli.fail(f'{sweep_dir} is not a sweep directory (no {sweep_plan.SWEEP_FILE})')
+  source, target = os.path.realpath(sweep_dir), os.path.realpath(dest)
+  if os.path.commonpath([source, target]) == source:
+    cli.fail(f'{dest} is inside the sweep directory {sweep_dir}: records go elsewhere '
+             '(e.g. experiments/results/NAME)')
   where = cli.run_or_fail(lambda: [sweep_grid.parse_grid(w) for w in FLAGS.where])
   copied = cli.run_or_fail(lambda: collect(sweep_dir, dest, FLAGS.replace, where))
   total = len(finished_runs(sweep_dir))

@@ -197,6 +197,7 @@ def test_resume_after_damaged_newest_checkpoint_gives_identical_metrics(tmp_path
   driver.run_experiment(_config(idx_dir, out, rounds=4))
   reference = _rows(out)
   damage(str(out / 'checkpoints' / 'ckpt-000004' / 'state.npz'))
+  (out / 'final.json').unlink()  # killed after its last checkpoint: a finished run is refused
   capfd.readouterr()
   driver.run_experiment(_config(idx_dir, out, rounds=4, resume=True))
   err = capfd.readouterr().err
@@ -209,6 +210,7 @@ def test_resume_refuses_a_different_configuration(tmp_path):
   cfg = _config(idx_dir, tmp_path / 'run')
   cfg.fed_avg.rounds = 1
   driver.run_experiment(cfg)
+  (tmp_path / 'run' / 'final.json').unlink()  # unfinished, or it is refused as finished
   other = _config(idx_dir, tmp_path / 'run', resume=True)
   other.fed_avg.rounds, other.run.seed = 1, 6
   with pytest.raises(ValueError, match='seed'):
@@ -238,9 +240,11 @@ def test_a_run_written_before_newer_defense_settings_resumes(tmp_path):
     manifest['owner']['run'] = old_identity
     (ckpt / 'MANIFEST.json').write_text(json.dumps(manifest))
   _flip_bit(str(out / 'checkpoints' / 'ckpt-000004' / 'state.npz'))  # redo round 4
+  (out / 'final.json').unlink()  # as if killed before its end (a finished run is refused)
   driver.run_experiment(_config(idx_dir, out, rounds=4, defense=clip, resume=True))
   assert _rows(out) == reference
-  # A setting the old version had, changed:
+  # A setting the old version had, changed (on the run unfinished again):
+  (out / 'final.json').unlink()
   changed = _config(idx_dir, out, rounds=4, defense={**clip, 'clip_norm': 7.0}, resume=True)
   with pytest.raises(ValueError, match='different defense'):
     driver.run_experiment(changed)

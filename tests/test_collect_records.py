@@ -93,3 +93,15 @@ def test_where_copies_only_the_runs_whose_grid_flags_match_one_of_them(tmp_path)
       [sys.executable, '-m', 'experiments.collect_records', str(root), dest, '--where=attack'],
       cwd=REPO, capture_output=True, text=True, check=False)
   assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('inside', ['done', 'records', '.'])
+def test_a_destination_inside_the_sweep_is_refused_in_one_line(tmp_path, inside):
+  sweep = _sweep(tmp_path / 'sweep')
+  before = sorted(os.listdir(sweep)), sorted(os.listdir(os.path.join(sweep, 'done')))
+  result = subprocess.run([sys.executable, '-m', 'experiments.collect_records', sweep,
+                           os.path.join(sweep, inside)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0 and result.stderr.count('\n') == 1, result.stderr
+  assert 'is inside the sweep directory' in result.stderr
+  assert (sorted(os.listdir(sweep)), sorted(os.listdir(os.path.join(sweep, 'done')))) == before

@@ -171,6 +171,14 @@ def test_reapply_flain_to_a_finished_run_matches_running_it_with_flain(idx_dir, 
     assert os.path.exists(tmp_path / 'b_flain' / name)
   with pytest.raises(ValueError, match='differ'):
     flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'b'))
+  # Nothing finished is overwritten: its own result, or another run's directory.
+  kept = {p: p.read_bytes() for p in (tmp_path / 'b_flain' / 'flain.json',
+                                      tmp_path / 'a' / 'config.json')}
+  for output, held in (('b_flain', r'flain\.json'), ('a', r'(flain|final)\.json')):
+    with pytest.raises(ValueError, match=fr'already holds {held}: FLAIN overwrites no'):
+      flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / output),
+                               flain_mode='absolute')
+  assert {p: p.read_bytes() for p in kept} == kept
   with pytest.raises(ValueError, match='not FLAIN options'):
     flain_hook.reapply_flain(str(tmp_path / 'b'), str(tmp_path / 'c'), rounds=3)
   with pytest.raises(FileNotFoundError, match='config.json'):

@@ -119,10 +119,12 @@ def test_same_command_with_another_seed_on_a_finished_run_is_refused(idx_dir, tm
   before = {name: (out / name).read_bytes() for name in ('final.json', 'metrics.jsonl')}
   with pytest.raises(ownership.RunDirectoryError, match='holds a finished run'):
     driver.run_experiment(_config(idx_dir, out, rounds=1, checkpoint_every=0, seed=1))
-  # --resume with changed flags and no checkpoint is refused too (it used to start over).
-  with pytest.raises(ValueError, match='different seed'):
-    driver.run_experiment(_config(idx_dir, out, rounds=1, checkpoint_every=0, seed=1,
-                                  resume=True))
+  # --resume, with changed flags or the same, is refused too (it used to start over, or
+  # to rewrite final.json with eval_seconds 0).
+  for seed in (1, 5):
+    with pytest.raises(ownership.RunDirectoryError, match='finished run: nothing to resume'):
+      driver.run_experiment(_config(idx_dir, out, rounds=1, checkpoint_every=0, seed=seed,
+                                    resume=True))
   assert {name: (out / name).read_bytes() for name in before} == before
   driver.run_experiment(_config(idx_dir, out, rounds=1, checkpoint_every=0, seed=1,
                                 overwrite='move'))

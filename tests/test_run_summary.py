@@ -44,3 +44,11 @@ def test_the_bound_line_follows_the_defense_spec():
     line = summary.summary_lines(_rows(), {'name': name, 'clip_norm': 1.0}, 'femnist', 7, 1)[3]
     assert line.startswith(f'defense: {name}; ')
     assert ('every update cut to norm <= 1;' in line) == says, line
+
+
+def test_non_finite_updates_and_refused_aggregates_are_said():
+  rows = [dict(r, nonfinite_count=2, update_non_finite=int(r['round'] == 5)) for r in _rows()]
+  lines = summary.summary_lines(rows, {'name': 'none'}, 'femnist', 7, 1)
+  assert lines[-1] == ('12 non-finite client updates left out and 1 non-finite aggregates '
+                       'not applied over 6 rounds: the model did not learn from them')
+  assert not any('non-finite' in line for line in summary.summary_lines(_rows(), {}))

@@ -138,6 +138,7 @@ def test_resume_continues_a_warm_started_run_and_refuses_a_changed_source(idx_di
   assert _rows(tmp_path / 'run') == _rows(tmp_path / 'ref')
   assert resumed['model_sha256'] == reference['model_sha256']
   # The source's model changes: the run can no longer be resumed as the same experiment.
+  (tmp_path / 'run' / 'final.json').unlink()  # unfinished again (a finished run is refused)
   model = models.build_model('tiny_cnn', tiny.SHAPE, tiny.NUM_CLASSES, seed=9)
   model.save(os.path.join(own_source, 'final_model.keras'))
   with pytest.raises(ValueError, match='init_from_sha256'):

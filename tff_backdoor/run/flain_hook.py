@@ -62,7 +62,8 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
   same splits), loads final_model.keras and the round-0 model FLAIN measures updates from
   (`initial_weights`, an .npz; default the run's initial_weights.npz, e.g. a warm start's
   pretraining init instead), and writes flain.json and flain_model.keras to `output_dir`
-  (which must differ from `run_dir`). `flain_options` are the flain_* flat keys.
+  (which must differ from `run_dir`, and hold no FLAIN result or run files: nothing finished
+  is overwritten). `flain_options` are the flain_* flat keys.
   """
   bad = sorted(set(flain_options) - set(FLAIN_FIELDS))
   if bad:
@@ -72,6 +73,11 @@ def reapply_flain(run_dir: str, output_dir: str, initial_weights: Optional[str] 
   config = setup_lib.load_run_config(run_dir, rundir.FINAL_MODEL, rundir.INITIAL_WEIGHTS)
   if os.path.abspath(output_dir) == os.path.abspath(run_dir):
     raise ValueError('--output_dir must differ from the run directory (its FLAIN files stay)')
+  taken = [name for name in (rundir.FLAIN_FILE, rundir.FINAL_FILE, rundir.METRICS_JSONL)
+           if os.path.exists(os.path.join(output_dir, name))]
+  if taken:
+    raise ValueError(f'{output_dir} already holds {taken[0]}: FLAIN overwrites no finished '
+                     'result; give another output directory or remove it')
   config = config.replace(flain=True, output_dir=output_dir, resume=False, capture_rounds='',
                           workers='', **flain_options)
   setup = setup_lib.prepare(config)

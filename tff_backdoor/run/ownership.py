@@ -103,6 +103,15 @@ def run_files(output_dir: str) -> list:
   return [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
 
 
+def is_finished(output_dir: str) -> bool:
+  """Whether `output_dir` holds a finished run: a readable final.json with `FINAL_FIELDS`."""
+  path = os.path.join(output_dir, rundir.FINAL_FILE)
+  try:
+    return os.path.isfile(path) and not rundir.missing_final_fields(metrics_io.read_json(path))
+  except (OSError, ValueError):
+    return False
+
+
 def _describe(output_dir: str) -> str:
   if os.path.exists(os.path.join(output_dir, rundir.FINAL_FILE)):
     return 'a finished run'
@@ -141,13 +150,18 @@ def check_fresh_start(output_dir: str, overwrite: str,
 
 @contextlib.contextmanager
 def claim(output_dir: str, resume: bool, overwrite: str) -> Iterator[None]:
-  """Holds OUTPUT_DIR's lock while the body runs; a fresh start checks the directory first."""
+  """Holds OUTPUT_DIR's lock while the body runs; a fresh start checks the directory first,
+  and a resume refuses a finished run (it would rewrite its final files)."""
   if resume and overwrite == OVERWRITE_MOVE:
     raise RunDirectoryError('--resume continues the run in --output_dir; --overwrite=move '
                             'would move it away: give one of them')
   os.makedirs(output_dir, exist_ok=True)
   handle = _lock(output_dir)
   try:
+    if resume and is_finished(output_dir):
+      raise RunDirectoryError(f'{output_dir} holds a finished run: nothing to resume; drop '
+                              '--resume and add --overwrite=move to run it again, or use '
+                              'another --output_dir')
     if not resume:
       check_fresh_start(output_dir, overwrite)
     yield

@@ -50,6 +50,16 @@ def _defense_line(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any])
   return '; '.join(parts)
 
 
+def _nonfinite_line(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The client updates left out for NaN/Inf (`nonfinite_count`) and the rounds whose
+  aggregate TFF's finalizer refused to apply (`update_non_finite`); '' if none."""
+  zeroed, refused = (_values(rows, key).sum() for key in ('nonfinite_count', 'update_non_finite'))
+  parts = ([f'{zeroed:.0f} non-finite client updates left out'] if zeroed else []) + (
+      [f'{refused:.0f} non-finite aggregates not applied'] if refused else [])
+  return (f'{" and ".join(parts)} over {len(rows)} rounds: the model did not learn from '
+          'them' if parts else '')
+
+
 def summary_lines(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any],
                   dataset: str = '', source_class: Optional[int] = None,
                   target_class: Optional[int] = None) -> List[str]:
@@ -78,8 +88,8 @@ def summary_lines(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any],
   elif 'backdoor_accuracy' in rows[-1]:
     lines.append('no round had an attacker')
   lines.append(_defense_line(rows, defense))
-  diverged = health.divergence_line(rows)
-  return lines + ([diverged] if diverged else [])
+  warnings = (_nonfinite_line(rows), health.divergence_line(rows))
+  return lines + [line for line in warnings if line]
 
 
 def describe_run(rows: Sequence[Mapping[str, Any]], config: Dict[str, Any]) -> List[str]:
