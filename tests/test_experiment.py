@@ -213,6 +213,11 @@ def test_apply_flain_program_refuses_a_directory_that_is_not_a_run(tmp_path):
 def test_apply_flain_program_refuses_an_empty_output_flag(tmp_path):
   code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path), '--output_dir=')
   assert code == 2 and lines == ['error: --output_dir is empty'], lines
+  (tmp_path / 'a_file').write_text('x')
+  code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path),
+                                    f'--output_dir={tmp_path / "a_file"}')
+  assert code == 2 and lines == [f'error: --output_dir={tmp_path / "a_file"} is a file: give '
+                                 'a folder'], lines
 
 
 def test_apply_flain_program_sweep_mode_takes_a_subdir_and_no_run_dirs(tmp_path):
