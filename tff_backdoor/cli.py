@@ -85,6 +85,16 @@ def check_writer_data(config: config_lib.ExperimentConfig) -> None:
         getattr(config.defense, root_set_field), f'--{root_set_field}')
 
 
+def check_idx_data(config: config_lib.ExperimentConfig) -> None:
+  """For an idx-format --data_dir (mnist, fashion_mnist, idx), that its four files are there,
+  before TensorFlow loads (their contents are read, and checked, by the run)."""
+  data = config.data
+  if data.dataset not in ('mnist', 'fashion_mnist', 'idx') or not data.data_dir:
+    return
+  from tff_backdoor.data import idx  # pylint: disable=g-import-not-at-top  (TF-free)
+  idx.check_idx_dir(data.data_dir)
+
+
 def exit_on_sigterm() -> None:
   """Turns SIGTERM into a normal exit, so atexit hooks (TFF worker cleanup) still run."""
   def handler(signum, frame):
@@ -195,6 +205,7 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.ExperimentConfig
   config = config_lib.ExperimentConfig.from_flat(
       defense=config_lib.DefenseConfig(**defense), **flat).validate()
   check_output_folder(config.run.output_dir, 'output_dir')
+  check_idx_data(config)
   check_writer_data(config)
   if config.run.init_from:  # reads small JSON files, but its module imports TensorFlow
     from tff_backdoor.run import warm_start  # pylint: disable=g-import-not-at-top

@@ -5,7 +5,6 @@ is cheap to import (the fetch CLI uses it without loading TensorFlow).
 """
 from __future__ import annotations
 
-import glob
 import gzip
 import os
 from typing import Dict, Optional, Tuple
@@ -51,24 +50,23 @@ def read_idx(path: str) -> np.ndarray:
       dtype.newbyteorder('='), copy=False)
 
 
-def find_idx_files(data_dir: str) -> Optional[Dict[str, str]]:
-  """Paths of the four idx files in `data_dir` (keys train_images, ..., test_labels), or None."""
+def _idx_matches(data_dir: str) -> Dict[str, Optional[str]]:
+  """Each of the four idx files (keys train_images, ..., test_labels): its path, or None."""
   found = {}
   for split, prefixes in _SPLIT_PREFIXES.items():
     for kind, tag in (('images', 'idx3'), ('labels', 'idx1')):
-      matches = []
-      for prefix in prefixes:
-        # Accept MNIST's names (train-images-idx3-ubyte) and the dotted variant
-        # (train-images.idx3-ubyte), plain or gzipped.
-        for sep in ('-', '.'):
-          for suffix in ('', '.gz'):
-            path = os.path.join(data_dir, f'{prefix}-{kind}{sep}{tag}-ubyte{suffix}')
-            if os.path.isfile(path):
-              matches.append(path)
-      if not matches:
-        return None
-      found[f'{split}_{kind}'] = matches[0]
+      # Accept MNIST's names (train-images-idx3-ubyte) and the dotted variant
+      # (train-images.idx3-ubyte), plain or gzipped.
+      matches = [os.path.join(data_dir, f'{prefix}-{kind}{sep}{tag}-ubyte{suffix}')
+                 for prefix in prefixes for sep in ('-', '.') for suffix in ('', '.gz')]
+      found[f'{split}_{kind}'] = next((p for p in matches if os.path.isfile(p)), None)
   return found
+
+
+def find_idx_files(data_dir: str) -> Optional[Dict[str, str]]:
+  """Paths of the four idx files in `data_dir` (keys train_images, ..., test_labels), or None."""
+  found = _idx_matches(data_dir)
+  return None if None in found.values() else found
 
 
 def _to_pair(images: np.ndarray, labels: np.ndarray, where: str) -> ArrayPair:
@@ -87,18 +85,26 @@ def _to_pair(images: np.ndarray, labels: np.ndarray, where: str) -> ArrayPair:
   return x[..., np.newaxis], labels.astype(np.int32)
 
 
+def check_idx_dir(data_dir: str) -> Dict[str, str]:
+  """The four idx files of `data_dir` (`find_idx_files`); DataError, one line saying what
+  is missing, if the folder or a file is not there. Reads no file: a flag check runs it."""
+  if not os.path.isdir(data_dir):
+    what = 'is a file, not a folder' if os.path.exists(data_dir) else 'does not exist'
+    raise DataError(f'data directory {data_dir} {what}; pass --data_dir with the four '
+                    'MNIST-format idx files')
+  found = _idx_matches(data_dir)
+  missing = [f'{_SPLIT_PREFIXES[key.split("_")[0]][0]}-{key.split("_")[1]}-'
+             f'{"idx3" if key.endswith("images") else "idx1"}-ubyte'
+             for key, path in found.items() if path is None]
+  if missing:
+    raise DataError(f'{data_dir} lacks the MNIST-format idx file(s) {", ".join(missing)} '
+                    '(.gz or not)')
+  return found
+
+
 def load_idx_dir(data_dir: str) -> Tuple[ArrayPair, ArrayPair]:
   """Loads (train, test) ArrayPairs from the train-*/t10k-* idx files in `data_dir`."""
-  if not os.path.isdir(data_dir):
-    raise DataError(f'data directory {data_dir} does not exist; pass --data_dir with the '
-                    'four MNIST-format idx files')
-  files = find_idx_files(data_dir)
-  if files is None:
-    present = sorted(os.path.basename(p) for p in glob.glob(os.path.join(data_dir, '*')))[:8]
-    raise DataError(f'{data_dir} lacks the idx files train-images-idx3-ubyte[.gz], '
-                    'train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], '
-                    f't10k-labels-idx1-ubyte[.gz] (found: {present}); pass --data_dir '
-                    'pointing at them')
+  files = check_idx_dir(data_dir)
   train = _to_pair(read_idx(files['train_images']), read_idx(files['train_labels']),
                    f'{data_dir} (train)')
   test = _to_pair(read_idx(files['test_images']), read_idx(files['test_labels']),
