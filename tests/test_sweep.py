@@ -295,7 +295,8 @@ def test_bad_flags_of_any_configuration_stop_the_sweep_before_it_starts(tmp_path
   out = tmp_path / 'sweep'
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.sweep', '--grid=defnse=clip;seed=0',
-       '--grid=rounds=2,0;seed=0', f'--base_flags={TINY_FLAGS.format(tmp_path)}',
+       '--grid=rounds=2,0;seed=0',
+       f'--base_flags={TINY_FLAGS.format(tiny.write_idx_dataset(str(tmp_path / "idx")))}',
        '--pretrain_flags=--attack=nope', f'--output_dir={out}'],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))

@@ -68,13 +68,16 @@ def test_a_run_in_a_used_warm_worker_matches_its_own_process_bit_for_bit(tmp_pat
 
 def test_a_failed_run_leaves_the_worker_to_the_next_one(tmp_path):
   idx_dir = tiny.write_idx_dataset(str(tmp_path / 'idx'))
-  spec = _spec(tmp_path / 'sweep', f'data_dir={tmp_path / "missing"},{idx_dir};seed=0', idx_dir)
+  broken = tiny.write_idx_dataset(str(tmp_path / 'broken'))  # its files there (the sweep's
+  with open(os.path.join(broken, 'train-labels-idx1-ubyte.gz'), 'r+b') as f:  # check passes),
+    f.truncate(20)  # one of them cut short: the run fails when it reads it
+  spec = _spec(tmp_path / 'sweep', f'data_dir={broken},{idx_dir};seed=0', idx_dir)
   lines = []
   result = sweeps.run_sweep(spec, out=lines.append)
   bad, good = result.runs
   assert result.status[bad.name] == sweep_plan.FAILED
   assert result.failed[bad.name].startswith('exit code 1: error:'), result.failed
-  assert 'missing' in result.failed[bad.name]
+  assert 'broken' in result.failed[bad.name]
   assert result.status[good.name] == sweep_plan.FINISHED
   assert _record(good)['ran_in'].replace('run 2', 'run 1') == _record(bad)['ran_in']
 
