@@ -17,6 +17,8 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 KERAS_DATASETS_DIR = os.path.join(os.path.expanduser('~'), '.keras', 'datasets')
 # Split name -> file name prefixes accepted for it (MNIST's own names first).
 _SPLIT_PREFIXES = {'train': ('train',), 'test': ('t10k', 'test')}
+_MNIST_NAMES = {'train_images': 'train-images-idx3-ubyte', 'train_labels': 'train-labels-idx1-ubyte',
+                'test_images': 't10k-images-idx3-ubyte', 'test_labels': 't10k-labels-idx1-ubyte'}
 # idx type code -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
@@ -93,9 +95,7 @@ def check_idx_dir(data_dir: str) -> Dict[str, str]:
     raise DataError(f'data directory {data_dir} {what}; pass --data_dir with the four '
                     'MNIST-format idx files')
   found = _idx_matches(data_dir)
-  missing = [f'{_SPLIT_PREFIXES[key.split("_")[0]][0]}-{key.split("_")[1]}-'
-             f'{"idx3" if key.endswith("images") else "idx1"}-ubyte'
-             for key, path in found.items() if path is None]
+  missing = [_MNIST_NAMES[key] for key, path in found.items() if path is None]
   if missing:
     raise DataError(f'{data_dir} lacks the MNIST-format idx file(s) {", ".join(missing)} '
                     '(.gz or not)')
