@@ -103,15 +103,6 @@ def run_files(output_dir: str) -> list:
   return [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
 
 
-def is_finished(output_dir: str) -> bool:
-  """Whether `output_dir` holds a finished run: a readable final.json with `FINAL_FIELDS`."""
-  path = os.path.join(output_dir, rundir.FINAL_FILE)
-  try:
-    return os.path.isfile(path) and not rundir.missing_final_fields(metrics_io.read_json(path))
-  except (OSError, ValueError):
-    return False
-
-
 def _describe(output_dir: str) -> str:
   if os.path.exists(os.path.join(output_dir, rundir.FINAL_FILE)):
     return 'a finished run'
@@ -158,7 +149,7 @@ def claim(output_dir: str, resume: bool, overwrite: str) -> Iterator[None]:
   os.makedirs(output_dir, exist_ok=True)
   handle = _lock(output_dir)
   try:
-    if resume and is_finished(output_dir):
+    if resume and rundir.is_finished(output_dir):
       raise RunDirectoryError(f'{output_dir} holds a finished run: nothing to resume; drop '
                               '--resume and add --overwrite=move to run it again, or use '
                               'another --output_dir')

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Dict, List
 
-from tff_backdoor.metrics_io import read_jsonl, to_jsonable, write_csv
+from tff_backdoor.metrics_io import read_json, read_jsonl, to_jsonable, write_csv
 
 # The files of a run directory (`driver.run_experiment`).
 CONFIG_FILE = 'config.json'  # The run's configuration; written first.
@@ -38,6 +38,15 @@ FINAL_FIELDS = ('rounds', 'test_accuracy', 'partition')
 def missing_final_fields(final: Any) -> List[str]:
   """The FINAL_FIELDS that `final` (a parsed final.json) lacks; all of them if not a dict."""
   return [k for k in FINAL_FIELDS if not isinstance(final, dict) or k not in final]
+
+
+def is_finished(run_dir: str) -> bool:
+  """Whether `run_dir` holds a finished run: a readable final.json with `FINAL_FIELDS`."""
+  path = os.path.join(run_dir, FINAL_FILE)
+  try:
+    return os.path.isfile(path) and not missing_final_fields(read_json(path))
+  except (OSError, ValueError):
+    return False
 
 
 def spool_dir(run_dir: str) -> str:

@@ -53,11 +53,16 @@ def _defense_line(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any])
 def _nonfinite_line(rows: Sequence[Mapping[str, Any]]) -> str:
   """The client updates left out for NaN/Inf (`nonfinite_count`) and the rounds whose
   aggregate TFF's finalizer refused to apply (`update_non_finite`); '' if none."""
-  zeroed, refused = (_values(rows, key).sum() for key in ('nonfinite_count', 'update_non_finite'))
-  parts = ([f'{zeroed:.0f} non-finite client updates left out'] if zeroed else []) + (
-      [f'{refused:.0f} non-finite aggregates not applied'] if refused else [])
-  return (f'{" and ".join(parts)} over {len(rows)} rounds: the model did not learn from '
-          'them' if parts else '')
+  parts = []
+  zeroed = _values(rows, 'nonfinite_count').sum()
+  if zeroed:
+    parts.append(f'{zeroed:.0f} non-finite client updates left out')
+  refused = _values(rows, 'update_non_finite').sum()
+  if refused:
+    parts.append(f'{refused:.0f} non-finite aggregates not applied')
+  if not parts:
+    return ''
+  return f'{" and ".join(parts)} over {len(rows)} rounds: the model did not learn from them'
 
 
 def summary_lines(rows: Sequence[Mapping[str, Any]], defense: Mapping[str, Any],
