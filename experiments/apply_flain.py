@@ -9,8 +9,9 @@
 
 Rebuilds the run's splits and backdoor evaluation sets from its config.json (same seed), then
 writes flain.json and flain_model.keras to --output_dir and prints main and backdoor accuracy
-before and after. FLAIN flags mean what they mean in experiments.emnist_backdoor. See
-`tff_backdoor.run.flain_hook.reapply_flain`.
+before and after. FLAIN flags mean what they mean in experiments.emnist_backdoor; a FLAIN
+option not given on the command line keeps the run's own (its config.json), not the flag's
+default. See `tff_backdoor.run.flain_hook.reapply_flain`.
 """
 import os
 
@@ -68,7 +69,7 @@ def main(argv):
              '--output_dir=DIR, or RUN_DIR... --output_subdir=NAME, or --sweep_dir')
   # pylint: disable-next=g-import-not-at-top  (loaded by the parser)
   from tff_backdoor.run import flain_hook
-  options = {name: FLAGS[name].value for name in flain_hook.FLAIN_FIELDS}
+  options = {name: FLAGS[name].value for name in flain_hook.FLAIN_FIELDS if FLAGS[name].present}
   for run_dir in run_dirs:
     output = FLAGS.output_dir or os.path.join(run_dir, FLAGS.output_subdir)
     cli.run_or_fail(lambda: flain_hook.reapply_flain(  # pylint: disable=cell-var-from-loop

@@ -220,6 +220,18 @@ def test_apply_flain_program_refuses_an_empty_output_flag(tmp_path):
                                  'a folder'], lines
 
 
+def test_apply_flain_program_keeps_the_runs_own_options_it_is_not_given(idx_dir, tmp_path):
+  driver.run_experiment(_config(idx_dir, tmp_path / 'run', rounds=1, flain_aux_per_class=5))
+  code, lines = tiny.program_stderr('experiments.apply_flain', str(tmp_path / 'run'),
+                                    f'--output_dir={tmp_path / "out"}', '--flain_mode=absolute')
+  assert code == 0, lines
+  with open(tmp_path / 'out' / 'config.json') as f:
+    config = json.load(f)
+  assert (config['flain_mode'], config['flain_aux_per_class']) == ('absolute', 5)
+  with open(tmp_path / 'out' / 'flain.json') as f:
+    assert json.load(f)['report']['num_aux'] == 15  # the run's 5 per class, not the default
+
+
 def test_apply_flain_program_sweep_mode_takes_a_subdir_and_no_run_dirs(tmp_path):
   code, lines = tiny.program_stderr('experiments.apply_flain', f'--sweep_dir={tmp_path}',
                                     f'--output_dir={tmp_path / "out"}')
