@@ -435,7 +435,8 @@ def wall_clock_markdown(label: str, seconds: Sequence[float]) -> str:
   if mean is None:
     return f'{label}: no finished run'
   spread = '' if std is None else f' ± {std:.0f}'
-  return (f'{label}: {len(seconds)} runs, {mean:.0f}{spread} s per run, '
+  runs = f'{len(seconds)} run' + ('' if len(seconds) == 1 else 's')
+  return (f'{label}: {runs}, {mean:.0f}{spread} s per run, '
           f'{sum(seconds) / 3600:.2f} run-hours')
 
 

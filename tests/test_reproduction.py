@@ -325,6 +325,8 @@ def test_wall_clock_line():
   assert reproduction.wall_clock_markdown('sun', [3600.0, 7200.0]) == (
       'sun: 2 runs, 5400 ± 2546 s per run, 3.00 run-hours')
   assert reproduction.wall_clock_markdown('x', []) == 'x: no finished run'
+  assert reproduction.wall_clock_markdown('one', [90.0]) == (
+      'one: 1 run, 90 s per run, 0.03 run-hours')
 
 
 def test_bilgin_program_writes_tables_csvs_and_plots(tmp_path):
