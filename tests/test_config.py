@@ -160,6 +160,11 @@ def test_the_config_and_flags_load_without_tensorflow():
     (['--output_dir=/etc/hostname'], '--output_dir=/etc/hostname is a file'),
     (['--output_dir=/etc/hostname/run'], 'is under /etc/hostname, which is a file'),
     (['--capture_rounds=-3'], "bad round list '-3'"),
+    (['--attack=a3fl', '--task=targeted'], '--attack=a3fl optimizes a pixel trigger: it needs '
+     '--task=pixel with --distributed_parts=1'),
+    (['--attack=a3fl', '--task=pixel', '--distributed_parts=2'], '--attack=a3fl optimizes'),
+    (['--dataset=femnist', '--data_dir=/etc/hostname'],
+     '--data_dir /etc/hostname is a file, not a LEAF folder with train/ and test/'),
     (['--defense=bias_filter', '--bias_index=99'], '--bias_index=99 is out of range'),
     (['--task=targeted', '--schedule=fixed_per_round', '--attackers_per_round=3',
       '--num_clients=10', '--malicious_fraction=0.2'],

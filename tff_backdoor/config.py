@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from tff_backdoor.aggregators import defenses
 from tff_backdoor.aggregators.defense_config import DefenseConfig, validate_defense
-from tff_backdoor.attacks.attack_config import AttackConfig
+from tff_backdoor.attacks.attack_config import TRIGGER_MODES, AttackConfig
 from tff_backdoor.data.core import DATASETS, NATURAL_DATASETS, PARTITIONS
 from tff_backdoor.execution import workers
 from tff_backdoor.flain_config import FlainConfig
@@ -313,6 +313,9 @@ def _check_combinations(config: ExperimentConfig) -> None:
     raise ValueError(f'--schedule={schedule.name} needs a backdoor --task (targeted or pixel)')
   if task.name == 'targeted' and task.source_class is None:
     raise ValueError('--task=targeted needs a --source_class >= 0')
+  if config.attack.mode in TRIGGER_MODES and (task.name, task.distributed_parts) != ('pixel', 1):
+    raise ValueError(f'--attack={config.attack.mode} optimizes a pixel trigger: it needs '
+                     '--task=pixel with --distributed_parts=1')
   if schedule.stop is not None and schedule.stop <= schedule.start:
     raise ValueError(f'--attack_stop={schedule.stop} must be after '
                      f'--attack_start={schedule.start}')

@@ -352,11 +352,17 @@ def default_cache_dir() -> str:
   return os.path.join(base, 'tff_backdoor')
 
 
+def check_leaf_dir(data_dir: str) -> None:
+  """DataError, one line, if `data_dir` is not a folder (a LEAF folder holds train/, test/)."""
+  if not os.path.isdir(data_dir):
+    what = 'is a file, not' if os.path.exists(data_dir) else 'not found: give'
+    raise DataError(f'--data_dir {data_dir} {what} a LEAF folder with train/ and test/')
+
+
 def read_leaf_packed(data_dir: str, num_classes: int = NUM_CLASSES,
                      cache_dir: Optional[str] = None) -> Tuple[PackedSplit, PackedSplit]:
   """(train, test) PackedSplits of a LEAF data directory with train/ and test/."""
-  if not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir {data_dir} not found (a LEAF folder with train/ and test/)')
+  check_leaf_dir(data_dir)
   return tuple(read_split_packed(os.path.join(data_dir, split), num_classes, cache_dir)
                for split in ('train', 'test'))
 

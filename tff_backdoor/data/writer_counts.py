@@ -56,9 +56,7 @@ def _stamp(data_dir: str) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _counts(data_dir: str, only_digits: bool, cache_dir: str, stamp: tuple) -> WriterCounts:
   del stamp  # the cache key only
-  if not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir {data_dir} not found (a LEAF folder with train/ and '
-                         'test/)')
+  leaf.check_leaf_dir(data_dir)
   split = leaf.read_split_packed(os.path.join(data_dir, 'train'), leaf.NUM_CLASSES, cache_dir)
   owners, labels = split.owners(), np.asarray(split.labels)
   if only_digits:  # labels only: the pixels (memory-mapped) are never read

@@ -41,10 +41,7 @@ class AdaptiveTrigger(loop.Hook):
   """Keeps the state a round starts from and searches the trigger before its inputs."""
 
   def __init__(self, setup: Any, state: Any):
-    task, attack = setup.task, setup.config.attack
-    if not isinstance(task, tasks_lib.PixelTriggerTask) or task.distributed_parts != 1:
-      raise ValueError(f'--attack={attack.mode} optimizes a pixel trigger: it needs '
-                       '--task=pixel with --distributed_parts=1')
+    task, attack = setup.task, setup.config.attack  # a pixel task, one part (config.validate)
     self.setup, self.state, self.extra = setup, state, 0
     self.search = a3fl.TriggerSearch(
         setup.keras_builder, task.mask, setup.data.input_shape[-1], task.target_class,
