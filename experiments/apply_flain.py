@@ -54,11 +54,11 @@ def main(argv):
     cli.fail('give exactly one of --output_dir and --output_subdir')
   if '' in (FLAGS.output_dir, FLAGS.output_subdir):
     cli.fail(f'--{"output_dir" if FLAGS.output_dir == "" else "output_subdir"} is empty')
-  try:
-    if FLAGS.output_dir is not None:
+  if FLAGS.output_dir is not None:
+    try:
       cli.check_output_folder(FLAGS.output_dir, 'output_dir')
-  except ValueError as e:
-    cli.fail(str(e))
+    except ValueError as e:
+      cli.fail(str(e))
   if FLAGS.sweep_dir is not None:
     if run_dirs or FLAGS.output_subdir is None:
       cli.fail('--sweep_dir takes --output_subdir and no run directories')
