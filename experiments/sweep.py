@@ -89,7 +89,10 @@ def _check_flags(spec):
 
 
 def main(argv):
-  spec = cli.run_or_fail(lambda: _spec(argv[1:]))
+  try:
+    spec = _spec(argv[1:])
+  except sweep_grid.GridError as e:  # a bad --grid, --grid_file or --base_flags: flag errors
+    cli.fail(str(e), code=2)
   _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
       spec, parallel=FLAGS.parallel or parallelism.default_parallel(), dry_run=FLAGS.dry_run,

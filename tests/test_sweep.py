@@ -266,10 +266,22 @@ def test_sweep_program_gives_one_line_error_for_a_malformed_grid(tmp_path):
        f'--output_dir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert lines == ["error: grid axis 'seed' has no '=': write flag=value1,value2,..."], \
       result.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_sweep_program_gives_one_line_error_for_a_missing_grid_file(tmp_path):
+  missing = tmp_path / 'no.grid'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', f'--grid_file={missing}',
+       f'--output_dir={tmp_path / "out"}'], cwd=REPO, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert result.returncode == 2, result.stderr
+  assert lines == [f'error: cannot read --grid_file={missing}: No such file or directory'], lines
+  assert not (tmp_path / 'out').exists()
 
 
 def test_a_run_with_a_corrupt_final_json_is_rerun_not_averaged(tmp_path, fake_program):
