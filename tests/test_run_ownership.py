@@ -166,3 +166,22 @@ def test_two_concurrent_runs_second_refused_and_the_lock_dies_with_its_holder(id
   # killed run's rows are whole rounds in order.
   with ownership.claim(str(out), resume=True, overwrite='refuse'):
     assert [r['round'] for r in _rows(out)] == list(range(len(_rows(out))))
+
+
+def test_a_run_that_failed_before_its_first_round_is_moved_aside_not_refused(tmp_path):
+  """A run that wrote config.json and no row (it failed in setup) holds nothing to continue:
+  the same command starts over without --overwrite=move, keeping the failed run beside it."""
+  out = tmp_path / 'run'
+  out.mkdir()
+  (out / 'config.json').write_text('{"seed": 1}')
+  (out / 'metrics.jsonl').write_text('')
+  said = []
+  ownership.check_fresh_start(str(out), 'refuse', say=said.append)
+  assert os.listdir(out) == [] and said == [
+      f'moved an unfinished run (0 rounds in metrics.jsonl) in {out} to {out}.old-1']
+  assert (tmp_path / 'run.old-1' / 'config.json').read_text() == '{"seed": 1}'
+  (out / 'config.json').write_text('{"seed": 1}')
+  (out / 'metrics.jsonl').write_text('{"round": 0}\n')  # one round: --resume's business
+  with pytest.raises(ownership.RunDirectoryError, match=r'holds an unfinished run \(1 round in'):
+    ownership.check_fresh_start(str(out), 'refuse', say=said.append)
+  assert sorted(os.listdir(out)) == ['config.json', 'metrics.jsonl']

@@ -162,7 +162,8 @@ class RunConfig(Fields):
   overwrite: str = option(
       'refuse', "A fresh start (no --resume) in an --output_dir that holds a run's files: "
       "'refuse' (one line, exit 1) or 'move' them to a sibling OUTPUT_DIR.old-N (never "
-      'deleted).', choices=('refuse', 'move'))
+      'deleted); a run that failed before its first round is always moved.',
+      choices=('refuse', 'move'))
   init_from: Optional[str] = option(
       None, "Warm start: a run directory whose final_model.keras (or newest checkpoint) is the "
       "round-0 model; rounds, schedules and seeds are this run's own (see "

@@ -108,7 +108,8 @@ def _describe(output_dir: str) -> str:
     return 'a finished run'
   rows = len(metrics_io.read_jsonl(os.path.join(output_dir, rundir.METRICS_JSONL))) \
       if os.path.isfile(os.path.join(output_dir, rundir.METRICS_JSONL)) else 0
-  return f'an unfinished run ({rows} rounds in {rundir.METRICS_JSONL})'
+  rounds = '1 round' if rows == 1 else f'{rows} rounds'
+  return f'an unfinished run ({rounds} in {rundir.METRICS_JSONL})'
 
 
 def _move_aside(output_dir: str) -> str:
@@ -125,14 +126,24 @@ def _move_aside(output_dir: str) -> str:
   return target
 
 
+def _never_trained(output_dir: str) -> bool:
+  """A run that failed before its first round (no row, checkpoint or final file): a fresh
+  start moves it aside without --overwrite=move, as it holds nothing to continue."""
+  path = os.path.join(output_dir, rundir.METRICS_JSONL)
+  if not set(run_files(output_dir)) <= {rundir.CONFIG_FILE, rundir.METRICS_JSONL}:
+    return False
+  return not os.path.isfile(path) or not metrics_io.read_jsonl(path)
+
+
 def check_fresh_start(output_dir: str, overwrite: str,
                       say: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
                                                                        flush=True)) -> None:
-  """A fresh start may only write into a directory without run files (or move them aside)."""
+  """A fresh start may only write into a directory without run files (or move them aside:
+  with --overwrite=move, or always when they are a run that never trained)."""
   if not run_files(output_dir):
     return
   what = _describe(output_dir)
-  if overwrite != OVERWRITE_MOVE:
+  if overwrite != OVERWRITE_MOVE and not _never_trained(output_dir):
     hint = ('' if what == 'a finished run' else '--resume continues it, ')
     raise RunDirectoryError(f'{output_dir} holds {what}; {hint}--overwrite=move moves it '
                             'aside, or use another --output_dir')
