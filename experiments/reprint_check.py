@@ -5,8 +5,9 @@
 For each `python -m experiments.reproduction_tables ARGS` command of the report (in a code
 block or quoted in a line; continued lines joined; a command given twice is checked where it
 stands last, next to what it printed), runs it with its --output_dir replaced by a temporary
-folder, then compares: every table line it prints (`| ...`) must stand in the report between
-the command and the next command or section heading, in the same order; every CSV it writes
+folder, then compares: every line it prints (tables, their headings, the plateau and wall-clock
+lines; not the paths of the files it wrote) must stand in the report between the command and
+the next command or section heading, in the same order; every CSV it writes
 must equal, byte for byte, the committed one at the command's own --output_dir. Prints one line per command (IDENTICAL, or
 what differs, or that it reads directories that are not in the repository) and exits 1 if any
 command does not reprint.
@@ -74,6 +75,12 @@ def in_order(needles: Sequence[str], haystack: Sequence[str]) -> Optional[str]:
   return None
 
 
+def printed_lines(stdout: str, output_dir: str) -> List[str]:
+  """What a table command printed that the report must hold: every non-empty line but the
+  paths of the files it wrote in `output_dir`."""
+  return [l for l in stdout.splitlines() if l.strip() and not l.startswith(output_dir)]
+
+
 def check(args: List[str], report_lines: Sequence[str]) -> Tuple[bool, str]:
   """(reprints, one line saying so) for one pasted command."""
   inputs = [a for a in args if not a.startswith('--')]
@@ -87,17 +94,19 @@ def check(args: List[str], report_lines: Sequence[str]) -> Tuple[bool, str]:
                             text=True, check=False)
     if result.returncode:
       return False, f'exit {result.returncode}: {result.stderr.strip()[-200:]}'
-    table = [l for l in result.stdout.splitlines() if l.startswith('|')]
-    absent = in_order(table, report_lines)
+    printed = printed_lines(result.stdout, tmp)
+    table = [l for l in printed if l.startswith('|')]
+    absent = in_order(printed, report_lines)
     if absent is not None:
-      return False, f'{len(table)} table lines; not in the report: {absent[:120]}'
+      return False, f'{len(printed)} lines; not in the report: {absent[:120]}'
     csvs = sorted(f for f in os.listdir(tmp) if f.endswith('.csv'))
     differ = [f for f in csvs if not committed or
               not os.path.exists(os.path.join(committed, f)) or
               not filecmp.cmp(os.path.join(tmp, f), os.path.join(committed, f), shallow=False)]
     if differ:
-      return False, f'{len(table)} table lines identical; CSV differs or is not committed: {differ[0]}'
-  return True, f'IDENTICAL {len(table)} table lines, {len(csvs)} CSVs'
+      return False, (f'{len(printed)} lines identical; CSV differs or is not committed: '
+                     f'{differ[0]}')
+  return True, f'IDENTICAL {len(printed)} lines ({len(table)} table lines), {len(csvs)} CSVs'
 
 
 def main(argv):

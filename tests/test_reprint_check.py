@@ -37,3 +37,13 @@ def test_table_lines_must_stand_in_order():
 def test_a_command_reading_a_missing_directory_fails_without_running(tmp_path):
   ok, what = reprint_check.check([str(tmp_path / 'gone'), '--families=x'], [])
   assert not ok and 'not in the repository' in what
+
+
+def test_every_printed_line_counts_but_the_paths_of_written_files():
+  stdout = ('wall clock: 3 runs, 10 s per run\n\n**Plateau?** change +0.001\n\n| a | 1 |\n'
+            '/tmp/x/family.csv\n/tmp/x/family.png\n')
+  assert reprint_check.printed_lines(stdout, '/tmp/x') == [
+      'wall clock: 3 runs, 10 s per run', '**Plateau?** change +0.001', '| a | 1 |']
+  report = ['**Plateau?** change +0.001', '| a | 1 |']  # the wall-clock line left out
+  assert reprint_check.in_order(reprint_check.printed_lines(stdout, '/tmp/x'), report) == \
+      'wall clock: 3 runs, 10 s per run'
