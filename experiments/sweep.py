@@ -91,10 +91,8 @@ def _check_flags(spec):
 def main(argv):
   try:
     spec = _spec(argv[1:])
-  except sweep_grid.GridError as e:  # a bad --grid, --grid_file or --base_flags: flag errors
+  except sweep_grid.GridError as e:  # all _spec raises: a bad --grid, --grid_file, --base_flags
     cli.fail(str(e), code=2)
-  except (ValueError, OSError) as e:  # anything else it could not read, as cli.run_or_fail
-    cli.fail(str(e), code=1)
   _check_flags(spec)
   result = cli.run_or_fail(lambda: sweeps.run_sweep(
       spec, parallel=FLAGS.parallel or parallelism.default_parallel(), dry_run=FLAGS.dry_run,

@@ -103,11 +103,16 @@ def run_files(output_dir: str) -> list:
   return [name for name in RUN_FILES if os.path.exists(os.path.join(output_dir, name))]
 
 
+def _row_count(output_dir: str) -> int:
+  """The rounds in OUTPUT_DIR's metrics.jsonl (0 without one)."""
+  path = os.path.join(output_dir, rundir.METRICS_JSONL)
+  return len(metrics_io.read_jsonl(path)) if os.path.isfile(path) else 0
+
+
 def _describe(output_dir: str) -> str:
   if os.path.exists(os.path.join(output_dir, rundir.FINAL_FILE)):
     return 'a finished run'
-  rows = len(metrics_io.read_jsonl(os.path.join(output_dir, rundir.METRICS_JSONL))) \
-      if os.path.isfile(os.path.join(output_dir, rundir.METRICS_JSONL)) else 0
+  rows = _row_count(output_dir)
   rounds = '1 round' if rows == 1 else f'{rows} rounds'
   return f'an unfinished run ({rounds} in {rundir.METRICS_JSONL})'
 
@@ -129,10 +134,8 @@ def _move_aside(output_dir: str) -> str:
 def _never_trained(output_dir: str) -> bool:
   """A run that failed before its first round (no row, checkpoint or final file): a fresh
   start moves it aside without --overwrite=move, as it holds nothing to continue."""
-  path = os.path.join(output_dir, rundir.METRICS_JSONL)
-  if not set(run_files(output_dir)) <= {rundir.CONFIG_FILE, rundir.METRICS_JSONL}:
-    return False
-  return not os.path.isfile(path) or not metrics_io.read_jsonl(path)
+  return (set(run_files(output_dir)) <= {rundir.CONFIG_FILE, rundir.METRICS_JSONL}
+          and _row_count(output_dir) == 0)
 
 
 def check_fresh_start(output_dir: str, overwrite: str,
