@@ -43,6 +43,7 @@ from studies.sweep_plan import run_status
 from studies.sweep_plan import SweepSpec, check_flags, plan, pretrain_run, read_final
 from studies.sweep_plan import resolve_program
 from studies import run_checks
+from studies import sweep_estimate
 from studies.sweep_processes import ProcessLauncher, SigtermInterrupts, child_env, last_error
 from studies.sweep_processes import lock_output_dir, resumable, stop_runs
 from studies.warm_workers import WarmLauncher
@@ -81,6 +82,9 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, dry_run: bool = False,
       f'{len(skipped)} finished (skipped), {len(todo)} to run'
       + (f', {parallel} at a time' if parallel > 1 and not dry_run else '')
       + (f'; pretraining {PRETRAIN}/ {states[PRETRAIN][0]}' if pretrain else ''))
+  if todo and skipped:
+    finals = {r.name: read_final(r, spec) for r in runs if states[r.name][0] == FINISHED}
+    out(sweep_estimate.describe(sweep_estimate.estimate(runs, finals, todo)))
   if dry_run:
     for run in ([pretrain] if pretrain else []) + runs:
       state, detail = states[run.name]

@@ -37,7 +37,8 @@ if args['mode'] == 'crash':
   print('error: mode crash is not supported', file=sys.stderr)
   sys.exit(3)
 with open(os.path.join(out, 'final.json'), 'w') as f:
-  json.dump({'test_accuracy': int(args['seed']) * scale / 10, 'extra': {'x': 1.5}}, f)
+  json.dump({'test_accuracy': int(args['seed']) * scale / 10, 'extra': {'x': 1.5},
+             'seconds': 100 * int(args['seed'])}, f)
 '''
 
 
@@ -217,8 +218,13 @@ def test_failures_are_reported_without_stopping_others_and_rerun(tmp_path, fake_
   assert '| a | 3 | 0.4000 ± 0.2000 | 1.5000 ± 0.0000 |' in md
 
   before = _final_mtimes(out)
-  again = sweeps.run_sweep(spec, parallel=3, out=lambda s: None)
+  lines = []
+  again = sweeps.run_sweep(spec, parallel=3, out=lines.append)
   assert sorted(again.ran) == sorted(result.failed)  # Only the failed ones are redone.
+  # The 3 crash configurations have no finished seed of their own: the median of all 6
+  # finished (100, 200, 300 s, twice) is 200 s each.
+  assert ('time left: about 0.2 h of runs one at a time (3 from the median of all 6 '
+          'finished, 200 s; wall clock of the finished runs on their machine)') in lines
   assert len(again.skipped) == 6 and _final_mtimes(out) == before
 
 
