@@ -17,9 +17,11 @@ from tff_backdoor import cli
 
 from studies import population
 from studies import reproduction
+from studies import round_windows
 
 # Every family set a sweep directory can be tabulated with.
-FAMILIES = {**reproduction.FAMILIES, 'sun_population': population.SUN_POPULATION}
+FAMILIES = {**reproduction.FAMILIES, 'sun_population': population.SUN_POPULATION,
+            'sun_full_300': reproduction.SUN_FULL_300_FAMILIES + round_windows.SUN_FULL_300_WINDOWS}
 
 flags.DEFINE_list('families', ['sun'], f'Family sets: {", ".join(FAMILIES)} (sweep '
                   'directories; sun_population reads the 293- and the 3,580-writer sweeps '

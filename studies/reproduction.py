@@ -288,14 +288,16 @@ def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
 
 def family_markdown(runs: Sequence[RunSummary], family: Family,
                     metrics: Optional[Sequence[str]] = None) -> str:
-  """The family's titled markdown table: its reference rows, then one row per value;
-  ValueError if none of its runs finished."""
+  """The family's titled markdown table: its reference rows, then one row per value (only
+  the references, said so, while none of its own has finished); ValueError if none has."""
   metrics = family.metrics if metrics is None else metrics
   references, rows = family_rows(runs, family)
-  if not rows:
+  if not rows and not references:
     raise ValueError(f'no finished run of family {family.key!r} ({family.title})')
   labelled = [dict(r, label=f'{r["label"]} (reference)') for r in references]
-  return f'**{family.title}**\n\n' + markdown_table(family.vary, labelled + rows, metrics)
+  waiting = '' if rows else f': no {family.vary} row has finished yet, its references have'
+  return (f'**{family.title}**{waiting}\n\n'
+          + markdown_table(family.vary, labelled + rows, metrics))
 
 
 def plot_family(runs: Sequence[RunSummary], family: Family, path: str,
@@ -496,13 +498,14 @@ def render(runs: Sequence[RunSummary], spec: Any, output_dir: Optional[str] = No
         out.append(plot_cross_heatmap(flat, shown, os.path.join(output_dir, f'{spec.key}.png')))
     return out
   references, rows = family_rows(runs, spec)
-  if not rows:
+  if not rows and not references:
     return [f'**{spec.title}**: no finished run yet']
   out = [family_markdown(runs, spec)]
-  if spec.wall_clock:
+  if spec.wall_clock and rows:
     out.append(family_wall_clock(runs, spec))
   if output_dir:
-    out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
+    if rows:
+      out.append(plot_family(runs, spec, os.path.join(output_dir, f'{spec.key}.png')))
     if spec.curves:
       out.append(plot_family_curves(runs, spec, os.path.join(output_dir,
                                                              f'{spec.key}_curves.png')))

@@ -356,6 +356,20 @@ def test_render_reports_a_family_without_runs_in_one_line(tmp_path):
       f'**{reproduction.FLAIN_TABLES[0].title}**: no finished run yet']
 
 
+def test_render_shows_the_references_while_the_family_rows_wait(tmp_path):
+  runs = reproduction.load_runs([_family_sweep(tmp_path)])
+  waiting = dataclasses.replace(FAMILY, key='w', where={'a': 'absent'}, wall_clock=True,
+                                curves=True, metrics=('backdoor', 'seconds'))
+  out = reproduction.render(runs, waiting, str(tmp_path / 'o'))
+  lines = out[0].splitlines()
+  assert lines[0] == '**title**: no k row has finished yet, its references have'
+  assert lines[2:] == ['| k | seeds | backdoor acc (final) | s / run |',
+                       '| --- | ---: | ---: | ---: |', '| clean (reference) | 1 | 0.000 | 5 |']
+  # No wall-clock line (its rows have none) and no plot against k; the curves and the CSV.
+  assert [os.path.basename(p) for p in out[1:]] == ['w_curves.png', 'w.csv']
+  pictures.check_png(out[1])
+
+
 # The defenses of the matrix's committed records (issue 39 adds fldetector and deepsight).
 OLD_MATRIX_DEFENSES = [v for v in dict(reproduction._MATRIX_DEFENSES).values()
                        if v not in ('fldetector', 'deepsight')]
