@@ -29,13 +29,13 @@ def run_windows(rows: Sequence[Mapping[str, Any]], metric: str,
                 width: int) -> List[Optional[float]]:
   """The mean of `metric` over each window of `width` rounds, the last round left out."""
   last = max((r.get('round', -1) for r in rows), default=-1)
-  sums: Dict[int, List[float]] = {}
+  by_window: Dict[int, List[float]] = {}
   for row in rows:
     value, round_ = metrics_io.number(row.get(metric)), row.get('round', -1)
     if value is not None and 0 <= round_ < last:
-      sums.setdefault(round_ // width, []).append(value)
+      by_window.setdefault(round_ // width, []).append(value)
   count = -(-last // width) if last > 0 else 0
-  return [float(np.mean(sums[k])) if k in sums else None for k in range(count)]
+  return [float(np.mean(by_window[k])) if k in by_window else None for k in range(count)]
 
 
 @dataclasses.dataclass(frozen=True)
