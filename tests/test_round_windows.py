@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tests.test_reproduction import _sweep
+from tests.test_reproduction import _program, _sweep
 
 from studies import reproduction
 from studies import round_windows
@@ -45,8 +45,12 @@ def test_table_averages_seeds_per_window_and_skips_configurations_without_runs(t
   assert empty.render(runs) == ['**nothing**: no finished run yet']
 
 
-def test_the_300_round_tables_are_listed_for_their_sweep():
-  from experiments import reproduction_tables
-  keys = [spec.key for spec in reproduction_tables.FAMILIES['sun_full_300']]
-  assert keys[-4:] == [f'sun_full_300_windows_{k}'
-                       for k in ('backdoor', 'heldout', 'collateral', 'test')]
+def test_the_300_round_tables_are_printed_for_their_sweep(tmp_path):
+  """The program lists them for --families=sun_full_300 (run as a program: its flags)."""
+  (tmp_path / 's').mkdir()
+  result = _program(str(_sweep(tmp_path / 's', [])), '--families=sun_full_300')
+  assert result.returncode == 0, result.stderr
+  titles = [spec.title for spec in round_windows.SUN_FULL_300_WINDOWS]
+  assert len(titles) == 4
+  for title in titles:
+    assert f'**{title}**: no finished run yet' in result.stdout
