@@ -30,8 +30,8 @@ def test_table_averages_seeds_per_window_and_skips_configurations_without_runs(t
       ({'attack': 'none', 'seed': '0'}, {'test_accuracy': 0.9}, _rows([0.1, 0.0, 0.0, 0.0, 0.0]))])
   table = round_windows.WindowTable(
       'w', 'title', 'backdoor_accuracy',
-      (('clean', {'attack': 'none'}), ('absent', {'attack': 'x'}), ('boosted', {'attack': 'boost'})),
-      width=2)
+      (('clean', {'attack': 'none'}), ('absent', {'attack': 'x'}),
+       ('boosted', {'attack': 'boost'})), width=2)
   runs = reproduction.load_runs([sweep])
   out = table.render(runs, str(tmp_path / 'o'))
   # boosted: windows [0, 2) = 0.3 and 0.5, [2, 4) = 0.7 and 0.9 over the seeds; round 4 left out.
