@@ -206,7 +206,8 @@ def load_runs(sweep_dirs: Sequence[str]) -> List[RunSummary]:
   return runs
 
 
-def _matches(run: RunSummary, where: Mapping[str, str]) -> bool:
+def matches(run: RunSummary, where: Mapping[str, str]) -> bool:
+  """Whether the run's grid flags have every value of `where` (compared as strings)."""
   return all(str(run.flags.get(k)) == str(v) for k, v in where.items())
 
 
@@ -240,9 +241,9 @@ def family_groups(runs: Sequence[RunSummary], family: Family) -> Tuple[Groups, G
   where = {k: v for k, v in family.where.items() if k not in ignored}
   by_value: Dict[str, List[RunSummary]] = {}
   for run in runs:
-    if _matches(run, where) and family.vary in run.flags:
+    if matches(run, where) and family.vary in run.flags:
       by_value.setdefault(str(run.flags[family.vary]), []).append(run)
-  references = [(label, [r for r in runs if _matches(r, ref)]) for label, ref in family.references]
+  references = [(label, [r for r in runs if matches(r, ref)]) for label, ref in family.references]
   return ([(label, rs) for label, rs in references if rs],
           [(v, by_value[v]) for v in sorted(by_value, key=_sort_key)])
 
@@ -263,7 +264,8 @@ def plot_family_curves(runs: Sequence[RunSummary], family: Family, path: str) ->
   return plots.plot_curves(groups, path, band='std', title=family.title)
 
 
-def _cell(row: Mapping[str, Any], key: str) -> str:
+def cell(row: Mapping[str, Any], key: str) -> str:
+  """'mean ± std' of KEY in an aggregated row ('-' if absent; seconds without decimals)."""
   mean, std = row.get(f'{key}_mean'), row.get(f'{key}_std')
   if mean is None:
     return '-'
@@ -282,7 +284,7 @@ def markdown_table(first_column: str, rows: Sequence[Mapping[str, Any]],
     # A run whose model diverged (health.DIVERGED_*) is counted, and marked with its count.
     seeds = str(row['n']) + (f' ({row["diverged"]} diverged)' if row.get('diverged') else '')
     lines.append('| ' + ' | '.join([str(row['label']), seeds,
-                                    *[_cell(row, m) for m in metrics]]) + ' |')
+                                    *[cell(row, m) for m in metrics]]) + ' |')
   return '\n'.join(lines)
 
 
@@ -337,7 +339,7 @@ def cross_rows(runs: Sequence[RunSummary], row_flags: Sequence[str], column_flag
   """{row flag values: {column value: aggregated seeds}} of the runs matching `where`."""
   cells: Dict[Tuple[str, ...], Dict[str, List[RunSummary]]] = {}
   for run in runs:
-    if not _matches(run, dict(where)) or any(f not in run.flags for f in row_flags):
+    if not matches(run, dict(where)) or any(f not in run.flags for f in row_flags):
       continue
     key = tuple(str(run.flags[f]) for f in row_flags)
     cells.setdefault(key, {}).setdefault(str(run.flags.get(column_flag, '')), []).append(run)
@@ -365,7 +367,7 @@ class CrossTable:
 
   def selected(self, runs: Sequence[RunSummary]) -> List[RunSummary]:
     """The runs the table reads: those matching `where` (and having `only_with`)."""
-    return [r for r in runs if _matches(r, self.where) and
+    return [r for r in runs if matches(r, self.where) and
             (self.only_with is None or r.values.get(self.only_with) is not None)]
 
   def shown_columns(self, runs: Sequence[RunSummary]) -> Tuple[Tuple[str, str, str], ...]:
@@ -392,7 +394,7 @@ def cross_markdown(runs: Sequence[RunSummary], table: CrossTable) -> Tuple[str, 
     row_cells, flat_row = [], dict(zip(table.row_flags, key))
     for title, value, metric in table.columns:
       agg = columns.get(value)
-      row_cells.append(_cell(agg, metric) if agg else '-')
+      row_cells.append(cell(agg, metric) if agg else '-')
       flat_row[f'{title} mean'] = agg and agg.get(f'{metric}_mean')
       flat_row[f'{title} std'] = agg and agg.get(f'{metric}_std')
     diverged = sum(columns[v].get('diverged', 0) for _, v, _ in table.columns if v in columns)
@@ -457,7 +459,7 @@ def family_wall_clock(runs: Sequence[RunSummary], family: Family) -> str:
 def plateau_markdown(runs: Sequence[RunSummary], check: PlateauCheck) -> str:
   """One line: mean ± std over seeds of the test accuracy in each of the last two windows."""
   windows = []
-  for run in [r for r in runs if _matches(r, check.where)]:
+  for run in [r for r in runs if matches(r, check.where)]:
     accuracy = [metrics_io.number(row.get('test_accuracy'))
                 for row in plots.load_run(run.directory).rows]
     accuracy = [a for a in accuracy if a is not None]

@@ -51,7 +51,7 @@ class WindowTable:
     """One row per configuration with runs: label, n, and W<k>_mean / W<k>_std per window."""
     out = []
     for label, where in self.configurations:
-      mine = [r for r in runs if all(str(r.flags.get(k)) == str(v) for k, v in where.items())]
+      mine = [r for r in runs if reproduction.matches(r, where)]
       if not mine:
         continue
       loaded = [plots.load_run(r.directory).rows for r in mine]
@@ -72,7 +72,7 @@ class WindowTable:
                               for k in range(windows)]
     lines = ['| ' + ' | '.join(header) + ' |', '| --- | ---: |' + ' ---: |' * windows]
     for row in rows:
-      cells = [_cell(row.get(f'w{k}_mean'), row.get(f'w{k}_std')) for k in range(windows)]
+      cells = [reproduction.cell(row, f'w{k}') for k in range(windows)]
       lines.append('| ' + ' | '.join([row['label'], str(row['n']), *cells]) + ' |')
     return f'**{self.title}**\n\n' + '\n'.join(lines)
 
@@ -88,11 +88,6 @@ class WindowTable:
       out.append(metrics_io.write_csv(os.path.join(output_dir, f'{self.key}.csv'), rows))
     return out
 
-
-def _cell(mean: Optional[float], std: Optional[float]) -> str:
-  if mean is None:
-    return '-'
-  return f'{mean:.3f}' + ('' if std is None else f' ± {std:.3f}')
 
 
 _BASE = reproduction.SUN_AUTHORS_BASE

@@ -14,6 +14,8 @@ import dataclasses
 import statistics
 from typing import Any, Mapping, Optional, Sequence
 
+from tff_backdoor import metrics_io
+
 from studies.sweep_plan import Run
 
 SECONDS_KEY = 'seconds'  # the run's wall clock in its done file (run.summary's final.json)
@@ -32,10 +34,8 @@ class Estimate:
 
 def run_seconds(final: Optional[Mapping[str, Any]]) -> Optional[float]:
   """The wall clock a done file reports, or None if it has none (or a non-number)."""
-  value = (final or {}).get(SECONDS_KEY)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-    return None
-  return float(value)
+  value = metrics_io.number((final or {}).get(SECONDS_KEY))
+  return None if value is None or value < 0 else value
 
 
 def estimate(runs: Sequence[Run], finals: Mapping[str, Mapping[str, Any]],

@@ -457,7 +457,7 @@ def test_authors_families_select_every_cell_of_their_grid_with_3_seeds(grid, fam
   checked = 0
   for family in families:
     if isinstance(family, reproduction.PlateauCheck):
-      assert sum(reproduction._matches(r, family.where) for r in fake) == 3
+      assert sum(reproduction.matches(r, family.where) for r in fake) == 3
       continue
     references, rows = reproduction.family_rows(fake, family)
     key = family.key.replace(prefix, 'sun_authors_')
