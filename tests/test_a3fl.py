@@ -94,6 +94,23 @@ def test_set_trigger_restamps_the_backdoor_set():
   np.testing.assert_array_equal(poisoned[0][task.mask], values[task.mask])
 
 
+def test_the_search_uses_the_first_attacker_with_source_images_as_the_authors():
+  """One search a round, on one attacker's images (the authors' `first_adversary`): the first
+  attacker of the round's order that holds source images; honest clients never count."""
+  import collections
+  participant = collections.namedtuple('participant', 'client_id is_attacker')
+  task = collections.namedtuple('task', 'is_source')(lambda y: y == 1)
+  image = lambda v, n: np.full((n, 2, 2, 1), v, np.uint8)
+  clients = {'honest': (image(9, 4), [1, 1, 1, 1]), 'no_source': (image(7, 2), [0, 2]),
+             'a': (image(255, 3), [1, 0, 1]), 'b': (image(51, 5), [1] * 5)}
+  round_ = [participant('honest', False), participant('no_source', True),
+            participant('a', True), participant('b', True)]
+  source, x, y = adaptive_trigger.searched_images(round_, clients, task)
+  assert (len(source), len(x)) == (2, 3) and y.tolist() == [1, 0, 1]
+  np.testing.assert_array_equal(source, 1.0)  # a's images, as floats in [0, 1]
+  assert adaptive_trigger.searched_images(round_[:2], clients, task) is None
+
+
 def test_a3fl_run_measures_the_backdoor_with_the_optimized_trigger(tmp_path):
   from tff_backdoor.run import driver
   from tff_backdoor.run import setup as setup_lib

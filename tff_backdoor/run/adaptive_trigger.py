@@ -8,8 +8,10 @@ process's measurements and forward again through its state. In the run it is pla
 `before_inputs` runs the search on the weights of the state the round starts from (exactly what
 the attackers receive) and the attackers' own images, sets it on the task (attackers stamp it
 in `round_client_data`) and restamps the 'backdoor' evaluation set in place. The attackers of a
-round share one trigger, searched on their images together (A3FL's single adversary). Its cost,
-in example passes, is added to the round's `examples_trained` (`trigger_search_examples`).
+round share one trigger, searched on the images of the round's first attacker, as the authors'
+`FLer.train_once` does (`search_trigger(..., train_data[first_adversary])`, one search a round;
+here the first that holds images of the task's source class). Its cost, in example passes, is
+added to the round's `examples_trained` (`trigger_search_examples`).
 
 Checkpointed: the trigger is the search's only state carried between rounds (the models are
 reset from the global weights at every search), so each checkpoint's meta.json holds it
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +37,21 @@ from tff_backdoor.run import loop
 EXTRA_KEY = 'trigger_search_examples'
 TRIGGER_FILE = 'a3fl_trigger.npy'  # the newest trigger, in the run directory
 META_KEY = 'a3fl_trigger'  # the trigger in a checkpoint's meta.json ([H, W, C] nested lists)
+
+
+def searched_images(participants: Sequence[Any], clients: Mapping[Any, Any], task: Any
+                    ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(source images, all images, labels) of the round's first attacker holding images of the
+  task's source class, in the round's order; None if no attacker does."""
+  for p in participants:
+    if not p.is_attacker:
+      continue
+    x = float_images(clients[p.client_id][0])
+    y = np.asarray(clients[p.client_id][1], np.int32).reshape(-1)
+    source = x[task.is_source(y)]
+    if len(source):
+      return source, x, y
+  return None
 
 
 class AdaptiveTrigger(loop.Hook):
@@ -78,19 +95,14 @@ class AdaptiveTrigger(loop.Hook):
     self._apply()
 
   def before_inputs(self, participants: Sequence[Any]) -> None:
-    """Searches the trigger when the round has attackers (their images, this state's model)."""
+    """Searches the trigger when the round has an attacker with source images (this state's
+    model, that attacker's images: `searched_images`)."""
     self.extra = 0
-    ids = [p.client_id for p in participants if p.is_attacker]
-    if not ids:
-      return
-    x = np.concatenate([float_images(self.setup.clients[c][0]) for c in ids])
-    y = np.concatenate([np.asarray(self.setup.clients[c][1], np.int32).reshape(-1)
-                        for c in ids])
-    source = x[self.setup.task.is_source(y)]
-    if not len(source):
+    images = searched_images(participants, self.setup.clients, self.setup.task)
+    if images is None:
       return
     self.setup.process.get_model_weights(self.state).assign_weights_to(self.search.model)
-    self.extra = self.search.search(self.search.model.get_weights(), source, x, y)
+    self.extra = self.search.search(self.search.model.get_weights(), *images)
     self._apply()
 
   def after_round(self, r: loop.Round) -> None:
