@@ -6,7 +6,7 @@ measured with, and it carries over from one attack round to the next (the author
 keeps `self.trigger`). Searched in the TFF client it would have to travel back through the
 process's measurements and forward again through its state. In the run it is plain NumPy:
 `before_inputs` runs the search on the weights of the state the round starts from (exactly what
-the attackers receive) and the attackers' own images, sets it on the task (attackers stamp it
+the attackers receive) and an attacker's own images, sets it on the task (attackers stamp it
 in `round_client_data`) and restamps the 'backdoor' evaluation set in place. The attackers of a
 round share one trigger, searched on the images of the round's first attacker, as the authors'
 `FLer.train_once` does (`search_trigger(..., train_data[first_adversary])`, one search a round;
