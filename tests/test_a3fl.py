@@ -1,5 +1,6 @@
 """A3FL (Zhang et al. 2023): the trigger step against a NumPy reference, the search against its
 own objective, and a run whose backdoor is measured with the optimized trigger."""
+import collections
 import json
 
 import numpy as np
@@ -97,7 +98,6 @@ def test_set_trigger_restamps_the_backdoor_set():
 def test_the_search_uses_the_first_attacker_with_source_images_as_the_authors():
   """One search a round, on one attacker's images (the authors' `first_adversary`): the first
   attacker of the round's order that holds source images; honest clients never count."""
-  import collections
   participant = collections.namedtuple('participant', 'client_id is_attacker')
   task = collections.namedtuple('task', 'is_source')(lambda y: y == 1)
   image = lambda v, n: np.full((n, 2, 2, 1), v, np.uint8)

@@ -46,11 +46,11 @@ def searched_images(participants: Sequence[Any], clients: Mapping[Any, Any], tas
   for p in participants:
     if not p.is_attacker:
       continue
-    x = float_images(clients[p.client_id][0])
     y = np.asarray(clients[p.client_id][1], np.int32).reshape(-1)
-    source = x[task.is_source(y)]
-    if len(source):
-      return source, x, y
+    is_source = task.is_source(y)
+    if np.any(is_source):
+      x = float_images(clients[p.client_id][0])
+      return x[is_source], x, y
   return None
 
 
