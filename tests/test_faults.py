@@ -160,7 +160,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_leaves_no_worker_binary(idx_dir, tmp_path, sig):
-  """And Ctrl-C (SIGINT) ends in one line on stderr, exit code 130, no traceback."""
+  """And Ctrl-C (SIGINT) or SIGTERM ends in one line on stderr, exit code 130 or 143, no
+  traceback."""
   out = tmp_path / 'run'
   with open(tmp_path / 'run.log', 'w') as log, open(tmp_path / 'err.log', 'w') as err:
     proc = subprocess.Popen(
@@ -179,9 +180,10 @@ def test_killed_run_leaves_no_worker_binary(idx_dir, tmp_path, sig):
     errors_before = (tmp_path / 'err.log').read_text()
     os.kill(proc.pid, sig)  # The Python process only, not its group.
     proc.wait(timeout=60)
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:
       added = (tmp_path / 'err.log').read_text()[len(errors_before):]
-      assert (proc.returncode, added) == (130, 'interrupted\n')
+      assert (proc.returncode, added) == (
+          128 + sig, {signal.SIGINT: 'interrupted\n', signal.SIGTERM: 'terminated\n'}[sig])
     deadline = time.time() + 5
     while time.time() < deadline and any(_alive(w) for w in workers):
       time.sleep(0.1)

@@ -96,7 +96,11 @@ def check_idx_data(config: config_lib.ExperimentConfig) -> None:
 
 
 def exit_on_sigterm() -> None:
-  """Turns SIGTERM into a normal exit, so atexit hooks (TFF worker cleanup) still run."""
+  """Turns SIGTERM into a normal exit, so atexit hooks (TFF worker cleanup) still run; a
+  handler already installed (`interrupts.exit_on_interrupt`'s) stays."""
+  if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+    return
+
   def handler(signum, frame):
     del frame
     sys.exit(128 + signum)
