@@ -64,7 +64,7 @@ def test_run_writes_metrics_files_and_is_deterministic(idx_dir, tmp_path):
     assert os.path.exists(tmp_path / 'a' / name)
   with open(tmp_path / 'a' / 'config.json') as f:
     saved = json.load(f)  # what ran it is recorded, and the config still reads back
-  assert {'onednn', 'intra_op_threads', 'cpu_model'} <= set(saved['execution'])
+  assert {'onednn', 'intra_op_threads', 'cpu_model', 'cpu_simd'} <= set(saved['execution'])
   assert config_lib.ExperimentConfig.from_dict(saved).to_dict() == _config(
       idx_dir, tmp_path / 'a').to_dict()
   other = driver.run_experiment(_config(idx_dir, tmp_path / 'c', seed=4, rounds=1))

@@ -262,7 +262,7 @@ class ExperimentConfig(Fields):
   def from_dict(cls, values: Dict[str, Any]) -> 'ExperimentConfig':
     """The inverse of `to_dict` (a run's config.json); unknown keys are an error.
 
-    `execution` (what ran the run: oneDNN, threads, CPU; `runtime.execution_settings`) is
+    `execution` (what ran the run: oneDNN, threads, CPU; `contexts.execution_settings`) is
     a record, not a setting, and is skipped.
     """
     return cls.from_flat(**{k: v for k, v in values.items() if k != EXECUTION_KEY})

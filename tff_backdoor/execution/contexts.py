@@ -17,6 +17,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from tff_backdoor.execution import workers as workers_lib
 
+CPUINFO = '/proc/cpuinfo'  # Linux's description of the CPU: its model name and flags
+
 
 def quiet_tensorflow_logs() -> None:
   """TF_CPP_MIN_LOG_LEVEL=2 unless set: else TF and every TFF worker log INFO lines.
@@ -38,15 +40,30 @@ def fast_path_defaults() -> None:
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 
-def _cpu_model() -> str:
+def _cpuinfo_field(name: str) -> str:
+  """The first `name : value` of /proc/cpuinfo ('' where there is none, e.g. not Linux)."""
   try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
+    with open(CPUINFO, encoding='utf-8') as f:
       for line in f:
-        if line.startswith('model name'):
+        if line.split(':', 1)[0].strip() == name:
           return line.split(':', 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return ''
+
+
+def _cpu_model() -> str:
+  return _cpuinfo_field('model name') or platform.processor() or platform.machine()
+
+
+def _cpu_simd() -> List[str]:
+  """The CPU's vector-instruction flags (AVX*, AVX-512*, AMX*, FMA*), sorted.
+
+  oneDNN picks its kernels by them, so one model name ("AMD EPYC") with and without AVX-512
+  gives other float results from round 0 on; the model name alone cannot tell them apart.
+  """
+  return sorted(flag for flag in _cpuinfo_field('flags').split()
+                if flag.startswith(('avx', 'amx', 'fma')))
 
 
 def execution_settings() -> Dict[str, Any]:
@@ -54,8 +71,9 @@ def execution_settings() -> Dict[str, Any]:
 
   oneDNN on or off (as TensorFlow reports it), the intra/inter-op threads of this process
   and of its TFF worker (which inherits the environment; 0 = TF's default, one per core; see
-  `parallelism`), how many runs shared the machine, the cores and the CPU model. Same seed,
-  same settings, same CPU: same numbers; another CPU may print other digits.
+  `parallelism`), how many runs shared the machine, the cores, the CPU model and its vector
+  flags (`cpu_simd`). Same seed, same settings, same CPU: same numbers; another CPU may print
+  other digits.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
@@ -65,7 +83,7 @@ def execution_settings() -> Dict[str, Any]:
                    ('inter_op_threads', tf.config.threading.get_inter_op_parallelism_threads)):
     threads[key] = get() or threads[key]  # set in Python wins over the environment
   return {'onednn': bool(_pywrap_util_port.IsMklEnabled()), **threads,
-          'cpu_count': os.cpu_count(), 'cpu_model': _cpu_model(),
+          'cpu_count': os.cpu_count(), 'cpu_model': _cpu_model(), 'cpu_simd': _cpu_simd(),
           'tensorflow': tf.__version__}
 
 
